@@ -1,0 +1,202 @@
+//! The agent's use of the Docker engine: pull if missing, create and start, stream output, wait with
+//! the run's timeout, remove.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use spot_shared::cloud::{INSTANCE_LABEL, RUN_LABEL};
+use spot_shared::messages::{CallbackRequest, RunSpec};
+
+use crate::{AgentSettings, ApiClient, Outcome, LOG_FLUSH_BYTES, LOG_FLUSH_EVERY};
+
+pub struct Engine {
+    docker: Docker,
+}
+
+impl Engine {
+    pub async fn connect() -> anyhow::Result<Engine> {
+        let docker = Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
+        Ok(Engine { docker })
+    }
+
+    /// Runs the job's container to its end and says how it ended.
+    pub async fn run_job(
+        &self,
+        api: &ApiClient,
+        spec: &RunSpec,
+        settings: &AgentSettings,
+        name: &str,
+    ) -> Outcome {
+        if let Err(message) = self.ensure_image(&spec.image).await {
+            return Outcome::Error(message);
+        }
+        let container_id = match self.create_and_start(spec, settings, name).await {
+            Ok(id) => id,
+            Err(err) => return Outcome::Error(format!("cannot start the container: {err}")),
+        };
+        let ready = CallbackRequest {
+            action: "update".into(),
+            instance_id: Some(settings.instance_id.clone()),
+            run_id: Some(spec.run_id.clone()),
+            job_id: Some(spec.job_id.clone()),
+            container_id: Some(container_id.clone()),
+            ..CallbackRequest::default()
+        };
+        if let Err(err) = api.callback(&ready).await {
+            tracing::error!(error = %err, "could not report the container running");
+        }
+
+        let logs = tokio::spawn(forward_logs(
+            self.docker.clone(),
+            api.clone(),
+            container_id.clone(),
+        ));
+        let heartbeat = tokio::spawn(heartbeat(api.clone(), settings.heartbeat_secs));
+        let timeout = Duration::from_secs(spec.timeout_secs);
+        let outcome = match tokio::time::timeout(timeout, self.wait(&container_id)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = spec.timeout_secs,
+                    "timed out; stopping the container"
+                );
+                self.remove(&container_id).await;
+                Outcome::TimedOut
+            }
+        };
+        heartbeat.abort();
+        // Let the output stream drain so the report comes after the last line.
+        let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+        outcome
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), String> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(image, "pulling image");
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut pull = self.docker.create_image(Some(options), None, None);
+        while let Some(progress) = pull.next().await {
+            if let Err(err) = progress {
+                return Err(format!("cannot pull image {image}: {err}"));
+            }
+        }
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|err| format!("image {image} is not available after pulling: {err}"))
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &RunSpec,
+        settings: &AgentSettings,
+        name: &str,
+    ) -> Result<String, bollard::errors::Error> {
+        // A container of the same name is a leftover of an earlier agent of this instance.
+        self.remove(name).await;
+        let labels = HashMap::from([
+            (INSTANCE_LABEL.to_string(), settings.instance_id.clone()),
+            (RUN_LABEL.to_string(), spec.run_id.clone()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.argv.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(labels),
+            ..ContainerCreateBody::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let created = self.docker.create_container(Some(options), body).await?;
+        self.docker.start_container(&created.id, None).await?;
+        tracing::info!(container_id = %created.id, "container started");
+        Ok(created.id)
+    }
+
+    async fn wait(&self, container_id: &str) -> Outcome {
+        let mut wait = self.docker.wait_container(container_id, None);
+        match wait.next().await {
+            Some(Ok(response)) => Outcome::Exited(response.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Outcome::Exited(code)
+            }
+            Some(Err(err)) => Outcome::Error(format!("lost the container: {err}")),
+            None => Outcome::Error("the engine ended the wait without an exit code".into()),
+        }
+    }
+
+    /// Removes a container, running or not; absent is fine.
+    pub async fn remove(&self, container: &str) {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(err) => tracing::warn!(container, error = %err, "could not remove the container"),
+        }
+    }
+}
+
+/// Streams the container's stdout and stderr to the api in batches until the container ends.
+async fn forward_logs(docker: Docker, api: ApiClient, container_id: String) {
+    let options = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(&container_id, Some(options));
+    let mut buffer = Vec::new();
+    let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                Some(Ok(output)) => {
+                    buffer.extend_from_slice(&output.into_bytes());
+                    if buffer.len() >= LOG_FLUSH_BYTES {
+                        flush(&api, &mut buffer).await;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "output stream broke");
+                    break;
+                }
+                None => break,
+            },
+            _ = tick.tick() => flush(&api, &mut buffer).await,
+        }
+    }
+    flush(&api, &mut buffer).await;
+}
+
+async fn flush(api: &ApiClient, buffer: &mut Vec<u8>) {
+    if buffer.is_empty() {
+        return;
+    }
+    let chunk = std::mem::take(buffer);
+    if let Err(err) = api.append_logs(chunk).await {
+        tracing::warn!(error = %err, "could not send output");
+    }
+}
+
+async fn heartbeat(api: ApiClient, every_secs: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
+    loop {
+        tick.tick().await;
+        if let Err(err) = api.heartbeat().await {
+            tracing::warn!(error = %err, "heartbeat failed");
+        }
+    }
+}

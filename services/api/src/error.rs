@@ -1,0 +1,55 @@
+//! How errors become HTTP responses: the status from the [`ErrorCode`], a JSON body that says what is
+//! wrong and which field. Internal details are logged, not sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use spot_shared::{Error, ErrorCode};
+
+/// The error type of every handler.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        ApiError(err)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let err = &self.0;
+        let message = match err.code {
+            ErrorCode::Internal => {
+                tracing::error!(error = %err, "internal error");
+                "internal error".to_string()
+            }
+            ErrorCode::Unavailable => {
+                tracing::warn!(error = %err, "dependency unavailable");
+                "a backing service is unavailable; try again".to_string()
+            }
+            _ => err.message.clone(),
+        };
+        HttpResponse::build(self.status_code()).json(json!({
+            "status": "error",
+            "error": err.code.as_str(),
+            "message": match &err.field {
+                Some(field) => format!("{field}: {message}"),
+                None => message,
+            },
+            "field": err.field,
+        }))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,136 @@
+//! `POST /callback`: the agent reports its instance ready (`update`) or its job ended (`terminate`).
+//! Seed 003's body, authenticated by the run's secret; a caller can touch only its own run and instance
+//! (seed 004 let anyone terminate anything).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use spot_shared::messages::{CallbackRequest, TerminateRequest};
+use spot_shared::model::{InstanceState, RunState};
+use spot_shared::store::Moved;
+use spot_shared::Error;
+
+use crate::auth::authorize_run;
+use crate::error::ApiResult;
+use crate::routes::parse_json;
+use crate::state::AppState;
+
+pub async fn callback(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let callback: CallbackRequest = parse_json(&body)?;
+    if !matches!(callback.action.as_str(), "update" | "terminate") {
+        return Err(Error::invalid("action", "must be \"update\" or \"terminate\"").into());
+    }
+    let instance_id = callback
+        .instance_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Error::invalid("instance_id", "is required"))?;
+
+    // The instance names the run; the secret must be that run's, and every id given must agree.
+    let refused = || Error::forbidden("this run's secret does not cover that instance");
+    let instance = state
+        .store
+        .get_instance(instance_id)
+        .await?
+        .ok_or_else(refused)?;
+    if callback
+        .run_id
+        .as_deref()
+        .is_some_and(|id| id != instance.run_id)
+    {
+        return Err(refused().into());
+    }
+    let run = authorize_run(&state, &req, &instance.run_id).await?;
+    if run.instance_id.as_deref() != Some(instance_id)
+        || callback
+            .job_id
+            .as_deref()
+            .is_some_and(|id| id != run.job_id)
+    {
+        return Err(refused().into());
+    }
+
+    match callback.action.as_str() {
+        "update" => {
+            let mut fields = Vec::new();
+            if let Some(container_id) = &callback.container_id {
+                fields.push(("container_id", container_id.clone()));
+            }
+            state
+                .store
+                .advance_run(&run.id, RunState::Running, &fields)
+                .await?;
+            if instance.state == InstanceState::Requested {
+                state
+                    .store
+                    .advance_instance(
+                        instance_id,
+                        InstanceState::Running,
+                        &[("ready", "1".into())],
+                    )
+                    .await?;
+            }
+            Ok(HttpResponse::Ok().json(json!({
+                "status": "ok",
+                "message": "instance marked ready",
+                "run_state": RunState::Running,
+            })))
+        }
+        _ => {
+            let (end_state, mut fields) = ending(&callback);
+            if let Some(container_id) = &callback.container_id {
+                fields.push(("container_id", container_id.clone()));
+            }
+            match state.store.advance_run(&run.id, end_state, &fields).await {
+                Ok(Moved::From(_)) | Ok(Moved::AlreadyThere) => {}
+                // A repeated terminate after the run ended some other way: still end the instance.
+                Err(err)
+                    if run.state.is_terminal() && err.code == spot_shared::ErrorCode::Conflict => {}
+                Err(err) => return Err(err.into()),
+            }
+            if matches!(
+                instance.state,
+                InstanceState::Requested | InstanceState::Running
+            ) {
+                state
+                    .store
+                    .advance_instance(instance_id, InstanceState::Terminating, &[])
+                    .await?;
+            }
+            let request = TerminateRequest {
+                instance_id: instance_id.to_string(),
+                run_id: run.id.clone(),
+                reason: format!("run {end_state}"),
+            };
+            state.broker.request_terminate(&request).await?;
+            tracing::info!(run_id = %run.id, instance_id, state = %end_state, "run ended; termination requested");
+            Ok(HttpResponse::Ok().json(json!({
+                "status": "ok",
+                "message": "instance termination requested",
+                "run_state": end_state,
+            })))
+        }
+    }
+}
+
+/// The end state a terminate callback reports, and the fields to record with it.
+fn ending(callback: &CallbackRequest) -> (RunState, Vec<(&'static str, String)>) {
+    let mut fields = Vec::new();
+    if let Some(code) = callback.exit_code {
+        fields.push(("exit_code", code.to_string()));
+    }
+    if let Some(error) = &callback.error {
+        fields.push(("error", error.chars().take(4096).collect()));
+    }
+    let state = if callback.timed_out == Some(true) {
+        RunState::TimedOut
+    } else if callback.exit_code == Some(0) && callback.error.is_none() {
+        RunState::Succeeded
+    } else {
+        RunState::Failed
+    };
+    (state, fields)
+}

@@ -1,0 +1,29 @@
+//! `GET /healthcheck`: open to all; says whether Redis and RabbitMQ answer.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
+    let redis = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(err) => err.to_string(),
+    };
+    let rabbitmq = if state.broker.is_connected() {
+        "ok".to_string()
+    } else {
+        "not connected".to_string()
+    };
+    let healthy = redis == "ok" && rabbitmq == "ok";
+    let body = json!({
+        "status": if healthy { "live" } else { "degraded" },
+        "redis": redis,
+        "rabbitmq": rabbitmq,
+    });
+    if healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,199 @@
+//! Seed 003's simple API: `POST /schedule`, `GET /list`, `GET /status/{id}`.
+//! Its examples work as written; fields beyond the seed's are additions.
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spot_shared::messages::FireMessage;
+use spot_shared::model::{ContainerSpec, Instance, Job, Run, Runner};
+use spot_shared::schedule::Schedule;
+use spot_shared::{ids, Error};
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::routes::parse_json;
+use crate::state::AppState;
+
+/// Jobs run at most this long unless they say otherwise.
+const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleRequest {
+    schedule: Option<String>,
+    docker_image: Option<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    cmd: Option<String>,
+    #[serde(default)]
+    instance_types: Vec<String>,
+    timeout_secs: Option<u64>,
+}
+
+pub async fn schedule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: ScheduleRequest = parse_json(&body)?;
+    let expression = request
+        .schedule
+        .ok_or_else(|| Error::invalid("schedule", "is required (an ISO 8601 date-time)"))?;
+    let schedule = Schedule::parse(&expression, "schedule")?;
+    let spec = ContainerSpec {
+        image: request
+            .docker_image
+            .ok_or_else(|| Error::invalid("docker_image", "is required"))?
+            .trim()
+            .to_string(),
+        cmd: request.cmd,
+        env: request.env,
+        instance_types: request.instance_types,
+    };
+    spec.validate("")?;
+    let timeout_secs = request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if timeout_secs == 0 || timeout_secs > MAX_TIMEOUT_SECS {
+        return Err(
+            Error::invalid("timeout_secs", format!("must be 1..={MAX_TIMEOUT_SECS}")).into(),
+        );
+    }
+
+    let now = Utc::now();
+    let first_fire = schedule.first_fire();
+    let job = Job {
+        id: ids::new_id(),
+        account: caller.0.account.clone(),
+        group: "default".to_string(),
+        schedule: expression.trim().to_string(),
+        runner: Runner::Container(spec),
+        enabled: true,
+        generation: 1,
+        timeout_secs,
+        created_at: now,
+        updated_at: now,
+        next_fire_at: Some(first_fire),
+    };
+    state.store.create_job(&job).await?;
+    let fire = FireMessage {
+        job_id: job.id.clone(),
+        generation: job.generation,
+        scheduled_at: first_fire,
+    };
+    // Redis holds the fire time, so a timer that fails to arm now is re-armed by the reconciler.
+    if let Err(err) = state.broker.arm_timer(&fire, first_fire).await {
+        tracing::warn!(job_id = %job.id, error = %err, "timer not armed; the reconciler will arm it");
+    }
+    tracing::info!(job_id = %job.id, account = %job.account, due = %first_fire, "job scheduled");
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "scheduled",
+        "message": "job successfully scheduled",
+        "id": job.id,
+        "schedule": job.schedule,
+        "next_fire_at": first_fire,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let ids = state.store.list_job_ids(&caller.0.account, limit).await?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(job) = state.store.get_job(&id).await? else {
+            continue;
+        };
+        let run = state.store.latest_run(&job.id).await?;
+        jobs.push(json!({
+            "status": simple_status(run.as_ref()),
+            "id": job.id,
+            "schedule": job.schedule,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+}
+
+pub async fn status(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .filter(|job| caller.owns(&job.account))
+        .ok_or_else(|| Error::not_found(format!("no job {id}")))?;
+    let run = state.store.latest_run(&job.id).await?;
+    let instance = match run.as_ref().and_then(|r| r.instance_id.as_deref()) {
+        Some(instance_id) => state.store.get_instance(instance_id).await?,
+        None => None,
+    };
+    let output = match &run {
+        Some(run) => String::from_utf8_lossy(&state.store.get_log(&run.id).await?).into_owned(),
+        None => String::new(),
+    };
+    Ok(HttpResponse::Ok().json(status_view(&job, run.as_ref(), instance.as_ref(), output)))
+}
+
+fn simple_status(run: Option<&Run>) -> &'static str {
+    run.map(|r| r.state.simple_status()).unwrap_or("scheduled")
+}
+
+/// Seed 003's status document, with the run's details added.
+fn status_view(job: &Job, run: Option<&Run>, instance: Option<&Instance>, output: String) -> Value {
+    let spec = job.container();
+    let container_status = match run.map(|r| r.state) {
+        None => "",
+        Some(state)
+            if state.is_terminal() && run.and_then(|r| r.container_id.as_ref()).is_some() =>
+        {
+            "exited"
+        }
+        Some(spot_shared::model::RunState::Running) => "running",
+        Some(_) => "",
+    };
+    json!({
+        "id": job.id,
+        "status": simple_status(run),
+        "schedule": job.schedule,
+        "next_fire_at": job.next_fire_at,
+        "aws": {
+            "instance_id": instance.map(|i| i.id.as_str()).unwrap_or(""),
+            "dns_name": instance.and_then(|i| i.dns_name.as_deref()).unwrap_or(""),
+            "ready": instance.map(|i| i.ready).unwrap_or(false),
+            "ip_address": instance.and_then(|i| i.ip_address.as_deref()).unwrap_or(""),
+            "state": instance.map(|i| i.state.as_str()).unwrap_or(""),
+            "instance_type": instance.and_then(|i| i.instance_type.as_deref()).unwrap_or(""),
+            "provider": instance.map(|i| i.provider.as_str()).unwrap_or(""),
+        },
+        "docker": {
+            "container_id": run.and_then(|r| r.container_id.as_deref()).unwrap_or(""),
+            "container_status": container_status,
+            "environment": spec.env,
+            "command": spec.cmd.as_deref().unwrap_or(""),
+            "docker_image": spec.image,
+            "container_exit_code": run.and_then(|r| r.exit_code).map(Value::from).unwrap_or_else(|| Value::from("")),
+        },
+        "run": run.map(|r| json!({
+            "id": r.id,
+            "state": r.state,
+            "attempt": r.attempt,
+            "scheduled_at": r.scheduled_at,
+            "transitions": r.transitions,
+            "exit_code": r.exit_code,
+            "error": r.error,
+        })),
+        "output": output,
+    })
+}

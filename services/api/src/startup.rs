@@ -1,0 +1,86 @@
+//! Builds the api from its configuration: connects to Redis and RabbitMQ, declares the topology,
+//! binds the listener (port 0 picks a free one, as tests do) and wires the routes.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use spot_shared::auth::Keyring;
+use spot_shared::broker::Broker;
+use spot_shared::config::Settings;
+use spot_shared::store::Store;
+
+use crate::routes;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.redis)
+            .await
+            .context("connecting to Redis")?;
+        let broker = Broker::connect(&settings.rabbitmq)
+            .await
+            .context("connecting to RabbitMQ")?;
+        broker
+            .declare_topology()
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        let keyring = Keyring::from_settings(&settings.auth);
+        if keyring.is_empty() {
+            tracing::warn!(
+                "no account keys are configured: every authenticated request will get 403"
+            );
+        }
+        let listener = TcpListener::bind((settings.api.host.as_str(), settings.api.port))
+            .with_context(|| format!("binding {}:{}", settings.api.host, settings.api.port))?;
+        let port = listener.local_addr()?.port();
+        let max_body = settings.api.max_body_bytes;
+        let state = web::Data::new(AppState {
+            store,
+            broker: Arc::new(broker),
+            keyring,
+            settings,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthcheck"))
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .disable_signals()
+        // Agents and clients hold keep-alive connections; don't let them hold up a stop for long.
+        .shutdown_timeout(5)
+        .run();
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = shutdown => {
+                handle.stop(true).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! What every request handler can reach.
+
+use std::sync::Arc;
+
+use spot_shared::auth::Keyring;
+use spot_shared::broker::Broker;
+use spot_shared::config::Settings;
+use spot_shared::store::Store;
+
+pub struct AppState {
+    pub store: Store,
+    pub broker: Arc<Broker>,
+    pub keyring: Keyring,
+    pub settings: Settings,
+}

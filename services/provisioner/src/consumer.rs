@@ -1,0 +1,87 @@
+//! The fires consumer: takes deliveries from the fires queue, each on a task of its own (a delivery may
+//! be held for its sub-second remainder), and acks, requeues or dead-letters by the error's code.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use spot_shared::messages::FireMessage;
+use tokio::task::JoinSet;
+
+use crate::Provisioner;
+
+impl Provisioner {
+    /// Consumes fires and reconciles timers until `shutdown` resolves; in-flight messages finish first.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let queue = self.broker.topology().fires_queue();
+        let mut consumer = self
+            .broker
+            .consume(&queue, self.settings.provisioner.prefetch, "provisioner")
+            .await?;
+        tracing::info!(queue, "provisioner consuming");
+        let mut reconcile = tokio::time::interval(Duration::from_secs(
+            self.settings.provisioner.reconcile_interval_secs.max(1),
+        ));
+        let mut in_flight = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        in_flight.spawn(async move { this.process_delivery(delivery).await });
+                    }
+                    Some(Err(err)) => return Err(err.into()),
+                    None => anyhow::bail!("the fires consumer was cancelled"),
+                },
+                _ = reconcile.tick() => {
+                    if let Err(err) = self.reconcile_once().await {
+                        tracing::warn!(error = %err, "reconcile failed");
+                    }
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Processes one delivery: handle it, then ack, requeue (retryable) or dead-letter (malformed, bug).
+    pub async fn process_delivery(&self, delivery: Delivery) {
+        let fire: FireMessage = match serde_json::from_slice(&delivery.data) {
+            Ok(fire) => fire,
+            Err(err) => {
+                tracing::error!(error = %err, "malformed fire message; dead-lettering it");
+                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                return;
+            }
+        };
+        match self.handle_fire(&fire).await {
+            Ok(outcome) => {
+                tracing::debug!(job_id = %fire.job_id, ?outcome, "fire handled");
+                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %err, "ack failed; the fire will be redelivered and deduplicated");
+                }
+            }
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(job_id = %fire.job_id, error = %err, "fire failed; requeueing");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            }
+            Err(err) => {
+                tracing::error!(job_id = %fire.job_id, error = %err, "fire failed for good; dead-lettering");
+                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            }
+        }
+    }
+}

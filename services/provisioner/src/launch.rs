@@ -1,0 +1,123 @@
+//! Launching a run's instance, idempotently: whatever crashed before, a repeated launch of the same run
+//! and attempt ends with one instance.
+
+use chrono::Utc;
+use spot_shared::cloud::AgentBoot;
+use spot_shared::ids;
+use spot_shared::model::{Instance, InstanceState, RunState};
+use spot_shared::store::Moved;
+use spot_shared::Result;
+
+use crate::Provisioner;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchOutcome {
+    Launched,
+    /// The instance was already alive (a redelivered message after a crash).
+    FoundRunning,
+    /// The run is past launching.
+    NothingToDo,
+    /// The provider refused for good; the run is `provision_failed`.
+    Failed,
+}
+
+impl Provisioner {
+    /// Launches the run's instance unless it is launched already.
+    pub async fn launch_run(&self, run_id: &str) -> Result<LaunchOutcome> {
+        let Some(run) = self.store.get_run(run_id).await? else {
+            return Ok(LaunchOutcome::NothingToDo);
+        };
+        if !matches!(run.state, RunState::Pending | RunState::Provisioning) {
+            return Ok(LaunchOutcome::NothingToDo);
+        }
+        if let Moved::From(_) = self
+            .store
+            .advance_run(run_id, RunState::Provisioning, &[])
+            .await?
+        {
+            tracing::debug!(run_id, "provisioning");
+        }
+
+        let instance_id = self.cloud.instance_id_for(&run.id, run.attempt);
+        // Look first: if a crash came after the launch, the instance is there and must be kept as is
+        // (its agent holds the secret already recorded).
+        if self.cloud.find(&instance_id).await?.is_some() {
+            self.store
+                .advance_run(
+                    run_id,
+                    RunState::Booting,
+                    &[("instance_id", instance_id.clone())],
+                )
+                .await?;
+            return Ok(LaunchOutcome::FoundRunning);
+        }
+
+        let secret = ids::new_secret();
+        self.store
+            .set_run_fields(
+                run_id,
+                &[
+                    ("secret_hash", ids::hash_secret(&secret)),
+                    ("instance_id", instance_id.clone()),
+                ],
+            )
+            .await?;
+        let now = Utc::now();
+        self.store
+            .create_instance(&Instance {
+                id: instance_id.clone(),
+                run_id: run.id.clone(),
+                provider: self.cloud.name().to_string(),
+                state: InstanceState::Requested,
+                instance_type: None,
+                dns_name: None,
+                ip_address: None,
+                ready: false,
+                transitions: [(InstanceState::Requested, now)].into(),
+            })
+            .await?;
+
+        let boot = AgentBoot {
+            run_id: run.id.clone(),
+            api_url: self.settings.api.public_url.clone(),
+            secret,
+        };
+        match self.cloud.launch(&instance_id, &boot).await {
+            Ok(launched) => {
+                let mut fields = Vec::new();
+                for (field, value) in [
+                    ("instance_type", launched.instance_type),
+                    ("dns_name", launched.dns_name),
+                    ("ip_address", launched.ip_address),
+                ] {
+                    if let Some(value) = value {
+                        fields.push((field, value));
+                    }
+                }
+                self.store
+                    .set_instance_fields(&instance_id, &fields)
+                    .await?;
+                self.store
+                    .advance_run(run_id, RunState::Booting, &[])
+                    .await?;
+                tracing::info!(run_id, instance_id, "instance launched");
+                Ok(LaunchOutcome::Launched)
+            }
+            Err(err) if err.is_retryable() => Err(err),
+            Err(err) => {
+                tracing::error!(run_id, instance_id, error = %err, "launch failed");
+                self.store
+                    .advance_run(
+                        run_id,
+                        RunState::ProvisionFailed,
+                        &[("error", err.to_string())],
+                    )
+                    .await?;
+                self.store
+                    .advance_instance(&instance_id, InstanceState::Terminated, &[])
+                    .await?;
+                Ok(LaunchOutcome::Failed)
+            }
+        }
+    }
+}

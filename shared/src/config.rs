@@ -1,0 +1,211 @@
+//! The one typed configuration of every service, layered: built-in defaults
+//! (`shared/config/default.toml`), then an optional file, then `SPOT__SECTION__KEY` environment variables.
+//! Unknown keys are refused, and secrets are held in [`SecretString`] so they never reach a log.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub rabbitmq: RabbitSettings,
+    pub api: ApiSettings,
+    pub auth: AuthSettings,
+    pub provisioner: ProvisionerSettings,
+    pub reaper: ReaperSettings,
+    pub cloud: CloudSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// May carry a password, so it is a secret.
+    pub url: SecretString,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitSettings {
+    pub url: SecretString,
+    pub namespace: String,
+    pub timer_levels: u8,
+    pub timer_unit_ms: u64,
+    pub timer_lead_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub host: String,
+    pub port: u16,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub max_log_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub accounts: Vec<AccountSettings>,
+    pub admin_keys: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub name: String,
+    pub keys: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionerSettings {
+    pub prefetch: u16,
+    pub reconcile_interval_secs: u64,
+    pub reconcile_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaperSettings {
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSettings {
+    pub provider: ProviderKind,
+    pub local: LocalCloudSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalCloudSettings {
+    pub agent_bin: String,
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` (or the file named by `SPOT_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, config::ConfigError> {
+        let env_file = std::env::var_os("SPOT_CONFIG").map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("SPOT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+
+    /// The built-in defaults alone, ignoring files and environment (for tests).
+    pub fn defaults() -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("built-in defaults are valid")
+    }
+
+    /// Defaults overlaid with a TOML text (for tests and tools).
+    pub fn from_toml(text: &str) -> Result<Settings, config::ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()
+    }
+
+    pub fn timer_levels(&self) -> crate::timer::TimerLevels {
+        crate::timer::TimerLevels::new(
+            &self.rabbitmq.namespace,
+            self.rabbitmq.timer_levels,
+            self.rabbitmq.timer_unit_ms,
+            self.rabbitmq.timer_lead_ms,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn defaults_load() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.api.port, 8080);
+        assert_eq!(settings.cloud.provider, ProviderKind::Local);
+        assert_eq!(settings.rabbitmq.timer_levels, 28);
+    }
+
+    #[test]
+    fn files_override_and_unknown_keys_are_refused() {
+        let settings = Settings::from_toml(
+            "[api]\nport = 9090\n[[auth.accounts]]\nname = \"acme\"\nkeys = [\"k1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(settings.api.port, 9090);
+        assert_eq!(settings.auth.accounts[0].keys[0].expose_secret(), "k1");
+        let err = Settings::from_toml("[api]\nprot = 9090\n").unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let settings = Settings::from_toml(
+            "[[auth.accounts]]\nname = \"acme\"\nkeys = [\"super-secret-key\"]\n",
+        )
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("super-secret-key"));
+    }
+}
+
+/// The value of `--config PATH` (or `--config=PATH`) on the command line, if given.
+pub fn config_path_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}

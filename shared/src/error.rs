@@ -1,0 +1,163 @@
+//! One error type for the whole system. Its [`ErrorCode`] decides the HTTP status an api answers with and
+//! whether a consumer should retry a message (requeue) or give up on it (ack or dead-letter).
+
+use std::fmt;
+
+/// What kind of failure happened, independent of where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The input is malformed or violates a rule; sending it again will not help.
+    InvalidInput,
+    /// No or an unknown credential.
+    Unauthorized,
+    /// A valid credential that may not touch this resource.
+    Forbidden,
+    NotFound,
+    /// The resource is not in a state that allows the operation (an illegal transition, a duplicate).
+    Conflict,
+    PayloadTooLarge,
+    /// A dependency (Redis, RabbitMQ, Docker, the cloud) failed or timed out; trying again may succeed.
+    Unavailable,
+    /// A bug or an unexpected state; retrying will not help.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status code the api answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidInput => 400,
+            ErrorCode::Unauthorized => 403,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether the same operation may succeed later. Consumers requeue retryable failures and
+    /// dead-letter the others.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error with its code, a message fit for the caller, and the input field it concerns, if any.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {}", field, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A validation error about one input field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error {
+            code: ErrorCode::InvalidInput,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Forbidden, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Conflict, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Unavailable, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Internal, message)
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        Error::unavailable(format!("redis: {err}"))
+    }
+}
+
+impl From<lapin::Error> for Error {
+    fn from(err: lapin::Error) -> Self {
+        Error::unavailable(format!("rabbitmq: {err}"))
+    }
+}
+
+impl From<bollard::errors::Error> for Error {
+    fn from(err: bollard::errors::Error) -> Self {
+        Error::unavailable(format!("docker: {err}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::internal(format!("json: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_retryable() {
+        assert!(ErrorCode::Unavailable.is_retryable());
+        assert!(!ErrorCode::InvalidInput.is_retryable());
+        assert!(!ErrorCode::Internal.is_retryable());
+        assert_eq!(ErrorCode::NotFound.http_status(), 404);
+    }
+
+    #[test]
+    fn display_names_the_field() {
+        let err = Error::invalid("docker_image", "must not be empty");
+        assert_eq!(err.to_string(), "docker_image: must not be empty");
+    }
+}

@@ -1,0 +1,52 @@
+//! Random identifiers and secrets, and the hashing that lets us store secrets without keeping them.
+
+use rand::distr::{Alphanumeric, SampleString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A 32-character alphanumeric id, the shape seed 003's clients know (`xqKQiunYlaKrPhDSfj06tUzSvPiGJJ9G`).
+pub fn new_id() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+/// A fresh 256-bit secret, hex-encoded.
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The SHA-256 of a secret, hex-encoded: what the store keeps instead of the secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Whether `presented` hashes to `stored_hash`, compared in constant time.
+pub fn secret_matches(presented: &str, stored_hash: &str) -> bool {
+    let presented_hash = hash_secret(presented);
+    presented_hash
+        .as_bytes()
+        .ct_eq(stored_hash.as_bytes())
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_32_alphanumerics_and_distinct() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn secrets_match_only_their_hash() {
+        let secret = new_secret();
+        let stored = hash_secret(&secret);
+        assert!(secret_matches(&secret, &stored));
+        assert!(!secret_matches("guess", &stored));
+        assert!(!secret_matches("", &stored));
+    }
+}

@@ -1,0 +1,60 @@
+//! The messages that travel on RabbitMQ between the services.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A timer firing: the job named is due at `scheduled_at`, if it is still at `generation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireMessage {
+    pub job_id: String,
+    pub generation: u64,
+    pub scheduled_at: DateTime<Utc>,
+}
+
+/// Ask the reaper to terminate an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminateRequest {
+    pub instance_id: String,
+    pub run_id: String,
+    pub reason: String,
+}
+
+/// What an agent fetches from the api to run its job (`GET /agent/runs/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub instance_id: Option<String>,
+    pub image: String,
+    /// The command as arguments; `None` keeps the image's default.
+    pub argv: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent
+/// reports. The caller proves itself with the run's secret in the `X-Run-Secret` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRequest {
+    pub action: String,
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Why the run ended without an exit code (an image that could not be pulled, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The agent stopped the container because the run's timeout passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+}
+
+/// The header an agent sends its run's secret in.
+pub const RUN_SECRET_HEADER: &str = "X-Run-Secret";

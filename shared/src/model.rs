@@ -1,0 +1,480 @@
+//! The domain: jobs, their runs and the instances runs use, with the state machines that say which
+//! moves are legal. Every surface of the api and every service speaks these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A job: what to run and when. Runs are its executions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub account: String,
+    pub group: String,
+    /// The schedule as the user wrote it; see [`crate::schedule`].
+    pub schedule: String,
+    pub runner: Runner,
+    pub enabled: bool,
+    /// Bumped on every change; a timer armed for an older generation is stale and dropped.
+    pub generation: u64,
+    /// How long a run may take before it is timed out.
+    pub timeout_secs: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the next run is due; `None` once a one-shot job has fired.
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// What a run of a job does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Runner {
+    /// A Docker container on a fresh (spot) instance.
+    Container(ContainerSpec),
+}
+
+/// A container to run on an instance of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// The command, split like a shell would (without running one); `None` keeps the image's default.
+    pub cmd: Option<String>,
+    /// `KEY=value` items, passed to the container as they are.
+    pub env: Vec<String>,
+    /// Instance types to ask the cloud for; the provider's default when empty.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+}
+
+impl Job {
+    pub fn container(&self) -> &ContainerSpec {
+        match &self.runner {
+            Runner::Container(spec) => spec,
+        }
+    }
+}
+
+/// Bounds on what a job may carry, so one request cannot fill the store.
+pub mod limits {
+    pub const IMAGE_LEN: usize = 512;
+    pub const CMD_LEN: usize = 16 * 1024;
+    pub const ENV_ITEMS: usize = 256;
+    pub const ENV_ITEM_LEN: usize = 32 * 1024;
+    pub const INSTANCE_TYPES: usize = 16;
+}
+
+impl ContainerSpec {
+    /// Checks every field, naming the first bad one. `prefix` is prepended to field names
+    /// (`""` for seed 003's flat body).
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let image = self.image.trim();
+        if image.is_empty() {
+            return Err(Error::invalid(field("docker_image"), "must not be empty"));
+        }
+        if image.len() > limits::IMAGE_LEN
+            || image.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::invalid(
+                field("docker_image"),
+                format!(
+                    "must be an image reference without spaces, at most {} bytes",
+                    limits::IMAGE_LEN
+                ),
+            ));
+        }
+        if let Some(cmd) = &self.cmd {
+            if cmd.len() > limits::CMD_LEN {
+                return Err(Error::invalid(
+                    field("cmd"),
+                    format!("longer than {} bytes", limits::CMD_LEN),
+                ));
+            }
+            if self.argv().is_none() {
+                return Err(Error::invalid(
+                    field("cmd"),
+                    "has an unterminated quote or escape",
+                ));
+            }
+        }
+        if self.env.len() > limits::ENV_ITEMS {
+            return Err(Error::invalid(
+                field("env"),
+                format!("more than {} items", limits::ENV_ITEMS),
+            ));
+        }
+        for (i, item) in self.env.iter().enumerate() {
+            let name = field(&format!("env[{i}]"));
+            let Some((key, _value)) = item.split_once('=') else {
+                return Err(Error::invalid(
+                    name,
+                    format!("{item:?} is not of the form key=value"),
+                ));
+            };
+            if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::invalid(
+                    name,
+                    "the key before '=' must be a non-empty name without spaces",
+                ));
+            }
+            if item.len() > limits::ENV_ITEM_LEN || item.contains('\0') {
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "must be at most {} bytes, without NUL",
+                        limits::ENV_ITEM_LEN
+                    ),
+                ));
+            }
+        }
+        if self.instance_types.len() > limits::INSTANCE_TYPES
+            || self
+                .instance_types
+                .iter()
+                .any(|t| t.is_empty() || t.len() > 64)
+        {
+            return Err(Error::invalid(
+                field("instance_types"),
+                "at most 16 non-empty names",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The command split into arguments the way a shell would, without running a shell.
+    /// An empty command means the image's default.
+    pub fn argv(&self) -> Option<Vec<String>> {
+        let cmd = self.cmd.as_deref()?.trim();
+        if cmd.is_empty() {
+            return None;
+        }
+        shlex::split(cmd)
+    }
+}
+
+/// Where a run is. Only moves forward, along [`RunState::can_move_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Pending,
+    Provisioning,
+    Booting,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// The spot instance was reclaimed; the run is retried as a new attempt.
+    Interrupted,
+    Cancelled,
+    ProvisionFailed,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 10] = [
+        RunState::Pending,
+        RunState::Provisioning,
+        RunState::Booting,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::TimedOut,
+        RunState::Interrupted,
+        RunState::Cancelled,
+        RunState::ProvisionFailed,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded
+                | RunState::Failed
+                | RunState::TimedOut
+                | RunState::Interrupted
+                | RunState::Cancelled
+                | RunState::ProvisionFailed
+        )
+    }
+
+    /// The legal transitions. Anything else is a bug or a stale message and is refused.
+    pub fn can_move_to(self, next: RunState) -> bool {
+        use RunState::*;
+        match self {
+            Pending => matches!(next, Provisioning | Cancelled),
+            Provisioning => matches!(next, Booting | ProvisionFailed | Cancelled | TimedOut),
+            // An agent may fail before its container starts (an image that cannot be pulled).
+            Booting => matches!(next, Running | Failed | TimedOut | Interrupted | Cancelled),
+            Running => matches!(
+                next,
+                Succeeded | Failed | TimedOut | Interrupted | Cancelled
+            ),
+            Succeeded | Failed | TimedOut | Interrupted | Cancelled | ProvisionFailed => false,
+        }
+    }
+
+    /// Checks a transition, naming both ends when it is illegal.
+    pub fn check_move(self, next: RunState) -> Result<()> {
+        if self.can_move_to(next) {
+            Ok(())
+        } else {
+            Err(Error::conflict(format!(
+                "illegal run transition {self} -> {next}"
+            )))
+        }
+    }
+
+    /// The status word of seed 003's simple API (`scheduled`, `running`, `failed`, `finished`).
+    pub fn simple_status(self) -> &'static str {
+        use RunState::*;
+        match self {
+            Pending => "scheduled",
+            // An interrupted run is retried on a new instance, so the job is still under way.
+            Provisioning | Booting | Running | Interrupted => "running",
+            Succeeded => "finished",
+            Failed | TimedOut | Cancelled | ProvisionFailed => "failed",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use RunState::*;
+        match self {
+            Pending => "pending",
+            Provisioning => "provisioning",
+            Booting => "booting",
+            Running => "running",
+            Succeeded => "succeeded",
+            Failed => "failed",
+            TimedOut => "timed_out",
+            Interrupted => "interrupted",
+            Cancelled => "cancelled",
+            ProvisionFailed => "provision_failed",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::internal(format!("unknown run state {s:?}")))
+    }
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Requested,
+    Running,
+    Terminating,
+    Terminated,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 4] = [
+        InstanceState::Requested,
+        InstanceState::Running,
+        InstanceState::Terminating,
+        InstanceState::Terminated,
+    ];
+
+    pub fn can_move_to(self, next: InstanceState) -> bool {
+        use InstanceState::*;
+        match self {
+            Requested => matches!(next, Running | Terminating | Terminated),
+            Running => matches!(next, Terminating | Terminated),
+            Terminating => matches!(next, Terminated),
+            Terminated => false,
+        }
+    }
+
+    pub fn check_move(self, next: InstanceState) -> Result<()> {
+        if self.can_move_to(next) {
+            Ok(())
+        } else {
+            Err(Error::conflict(format!(
+                "illegal instance transition {self} -> {next}"
+            )))
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Requested => "requested",
+            InstanceState::Running => "running",
+            InstanceState::Terminating => "terminating",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InstanceState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        InstanceState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::internal(format!("unknown instance state {s:?}")))
+    }
+}
+
+/// One execution of a job, for one scheduled instant and attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub id: String,
+    pub job_id: String,
+    pub account: String,
+    pub attempt: u32,
+    pub scheduled_at: DateTime<Utc>,
+    pub state: RunState,
+    /// When the run entered each state it has been in.
+    pub transitions: BTreeMap<RunState, DateTime<Utc>>,
+    pub instance_id: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    /// Why the run failed, when it did without an exit code (a pull error, a launch error).
+    pub error: Option<String>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// SHA-256 of the secret the run's agent presents; never serialised to callers.
+    #[serde(skip)]
+    pub secret_hash: String,
+}
+
+/// A machine a run executes on: an EC2 instance, or an agent process with the `local` provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub run_id: String,
+    pub provider: String,
+    pub state: InstanceState,
+    pub instance_type: Option<String>,
+    pub dns_name: Option<String>,
+    pub ip_address: Option<String>,
+    /// The agent has reported in and is running the job.
+    pub ready: bool,
+    pub transitions: BTreeMap<InstanceState, DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_only_move_forward() {
+        use RunState::*;
+        let path = [Pending, Provisioning, Booting, Running, Succeeded];
+        for pair in path.windows(2) {
+            assert!(pair[0].can_move_to(pair[1]), "{} -> {}", pair[0], pair[1]);
+            assert!(!pair[1].can_move_to(pair[0]), "{} -> {}", pair[1], pair[0]);
+        }
+        assert!(!Pending.can_move_to(Running));
+        assert!(!Pending.can_move_to(Succeeded));
+        assert!(Booting.can_move_to(Failed));
+        assert!(Provisioning.can_move_to(ProvisionFailed));
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for from in RunState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in RunState::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to} must be illegal");
+                assert!(from.check_move(to).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>().unwrap(), state);
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        for state in InstanceState::ALL {
+            assert_eq!(state.as_str().parse::<InstanceState>().unwrap(), state);
+        }
+    }
+
+    fn spec(cmd: Option<&str>, env: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            image: "busybox:latest".into(),
+            cmd: cmd.map(str::to_string),
+            env: env.iter().map(|s| s.to_string()).collect(),
+            instance_types: vec![],
+        }
+    }
+
+    #[test]
+    fn container_specs_are_validated_field_by_field() {
+        assert!(
+            spec(Some("sleep 60"), &["key=value", "key1=value=1", "EMPTY="])
+                .validate("")
+                .is_ok()
+        );
+        let err = spec(None, &["ok=1", "novalue"]).validate("").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("env[1]"));
+        let err = spec(None, &["=value"]).validate("").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("env[0]"));
+        let err = spec(Some("echo 'unterminated"), &[])
+            .validate("")
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("cmd"));
+        let mut empty_image = spec(None, &[]);
+        empty_image.image = "  ".into();
+        assert_eq!(
+            empty_image.validate("").unwrap_err().field.as_deref(),
+            Some("docker_image")
+        );
+    }
+
+    #[test]
+    fn commands_split_like_a_shell_without_one() {
+        let argv = spec(Some(r#"sh -c 'echo "$HOME"; exit 3'"#), &[])
+            .argv()
+            .unwrap();
+        assert_eq!(argv, vec!["sh", "-c", r#"echo "$HOME"; exit 3"#]);
+        assert_eq!(spec(Some("   "), &[]).argv(), None);
+        assert_eq!(spec(None, &[]).argv(), None);
+    }
+
+    #[test]
+    fn simple_status_words_follow_seed_003() {
+        assert_eq!(RunState::Pending.simple_status(), "scheduled");
+        assert_eq!(RunState::Running.simple_status(), "running");
+        assert_eq!(RunState::Succeeded.simple_status(), "finished");
+        assert_eq!(RunState::Failed.simple_status(), "failed");
+        assert_eq!(RunState::ProvisionFailed.simple_status(), "failed");
+    }
+
+    #[test]
+    fn instances_never_come_back_from_terminated() {
+        use InstanceState::*;
+        assert!(Requested.can_move_to(Running));
+        assert!(Running.can_move_to(Terminating));
+        assert!(Terminating.can_move_to(Terminated));
+        for to in InstanceState::ALL {
+            assert!(!Terminated.can_move_to(to));
+        }
+        assert!(!Terminating.can_move_to(Running));
+    }
+}

@@ -1,0 +1,529 @@
+//! The Redis store: the source of truth for jobs, runs and instances.
+//!
+//! Key layout, under the configured prefix `p`:
+//! - `p:job:{id}`: the job as JSON; `p:jobs` and `p:account:{a}:jobs`: job ids by creation time
+//! - `p:timers`: job ids scored by their next fire time (ms); what the reconciler re-arms from
+//! - `p:fire:{job}:{ms}`: the run recorded for that fire, so a fire is recorded once
+//! - `p:run:{id}`: the run as a hash (state moves only by compare-and-set); `p:job:{id}:runs` its job's runs
+//! - `p:run:{id}:log`: the container output, capped
+//! - `p:instance:{id}`: the instance as a hash; `p:instances:live`: instances not yet terminated
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
+use crate::error::{Error, Result};
+use crate::model::{Instance, InstanceState, Job, Run, RunState};
+
+/// A state machine whose current state lives in the `state` field of a Redis hash.
+pub trait HashState: Copy + PartialEq + Display + FromStr<Err = Error> {
+    fn check_move(self, next: Self) -> Result<()>;
+}
+
+impl HashState for RunState {
+    fn check_move(self, next: Self) -> Result<()> {
+        RunState::check_move(self, next)
+    }
+}
+
+impl HashState for InstanceState {
+    fn check_move(self, next: Self) -> Result<()> {
+        InstanceState::check_move(self, next)
+    }
+}
+
+/// What a state change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved<S> {
+    /// The state moved from this one.
+    From(S),
+    /// The record was already in the target state; nothing changed.
+    AlreadyThere,
+}
+
+/// The outcome of recording a fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireRecord {
+    /// This delivery recorded the fire; the run id is new.
+    New(String),
+    /// The fire was recorded before (a redelivery); this is its run.
+    Existing(String),
+    /// The job is gone, or changed since the timer was armed.
+    Stale,
+}
+
+/// Compare-and-set on a hash's `state`: KEYS[1] hash; ARGV[1] expected, ARGV[2] new, then field/value pairs.
+const CAS_STATE: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {0, ''} end
+if current ~= ARGV[1] then return {0, current} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
+return {1, current}
+"#;
+
+/// Records a fire once. KEYS: fire marker, run hash, job runs, job, timers. ARGV: run id, generation,
+/// score, job id, then the run's field/value pairs.
+const RECORD_FIRE: &str = r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then return {1, existing} end
+local raw = redis.call('GET', KEYS[4])
+if not raw then return {2, ''} end
+local job = cjson.decode(raw)
+if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return {0, ARGV[1]}
+"#;
+
+/// Appends to a capped string. KEYS[1] log; ARGV[1] chunk, ARGV[2] cap in bytes.
+const APPEND_CAPPED: &str = r#"
+local len = redis.call('STRLEN', KEYS[1])
+local cap = tonumber(ARGV[2])
+if len >= cap then return len end
+local chunk = ARGV[1]
+if len + #chunk > cap then chunk = string.sub(chunk, 1, cap - len) end
+return redis.call('APPEND', KEYS[1], chunk)
+"#;
+
+/// Creates a hash only if it does not exist. KEYS[1] hash, KEYS[2] a set to add ARGV[1] to; ARGV[2..] pairs.
+const CREATE_HASH: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"#;
+
+static CAS_STATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_STATE));
+static RECORD_FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_FIRE));
+static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_CAPPED));
+static CREATE_HASH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_HASH));
+
+/// Handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl Store {
+    pub async fn connect(settings: &RedisSettings) -> Result<Store> {
+        let client = redis::Client::open(settings.url.expose_secret())
+            .map_err(|e| Error::internal(format!("bad redis url: {e}")))?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Store {
+            conn,
+            prefix: settings.key_prefix.clone(),
+        })
+    }
+
+    fn key(&self, parts: &str) -> String {
+        format!("{}:{}", self.prefix, parts)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    // ----- jobs -----
+
+    /// Stores a new job and its next fire time in one transaction.
+    pub async fn create_job(&self, job: &Job) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(job)?;
+        let created = job.created_at.timestamp_millis();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set(self.key(&format!("job:{}", job.id)), json)
+            .ignore()
+            .zadd(self.key(&format!("jobs")), &job.id, created)
+            .ignore()
+            .zadd(
+                self.key(&format!("account:{}:jobs", job.account)),
+                &job.id,
+                created,
+            )
+            .ignore();
+        if let Some(next) = job.next_fire_at {
+            pipe.zadd(
+                self.key(&format!("timers")),
+                &job.id,
+                next.timestamp_millis(),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// A job with its next fire time, or `None`.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        let mut conn = self.conn.clone();
+        let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
+            .get(self.key(&format!("job:{id}")))
+            .zscore(self.key(&format!("timers")), id)
+            .query_async(&mut conn)
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        let mut job: Job = serde_json::from_str(&raw)?;
+        job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+        Ok(Some(job))
+    }
+
+    /// An account's job ids, newest first.
+    pub async fn list_job_ids(&self, account: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let stop = if limit == 0 { -1 } else { limit as isize - 1 };
+        Ok(conn
+            .zrevrange(self.key(&format!("account:{account}:jobs")), 0, stop)
+            .await?)
+    }
+
+    /// Jobs whose next fire time is at or before `before`, oldest first.
+    pub async fn due_timers(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, f64)> = conn
+            .zrangebyscore_limit_withscores(
+                self.key(&format!("timers")),
+                "-inf",
+                before.timestamp_millis(),
+                0,
+                limit as isize,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, ms)| Some((id, Utc.timestamp_millis_opt(ms as i64).single()?)))
+            .collect())
+    }
+
+    /// Sets or clears a job's next fire time, but only if it is still `expected` (so a slow worker
+    /// never overwrites a newer schedule).
+    pub async fn advance_timer(
+        &self,
+        job_id: &str,
+        expected: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        const SCRIPT: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
+else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+return 1
+"#;
+        let mut conn = self.conn.clone();
+        let next = next
+            .map(|t| t.timestamp_millis().to_string())
+            .unwrap_or_default();
+        static ADVANCE_TIMER: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+        let _: i64 = ADVANCE_TIMER
+            .key(self.key(&format!("timers")))
+            .arg(job_id)
+            .arg(expected.timestamp_millis())
+            .arg(next)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    // ----- runs -----
+
+    /// Records the fire of `job_id` at `scheduled_at` exactly once, creating its run in `pending`.
+    pub async fn record_fire(
+        &self,
+        job: &Job,
+        generation: u64,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<FireRecord> {
+        let mut conn = self.conn.clone();
+        let run_id = crate::ids::new_id();
+        let now = Utc::now();
+        let fields = [
+            ("id", run_id.clone()),
+            ("job_id", job.id.clone()),
+            ("account", job.account.clone()),
+            ("attempt", "1".to_string()),
+            ("scheduled_at", scheduled_at.to_rfc3339()),
+            ("state", RunState::Pending.to_string()),
+        ];
+        let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
+        let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
+        script
+            .key(self.key(&format!(
+                "fire:{}:{}",
+                job.id,
+                scheduled_at.timestamp_millis()
+            )))
+            .key(self.key(&format!("run:{run_id}")))
+            .key(self.key(&format!("job:{}:runs", job.id)))
+            .key(self.key(&format!("job:{}", job.id)))
+            .arg(&run_id)
+            .arg(generation)
+            .arg(now.timestamp_millis())
+            .arg(&job.id);
+        for (field, value) in &fields {
+            script.arg(*field).arg(value);
+        }
+        script.arg(&pending_at.0).arg(&pending_at.1);
+        let (status, id): (i64, String) = script.invoke_async(&mut conn).await?;
+        Ok(match status {
+            0 => FireRecord::New(id),
+            1 => FireRecord::Existing(id),
+            _ => FireRecord::Stale,
+        })
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let mut conn = self.conn.clone();
+        let map: BTreeMap<String, String> = conn.hgetall(self.key(&format!("run:{id}"))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        run_from_hash(&map).map(Some)
+    }
+
+    /// A job's run ids, newest first.
+    pub async fn job_run_ids(&self, job_id: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let stop = if limit == 0 { -1 } else { limit as isize - 1 };
+        Ok(conn
+            .zrevrange(self.key(&format!("job:{job_id}:runs")), 0, stop)
+            .await?)
+    }
+
+    /// The newest run of a job.
+    pub async fn latest_run(&self, job_id: &str) -> Result<Option<Run>> {
+        match self.job_run_ids(job_id, 1).await?.first() {
+            Some(id) => self.get_run(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a run to `to` (timestamped) and sets `fields`, if the move is legal from where it is.
+    pub async fn advance_run(
+        &self,
+        id: &str,
+        to: RunState,
+        fields: &[(&str, String)],
+    ) -> Result<Moved<RunState>> {
+        let key = self.key(&format!("run:{id}"));
+        self.advance_hash(&key, "run", id, to, fields).await
+    }
+
+    /// Sets fields of a run without changing its state.
+    pub async fn set_run_fields(&self, id: &str, fields: &[(&str, String)]) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("run:{id}"));
+        let _: () = conn.hset_multiple(key, fields).await?;
+        Ok(())
+    }
+
+    pub async fn append_log(&self, run_id: &str, chunk: &[u8], cap: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let len: usize = APPEND_CAPPED_SCRIPT
+            .key(self.key(&format!("run:{run_id}:log")))
+            .arg(chunk)
+            .arg(cap)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(len)
+    }
+
+    pub async fn get_log(&self, run_id: &str) -> Result<Vec<u8>> {
+        let mut conn = self.conn.clone();
+        let log: Option<Vec<u8>> = conn.get(self.key(&format!("run:{run_id}:log"))).await?;
+        Ok(log.unwrap_or_default())
+    }
+
+    // ----- instances -----
+
+    /// Creates an instance record unless one with that id exists. Returns whether it was created.
+    pub async fn create_instance(&self, instance: &Instance) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let mut script = CREATE_HASH_SCRIPT.prepare_invoke();
+        script
+            .key(self.key(&format!("instance:{}", instance.id)))
+            .key(self.key(&format!("instances:live")))
+            .arg(&instance.id);
+        for (field, value) in instance_to_hash(instance) {
+            script.arg(field).arg(value);
+        }
+        let created: i64 = script.invoke_async(&mut conn).await?;
+        Ok(created == 1)
+    }
+
+    pub async fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
+        let mut conn = self.conn.clone();
+        let map: BTreeMap<String, String> =
+            conn.hgetall(self.key(&format!("instance:{id}"))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        instance_from_hash(&map).map(Some)
+    }
+
+    pub async fn advance_instance(
+        &self,
+        id: &str,
+        to: InstanceState,
+        fields: &[(&str, String)],
+    ) -> Result<Moved<InstanceState>> {
+        let key = self.key(&format!("instance:{id}"));
+        let moved = self.advance_hash(&key, "instance", id, to, fields).await?;
+        if to == InstanceState::Terminated {
+            let mut conn = self.conn.clone();
+            let _: () = conn.srem(self.key(&format!("instances:live")), id).await?;
+        }
+        Ok(moved)
+    }
+
+    pub async fn set_instance_fields(&self, id: &str, fields: &[(&str, String)]) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset_multiple(self.key(&format!("instance:{id}")), fields)
+            .await?;
+        Ok(())
+    }
+
+    /// The compare-and-set loop behind every state change: read, check legality, swap if unchanged.
+    async fn advance_hash<S: HashState>(
+        &self,
+        key: &str,
+        kind: &str,
+        id: &str,
+        to: S,
+        fields: &[(&str, String)],
+    ) -> Result<Moved<S>> {
+        let mut conn = self.conn.clone();
+        let stamp = Utc::now().to_rfc3339();
+        let time_field = format!("t:{to}");
+        for _ in 0..8 {
+            let current: Option<String> = conn.hget(key, "state").await?;
+            let current: S = current
+                .ok_or_else(|| Error::not_found(format!("no {kind} {id}")))?
+                .parse()?;
+            if current == to {
+                return Ok(Moved::AlreadyThere);
+            }
+            current.check_move(to)?;
+            let mut invocation = CAS_STATE_SCRIPT.prepare_invoke();
+            invocation
+                .key(key)
+                .arg(current.to_string())
+                .arg(to.to_string())
+                .arg(&time_field)
+                .arg(&stamp);
+            for (field, value) in fields {
+                invocation.arg(*field).arg(value);
+            }
+            let (swapped, _seen): (i64, String) = invocation.invoke_async(&mut conn).await?;
+            if swapped == 1 {
+                return Ok(Moved::From(current));
+            }
+        }
+        Err(Error::unavailable(format!(
+            "{kind} {id} kept changing under us"
+        )))
+    }
+}
+
+fn state_time_field(state: RunState) -> String {
+    format!("t:{state}")
+}
+
+fn parse_time(value: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::internal(format!("bad stored time {value:?}: {e}")))
+}
+
+fn optional(map: &BTreeMap<String, String>, field: &str) -> Option<String> {
+    map.get(field).filter(|v| !v.is_empty()).cloned()
+}
+
+fn required<'a>(map: &'a BTreeMap<String, String>, field: &str) -> Result<&'a String> {
+    map.get(field)
+        .ok_or_else(|| Error::internal(format!("stored record lacks {field}")))
+}
+
+/// The `t:{state}` fields of a hash, as a map from state to time.
+fn transitions<S: FromStr + Ord>(map: &BTreeMap<String, String>) -> BTreeMap<S, DateTime<Utc>> {
+    map.iter()
+        .filter_map(|(field, value)| {
+            let state = field.strip_prefix("t:")?.parse().ok()?;
+            Some((state, parse_time(value).ok()?))
+        })
+        .collect()
+}
+
+fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
+    Ok(Run {
+        id: required(map, "id")?.clone(),
+        job_id: required(map, "job_id")?.clone(),
+        account: required(map, "account")?.clone(),
+        attempt: required(map, "attempt")?
+            .parse()
+            .map_err(|_| Error::internal("bad stored attempt"))?,
+        scheduled_at: parse_time(required(map, "scheduled_at")?)?,
+        state: required(map, "state")?.parse()?,
+        transitions: transitions(map),
+        instance_id: optional(map, "instance_id"),
+        container_id: optional(map, "container_id"),
+        exit_code: optional(map, "exit_code").and_then(|v| v.parse().ok()),
+        error: optional(map, "error"),
+        heartbeat_at: optional(map, "heartbeat_at").and_then(|v| parse_time(&v).ok()),
+        secret_hash: optional(map, "secret_hash").unwrap_or_default(),
+    })
+}
+
+fn instance_to_hash(instance: &Instance) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("id".to_string(), instance.id.clone()),
+        ("run_id".to_string(), instance.run_id.clone()),
+        ("provider".to_string(), instance.provider.clone()),
+        ("state".to_string(), instance.state.to_string()),
+        ("ready".to_string(), u8::from(instance.ready).to_string()),
+    ];
+    let optionals = [
+        ("instance_type", &instance.instance_type),
+        ("dns_name", &instance.dns_name),
+        ("ip_address", &instance.ip_address),
+    ];
+    for (field, value) in optionals {
+        if let Some(value) = value {
+            fields.push((field.to_string(), value.clone()));
+        }
+    }
+    for (state, at) in &instance.transitions {
+        fields.push((format!("t:{state}"), at.to_rfc3339()));
+    }
+    fields
+}
+
+fn instance_from_hash(map: &BTreeMap<String, String>) -> Result<Instance> {
+    Ok(Instance {
+        id: required(map, "id")?.clone(),
+        run_id: required(map, "run_id")?.clone(),
+        provider: required(map, "provider")?.clone(),
+        state: required(map, "state")?.parse()?,
+        instance_type: optional(map, "instance_type"),
+        dns_name: optional(map, "dns_name"),
+        ip_address: optional(map, "ip_address"),
+        ready: map.get("ready").map(|v| v == "1").unwrap_or(false),
+        transitions: transitions(map),
+    })
+}

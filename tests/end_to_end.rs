@@ -1,0 +1,142 @@
+//! One job the whole way on real parts: `POST /schedule` → timer on RabbitMQ → provisioner records the
+//! run and launches a local agent → the agent runs the container on the Docker engine and calls back →
+//! the reaper terminates the instance.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use chrono::Utc;
+use serde_json::{json, Value};
+use spot_shared::cloud::INSTANCE_LABEL;
+use spot_tests::image::{busybox_image, docker};
+use spot_tests::*;
+
+async fn run_job_to_the_end(exit_code: i32, expected_status: &str) -> Value {
+    let env = TestEnv::new();
+    let image = busybox_image().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+
+    let due = Utc::now() + chrono::Duration::seconds(2);
+    let body = json!({
+        "schedule": due.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        "docker_image": image,
+        "env": ["GREETING=hello from spot", "key1=value=1"],
+        "cmd": format!("sh -c 'echo \"$GREETING\"; echo \"$key1\"; exit {exit_code}'"),
+    });
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    assert_eq!(response.status(), 200);
+    let scheduled: Value = response.json().await.unwrap();
+    assert_eq!(scheduled["status"], "scheduled");
+    assert_eq!(scheduled["message"], "job successfully scheduled");
+    let id = scheduled["id"].as_str().unwrap().to_string();
+    assert_eq!(app.status(&id).await["status"], "scheduled");
+
+    let status = eventually(Duration::from_secs(90), "the run to end", || async {
+        let status = app.status(&id).await;
+        (status["status"] == expected_status && status["aws"]["state"] == "terminated")
+            .then_some(status)
+    })
+    .await;
+
+    // It ran no earlier than it was due.
+    let run = &status["run"];
+    let fired: chrono::DateTime<Utc> =
+        serde_json::from_value(run["transitions"]["pending"].clone()).unwrap();
+    assert!(fired >= due, "fired at {fired}, due {due}");
+
+    assert_eq!(status["docker"]["container_exit_code"], exit_code);
+    assert_eq!(status["docker"]["docker_image"], image);
+    let output = status["output"].as_str().unwrap();
+    assert!(output.contains("hello from spot\n"), "output: {output:?}");
+    assert!(output.contains("value=1\n"), "output: {output:?}");
+    assert_eq!(status["aws"]["ready"], true);
+
+    // The run went the whole legal way, every step timestamped.
+    for state in ["pending", "provisioning", "booting", "running"] {
+        assert!(run["transitions"][state].is_string(), "no {state} in {run}");
+    }
+
+    // The container is gone.
+    let instance_id = status["aws"]["instance_id"].as_str().unwrap();
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{INSTANCE_LABEL}={instance_id}")],
+    )]);
+    let left = docker()
+        .await
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "containers left: {left:?}");
+
+    // And /list shows it with the seed's status word.
+    let list: Value = app.get("/list", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(list["jobs"][0]["id"], id.as_str());
+    assert_eq!(list["jobs"][0]["status"], expected_status);
+
+    reaper.stop().await;
+    provisioner.stop().await;
+    app.service.stop().await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_exits_3_is_failed_with_its_output_and_its_instance_terminated() {
+    let status = run_job_to_the_end(3, "failed").await;
+    assert_eq!(status["run"]["state"], "failed");
+    assert_eq!(status["run"]["exit_code"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_exits_0_is_finished() {
+    let status = run_job_to_the_end(0, "finished").await;
+    assert_eq!(status["run"]["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_that_cannot_be_pulled_fails_the_run_with_the_reason() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+
+    let body = json!({
+        "schedule": Utc::now().to_rfc3339(),
+        "docker_image": "registry.invalid/nobody/nothing:1",
+        "cmd": "true",
+    });
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let status = eventually(Duration::from_secs(90), "the run to fail", || async {
+        let status = app.status(&id).await;
+        (status["status"] == "failed" && status["aws"]["state"] == "terminated").then_some(status)
+    })
+    .await;
+    let error = status["run"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("registry.invalid/nobody/nothing:1"),
+        "error: {error}"
+    );
+    assert_eq!(status["docker"]["container_exit_code"], "");
+
+    reaper.stop().await;
+    provisioner.stop().await;
+    app.service.stop().await;
+}

@@ -1,0 +1,311 @@
+//! The integration-test harness: each test gets a [`TestEnv`] of its own (a Redis key prefix and a
+//! RabbitMQ vhost, removed again on drop) and spawns the real services into it on random ports.
+//!
+//! Needs Redis on 127.0.0.1:6379, RabbitMQ on 5672 with its management API on 15672 (guest/guest),
+//! and a Docker engine; `scripts/test` starts them. Override with `SPOT_TEST_REDIS_URL`,
+//! `SPOT_TEST_AMQP_BASE`, `SPOT_TEST_RABBIT_ADMIN`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use spot_shared::broker::Broker;
+use spot_shared::config::Settings;
+use spot_shared::store::Store;
+use tokio::sync::oneshot;
+
+pub mod image;
+
+pub const ACCOUNT_KEY: &str = "test-key-acme";
+pub const OTHER_ACCOUNT_KEY: &str = "test-key-globex";
+
+fn redis_url() -> String {
+    std::env::var("SPOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn amqp_base() -> String {
+    std::env::var("SPOT_TEST_AMQP_BASE")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+/// host:port of the RabbitMQ management API.
+fn rabbit_admin() -> String {
+    std::env::var("SPOT_TEST_RABBIT_ADMIN").unwrap_or_else(|_| "127.0.0.1:15672".into())
+}
+
+/// One test's isolated slice of Redis and RabbitMQ.
+pub struct TestEnv {
+    pub name: String,
+    pub settings: Settings,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let name = format!("t-{}", spot_shared::ids::new_id()[..12].to_lowercase());
+        management_request("PUT", &format!("/api/vhosts/{name}"), "{}");
+        management_request(
+            "PUT",
+            &format!("/api/permissions/{name}/guest"),
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+        );
+        let agent_bin = agent_binary();
+        let toml = format!(
+            r#"
+            [redis]
+            url = "{redis}"
+            key_prefix = "{name}"
+            [rabbitmq]
+            url = "{amqp}/{name}"
+            namespace = "spot"
+            [api]
+            port = 0
+            [auth]
+            admin_keys = []
+            [[auth.accounts]]
+            name = "acme"
+            keys = ["{ACCOUNT_KEY}"]
+            [[auth.accounts]]
+            name = "globex"
+            keys = ["{OTHER_ACCOUNT_KEY}"]
+            [provisioner]
+            reconcile_interval_secs = 3600
+            [cloud.local]
+            agent_bin = "{agent}"
+            log_dir = "/tmp/spot-scheduler-tests/{name}"
+            [log]
+            format = "pretty"
+            level = "info"
+            "#,
+            redis = redis_url(),
+            amqp = amqp_base(),
+            agent = agent_bin.display(),
+        );
+        let settings = Settings::from_toml(&toml).expect("test settings are valid");
+        spot_shared::telemetry::init(&settings.log);
+        TestEnv { name, settings }
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.settings.redis)
+            .await
+            .expect("redis is up")
+    }
+
+    pub async fn broker(&self) -> Broker {
+        let broker = Broker::connect(&self.settings.rabbitmq)
+            .await
+            .expect("rabbitmq is up");
+        broker.declare_topology().await.expect("topology declares");
+        broker
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        TestEnv::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        if let Ok(client) = redis::Client::open(redis_url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}:*", self.name))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                for chunk in keys.chunks(500) {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(format!("/tmp/spot-scheduler-tests/{}", self.name));
+    }
+}
+
+/// A bare HTTP/1.1 call to the management API (blocking, so it also works from `Drop`).
+fn management_request(method: &str, path: &str, body: &str) {
+    let address = rabbit_admin();
+    let mut stream = TcpStream::connect(&address)
+        .unwrap_or_else(|e| panic!("RabbitMQ management API at {address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    // guest:guest
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("management request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        status.starts_with('2') || (method == "DELETE" && status == "404"),
+        "{method} {path}: {response}"
+    );
+}
+
+/// `spot-agent`, built beside the test binary (`scripts/test` builds it first).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let agent = dir.join("spot-agent");
+    assert!(
+        agent.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        agent.display()
+    );
+    agent
+}
+
+/// A service running in the test, stopped when dropped.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Running
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(stopped));
+        Running {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the service and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The api, running on a random port.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub service: Running,
+}
+
+pub async fn spawn_app(env: &TestEnv) -> TestApp {
+    let app = spot_api::Application::build(env.settings.clone())
+        .await
+        .expect("api builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let service = Running::spawn(|stopped| async move {
+        app.run_until_stopped(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        service,
+    }
+}
+
+/// The provisioner, with agents told to reach the api at `api_url`.
+pub async fn spawn_provisioner(env: &TestEnv, api_url: &str) -> Running {
+    let mut settings = env.settings.clone();
+    settings.api.public_url = api_url.to_string();
+    let provisioner = spot_provisioner::Provisioner::build(settings)
+        .await
+        .expect("provisioner builds");
+    Running::spawn(|stopped| async move {
+        provisioner
+            .run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+    })
+}
+
+pub async fn spawn_reaper(env: &TestEnv) -> Running {
+    let reaper = spot_reaper::Reaper::build(env.settings.clone())
+        .await
+        .expect("reaper builds");
+    Running::spawn(|stopped| async move {
+        reaper
+            .run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// POSTs a raw body with the account's key.
+    pub async fn post_raw(&self, path: &str, key: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("X-Auth-Token", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("X-Auth-Token", key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET /status/{id}` as JSON.
+    pub async fn status(&self, id: &str) -> serde_json::Value {
+        let response = self.get(&format!("/status/{id}"), ACCOUNT_KEY).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("status is JSON")
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

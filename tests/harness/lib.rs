@@ -75,7 +75,7 @@ impl TestEnv {
             log_dir = "/tmp/spot-scheduler-tests/{name}"
             [log]
             format = "pretty"
-            level = "info"
+            level = "warn"
             "#,
             redis = redis_url(),
             amqp = amqp_base(),

@@ -41,6 +41,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid("body", "a JSON object is required"));
     }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Error::invalid("body", "must be a JSON object"),
+            Err(err) => Error::invalid("body", format!("not valid JSON: {err}")),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -99,6 +105,8 @@ mod tests {
         let err = parse_json::<Body>(br#"{"name": "x", "nmae": 1}"#).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("nmae"));
         let err = parse_json::<Body>(b"schedule=now").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("body"));
+        let err = parse_json::<Body>(b"[1]").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("body"));
         let err = parse_json::<Body>(b"").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("body"));

@@ -37,7 +37,10 @@ async fn seed_003_example_is_scheduled_and_its_status_has_the_seed_shape() {
     for key in ["instance_id", "dns_name", "ready", "ip_address", "state"] {
         assert!(status["aws"].get(key).is_some(), "aws.{key} missing");
     }
-    assert_eq!(status["docker"]["environment"], json!(["key=value", "key1=value=1"]));
+    assert_eq!(
+        status["docker"]["environment"],
+        json!(["key=value", "key1=value=1"])
+    );
     assert_eq!(status["docker"]["command"], "sleep 60");
     assert_eq!(status["docker"]["docker_image"], "alpine:latest");
     assert_eq!(status["docker"]["container_exit_code"], "");
@@ -47,16 +50,28 @@ async fn seed_003_example_is_scheduled_and_its_status_has_the_seed_shape() {
 
     // An instant without an offset is UTC, as in the seed's 2016-11-18T23:59:59.
     let response = app
-        .post_raw("/schedule", ACCOUNT_KEY, r#"{"schedule": "2099-11-18T23:59:59", "docker_image": "alpine"}"#)
+        .post_raw(
+            "/schedule",
+            ACCOUNT_KEY,
+            r#"{"schedule": "2099-11-18T23:59:59", "docker_image": "alpine"}"#,
+        )
         .await;
     assert_eq!(response.status(), 200);
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    assert_eq!(app.status(&id).await["next_fire_at"], "2099-11-18T23:59:59Z");
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.status(&id).await["next_fire_at"],
+        "2099-11-18T23:59:59Z"
+    );
 
     let list: Value = app.get("/list", ACCOUNT_KEY).await.json().await.unwrap();
     let jobs = list["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 2);
-    assert!(jobs.iter().all(|job| job["status"] == "scheduled" && job["schedule"].is_string()));
+    assert!(jobs
+        .iter()
+        .all(|job| job["status"] == "scheduled" && job["schedule"].is_string()));
 }
 
 #[tokio::test]
@@ -65,16 +80,40 @@ async fn bad_input_gets_400_naming_the_field_and_stores_nothing() {
     let app = spawn_app(&env).await;
     let cases = [
         (r#"{"docker_image": "alpine"}"#, "schedule"),
-        (r#"{"schedule": "next tuesday", "docker_image": "alpine"}"#, "schedule"),
-        (r#"{"schedule": "2099-02-30T10:00:00Z", "docker_image": "alpine"}"#, "schedule"),
+        (
+            r#"{"schedule": "next tuesday", "docker_image": "alpine"}"#,
+            "schedule",
+        ),
+        (
+            r#"{"schedule": "2099-02-30T10:00:00Z", "docker_image": "alpine"}"#,
+            "schedule",
+        ),
         (r#"{"schedule": 12, "docker_image": "alpine"}"#, "schedule"),
         (r#"{"schedule": "2099-01-01T00:00:00Z"}"#, "docker_image"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": ""}"#, "docker_image"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "   "}"#, "docker_image"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "env": ["ok=1", "novalue"]}"#, "env[1]"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "env": "k=v"}"#, "env"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "cmd": "echo 'open"}"#, "cmd"),
-        (r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "shedule": "x"}"#, "shedule"),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": ""}"#,
+            "docker_image",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "   "}"#,
+            "docker_image",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "env": ["ok=1", "novalue"]}"#,
+            "env[1]",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "env": "k=v"}"#,
+            "env",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "cmd": "echo 'open"}"#,
+            "cmd",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "shedule": "x"}"#,
+            "shedule",
+        ),
         ("schedule=2099-01-01&docker_image=alpine", "body"),
         ("", "body"),
         ("[1, 2]", "body"),
@@ -84,7 +123,10 @@ async fn bad_input_gets_400_naming_the_field_and_stores_nothing() {
         assert_eq!(response.status(), 400, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["field"], field, "{body}: {error}");
-        assert!(error["message"].as_str().unwrap().contains(field), "{body}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(field),
+            "{body}: {error}"
+        );
     }
     assert_eq!(job_count(&app).await, 0);
 
@@ -112,10 +154,23 @@ async fn keys_decide_who_sees_what() {
     assert_eq!(job_count(&app).await, 0);
 
     let response = app.post_raw("/schedule", ACCOUNT_KEY, body).await;
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Another account neither sees nor lists it.
-    assert_eq!(app.get(&format!("/status/{id}"), OTHER_ACCOUNT_KEY).await.status(), 404);
-    let list: Value = app.get("/list", OTHER_ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(
+        app.get(&format!("/status/{id}"), OTHER_ACCOUNT_KEY)
+            .await
+            .status(),
+        404
+    );
+    let list: Value = app
+        .get("/list", OTHER_ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["jobs"], json!([]));
     // Unknown ids are 404 with a message.
     let response = app.get("/status/nosuchjob", ACCOUNT_KEY).await;
@@ -128,7 +183,12 @@ async fn keys_decide_who_sees_what() {
 async fn healthcheck_is_open_and_reports_redis_and_rabbitmq() {
     let env = TestEnv::new();
     let app = spawn_app(&env).await;
-    let response = app.client.get(app.url("/healthcheck")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/healthcheck"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let health: Value = response.json().await.unwrap();
     assert_eq!(health["redis"], "ok");
@@ -138,12 +198,19 @@ async fn healthcheck_is_open_and_reports_redis_and_rabbitmq() {
 /// A job and its recorded run, as the provisioner leaves them before launching.
 async fn launched_run(env: &TestEnv, app: &TestApp) -> (String, String) {
     let body = json!({"schedule": "2099-01-01T00:00:00Z", "docker_image": "alpine"});
-    let response = app.post_raw("/schedule", ACCOUNT_KEY, &body.to_string()).await;
-    let job_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    let job_id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let store = env.store().await;
     let job = store.get_job(&job_id).await.unwrap().unwrap();
     let record = store.record_fire(&job, 1, Utc::now()).await.unwrap();
-    let FireRecord::New(run_id) = record else { panic!("{record:?}") };
+    let FireRecord::New(run_id) = record else {
+        panic!("{record:?}")
+    };
     (job_id, run_id)
 }
 
@@ -159,10 +226,13 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
         let secret = spot_shared::ids::new_secret();
         let instance_id = format!("local-{run_id}-1");
         store
-            .set_run_fields(&run_id, &[
-                ("secret_hash", spot_shared::ids::hash_secret(&secret)),
-                ("instance_id", instance_id.clone()),
-            ])
+            .set_run_fields(
+                &run_id,
+                &[
+                    ("secret_hash", spot_shared::ids::hash_secret(&secret)),
+                    ("instance_id", instance_id.clone()),
+                ],
+            )
             .await
             .unwrap();
         store
@@ -179,15 +249,22 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
             })
             .await
             .unwrap();
-        store.advance_run(&run_id, spot_shared::model::RunState::Provisioning, &[]).await.unwrap();
-        store.advance_run(&run_id, spot_shared::model::RunState::Booting, &[]).await.unwrap();
+        store
+            .advance_run(&run_id, spot_shared::model::RunState::Provisioning, &[])
+            .await
+            .unwrap();
+        store
+            .advance_run(&run_id, spot_shared::model::RunState::Booting, &[])
+            .await
+            .unwrap();
         runs.push((job_id, run_id, instance_id, secret));
     }
     let (job_a, run_a, instance_a, secret_a) = &runs[0];
     let (_, run_b, instance_b, secret_b) = &runs[1];
 
     let callback = |instance: &str, secret: &str, action: &str| {
-        let body = json!({"action": action, "job_id": job_a, "instance_id": instance, "exit_code": 0});
+        let body =
+            json!({"action": action, "job_id": job_a, "instance_id": instance, "exit_code": 0});
         app.client
             .post(app.url("/callback"))
             .header("X-Run-Secret", secret.to_string())
@@ -195,12 +272,42 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
             .send()
     };
     // Seed 003's body with no secret, a wrong secret, or another run's secret: 403.
-    assert_eq!(callback(instance_a, "", "terminate").await.unwrap().status(), 403);
-    assert_eq!(callback(instance_a, "guess", "terminate").await.unwrap().status(), 403);
-    assert_eq!(callback(instance_a, secret_b, "terminate").await.unwrap().status(), 403);
+    assert_eq!(
+        callback(instance_a, "", "terminate")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        callback(instance_a, "guess", "terminate")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        callback(instance_a, secret_b, "terminate")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     // Run A's secret naming run B's instance: 403.
-    assert_eq!(callback(instance_b, secret_a, "terminate").await.unwrap().status(), 403);
-    assert_eq!(callback("i-0bfe22184ff4c092c", secret_a, "terminate").await.unwrap().status(), 403);
+    assert_eq!(
+        callback(instance_b, secret_a, "terminate")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        callback("i-0bfe22184ff4c092c", secret_a, "terminate")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     // The agent endpoints too.
     let response = app
         .client
@@ -221,16 +328,43 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
     }
 
     // A bad action is a 400; the right secret works.
-    assert_eq!(callback(instance_a, secret_a, "explode").await.unwrap().status(), 400);
-    assert_eq!(callback(instance_a, secret_a, "update").await.unwrap().status(), 200);
-    assert_eq!(callback(instance_a, secret_a, "terminate").await.unwrap().status(), 200);
+    assert_eq!(
+        callback(instance_a, secret_a, "explode")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        callback(instance_a, secret_a, "update")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        callback(instance_a, secret_a, "terminate")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let run = store.get_run(run_a).await.unwrap().unwrap();
     assert_eq!(run.state, spot_shared::model::RunState::Succeeded);
     assert_eq!(run.exit_code, Some(0));
     let instance = store.get_instance(instance_a).await.unwrap().unwrap();
-    assert_eq!(instance.state, spot_shared::model::InstanceState::Terminating);
+    assert_eq!(
+        instance.state,
+        spot_shared::model::InstanceState::Terminating
+    );
     // The run is over: it cannot be moved back to running.
-    assert_eq!(callback(instance_a, secret_a, "update").await.unwrap().status(), 409);
+    assert_eq!(
+        callback(instance_a, secret_a, "update")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
     let _ = run_b;
 }
 
@@ -239,20 +373,33 @@ async fn a_fire_is_recorded_once_however_often_it_arrives() {
     let env = TestEnv::new();
     let app = spawn_app(&env).await;
     let body = json!({"schedule": "2099-01-01T00:00:00Z", "docker_image": "alpine"});
-    let response = app.post_raw("/schedule", ACCOUNT_KEY, &body.to_string()).await;
-    let job_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    let job_id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let store = env.store().await;
     let job = store.get_job(&job_id).await.unwrap().unwrap();
     let at = job.next_fire_at.unwrap();
 
     let first = store.record_fire(&job, 1, at).await.unwrap();
-    let FireRecord::New(run_id) = first else { panic!("{first:?}") };
+    let FireRecord::New(run_id) = first else {
+        panic!("{first:?}")
+    };
     for _ in 0..3 {
-        assert_eq!(store.record_fire(&job, 1, at).await.unwrap(), FireRecord::Existing(run_id.clone()));
+        assert_eq!(
+            store.record_fire(&job, 1, at).await.unwrap(),
+            FireRecord::Existing(run_id.clone())
+        );
     }
     assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap(), vec![run_id]);
     // A timer armed for another generation of the job records nothing.
     let later = at + chrono::Duration::seconds(1);
-    assert_eq!(store.record_fire(&job, 7, later).await.unwrap(), FireRecord::Stale);
+    assert_eq!(
+        store.record_fire(&job, 7, later).await.unwrap(),
+        FireRecord::Stale
+    );
     assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap().len(), 1);
 }

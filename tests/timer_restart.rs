@@ -23,7 +23,11 @@ async fn an_armed_timer_survives_a_broker_restart() {
     let env = TestEnv::new();
     let broker = env.broker().await;
     let due = Utc::now() + chrono::Duration::seconds(12);
-    let fire = FireMessage { job_id: "survivor".into(), generation: 1, scheduled_at: due };
+    let fire = FireMessage {
+        job_id: "survivor".into(),
+        generation: 1,
+        scheduled_at: due,
+    };
     broker.arm_timer(&fire, due).await.unwrap();
     broker.close().await;
 
@@ -31,9 +35,11 @@ async fn an_armed_timer_survives_a_broker_restart() {
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
 
-    let broker = eventually(Duration::from_secs(60), "RabbitMQ to accept connections", || async {
-        Broker::connect(&env.settings.rabbitmq).await.ok()
-    })
+    let broker = eventually(
+        Duration::from_secs(60),
+        "RabbitMQ to accept connections",
+        || async { Broker::connect(&env.settings.rabbitmq).await.ok() },
+    )
     .await;
     let queue = broker.topology().fires_queue();
     let mut consumer = broker.consume(&queue, 10, "test").await.unwrap();
@@ -44,6 +50,9 @@ async fn an_armed_timer_survives_a_broker_restart() {
         .unwrap();
     let message: FireMessage = serde_json::from_slice(&delivery.data).unwrap();
     assert_eq!(message, fire);
-    assert!(Utc::now() >= due - chrono::Duration::milliseconds(1100), "it did not fire early");
+    assert!(
+        Utc::now() >= due - chrono::Duration::milliseconds(1100),
+        "it did not fire early"
+    );
     delivery.ack(BasicAckOptions::default()).await.unwrap();
 }

@@ -9,7 +9,11 @@ use spot_shared::messages::FireMessage;
 use spot_tests::*;
 
 fn fire(job: &str, due: chrono::DateTime<Utc>) -> FireMessage {
-    FireMessage { job_id: job.to_string(), generation: 1, scheduled_at: due }
+    FireMessage {
+        job_id: job.to_string(),
+        generation: 1,
+        scheduled_at: due,
+    }
 }
 
 #[tokio::test]
@@ -19,8 +23,14 @@ async fn a_short_timer_armed_after_a_long_one_is_not_blocked_by_it() {
     let now = Utc::now();
     let hour = now + chrono::Duration::hours(1);
     let soon = now + chrono::Duration::seconds(2);
-    broker.arm_timer(&fire("in-an-hour", hour), hour).await.unwrap();
-    broker.arm_timer(&fire("in-two-seconds", soon), soon).await.unwrap();
+    broker
+        .arm_timer(&fire("in-an-hour", hour), hour)
+        .await
+        .unwrap();
+    broker
+        .arm_timer(&fire("in-two-seconds", soon), soon)
+        .await
+        .unwrap();
 
     let queue = broker.topology().fires_queue();
     let mut consumer = broker.consume(&queue, 10, "test").await.unwrap();
@@ -38,7 +48,11 @@ async fn a_short_timer_armed_after_a_long_one_is_not_blocked_by_it() {
     let early = (message.scheduled_at - arrived).num_milliseconds();
     assert!(early <= 1050, "arrived {early} ms early");
     // The hour-long one is still waiting.
-    assert!(tokio::time::timeout(Duration::from_secs(2), consumer.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), consumer.next())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ impl Broker {
             .queue_declare(
                 dead.as_str().into(),
                 durable_queue(),
-                table(&[quorum.clone()]),
+                table(std::slice::from_ref(&quorum)),
             )
             .await?;
         channel

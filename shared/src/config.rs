@@ -161,6 +161,20 @@ impl Settings {
     }
 }
 
+/// The value of `--config PATH` (or `--config=PATH`) on the command line, if given.
+pub fn config_path_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,18 +208,4 @@ mod tests {
         .unwrap();
         assert!(!format!("{settings:?}").contains("super-secret-key"));
     }
-}
-
-/// The value of `--config PATH` (or `--config=PATH`) on the command line, if given.
-pub fn config_path_from_args() -> Option<PathBuf> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    None
 }

@@ -145,7 +145,7 @@ impl Store {
         pipe.atomic()
             .set(self.key(&format!("job:{}", job.id)), json)
             .ignore()
-            .zadd(self.key(&format!("jobs")), &job.id, created)
+            .zadd(self.key("jobs"), &job.id, created)
             .ignore()
             .zadd(
                 self.key(&format!("account:{}:jobs", job.account)),
@@ -154,12 +154,8 @@ impl Store {
             )
             .ignore();
         if let Some(next) = job.next_fire_at {
-            pipe.zadd(
-                self.key(&format!("timers")),
-                &job.id,
-                next.timestamp_millis(),
-            )
-            .ignore();
+            pipe.zadd(self.key("timers"), &job.id, next.timestamp_millis())
+                .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -170,7 +166,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
             .get(self.key(&format!("job:{id}")))
-            .zscore(self.key(&format!("timers")), id)
+            .zscore(self.key("timers"), id)
             .query_async(&mut conn)
             .await?;
         let Some(raw) = raw else { return Ok(None) };
@@ -197,7 +193,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let rows: Vec<(String, f64)> = conn
             .zrangebyscore_limit_withscores(
-                self.key(&format!("timers")),
+                self.key("timers"),
                 "-inf",
                 before.timestamp_millis(),
                 0,
@@ -231,7 +227,7 @@ return 1
             .unwrap_or_default();
         static ADVANCE_TIMER: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
         let _: i64 = ADVANCE_TIMER
-            .key(self.key(&format!("timers")))
+            .key(self.key("timers"))
             .arg(job_id)
             .arg(expected.timestamp_millis())
             .arg(next)
@@ -357,7 +353,7 @@ return 1
         let mut script = CREATE_HASH_SCRIPT.prepare_invoke();
         script
             .key(self.key(&format!("instance:{}", instance.id)))
-            .key(self.key(&format!("instances:live")))
+            .key(self.key("instances:live"))
             .arg(&instance.id);
         for (field, value) in instance_to_hash(instance) {
             script.arg(field).arg(value);
@@ -386,7 +382,7 @@ return 1
         let moved = self.advance_hash(&key, "instance", id, to, fields).await?;
         if to == InstanceState::Terminated {
             let mut conn = self.conn.clone();
-            let _: () = conn.srem(self.key(&format!("instances:live")), id).await?;
+            let _: () = conn.srem(self.key("instances:live"), id).await?;
         }
         Ok(moved)
     }

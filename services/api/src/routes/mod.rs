@@ -42,10 +42,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         return Err(Error::invalid("body", "a JSON object is required"));
     }
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Error::invalid("body", "must be a JSON object"),
-            Err(err) => Error::invalid("body", format!("not valid JSON: {err}")),
-        });
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => Error::invalid("body", "must be a JSON object"),
+                Err(err) => Error::invalid("body", format!("not valid JSON: {err}")),
+            },
+        );
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {

@@ -1,0 +1,85 @@
+# Shared by scripts/up, scripts/down and scripts/test: install what is missing and start the servers
+# spot-scheduler needs on this host (Redis, RabbitMQ with its management UI, a Docker engine).
+# Each function is idempotent: what already runs is left alone.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${SPOT_STATE_DIR:-/tmp/spot-scheduler}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/spot-scheduler-target}"
+mkdir -p "$STATE_DIR"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+log() { printf '[spot] %s\n' "$*" >&2; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: retries COMMAND every half second until it succeeds.
+wait_for() {
+    local what="$1" limit="$2"; shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "gave up waiting for $what after ${limit}s"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+ensure_packages() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    [ -x /bin/busybox ] && /bin/busybox --help 2>&1 | head -1 | grep -q . && file_is_static /bin/busybox \
+        || missing+=(busybox-static)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        $SUDO apt-get update -q >/dev/null
+        # policy-rc.d may forbid starting services at install time; we start them ourselves.
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+file_is_static() {
+    # A static binary has no program interpreter.
+    ! grep -q "ld-linux" "$1" 2>/dev/null
+}
+
+start_redis() {
+    if redis-cli -p 6379 ping 2>/dev/null | grep -q PONG; then return; fi
+    log "starting Redis"
+    redis-server --daemonize yes --port 6379 --bind 127.0.0.1 --dir "$STATE_DIR" \
+        --pidfile "$STATE_DIR/redis.pid" --logfile "$STATE_DIR/redis.log" --appendonly yes
+    touch "$STATE_DIR/started-redis"
+    wait_for Redis 30 redis-cli -p 6379 ping
+}
+
+start_rabbitmq() {
+    $SUDO rabbitmq-plugins enable --offline rabbitmq_management >/dev/null 2>&1 || true
+    if ! $SUDO rabbitmqctl -q status >/dev/null 2>&1; then
+        log "starting RabbitMQ"
+        ( $SUDO rabbitmq-server >"$STATE_DIR/rabbitmq.log" 2>&1 & )
+        touch "$STATE_DIR/started-rabbitmq"
+        wait_for RabbitMQ 120 $SUDO rabbitmqctl -q status
+    fi
+    $SUDO rabbitmqctl -q await_startup >/dev/null
+    wait_for "the RabbitMQ management API" 60 curl -sf -u guest:guest http://127.0.0.1:15672/api/overview
+}
+
+start_dockerd() {
+    if docker info >/dev/null 2>&1 || $SUDO docker info >/dev/null 2>&1; then return; fi
+    log "starting dockerd"
+    ( $SUDO dockerd >"$STATE_DIR/dockerd.log" 2>&1 & )
+    touch "$STATE_DIR/started-dockerd"
+    wait_for dockerd 60 $SUDO docker info
+}
+
+start_dependencies() {
+    ensure_packages
+    start_redis
+    start_rabbitmq
+    start_dockerd
+}

@@ -3,12 +3,15 @@
 //! the reaper terminates the instance.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use chrono::Utc;
 use serde_json::{json, Value};
-use spot_shared::cloud::INSTANCE_LABEL;
+use spot_provisioner::FireOutcome;
+use spot_shared::cloud::{tagged_processes, INSTANCE_LABEL};
+use spot_shared::messages::FireMessage;
 use spot_tests::image::{busybox_image, docker};
 use spot_tests::*;
 
@@ -138,5 +141,81 @@ async fn an_image_that_cannot_be_pulled_fails_the_run_with_the_reason() {
 
     reaper.stop().await;
     provisioner.stop().await;
+    app.service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fire_delivered_twice_at_once_launches_one_instance() {
+    let env = TestEnv::new();
+    let image = busybox_image().await;
+    let app = spawn_app(&env).await;
+    let reaper = spawn_reaper(&env).await;
+    // No provisioner consumes the queue: this test delivers the fire itself, twice, concurrently.
+    let mut settings = env.settings.clone();
+    settings.api.public_url = app.address.clone();
+    let provisioner = spot_provisioner::Provisioner::build(settings)
+        .await
+        .unwrap();
+
+    let due = Utc::now() + chrono::Duration::milliseconds(500);
+    let body = json!({"schedule": due.to_rfc3339(), "docker_image": image, "cmd": "sleep 3"});
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fire = FireMessage {
+        job_id: id.clone(),
+        generation: 1,
+        scheduled_at: due,
+    };
+
+    let (first, second) = tokio::join!(
+        provisioner.handle_fire(&fire),
+        provisioner.handle_fire(&fire)
+    );
+    // One delivery launched; the other found the launch under way (a retryable error: it would be
+    // requeued) or already done.
+    let outcomes = [&first, &second];
+    let launched = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(FireOutcome::Launched { .. })))
+        .count();
+    assert_eq!(launched, 1, "{first:?} {second:?}");
+    assert!(
+        outcomes.iter().all(|o| match o {
+            Ok(FireOutcome::Launched { .. } | FireOutcome::AlreadyHandled { .. }) => true,
+            Err(err) => err.is_retryable(),
+            _ => false,
+        }),
+        "{first:?} {second:?}"
+    );
+    // A late redelivery changes nothing either.
+    let third = provisioner.handle_fire(&fire).await.unwrap();
+    assert!(
+        matches!(
+            third,
+            FireOutcome::AlreadyHandled { .. } | FireOutcome::Launched { new: false, .. }
+        ),
+        "{third:?}"
+    );
+
+    let store = env.store().await;
+    let runs = store.job_run_ids(&id, 0).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = store.get_run(&runs[0]).await.unwrap().unwrap();
+    let instance_id = run.instance_id.clone().unwrap();
+    let agents = tagged_processes(Path::new("/proc"), &instance_id);
+    assert_eq!(agents.len(), 1, "agents for {instance_id}: {agents:?}");
+
+    let status = eventually(Duration::from_secs(90), "the run to end", || async {
+        let status = app.status(&id).await;
+        (status["status"] == "finished" && status["aws"]["state"] == "terminated").then_some(status)
+    })
+    .await;
+    assert_eq!(status["run"]["id"], runs[0].as_str());
+    reaper.stop().await;
     app.service.stop().await;
 }

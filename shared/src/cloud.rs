@@ -212,7 +212,16 @@ async fn remove_labelled_containers(instance_id: &str) -> Result<()> {
 
 /// Scans `/proc` for a process whose command line holds `--instance-id <id>`.
 fn find_tagged_process(proc_root: &Path, instance_id: &str) -> Option<Pid> {
-    let entries = std::fs::read_dir(proc_root).ok()?;
+    tagged_processes(proc_root, instance_id).into_iter().next()
+}
+
+/// Every live process whose command line holds `--instance-id <id>`: more than one would be a
+/// duplicate launch.
+pub fn tagged_processes(proc_root: &Path, instance_id: &str) -> Vec<Pid> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -225,10 +234,10 @@ fn find_tagged_process(proc_root: &Path, instance_id: &str) -> Option<Pid> {
             continue;
         };
         if is_tagged(&cmdline, instance_id) && !is_zombie(&entry.path()) {
-            return Some(Pid::from_raw(pid));
+            found.push(Pid::from_raw(pid));
         }
     }
-    None
+    found
 }
 
 fn is_tagged(cmdline: &[u8], instance_id: &str) -> bool {

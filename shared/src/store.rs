@@ -345,6 +345,40 @@ return 1
         Ok(log.unwrap_or_default())
     }
 
+    // ----- leases -----
+
+    /// Takes a named lease for `ttl` unless someone holds it; returns the token to release it with.
+    /// Leases expire, so a holder that crashes blocks others only until then.
+    pub async fn try_lease(&self, name: &str, ttl: std::time::Duration) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let token = crate::ids::new_id();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("lease:{name}")))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Releases a lease if it is still ours.
+    pub async fn release_lease(&self, name: &str, token: &str) -> Result<()> {
+        static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let _: i64 = RELEASE
+            .key(self.key(&format!("lease:{name}")))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     // ----- instances -----
 
     /// Creates an instance record unless one with that id exists. Returns whether it was created.

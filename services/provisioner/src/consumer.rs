@@ -48,6 +48,7 @@ impl Provisioner {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        self.broker.close().await;
         Ok(())
     }
 

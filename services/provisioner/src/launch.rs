@@ -6,7 +6,10 @@ use spot_shared::cloud::AgentBoot;
 use spot_shared::ids;
 use spot_shared::model::{Instance, InstanceState, RunState};
 use spot_shared::store::Moved;
-use spot_shared::Result;
+use spot_shared::{Error, Result};
+
+/// How long a launch may hold its run's lease: past this a crashed launcher no longer blocks a retry.
+const LAUNCH_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::Provisioner;
 
@@ -22,8 +25,23 @@ pub enum LaunchOutcome {
 }
 
 impl Provisioner {
-    /// Launches the run's instance unless it is launched already.
+    /// Launches the run's instance unless it is launched already. One launch of a run at a time: a
+    /// second delivery of the same fire waits (retryable error) while the first holds the lease.
     pub async fn launch_run(&self, run_id: &str) -> Result<LaunchOutcome> {
+        let lease_name = format!("launch:{run_id}");
+        let Some(token) = self.store.try_lease(&lease_name, LAUNCH_LEASE).await? else {
+            return Err(Error::unavailable(format!(
+                "run {run_id} is being launched by another delivery"
+            )));
+        };
+        let outcome = self.launch_run_leased(run_id).await;
+        if let Err(err) = self.store.release_lease(&lease_name, &token).await {
+            tracing::warn!(run_id, error = %err, "could not release the launch lease; it will expire");
+        }
+        outcome
+    }
+
+    async fn launch_run_leased(&self, run_id: &str) -> Result<LaunchOutcome> {
         let Some(run) = self.store.get_run(run_id).await? else {
             return Ok(LaunchOutcome::NothingToDo);
         };

@@ -126,6 +126,7 @@ impl Reaper {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        self.broker.close().await;
         Ok(())
     }
 }

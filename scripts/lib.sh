@@ -53,8 +53,10 @@ start_redis() {
 }
 
 start_rabbitmq() {
-    $SUDO rabbitmq-plugins enable --offline rabbitmq_management >/dev/null 2>&1 || true
-    if ! $SUDO rabbitmqctl -q status >/dev/null 2>&1; then
+    if $SUDO rabbitmqctl -q status >/dev/null 2>&1; then
+        $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
+    else
+        $SUDO rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
         log "starting RabbitMQ"
         ( $SUDO rabbitmq-server >"$STATE_DIR/rabbitmq.log" 2>&1 & )
         touch "$STATE_DIR/started-rabbitmq"

@@ -22,9 +22,12 @@ async fn run_job_to_the_end(exit_code: i32, expected_status: &str) -> Value {
     let provisioner = spawn_provisioner(&env, &app.address).await;
     let reaper = spawn_reaper(&env).await;
 
-    let due = Utc::now() + chrono::Duration::seconds(2);
+    let schedule = (Utc::now() + chrono::Duration::seconds(2))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let due: chrono::DateTime<Utc> = schedule.parse().unwrap();
     let body = json!({
-        "schedule": due.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        "schedule": schedule,
         "docker_image": image,
         "env": ["GREETING=hello from spot", "key1=value=1"],
         "cmd": format!("sh -c 'echo \"$GREETING\"; echo \"$key1\"; exit {exit_code}'"),

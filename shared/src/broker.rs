@@ -11,9 +11,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
@@ -304,4 +306,41 @@ impl Broker {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// Settles a delivery by what handling it gave: ack on success; requeue after a pause when the error
+/// is retryable (a dependency is down); dead-letter otherwise (malformed or a bug: retrying won't help).
+pub async fn settle<T: std::fmt::Debug>(delivery: &Delivery, outcome: Result<T>, what: &str) {
+    match outcome {
+        Ok(value) => {
+            tracing::debug!(what, ?value, "message handled");
+            if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(what, error = %err, "ack failed; the message will be redelivered");
+            }
+        }
+        Err(err) if err.is_retryable() => {
+            tracing::warn!(what, error = %err, "handling failed; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+        Err(err) => {
+            tracing::error!(what, error = %err, "handling failed for good; dead-lettering");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+}
+
+/// Decodes a JSON message body, mapping a malformed one to a non-retryable error.
+pub fn decode<T: serde::de::DeserializeOwned>(delivery: &Delivery) -> Result<T> {
+    serde_json::from_slice(&delivery.data).map_err(|err| {
+        Error::new(
+            crate::ErrorCode::InvalidInput,
+            format!("malformed message: {err}"),
+        )
+    })
 }

@@ -32,3 +32,18 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Connects to Redis and RabbitMQ and declares the topology: what every service does at start.
+pub async fn connect(settings: &config::Settings) -> Result<(store::Store, broker::Broker)> {
+    let store = store::Store::connect(&settings.redis)
+        .await
+        .map_err(|err| Error::unavailable(format!("connecting to Redis: {err}")))?;
+    let broker = broker::Broker::connect(&settings.rabbitmq)
+        .await
+        .map_err(|err| Error::unavailable(format!("connecting to RabbitMQ: {err}")))?;
+    broker
+        .declare_topology()
+        .await
+        .map_err(|err| Error::unavailable(format!("declaring the RabbitMQ topology: {err}")))?;
+    Ok((store, broker))
+}

@@ -8,9 +8,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use spot_shared::auth::Keyring;
-use spot_shared::broker::Broker;
 use spot_shared::config::Settings;
-use spot_shared::store::Store;
 
 use crate::routes;
 use crate::state::AppState;
@@ -22,16 +20,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::connect(&settings.redis)
-            .await
-            .context("connecting to Redis")?;
-        let broker = Broker::connect(&settings.rabbitmq)
-            .await
-            .context("connecting to RabbitMQ")?;
-        broker
-            .declare_topology()
-            .await
-            .context("declaring the RabbitMQ topology")?;
+        let (store, broker) = spot_shared::connect(&settings).await?;
         let keyring = Keyring::from_settings(&settings.auth);
         if keyring.is_empty() {
             tracing::warn!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use spot_shared::broker::{decode, settle};
 use spot_shared::messages::FireMessage;
 use tokio::task::JoinSet;
 
@@ -54,35 +54,10 @@ impl Provisioner {
 
     /// Processes one delivery: handle it, then ack, requeue (retryable) or dead-letter (malformed, bug).
     pub async fn process_delivery(&self, delivery: Delivery) {
-        let fire: FireMessage = match serde_json::from_slice(&delivery.data) {
-            Ok(fire) => fire,
-            Err(err) => {
-                tracing::error!(error = %err, "malformed fire message; dead-lettering it");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                return;
-            }
+        let outcome = match decode::<FireMessage>(&delivery) {
+            Ok(fire) => self.handle_fire(&fire).await,
+            Err(err) => Err(err),
         };
-        match self.handle_fire(&fire).await {
-            Ok(outcome) => {
-                tracing::debug!(job_id = %fire.job_id, ?outcome, "fire handled");
-                if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %err, "ack failed; the fire will be redelivered and deduplicated");
-                }
-            }
-            Err(err) if err.is_retryable() => {
-                tracing::warn!(job_id = %fire.job_id, error = %err, "fire failed; requeueing");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
-            }
-            Err(err) => {
-                tracing::error!(job_id = %fire.job_id, error = %err, "fire failed for good; dead-lettering");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            }
-        }
+        settle(&delivery, outcome, "fire").await;
     }
 }

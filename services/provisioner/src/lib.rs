@@ -48,16 +48,7 @@ pub struct Provisioner {
 
 impl Provisioner {
     pub async fn build(settings: Settings) -> anyhow::Result<Provisioner> {
-        let store = Store::connect(&settings.redis)
-            .await
-            .context("connecting to Redis")?;
-        let broker = Broker::connect(&settings.rabbitmq)
-            .await
-            .context("connecting to RabbitMQ")?;
-        broker
-            .declare_topology()
-            .await
-            .context("declaring the RabbitMQ topology")?;
+        let (store, broker) = spot_shared::connect(&settings).await?;
         let cloud =
             Cloud::from_settings(&settings.cloud).context("setting up the cloud provider")?;
         Ok(Provisioner {

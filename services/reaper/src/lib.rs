@@ -3,13 +3,11 @@
 //! terminating an instance twice is harmless and the state only moves forward.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use spot_shared::broker::Broker;
+use spot_shared::broker::{decode, settle, Broker};
 use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
 use spot_shared::messages::TerminateRequest;
@@ -28,16 +26,7 @@ pub struct Reaper {
 
 impl Reaper {
     pub async fn build(settings: Settings) -> anyhow::Result<Reaper> {
-        let store = Store::connect(&settings.redis)
-            .await
-            .context("connecting to Redis")?;
-        let broker = Broker::connect(&settings.rabbitmq)
-            .await
-            .context("connecting to RabbitMQ")?;
-        broker
-            .declare_topology()
-            .await
-            .context("declaring the RabbitMQ topology")?;
+        let (store, broker) = spot_shared::connect(&settings).await?;
         let cloud =
             Cloud::from_settings(&settings.cloud).context("setting up the cloud provider")?;
         Ok(Reaper {
@@ -72,33 +61,11 @@ impl Reaper {
 
     /// Processes one delivery: ack on success, requeue when retryable, dead-letter otherwise.
     pub async fn process_delivery(&self, delivery: Delivery) {
-        let request: TerminateRequest = match serde_json::from_slice(&delivery.data) {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::error!(error = %err, "malformed terminate request; dead-lettering it");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                return;
-            }
+        let outcome = match decode::<TerminateRequest>(&delivery) {
+            Ok(request) => self.handle_terminate(&request).await,
+            Err(err) => Err(err),
         };
-        match self.handle_terminate(&request).await {
-            Ok(()) => {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-            Err(err) if err.is_retryable() => {
-                tracing::warn!(instance_id = %request.instance_id, error = %err, "terminate failed; requeueing");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
-            }
-            Err(err) => {
-                tracing::error!(instance_id = %request.instance_id, error = %err, "terminate failed for good");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            }
-        }
+        settle(&delivery, outcome, "terminate").await;
     }
 
     /// Consumes terminate requests until `shutdown` resolves; in-flight requests finish first.

@@ -303,8 +303,15 @@ impl Broker {
         Ok(self.connection.create_channel().await?)
     }
 
+    /// Closes the connection politely, without waiting long for a broker that does not answer.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        let close = self.connection.close(200, "bye".into());
+        if tokio::time::timeout(Duration::from_secs(2), close)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the broker did not confirm the close in time");
+        }
     }
 }
 

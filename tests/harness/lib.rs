@@ -190,7 +190,8 @@ impl Running {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(30), task).await;
+            assert!(stopped.is_ok(), "the service did not stop within 30 s");
         }
     }
 }

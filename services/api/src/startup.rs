@@ -65,11 +65,12 @@ impl Application {
         let server = self.server;
         tokio::pin!(server);
         tokio::select! {
-            result = &mut server => result?,
-            _ = shutdown => {
-                handle.stop(true).await;
-            }
+            result = &mut server => return Ok(result?),
+            _ = shutdown => {}
         }
+        // The server future must keep being polled for the stop to complete.
+        let (_, result) = tokio::join!(handle.stop(true), server);
+        result?;
         Ok(())
     }
 }

@@ -207,7 +207,7 @@ async fn launched_run(env: &TestEnv, app: &TestApp) -> (String, String) {
         .to_string();
     let store = env.store().await;
     let job = store.get_job(&job_id).await.unwrap().unwrap();
-    let record = store.record_fire(&job, 1, Utc::now()).await.unwrap();
+    let record = store.record_fire(&job, 1, Utc::now(), 1).await.unwrap();
     let FireRecord::New(run_id) = record else {
         panic!("{record:?}")
     };
@@ -384,13 +384,13 @@ async fn a_fire_is_recorded_once_however_often_it_arrives() {
     let job = store.get_job(&job_id).await.unwrap().unwrap();
     let at = job.next_fire_at.unwrap();
 
-    let first = store.record_fire(&job, 1, at).await.unwrap();
+    let first = store.record_fire(&job, 1, at, 1).await.unwrap();
     let FireRecord::New(run_id) = first else {
         panic!("{first:?}")
     };
     for _ in 0..3 {
         assert_eq!(
-            store.record_fire(&job, 1, at).await.unwrap(),
+            store.record_fire(&job, 1, at, 1).await.unwrap(),
             FireRecord::Existing(run_id.clone())
         );
     }
@@ -398,7 +398,7 @@ async fn a_fire_is_recorded_once_however_often_it_arrives() {
     // A timer armed for another generation of the job records nothing.
     let later = at + chrono::Duration::seconds(1);
     assert_eq!(
-        store.record_fire(&job, 7, later).await.unwrap(),
+        store.record_fire(&job, 7, later, 1).await.unwrap(),
         FireRecord::Stale
     );
     assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap().len(), 1);

@@ -169,11 +169,7 @@ async fn a_fire_delivered_twice_at_once_launches_one_instance() {
         .as_str()
         .unwrap()
         .to_string();
-    let fire = FireMessage {
-        job_id: id.clone(),
-        generation: 1,
-        scheduled_at: due,
-    };
+    let fire = FireMessage::scheduled(&id, 1, due);
 
     let (first, second) = tokio::join!(
         provisioner.handle_fire(&fire),

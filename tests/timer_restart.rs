@@ -23,11 +23,7 @@ async fn an_armed_timer_survives_a_broker_restart() {
     let env = TestEnv::new();
     let broker = env.broker().await;
     let due = Utc::now() + chrono::Duration::seconds(12);
-    let fire = FireMessage {
-        job_id: "survivor".into(),
-        generation: 1,
-        scheduled_at: due,
-    };
+    let fire = FireMessage::scheduled("survivor", 1, due);
     broker.arm_timer(&fire, due).await.unwrap();
     broker.close().await;
 

@@ -9,11 +9,7 @@ use spot_shared::messages::FireMessage;
 use spot_tests::*;
 
 fn fire(job: &str, due: chrono::DateTime<Utc>) -> FireMessage {
-    FireMessage {
-        job_id: job.to_string(),
-        generation: 1,
-        scheduled_at: due,
-    }
+    FireMessage::scheduled(job, 1, due)
 }
 
 #[tokio::test]

@@ -9,6 +9,29 @@ pub struct FireMessage {
     pub job_id: String,
     pub generation: u64,
     pub scheduled_at: DateTime<Utc>,
+    /// 1 for a scheduled fire; more for a retry of the run of that instant.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Asked for by a user ("run now"): it does not move the job's schedule on.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl FireMessage {
+    /// The scheduled fire of `job` at `at`.
+    pub fn scheduled(job_id: &str, generation: u64, at: DateTime<Utc>) -> FireMessage {
+        FireMessage {
+            job_id: job_id.to_string(),
+            generation,
+            scheduled_at: at,
+            attempt: 1,
+            manual: false,
+        }
+    }
 }
 
 /// Ask the reaper to terminate an instance.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::schedule::{parse_time_zone, Schedule};
 
 /// A job: what to run and when. Runs are its executions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,18 +17,137 @@ pub struct Job {
     pub id: String,
     pub account: String,
     pub group: String,
+    #[serde(default)]
+    pub name: String,
     /// The schedule as the user wrote it; see [`crate::schedule`].
     pub schedule: String,
+    /// IANA time zone the schedule is read in.
+    pub timezone: String,
     pub runner: Runner,
     pub enabled: bool,
     /// Bumped on every change; a timer armed for an older generation is stale and dropped.
     pub generation: u64,
-    /// How long a run may take before it is timed out.
-    pub timeout_secs: u64,
+    pub policies: Policies,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// When the next run is due; `None` once a one-shot job has fired.
+    /// When the next run is due; `None` once a one-shot job has fired, or while disabled.
+    /// Kept in the store's timer index, not in the job record.
+    #[serde(skip)]
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// What to do with a fire while an earlier run of the job is still active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Run anyway, side by side.
+    #[default]
+    Allow,
+    /// Skip this fire.
+    Forbid,
+    /// Cancel the active run, then start this one.
+    Replace,
+}
+
+/// Retry of a failed run: attempts in all, exponential backoff with full jitter between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 means no retry.
+    pub max_attempts: u32,
+    pub backoff_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff_secs: 10,
+            backoff_max_secs: 600,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The longest wait before attempt `next_attempt` (2, 3, ...): base * 2^(n-2), capped. The actual
+    /// wait is drawn uniformly below it (full jitter), so retries of many runs spread out.
+    pub fn backoff_ceiling(&self, next_attempt: u32) -> std::time::Duration {
+        let exponent = next_attempt.saturating_sub(2).min(30);
+        let secs = self
+            .backoff_secs
+            .saturating_mul(1u64 << exponent)
+            .min(self.backoff_max_secs);
+        std::time::Duration::from_secs(secs)
+    }
+}
+
+/// The knobs of a job beyond its schedule and runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policies {
+    pub concurrency: Concurrency,
+    /// A fire later than this is skipped (the next one is armed). `None`: late fires still run.
+    /// After downtime a recurring job runs at most once for everything it missed either way.
+    pub misfire_grace_secs: Option<u64>,
+    pub retries: RetryPolicy,
+    /// How long a run may take before it is timed out.
+    pub timeout_secs: u64,
+    /// How many runs are kept; older ones are deleted with their logs.
+    pub history_limit: usize,
+    /// No fire before this instant.
+    pub start_at: Option<DateTime<Utc>>,
+    /// No fire after this instant.
+    pub end_at: Option<DateTime<Utc>>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            concurrency: Concurrency::Allow,
+            misfire_grace_secs: None,
+            retries: RetryPolicy::default(),
+            timeout_secs: 30 * 60,
+            history_limit: 100,
+            start_at: None,
+            end_at: None,
+        }
+    }
+}
+
+impl Policies {
+    pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let field = |name: &str| format!("{prefix}{name}");
+        if self.timeout_secs == 0 || self.timeout_secs > Self::MAX_TIMEOUT_SECS {
+            return Err(Error::invalid(
+                field("timeout_secs"),
+                format!("must be 1..={}", Self::MAX_TIMEOUT_SECS),
+            ));
+        }
+        if !(1..=20).contains(&self.retries.max_attempts) {
+            return Err(Error::invalid(
+                field("retries.max_attempts"),
+                "must be 1..=20",
+            ));
+        }
+        if self.retries.backoff_secs > 86_400 || self.retries.backoff_max_secs > 86_400 {
+            return Err(Error::invalid(
+                field("retries"),
+                "backoffs must be at most a day",
+            ));
+        }
+        if !(1..=10_000).contains(&self.history_limit) {
+            return Err(Error::invalid(field("history_limit"), "must be 1..=10000"));
+        }
+        if let (Some(start), Some(end)) = (self.start_at, self.end_at) {
+            if end <= start {
+                return Err(Error::invalid(field("end_at"), "must be after start_at"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a run of a job does.
@@ -56,6 +176,53 @@ impl Job {
         match &self.runner {
             Runner::Container(spec) => spec,
         }
+    }
+
+    /// The job's schedule, parsed in its time zone; periods count from its creation.
+    pub fn parsed_schedule(&self) -> Result<Schedule> {
+        let tz = parse_time_zone(&self.timezone, "timezone")?;
+        Schedule::parse(&self.schedule, tz, self.created_at, "schedule")
+    }
+
+    /// The first fire at or after `now`, inside the job's window. A one-shot's instant even if past.
+    pub fn first_fire(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let schedule = self.parsed_schedule()?;
+        let from = self.policies.start_at.map_or(now, |start| start.max(now));
+        let first = match schedule {
+            Schedule::Once(at) => Some(at.max(self.policies.start_at.unwrap_or(at))),
+            recurring => recurring.first_at_or_after(from),
+        };
+        Ok(self.within_window(first))
+    }
+
+    /// The fire after `after`, inside the job's window.
+    pub fn next_fire_after(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let schedule = self.parsed_schedule()?;
+        let next = match self.policies.start_at {
+            Some(start) if start > after => schedule.first_at_or_after(start),
+            _ => schedule.next_after(after),
+        };
+        Ok(self.within_window(next))
+    }
+
+    /// The next `count` fires after `after`, inside the window.
+    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Utc>>> {
+        let mut fires = Vec::with_capacity(count);
+        let mut cursor = after;
+        while fires.len() < count {
+            match self.next_fire_after(cursor)? {
+                Some(next) => {
+                    fires.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        Ok(fires)
+    }
+
+    fn within_window(&self, fire: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        fire.filter(|at| self.policies.end_at.is_none_or(|end| *at <= end))
     }
 }
 
@@ -455,6 +622,47 @@ mod tests {
         assert_eq!(argv, vec!["sh", "-c", r#"echo "$HOME"; exit 3"#]);
         assert_eq!(spec(Some("   "), &[]).argv(), None);
         assert_eq!(spec(None, &[]).argv(), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let retry = RetryPolicy {
+            max_attempts: 5,
+            backoff_secs: 10,
+            backoff_max_secs: 60,
+        };
+        let ceilings: Vec<u64> = (2..=6)
+            .map(|n| retry.backoff_ceiling(n).as_secs())
+            .collect();
+        assert_eq!(ceilings, vec![10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn windows_bound_the_fires() {
+        use chrono::TimeZone;
+        let at = |h: u32| Utc.with_ymd_and_hms(2026, 5, 1, h, 0, 0).unwrap();
+        let job = Job {
+            id: "j".into(),
+            account: "a".into(),
+            group: "g".into(),
+            name: String::new(),
+            schedule: "@hourly".into(),
+            timezone: "UTC".into(),
+            runner: Runner::Container(spec(None, &[])),
+            enabled: true,
+            generation: 1,
+            policies: Policies {
+                start_at: Some(at(5)),
+                end_at: Some(at(7)),
+                ..Policies::default()
+            },
+            created_at: at(0),
+            updated_at: at(0),
+            next_fire_at: None,
+        };
+        assert_eq!(job.first_fire(at(1)).unwrap(), Some(at(5)));
+        assert_eq!(job.upcoming(at(0), 10).unwrap(), vec![at(5), at(6), at(7)]);
+        assert_eq!(job.next_fire_after(at(7)).unwrap(), None);
     }
 
     #[test]

@@ -60,7 +60,10 @@ impl Schedule {
         let invalid = |message: String| Error::invalid(field, message);
         let schedule = if let Some(inner) = wrapped(text, "cron(") {
             let cron = parse_aws_cron(inner).map_err(|e| invalid(format!("{text:?}: {e}")))?;
-            Schedule::Cron { cron: Box::new(cron), tz }
+            Schedule::Cron {
+                cron: Box::new(cron),
+                tz,
+            }
         } else if let Some(inner) = wrapped(text, "rate(") {
             let period = parse_rate(inner).map_err(|e| invalid(format!("{text:?}: {e}")))?;
             Schedule::Every { period, anchor }
@@ -81,9 +84,15 @@ impl Schedule {
                     "{text:?} is not one of @yearly @annually @monthly @weekly @daily @midnight @hourly @every"
                 ))
             })?;
-            Schedule::Cron { cron: Box::new(parse_unix_cron(pattern).map_err(invalid)?), tz }
+            Schedule::Cron {
+                cron: Box::new(parse_unix_cron(pattern).map_err(invalid)?),
+                tz,
+            }
         } else if text.split_whitespace().count() >= 5 {
-            Schedule::Cron { cron: Box::new(parse_unix_cron(text).map_err(invalid)?), tz }
+            Schedule::Cron {
+                cron: Box::new(parse_unix_cron(text).map_err(invalid)?),
+                tz,
+            }
         } else if let Some(at) = parse_instant(text) {
             Schedule::Once(at)
         } else {
@@ -175,7 +184,10 @@ fn descriptor(text: &str) -> Option<&'static str> {
 
 /// 5 fields (minute first) or 6 (seconds first); `?` means `*` in every field.
 fn parse_unix_cron(text: &str) -> Result<Cron, String> {
-    let fields: Vec<String> = text.split_whitespace().map(|f| f.replace('?', "*")).collect();
+    let fields: Vec<String> = text
+        .split_whitespace()
+        .map(|f| f.replace('?', "*"))
+        .collect();
     if !(5..=6).contains(&fields.len()) {
         return Err(format!(
             "{text:?} has {} fields; cron takes 5 (minute hour day month weekday) or 6 (seconds first)",
@@ -224,7 +236,11 @@ fn parse_rate(inner: &str) -> Result<chrono::Duration, String> {
         "minute" | "minutes" => 60,
         "hour" | "hours" => 3600,
         "day" | "days" => 86_400,
-        other => return Err(format!("unknown rate unit {other:?}; use minutes, hours or days")),
+        other => {
+            return Err(format!(
+                "unknown rate unit {other:?}; use minutes, hours or days"
+            ))
+        }
     };
     chrono::Duration::try_seconds(value.checked_mul(unit_secs).ok_or("rate too long")?)
         .ok_or_else(|| "rate too long".into())
@@ -254,7 +270,11 @@ pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
             return Some(at.with_timezone(&Utc));
         }
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
             return Some(naive.and_utc());
         }
@@ -279,8 +299,13 @@ mod tests {
 
     fn parse_in(expression: &str, tz: &str) -> Schedule {
         let anchor = utc(2026, 1, 1, 0, 0, 0);
-        Schedule::parse(expression, parse_time_zone(tz, "timezone").unwrap(), anchor, "schedule")
-            .unwrap_or_else(|e| panic!("{expression}: {e}"))
+        Schedule::parse(
+            expression,
+            parse_time_zone(tz, "timezone").unwrap(),
+            anchor,
+            "schedule",
+        )
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
     }
 
     /// The next `n` fires after `from`.
@@ -291,19 +316,34 @@ mod tests {
     #[test]
     fn seed_003_instants_parse() {
         let schedule = parse("2016-11-22T19:39:22Z");
-        assert_eq!(schedule.first_at_or_after(Utc::now()), Some(utc(2016, 11, 22, 19, 39, 22)));
+        assert_eq!(
+            schedule.first_at_or_after(Utc::now()),
+            Some(utc(2016, 11, 22, 19, 39, 22))
+        );
         // No offset means UTC.
         let schedule = parse("2016-11-18T23:59:59");
-        assert_eq!(schedule.first_at_or_after(Utc::now()), Some(utc(2016, 11, 18, 23, 59, 59)));
+        assert_eq!(
+            schedule.first_at_or_after(Utc::now()),
+            Some(utc(2016, 11, 18, 23, 59, 59))
+        );
         assert!(!schedule.is_recurring());
         assert_eq!(schedule.next_after(utc(2016, 11, 18, 23, 59, 59)), None);
     }
 
     #[test]
     fn offsets_are_honoured() {
-        assert_eq!(parse_instant("2016-11-22T21:39:22+02:00"), Some(utc(2016, 11, 22, 19, 39, 22)));
-        assert_eq!(parse_instant("2016-11-22T21:39+0200"), Some(utc(2016, 11, 22, 19, 39, 0)));
-        assert_eq!(parse_instant("2016-11-22"), Some(utc(2016, 11, 22, 0, 0, 0)));
+        assert_eq!(
+            parse_instant("2016-11-22T21:39:22+02:00"),
+            Some(utc(2016, 11, 22, 19, 39, 22))
+        );
+        assert_eq!(
+            parse_instant("2016-11-22T21:39+0200"),
+            Some(utc(2016, 11, 22, 19, 39, 0))
+        );
+        assert_eq!(
+            parse_instant("2016-11-22"),
+            Some(utc(2016, 11, 22, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -311,9 +351,16 @@ mod tests {
         let from = utc(2026, 3, 1, 10, 0, 30);
         assert_eq!(
             fires("* * * ? *", from, 3),
-            vec![utc(2026, 3, 1, 10, 1, 0), utc(2026, 3, 1, 10, 2, 0), utc(2026, 3, 1, 10, 3, 0)]
+            vec![
+                utc(2026, 3, 1, 10, 1, 0),
+                utc(2026, 3, 1, 10, 2, 0),
+                utc(2026, 3, 1, 10, 3, 0)
+            ]
         );
-        assert_eq!(fires("0 12 ? * ?", from, 1), vec![utc(2026, 3, 1, 12, 0, 0)]);
+        assert_eq!(
+            fires("0 12 ? * ?", from, 1),
+            vec![utc(2026, 3, 1, 12, 0, 0)]
+        );
     }
 
     #[test]
@@ -333,7 +380,10 @@ mod tests {
             fires("0 0 1 jan,jul *", from, 2),
             vec![utc(2026, 7, 1, 0, 0, 0), utc(2027, 1, 1, 0, 0, 0)]
         );
-        assert_eq!(fires("15,45 1 * * *", from, 2), vec![utc(2026, 3, 1, 1, 15, 0), utc(2026, 3, 1, 1, 45, 0)]);
+        assert_eq!(
+            fires("15,45 1 * * *", from, 2),
+            vec![utc(2026, 3, 1, 1, 15, 0), utc(2026, 3, 1, 1, 45, 0)]
+        );
     }
 
     #[test]
@@ -342,7 +392,11 @@ mod tests {
         let from = utc(2026, 3, 1, 0, 0, 0);
         assert_eq!(
             fires("0 0 13 * fri", from, 3),
-            vec![utc(2026, 3, 6, 0, 0, 0), utc(2026, 3, 13, 0, 0, 0), utc(2026, 3, 20, 0, 0, 0)]
+            vec![
+                utc(2026, 3, 6, 0, 0, 0),
+                utc(2026, 3, 13, 0, 0, 0),
+                utc(2026, 3, 20, 0, 0, 0)
+            ]
         );
     }
 
@@ -364,12 +418,25 @@ mod tests {
         let from = utc(2026, 1, 1, 0, 2, 0);
         assert_eq!(
             fires("@every 90s", from, 3),
-            vec![utc(2026, 1, 1, 0, 3, 0), utc(2026, 1, 1, 0, 4, 30), utc(2026, 1, 1, 0, 6, 0)]
+            vec![
+                utc(2026, 1, 1, 0, 3, 0),
+                utc(2026, 1, 1, 0, 4, 30),
+                utc(2026, 1, 1, 0, 6, 0)
+            ]
         );
-        assert_eq!(fires("@every 1h30m", from, 1), vec![utc(2026, 1, 1, 1, 30, 0)]);
+        assert_eq!(
+            fires("@every 1h30m", from, 1),
+            vec![utc(2026, 1, 1, 1, 30, 0)]
+        );
         let schedule = parse("@every 90s");
-        assert_eq!(schedule.first_at_or_after(utc(2026, 1, 1, 0, 0, 0)), Some(utc(2026, 1, 1, 0, 1, 30)));
-        assert_eq!(schedule.first_at_or_after(utc(2026, 1, 1, 0, 3, 0)), Some(utc(2026, 1, 1, 0, 3, 0)));
+        assert_eq!(
+            schedule.first_at_or_after(utc(2026, 1, 1, 0, 0, 0)),
+            Some(utc(2026, 1, 1, 0, 1, 30))
+        );
+        assert_eq!(
+            schedule.first_at_or_after(utc(2026, 1, 1, 0, 3, 0)),
+            Some(utc(2026, 1, 1, 0, 3, 0))
+        );
     }
 
     #[test]
@@ -377,7 +444,11 @@ mod tests {
         let from = utc(2026, 3, 1, 0, 0, 0);
         assert_eq!(
             fires("*/15 * * * * *", from, 3),
-            vec![utc(2026, 3, 1, 0, 0, 15), utc(2026, 3, 1, 0, 0, 30), utc(2026, 3, 1, 0, 0, 45)]
+            vec![
+                utc(2026, 3, 1, 0, 0, 15),
+                utc(2026, 3, 1, 0, 0, 30),
+                utc(2026, 3, 1, 0, 0, 45)
+            ]
         );
     }
 
@@ -389,13 +460,22 @@ mod tests {
             vec![utc(2026, 3, 2, 12, 0, 0), utc(2026, 3, 3, 12, 0, 0)]
         );
         // AWS weekdays: 2 is Monday.
-        assert_eq!(fires("cron(0 8 ? * 2 *)", from, 1), vec![utc(2026, 3, 2, 8, 0, 0)]);
-        assert_eq!(fires("cron(30 9 1 1 ? 2027)", from, 1), vec![utc(2027, 1, 1, 9, 30, 0)]);
+        assert_eq!(
+            fires("cron(0 8 ? * 2 *)", from, 1),
+            vec![utc(2026, 3, 2, 8, 0, 0)]
+        );
+        assert_eq!(
+            fires("cron(30 9 1 1 ? 2027)", from, 1),
+            vec![utc(2027, 1, 1, 9, 30, 0)]
+        );
         assert_eq!(
             fires("rate(5 minutes)", utc(2026, 1, 1, 0, 7, 0), 2),
             vec![utc(2026, 1, 1, 0, 10, 0), utc(2026, 1, 1, 0, 15, 0)]
         );
-        assert_eq!(fires("rate(1 hour)", utc(2026, 1, 1, 0, 7, 0), 1), vec![utc(2026, 1, 1, 1, 0, 0)]);
+        assert_eq!(
+            fires("rate(1 hour)", utc(2026, 1, 1, 0, 7, 0), 1),
+            vec![utc(2026, 1, 1, 1, 0, 0)]
+        );
         let at = parse_in("at(2030-06-01T10:00:00)", "Europe/Paris");
         assert_eq!(at.first_at_or_after(from), Some(utc(2030, 6, 1, 8, 0, 0)));
     }
@@ -403,8 +483,14 @@ mod tests {
     #[test]
     fn time_zones_shift_local_times() {
         let schedule = parse_in("0 9 * * *", "America/New_York");
-        assert_eq!(schedule.next_after(utc(2026, 7, 1, 0, 0, 0)), Some(utc(2026, 7, 1, 13, 0, 0)));
-        assert_eq!(schedule.next_after(utc(2026, 12, 1, 0, 0, 0)), Some(utc(2026, 12, 1, 14, 0, 0)));
+        assert_eq!(
+            schedule.next_after(utc(2026, 7, 1, 0, 0, 0)),
+            Some(utc(2026, 7, 1, 13, 0, 0))
+        );
+        assert_eq!(
+            schedule.next_after(utc(2026, 12, 1, 0, 0, 0)),
+            Some(utc(2026, 12, 1, 14, 0, 0))
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ local raw = redis.call('GET', KEYS[4])
 if not raw then return {2, ''} end
 local job = cjson.decode(raw)
 if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 604800)
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return {0, ARGV[1]}
@@ -136,8 +136,9 @@ impl Store {
 
     // ----- jobs -----
 
-    /// Stores a new job and its next fire time in one transaction.
-    pub async fn create_job(&self, job: &Job) -> Result<()> {
+    /// Stores a job (new or replaced) and its next fire time in one transaction. A job whose
+    /// `next_fire_at` is `None` has no timer.
+    pub async fn save_job(&self, job: &Job) -> Result<()> {
         let mut conn = self.conn.clone();
         let json = serde_json::to_string(job)?;
         let created = job.created_at.timestamp_millis();
@@ -152,9 +153,59 @@ impl Store {
                 &job.id,
                 created,
             )
+            .ignore()
+            .zadd(
+                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
+                &job.id,
+                created,
+            )
             .ignore();
-        if let Some(next) = job.next_fire_at {
-            pipe.zadd(self.key("timers"), &job.id, next.timestamp_millis())
+        match job.next_fire_at {
+            Some(next) => pipe.zadd(self.key("timers"), &job.id, next.timestamp_millis()),
+            None => pipe.zrem(self.key("timers"), &job.id),
+        }
+        .ignore();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Removes a job from its group's index (before it moves to another group).
+    pub async fn delete_group_entry(&self, job: &Job) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .zrem(
+                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
+                &job.id,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a job, its timer, its runs and their logs. Timers still in flight find no job and drop.
+    pub async fn delete_job(&self, job: &Job) -> Result<()> {
+        let run_ids = self.job_run_ids(&job.id, 0).await?;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.key(&format!("job:{}", job.id)))
+            .ignore()
+            .zrem(self.key("jobs"), &job.id)
+            .ignore()
+            .zrem(self.key(&format!("account:{}:jobs", job.account)), &job.id)
+            .ignore()
+            .zrem(
+                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
+                &job.id,
+            )
+            .ignore()
+            .zrem(self.key("timers"), &job.id)
+            .ignore()
+            .del(self.key(&format!("job:{}:runs", job.id)))
+            .ignore();
+        for run_id in &run_ids {
+            pipe.del(self.key(&format!("run:{run_id}")))
+                .ignore()
+                .del(self.key(&format!("run:{run_id}:log")))
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
@@ -175,13 +226,20 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// An account's job ids, newest first.
-    pub async fn list_job_ids(&self, account: &str, limit: usize) -> Result<Vec<String>> {
+    /// An account's job ids (of one group, if given), newest first.
+    pub async fn list_job_ids(
+        &self,
+        account: &str,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
         let stop = if limit == 0 { -1 } else { limit as isize - 1 };
-        Ok(conn
-            .zrevrange(self.key(&format!("account:{account}:jobs")), 0, stop)
-            .await?)
+        let index = match group {
+            Some(group) => self.key(&format!("account:{account}:group:{group}:jobs")),
+            None => self.key(&format!("account:{account}:jobs")),
+        };
+        Ok(conn.zrevrange(index, 0, stop).await?)
     }
 
     /// Jobs whose next fire time is at or before `before`, oldest first.
@@ -238,12 +296,14 @@ return 1
 
     // ----- runs -----
 
-    /// Records the fire of `job_id` at `scheduled_at` exactly once, creating its run in `pending`.
+    /// Records the fire of `job_id` at `scheduled_at` (its `attempt`) exactly once, creating its run
+    /// in `pending`.
     pub async fn record_fire(
         &self,
         job: &Job,
         generation: u64,
         scheduled_at: DateTime<Utc>,
+        attempt: u32,
     ) -> Result<FireRecord> {
         let mut conn = self.conn.clone();
         let run_id = crate::ids::new_id();
@@ -252,18 +312,14 @@ return 1
             ("id", run_id.clone()),
             ("job_id", job.id.clone()),
             ("account", job.account.clone()),
-            ("attempt", "1".to_string()),
+            ("attempt", attempt.to_string()),
             ("scheduled_at", scheduled_at.to_rfc3339()),
             ("state", RunState::Pending.to_string()),
         ];
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
         let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
         script
-            .key(self.key(&format!(
-                "fire:{}:{}",
-                job.id,
-                scheduled_at.timestamp_millis()
-            )))
+            .key(self.fire_key(&job.id, scheduled_at, attempt))
             .key(self.key(&format!("run:{run_id}")))
             .key(self.key(&format!("job:{}:runs", job.id)))
             .key(self.key(&format!("job:{}", job.id)))
@@ -281,6 +337,60 @@ return 1
             1 => FireRecord::Existing(id),
             _ => FireRecord::Stale,
         })
+    }
+
+    fn fire_key(&self, job_id: &str, scheduled_at: DateTime<Utc>, attempt: u32) -> String {
+        self.key(&format!(
+            "fire:{job_id}:{}:{attempt}",
+            scheduled_at.timestamp_millis()
+        ))
+    }
+
+    /// The run recorded for a fire, if it was recorded.
+    pub async fn fire_run(
+        &self,
+        job_id: &str,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .get(self.fire_key(job_id, scheduled_at, attempt))
+            .await?)
+    }
+
+    /// The job's runs that have not ended (among its newest few hundred).
+    pub async fn active_runs(&self, job_id: &str) -> Result<Vec<Run>> {
+        let mut active = Vec::new();
+        for run_id in self.job_run_ids(job_id, 200).await? {
+            if let Some(run) = self.get_run(&run_id).await? {
+                if !run.state.is_terminal() {
+                    active.push(run);
+                }
+            }
+        }
+        Ok(active)
+    }
+
+    /// Deletes all but the newest `keep` runs of a job, with their logs.
+    pub async fn trim_runs(&self, job_id: &str, keep: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let index = self.key(&format!("job:{job_id}:runs"));
+        let old: Vec<String> = conn.zrevrange(&index, keep as isize, -1).await?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for run_id in &old {
+            pipe.zrem(&index, run_id)
+                .ignore()
+                .del(self.key(&format!("run:{run_id}")))
+                .ignore()
+                .del(self.key(&format!("run:{run_id}:log")))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(old.len())
     }
 
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {

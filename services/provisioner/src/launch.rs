@@ -3,9 +3,9 @@
 
 use chrono::Utc;
 use spot_shared::cloud::AgentBoot;
-use spot_shared::ids;
 use spot_shared::model::{Instance, InstanceState, RunState};
 use spot_shared::store::Moved;
+use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
 
 /// How long a launch may hold its run's lease: past this a crashed launcher no longer blocks a retry.
@@ -134,6 +134,10 @@ impl Provisioner {
                 self.store
                     .advance_instance(&instance_id, InstanceState::Terminated, &[])
                     .await?;
+                if let Some(job) = self.store.get_job(&run.job_id).await? {
+                    policy::retry_if_allowed(&self.broker, &job, &run, RunState::ProvisionFailed)
+                        .await?;
+                }
                 Ok(LaunchOutcome::Failed)
             }
         }

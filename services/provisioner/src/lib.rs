@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::DateTime;
 use chrono::Utc;
 use spot_shared::broker::Broker;
 use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
-use spot_shared::messages::FireMessage;
-use spot_shared::schedule::Schedule;
+use spot_shared::messages::{FireMessage, TerminateRequest};
+use spot_shared::model::{Concurrency, Job, Run, RunState};
 use spot_shared::store::{FireRecord, Store};
-use spot_shared::Result;
+use spot_shared::{ErrorCode, Result};
 
 pub use launch::LaunchOutcome;
 
@@ -35,6 +36,8 @@ pub enum FireOutcome {
     Rearmed,
     /// The launch failed for good; the run is `provision_failed`.
     ProvisionFailed { run_id: String },
+    /// A policy skipped the fire: `misfire` (too late) or `concurrency` (a run is active, `forbid`).
+    Skipped { reason: &'static str },
 }
 
 /// The provisioner's shared parts.
@@ -63,8 +66,8 @@ impl Provisioner {
         &self.store
     }
 
-    /// Handles one fire: waits out the sub-unit remainder, checks the job still wants it, records the
-    /// run once, arms the next occurrence and launches.
+    /// Handles one fire: waits out the sub-unit remainder, checks the job still wants it, applies the
+    /// misfire and concurrency policies, records the run once, arms the next occurrence and launches.
     pub async fn handle_fire(&self, fire: &FireMessage) -> Result<FireOutcome> {
         let early = (fire.scheduled_at - Utc::now())
             .to_std()
@@ -84,9 +87,25 @@ impl Provisioner {
         if job.generation != fire.generation || !job.enabled {
             return Ok(FireOutcome::Stale);
         }
+        let recorded = self
+            .store
+            .fire_run(&job.id, fire.scheduled_at, fire.attempt)
+            .await?;
+        let scheduled = fire.attempt == 1 && !fire.manual;
+        if scheduled {
+            // Whatever happens to this fire, the schedule moves on: to the first fire after now, so a
+            // job that missed several fires during downtime runs once for all of them.
+            self.advance_schedule(&job, fire.scheduled_at).await?;
+        }
+        if recorded.is_none() {
+            if let Some(skip) = self.policy_skips(&job, fire).await? {
+                return Ok(skip);
+            }
+        }
+
         let (run_id, new) = match self
             .store
-            .record_fire(&job, fire.generation, fire.scheduled_at)
+            .record_fire(&job, fire.generation, fire.scheduled_at, fire.attempt)
             .await?
         {
             FireRecord::New(run_id) => (run_id, true),
@@ -95,25 +114,11 @@ impl Provisioner {
         };
         if new {
             tracing::info!(job_id = %job.id, run_id = %run_id, scheduled_at = %fire.scheduled_at,
-                lateness_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(), "fired");
-        }
-
-        // Move the job's next fire time on (only if nobody else did), and arm it.
-        let next = Schedule::parse(&job.schedule, "schedule")
-            .ok()
-            .and_then(|schedule| schedule.next_after(fire.scheduled_at));
-        self.store
-            .advance_timer(&job.id, fire.scheduled_at, next)
-            .await?;
-        if let Some(next) = next {
-            let next_fire = FireMessage {
-                job_id: job.id.clone(),
-                generation: job.generation,
-                scheduled_at: next,
-            };
-            if let Err(err) = self.broker.arm_timer(&next_fire, next).await {
-                tracing::warn!(job_id = %job.id, error = %err, "next timer not armed; the reconciler will");
-            }
+                attempt = fire.attempt, lateness_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
+                "fired");
+            self.store
+                .trim_runs(&job.id, job.policies.history_limit)
+                .await?;
         }
 
         Ok(match self.launch_run(&run_id).await? {
@@ -123,6 +128,77 @@ impl Provisioner {
             LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
             LaunchOutcome::Failed => FireOutcome::ProvisionFailed { run_id },
         })
+    }
+
+    /// Moves the job's next fire time on from `fired` (only if nobody else did) and arms it.
+    async fn advance_schedule(&self, job: &Job, fired: DateTime<Utc>) -> Result<()> {
+        let after = fired.max(Utc::now());
+        let next = job.next_fire_after(after)?;
+        self.store.advance_timer(&job.id, fired, next).await?;
+        if let Some(next) = next {
+            let next_fire = FireMessage::scheduled(&job.id, job.generation, next);
+            if let Err(err) = self.broker.arm_timer(&next_fire, next).await {
+                tracing::warn!(job_id = %job.id, error = %err, "next timer not armed; the reconciler will");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the misfire and concurrency policies to a fire not yet recorded: `Some` when it is
+    /// skipped. `replace` cancels the active runs and lets the fire through.
+    async fn policy_skips(&self, job: &Job, fire: &FireMessage) -> Result<Option<FireOutcome>> {
+        if fire.attempt > 1 {
+            return Ok(None);
+        }
+        let late = Utc::now() - fire.scheduled_at;
+        if let Some(grace) = job.policies.misfire_grace_secs {
+            if !fire.manual && late > chrono::Duration::seconds(grace as i64) {
+                tracing::warn!(job_id = %job.id, late_ms = late.num_milliseconds(), "misfire: skipped");
+                return Ok(Some(FireOutcome::Skipped { reason: "misfire" }));
+            }
+        }
+        if job.policies.concurrency == Concurrency::Allow {
+            return Ok(None);
+        }
+        let active = self.store.active_runs(&job.id).await?;
+        if active.is_empty() {
+            return Ok(None);
+        }
+        if job.policies.concurrency == Concurrency::Forbid {
+            tracing::info!(job_id = %job.id, "a run is active: fire skipped (concurrency forbid)");
+            return Ok(Some(FireOutcome::Skipped {
+                reason: "concurrency",
+            }));
+        }
+        for run in active {
+            self.cancel_run(&run).await?;
+        }
+        Ok(None)
+    }
+
+    /// Cancels a run and asks the reaper to terminate its instance.
+    pub async fn cancel_run(&self, run: &Run) -> Result<()> {
+        match self
+            .store
+            .advance_run(&run.id, RunState::Cancelled, &[])
+            .await
+        {
+            Ok(_) => {}
+            // It ended meanwhile: nothing to cancel.
+            Err(err) if err.code == ErrorCode::Conflict => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        if let Some(instance_id) = &run.instance_id {
+            self.broker
+                .request_terminate(&TerminateRequest {
+                    instance_id: instance_id.clone(),
+                    run_id: run.id.clone(),
+                    reason: "run cancelled (concurrency replace)".into(),
+                })
+                .await?;
+        }
+        tracing::info!(run_id = %run.id, "run cancelled");
+        Ok(())
     }
 
     /// Re-arms every timer that Redis says is overdue by more than the grace period. Returns how many.
@@ -135,11 +211,7 @@ impl Provisioner {
             let Some(job) = self.store.get_job(&job_id).await? else {
                 continue;
             };
-            let fire = FireMessage {
-                job_id,
-                generation: job.generation,
-                scheduled_at: due,
-            };
+            let fire = FireMessage::scheduled(&job_id, job.generation, due);
             self.broker.arm_timer(&fire, due).await?;
             armed += 1;
         }

@@ -30,7 +30,7 @@ pub async fn spec(
         image: container.image.clone(),
         argv: container.argv(),
         env: container.env.clone(),
-        timeout_secs: job.timeout_secs,
+        timeout_secs: job.policies.timeout_secs,
     };
     Ok(HttpResponse::Ok().json(spec))
 }

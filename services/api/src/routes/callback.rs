@@ -7,7 +7,7 @@ use serde_json::json;
 use spot_shared::messages::{CallbackRequest, TerminateRequest};
 use spot_shared::model::{InstanceState, RunState};
 use spot_shared::store::Moved;
-use spot_shared::Error;
+use spot_shared::{policy, Error};
 
 use crate::auth::authorize_run;
 use crate::error::ApiResult;
@@ -85,7 +85,12 @@ pub async fn callback(
                 fields.push(("container_id", container_id.clone()));
             }
             match state.store.advance_run(&run.id, end_state, &fields).await {
-                Ok(Moved::From(_)) | Ok(Moved::AlreadyThere) => {}
+                Ok(Moved::From(_)) => {
+                    if let Some(job) = state.store.get_job(&run.job_id).await? {
+                        policy::retry_if_allowed(&state.broker, &job, &run, end_state).await?;
+                    }
+                }
+                Ok(Moved::AlreadyThere) => {}
                 // A repeated terminate after the run ended some other way: still end the instance.
                 Err(err)
                     if run.state.is_terminal() && err.code == spot_shared::ErrorCode::Conflict => {}

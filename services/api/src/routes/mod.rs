@@ -3,6 +3,7 @@
 mod agent;
 mod callback;
 mod health;
+mod resources;
 mod simple;
 
 use actix_web::{web, HttpResponse};
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/agent/runs/{run_id}/heartbeat",
             web::post().to(agent::heartbeat),
         )
+        .configure(resources::configure)
         .default_service(web::to(not_found));
 }
 

@@ -2,22 +2,16 @@
 //! Its examples work as written; fields beyond the seed's are additions.
 
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use spot_shared::messages::FireMessage;
-use spot_shared::model::{ContainerSpec, Instance, Job, Run, Runner};
-use spot_shared::schedule::Schedule;
-use spot_shared::{ids, Error};
+use spot_shared::model::{ContainerSpec, Instance, Job, Policies, Run, Runner};
+use spot_shared::Error;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::jobs::{self, JobSpec};
 use crate::routes::parse_json;
 use crate::state::AppState;
-
-/// Jobs run at most this long unless they say otherwise.
-const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
-const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +24,8 @@ struct ScheduleRequest {
     #[serde(default)]
     instance_types: Vec<String>,
     timeout_secs: Option<u64>,
+    /// IANA time zone for cron schedules (default UTC).
+    timezone: Option<String>,
 }
 
 pub async fn schedule(
@@ -38,60 +34,44 @@ pub async fn schedule(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let request: ScheduleRequest = parse_json(&body)?;
-    let expression = request
+    let schedule = request
         .schedule
-        .ok_or_else(|| Error::invalid("schedule", "is required (an ISO 8601 date-time)"))?;
-    let schedule = Schedule::parse(&expression, "schedule")?;
-    let spec = ContainerSpec {
-        image: request
-            .docker_image
-            .ok_or_else(|| Error::invalid("docker_image", "is required"))?
-            .trim()
-            .to_string(),
-        cmd: request.cmd,
-        env: request.env,
-        instance_types: request.instance_types,
-    };
-    spec.validate("")?;
-    let timeout_secs = request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-    if timeout_secs == 0 || timeout_secs > MAX_TIMEOUT_SECS {
-        return Err(
-            Error::invalid("timeout_secs", format!("must be 1..={MAX_TIMEOUT_SECS}")).into(),
-        );
-    }
-
-    let now = Utc::now();
-    let first_fire = schedule.first_fire();
-    let job = Job {
-        id: ids::new_id(),
-        account: caller.0.account.clone(),
-        group: "default".to_string(),
-        schedule: expression.trim().to_string(),
-        runner: Runner::Container(spec),
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            Error::invalid(
+                "schedule",
+                "is required (an ISO 8601 date-time or a cron expression)",
+            )
+        })?;
+    let image = request
+        .docker_image
+        .ok_or_else(|| Error::invalid("docker_image", "is required"))?;
+    let spec = JobSpec {
+        name: String::new(),
+        group: "default".into(),
+        schedule,
+        timezone: request.timezone.unwrap_or_else(|| "UTC".into()),
+        runner: Runner::Container(ContainerSpec {
+            image: image.trim().to_string(),
+            cmd: request.cmd,
+            env: request.env,
+            instance_types: request.instance_types,
+        }),
         enabled: true,
-        generation: 1,
-        timeout_secs,
-        created_at: now,
-        updated_at: now,
-        next_fire_at: Some(first_fire),
+        policies: Policies {
+            timeout_secs: request
+                .timeout_secs
+                .unwrap_or(Policies::default().timeout_secs),
+            ..Policies::default()
+        },
     };
-    state.store.create_job(&job).await?;
-    let fire = FireMessage {
-        job_id: job.id.clone(),
-        generation: job.generation,
-        scheduled_at: first_fire,
-    };
-    // Redis holds the fire time, so a timer that fails to arm now is re-armed by the reconciler.
-    if let Err(err) = state.broker.arm_timer(&fire, first_fire).await {
-        tracing::warn!(job_id = %job.id, error = %err, "timer not armed; the reconciler will arm it");
-    }
-    tracing::info!(job_id = %job.id, account = %job.account, due = %first_fire, "job scheduled");
+    let job = jobs::create(&state, &caller.0.account, spec).await?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "scheduled",
         "message": "job successfully scheduled",
         "id": job.id,
         "schedule": job.schedule,
-        "next_fire_at": first_fire,
+        "next_fire_at": job.next_fire_at,
     })))
 }
 
@@ -106,7 +86,10 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
-    let ids = state.store.list_job_ids(&caller.0.account, limit).await?;
+    let ids = state
+        .store
+        .list_job_ids(&caller.0.account, None, limit)
+        .await?;
     let mut jobs = Vec::with_capacity(ids.len());
     for id in ids {
         let Some(job) = state.store.get_job(&id).await? else {
@@ -127,13 +110,7 @@ pub async fn status(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let id = path.into_inner();
-    let job = state
-        .store
-        .get_job(&id)
-        .await?
-        .filter(|job| caller.owns(&job.account))
-        .ok_or_else(|| Error::not_found(format!("no job {id}")))?;
+    let job = jobs::load_owned(&state, &caller, &path).await?;
     let run = state.store.latest_run(&job.id).await?;
     let instance = match run.as_ref().and_then(|r| r.instance_id.as_deref()) {
         Some(instance_id) => state.store.get_instance(instance_id).await?,

@@ -1,0 +1,199 @@
+//! The job operations every API surface shares: create, replace, enable, disable, delete, run now.
+//! Each keeps Redis (the truth) and the timers on RabbitMQ in step: a change bumps the job's
+//! generation, so timers armed before it are dropped when they arrive.
+
+use chrono::{DateTime, Utc};
+use spot_shared::messages::FireMessage;
+use spot_shared::model::{Job, Policies, Runner};
+use spot_shared::schedule::parse_time_zone;
+use spot_shared::{ids, Error, Result};
+
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// What a user specifies of a job; the rest (id, account, generation, times) is the system's.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub group: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub runner: Runner,
+    pub enabled: bool,
+    pub policies: Policies,
+}
+
+impl JobSpec {
+    /// Checks every field; `prefix` is prepended to field names in errors.
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let field = |name: &str| format!("{prefix}{name}");
+        check_name(&self.group, &field("group"), false)?;
+        check_name(&self.name, &field("name"), true)?;
+        parse_time_zone(&self.timezone, &field("timezone"))?;
+        match &self.runner {
+            Runner::Container(spec) => spec.validate(prefix)?,
+        }
+        self.policies.validate(prefix)
+    }
+}
+
+fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<()> {
+    if value.is_empty() && may_be_empty {
+        return Ok(());
+    }
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be 1 to 64 of A-Z a-z 0-9 - _ .",
+        ))
+    }
+}
+
+/// A job the caller owns, or 404 (also for jobs of other accounts: their existence is not revealed).
+pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<Job> {
+    state
+        .store
+        .get_job(id)
+        .await?
+        .filter(|job| caller.owns(&job.account))
+        .ok_or_else(|| Error::not_found(format!("no job {id}")))
+}
+
+/// Creates a job for `account` and arms its first timer.
+pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Job> {
+    spec.validate("")?;
+    let now = Utc::now();
+    let mut job = Job {
+        id: ids::new_id(),
+        account: account.to_string(),
+        group: spec.group,
+        name: spec.name,
+        schedule: spec.schedule.trim().to_string(),
+        timezone: spec.timezone,
+        runner: spec.runner,
+        enabled: spec.enabled,
+        generation: 1,
+        policies: spec.policies,
+        created_at: now,
+        updated_at: now,
+        next_fire_at: None,
+    };
+    // Parse once more in the job's own terms (periods count from its creation) and reject a schedule
+    // that has no fire left in its window.
+    job.next_fire_at = if job.enabled {
+        first_fire(&job, now)?
+    } else {
+        None
+    };
+    state.store.save_job(&job).await?;
+    arm(state, &job).await;
+    tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
+    Ok(job)
+}
+
+/// Replaces a job's specification, keeping its id, account and history.
+pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Job> {
+    spec.validate("")?;
+    let now = Utc::now();
+    let mut job = Job {
+        group: spec.group,
+        name: spec.name,
+        schedule: spec.schedule.trim().to_string(),
+        timezone: spec.timezone,
+        runner: spec.runner,
+        enabled: spec.enabled,
+        policies: spec.policies,
+        generation: current.generation + 1,
+        updated_at: now,
+        next_fire_at: None,
+        ..current.clone()
+    };
+    job.next_fire_at = if job.enabled {
+        first_fire(&job, now)?
+    } else {
+        None
+    };
+    if job.group != current.group {
+        // Leave the old group's index.
+        state.store.delete_group_entry(&current).await?;
+    }
+    state.store.save_job(&job).await?;
+    arm(state, &job).await;
+    Ok(job)
+}
+
+/// Enables or disables a job. Disabling drops its timer; enabling arms the next fire from now.
+pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Result<Job> {
+    if current.enabled == enabled {
+        return Ok(current);
+    }
+    let now = Utc::now();
+    let mut job = Job {
+        enabled,
+        generation: current.generation + 1,
+        updated_at: now,
+        next_fire_at: None,
+        ..current
+    };
+    if enabled {
+        // A one-shot that already ran stays done.
+        let ran = !job.parsed_schedule()?.is_recurring()
+            && !state.store.job_run_ids(&job.id, 1).await?.is_empty();
+        if !ran {
+            job.next_fire_at = job.first_fire(now)?;
+        }
+    }
+    state.store.save_job(&job).await?;
+    arm(state, &job).await;
+    Ok(job)
+}
+
+pub async fn delete(state: &AppState, job: &Job) -> Result<()> {
+    state.store.delete_job(job).await?;
+    tracing::info!(job_id = %job.id, "job deleted");
+    Ok(())
+}
+
+/// Fires the job now, outside its schedule (which is not moved). Returns the fire's instant.
+pub async fn run_now(state: &AppState, job: &Job) -> Result<DateTime<Utc>> {
+    if !job.enabled {
+        return Err(Error::conflict("the job is disabled; enable it first"));
+    }
+    // Millisecond instants: two clicks in one millisecond are one fire.
+    let now =
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
+    let fire = FireMessage {
+        manual: true,
+        ..FireMessage::scheduled(&job.id, job.generation, now)
+    };
+    state.broker.arm_timer(&fire, now).await?;
+    Ok(now)
+}
+
+fn first_fire(job: &Job, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    let next = job.first_fire(now)?;
+    if next.is_none() {
+        return Err(Error::invalid(
+            "schedule",
+            "has no fire between start_at and end_at",
+        ));
+    }
+    Ok(next)
+}
+
+/// Arms the job's next timer. Redis already holds the fire time, so a failure here only delays the
+/// fire until the reconciler re-arms it.
+async fn arm(state: &AppState, job: &Job) {
+    let Some(next) = job.next_fire_at else { return };
+    let fire = FireMessage::scheduled(&job.id, job.generation, next);
+    if let Err(err) = state.broker.arm_timer(&fire, next).await {
+        tracing::warn!(job_id = %job.id, error = %err, "timer not armed; the reconciler will arm it");
+    }
+}

@@ -1,0 +1,356 @@
+//! The project's own resource API under `/v1`: jobs per account and group, their runs, logs and
+//! upcoming fire times. The account is the caller's (admins may name another with `?account=`).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use chrono::Utc;
+use futures::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use spot_shared::model::{ContainerSpec, Job, Policies, Run, Runner};
+use spot_shared::Error;
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::jobs::{self, JobSpec};
+use crate::routes::parse_json;
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/jobs", web::post().to(create_job))
+        .route("/v1/jobs", web::get().to(list_jobs))
+        .route("/v1/jobs/{id}", web::get().to(get_job))
+        .route("/v1/jobs/{id}", web::put().to(replace_job))
+        .route("/v1/jobs/{id}", web::delete().to(delete_job))
+        .route("/v1/jobs/{id}/enable", web::post().to(enable_job))
+        .route("/v1/jobs/{id}/disable", web::post().to(disable_job))
+        .route("/v1/jobs/{id}/run", web::post().to(run_job_now))
+        .route("/v1/jobs/{id}/next", web::get().to(next_fires))
+        .route("/v1/jobs/{id}/runs", web::get().to(list_runs))
+        .route("/v1/runs/{id}", web::get().to(get_run))
+        .route("/v1/runs/{id}/logs", web::get().to(run_logs));
+}
+
+/// A job as clients send it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+    pub schedule: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    pub runner: RunnerRequest,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub policies: Policies,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunnerRequest {
+    Container {
+        image: String,
+        cmd: Option<String>,
+        #[serde(default)]
+        env: Vec<String>,
+        #[serde(default)]
+        instance_types: Vec<String>,
+    },
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl From<JobRequest> for JobSpec {
+    fn from(request: JobRequest) -> JobSpec {
+        let runner = match request.runner {
+            RunnerRequest::Container {
+                image,
+                cmd,
+                env,
+                instance_types,
+            } => Runner::Container(ContainerSpec {
+                image: image.trim().to_string(),
+                cmd,
+                env,
+                instance_types,
+            }),
+        };
+        JobSpec {
+            name: request.name,
+            group: request.group,
+            schedule: request.schedule,
+            timezone: request.timezone,
+            runner,
+            enabled: request.enabled,
+            policies: request.policies,
+        }
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct JobView<'a> {
+    #[serde(flatten)]
+    pub job: &'a Job,
+    pub next_fire_at: Option<chrono::DateTime<Utc>>,
+}
+
+fn view(job: &Job) -> serde_json::Value {
+    json!(JobView {
+        job,
+        next_fire_at: job.next_fire_at
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    group: Option<String>,
+    limit: Option<usize>,
+    account: Option<String>,
+}
+
+/// The account a request acts for: the caller's, or any for an admin naming one.
+fn account_for(caller: &Caller, requested: Option<&str>) -> Result<String, Error> {
+    match requested {
+        Some(account) if caller.owns(account) => Ok(account.to_string()),
+        Some(_) => Err(Error::not_found("no such account")),
+        None => Ok(caller.0.account.clone()),
+    }
+}
+
+async fn create_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: JobRequest = parse_json(&body)?;
+    let job = jobs::create(&state, &caller.0.account, request.into()).await?;
+    Ok(HttpResponse::Created().json(view(&job)))
+}
+
+async fn list_jobs(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let account = account_for(&caller, query.account.as_deref())?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let ids = state
+        .store
+        .list_job_ids(&account, query.group.as_deref(), limit)
+        .await?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(job) = state.store.get_job(&id).await? {
+            jobs.push(view(&job));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+}
+
+async fn get_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+async fn replace_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let current = jobs::load_owned(&state, &caller, &path).await?;
+    let request: JobRequest = parse_json(&body)?;
+    let job = jobs::replace(&state, current, request.into()).await?;
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+async fn delete_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    jobs::delete(&state, &job).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn enable_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let job = jobs::set_enabled(&state, job, true).await?;
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+async fn disable_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let job = jobs::set_enabled(&state, job, false).await?;
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+async fn run_job_now(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let at = jobs::run_now(&state, &job).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "job_id": job.id, "scheduled_at": at })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    count: Option<usize>,
+}
+
+async fn next_fires(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<NextQuery>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let count = query.count.unwrap_or(10);
+    if !(1..=1000).contains(&count) {
+        return Err(Error::invalid("count", "must be 1..=1000").into());
+    }
+    let fires = match job.next_fire_at {
+        Some(next) => {
+            let mut fires = vec![next];
+            fires.extend(job.upcoming(next, count - 1)?);
+            fires
+        }
+        None => Vec::new(),
+    };
+    Ok(HttpResponse::Ok()
+        .json(json!({ "job_id": job.id, "timezone": job.timezone, "next": fires })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<RunsQuery>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let mut runs = Vec::new();
+    for id in state.store.job_run_ids(&job.id, limit).await? {
+        if let Some(run) = state.store.get_run(&id).await? {
+            runs.push(run);
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+}
+
+async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Error> {
+    state
+        .store
+        .get_run(id)
+        .await?
+        .filter(|run| caller.owns(&run.account))
+        .ok_or_else(|| Error::not_found(format!("no run {id}")))
+}
+
+async fn get_run(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let run = load_run(&state, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(run))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The run's output; with `follow=true`, a stream that goes on until the run ends.
+async fn run_logs(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> ApiResult<HttpResponse> {
+    let run = load_run(&state, &caller, &path).await?;
+    let log = state.store.get_log(&run.id).await?;
+    if !query.follow || run.state.is_terminal() {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(log));
+    }
+    // Poll the stored output and send what is new until the run ends.
+    let store = state.store.clone();
+    let run_id = run.id.clone();
+    let body = stream::unfold(
+        (store, run_id, 0usize, false),
+        |(store, run_id, sent, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let log = match store.get_log(&run_id).await {
+                    Ok(log) => log,
+                    Err(err) => {
+                        return Some((
+                            Err(actix_web::error::ErrorServiceUnavailable(err.to_string())),
+                            (store, run_id, sent, true),
+                        ))
+                    }
+                };
+                let ended = match store.get_run(&run_id).await {
+                    Ok(Some(run)) => run.state.is_terminal(),
+                    _ => true,
+                };
+                if log.len() > sent || ended {
+                    let chunk = web::Bytes::copy_from_slice(&log[sent.min(log.len())..]);
+                    return Some((
+                        Ok::<_, actix_web::Error>(chunk),
+                        (store, run_id, log.len(), ended),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .streaming(body))
+}

@@ -231,7 +231,11 @@ pub async fn spawn_app(env: &TestEnv) -> TestApp {
 
 /// The provisioner, with agents told to reach the api at `api_url`.
 pub async fn spawn_provisioner(env: &TestEnv, api_url: &str) -> Running {
-    let mut settings = env.settings.clone();
+    spawn_provisioner_with(env.settings.clone(), api_url).await
+}
+
+/// The provisioner with settings of the test's choosing (a short reconcile period, say).
+pub async fn spawn_provisioner_with(mut settings: Settings, api_url: &str) -> Running {
     settings.api.public_url = api_url.to_string();
     let provisioner = spot_provisioner::Provisioner::build(settings)
         .await
@@ -282,6 +286,42 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// `POST /v1/jobs`; returns the job's id.
+    pub async fn create_job(&self, key: &str, body: serde_json::Value) -> String {
+        let response = self.post_raw("/v1/jobs", key, &body.to_string()).await;
+        let status = response.status();
+        let reply: serde_json::Value = response.json().await.expect("JSON reply");
+        assert_eq!(status, 201, "{reply}");
+        reply["id"].as_str().expect("job id").to_string()
+    }
+
+    /// The runs of a job, newest first.
+    pub async fn runs(&self, job_id: &str) -> Vec<serde_json::Value> {
+        let response = self
+            .get(&format!("/v1/jobs/{job_id}/runs?limit=1000"), ACCOUNT_KEY)
+            .await;
+        assert_eq!(response.status(), 200);
+        let reply: serde_json::Value = response.json().await.expect("JSON reply");
+        reply["runs"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header("X-Auth-Token", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
     }
 
     /// `GET /status/{id}` as JSON.

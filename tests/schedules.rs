@@ -1,0 +1,534 @@
+//! Recurring schedules on real Redis, RabbitMQ and Docker: every fire at its instant, once; old timers
+//! of changed jobs dropped; catch-up after downtime; concurrency policies; a wiped broker heals.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde_json::{json, Value};
+use spot_tests::image::busybox_image;
+use spot_tests::*;
+
+fn instant(value: &Value) -> DateTime<Utc> {
+    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{value}: {e}"))
+}
+
+/// Scheduled instants of a job's runs, oldest first.
+async fn scheduled_instants(app: &TestApp, job_id: &str) -> Vec<DateTime<Utc>> {
+    let mut instants: Vec<_> = app
+        .runs(job_id)
+        .await
+        .iter()
+        .map(|run| instant(&run["scheduled_at"]))
+        .collect();
+    instants.sort();
+    instants
+}
+
+async fn container_job(app: &TestApp, schedule: &str, cmd: &str, policies: Value) -> String {
+    let image = busybox_image().await;
+    app.create_job(
+        ACCOUNT_KEY,
+        json!({
+            "schedule": schedule,
+            "runner": {"type": "container", "image": image, "cmd": cmd},
+            "policies": policies,
+        }),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recurring_job_fires_once_at_each_instant() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(&app, "*/2 * * * * *", "true", json!({})).await;
+
+    let instants = eventually(Duration::from_secs(60), "three runs", || async {
+        let instants = scheduled_instants(&app, &id).await;
+        (instants.len() >= 3).then_some(instants)
+    })
+    .await;
+    for pair in instants.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(2),
+            "{instants:?}"
+        );
+    }
+    for at in &instants {
+        assert_eq!(at.timestamp() % 2, 0);
+        assert_eq!(at.timestamp_subsec_millis(), 0);
+    }
+    // Each run fired at its instant, not before, and promptly.
+    for run in app.runs(&id).await {
+        let scheduled = instant(&run["scheduled_at"]);
+        let fired = instant(&run["transitions"]["pending"]);
+        assert!(fired >= scheduled, "{run}");
+        assert!(fired - scheduled < chrono::Duration::seconds(2), "{run}");
+    }
+    // The job shows its next fire, on the schedule.
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instant(&job["next_fire_at"]).timestamp() % 2, 0);
+
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabled_edited_and_deleted_jobs_never_fire_from_old_timers() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let store = env.store().await;
+    let due = (Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+
+    let disabled = container_job(&app, &due, "true", json!({})).await;
+    let edited = container_job(&app, &due, "true", json!({})).await;
+    let deleted = container_job(&app, &due, "true", json!({})).await;
+    let control = container_job(&app, &due, "true", json!({})).await;
+
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{disabled}/disable"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let image = busybox_image().await;
+    let response = app
+        .send(
+            Method::PUT,
+            &format!("/v1/jobs/{edited}"),
+            ACCOUNT_KEY,
+            Some(json!({"schedule": "2099-01-01T00:00:00Z", "runner": {"type": "container", "image": image}})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["generation"], 2);
+    assert_eq!(job["next_fire_at"], "2099-01-01T00:00:00Z");
+    let response = app
+        .send(
+            Method::DELETE,
+            &format!("/v1/jobs/{deleted}"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+
+    // The control job fires; the others' timers arrive at the same moment and are dropped.
+    eventually(
+        Duration::from_secs(30),
+        "the control job to fire",
+        || async { (!app.runs(&control).await.is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(app.runs(&disabled).await.is_empty());
+    assert!(app.runs(&edited).await.is_empty());
+    assert!(store.job_run_ids(&deleted, 0).await.unwrap().is_empty());
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{deleted}"), ACCOUNT_KEY)
+            .await
+            .status(),
+        404
+    );
+    provisioner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_downtime_a_recurring_job_runs_once_for_what_it_missed() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let reaper = spawn_reaper(&env).await;
+    // Every 2 s, with no provisioner running for three periods and more.
+    let id = container_job(&app, "*/2 * * * * *", "true", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(7_500)).await;
+    let restart = Utc::now();
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+
+    let instants = eventually(
+        Duration::from_secs(60),
+        "the catch-up and two more runs",
+        || async {
+            let instants = scheduled_instants(&app, &id).await;
+            (instants.len() >= 3).then_some(instants)
+        },
+    )
+    .await;
+    let missed: Vec<_> = instants
+        .iter()
+        .filter(|at| **at < restart - chrono::Duration::seconds(1))
+        .collect();
+    assert_eq!(
+        missed.len(),
+        1,
+        "one catch-up run for the missed fires: {instants:?}"
+    );
+    // The runs after it are on the schedule again, after the restart.
+    for at in instants.iter().skip(1) {
+        assert!(
+            *at >= restart - chrono::Duration::seconds(2),
+            "{instants:?} restart {restart}"
+        );
+        assert_eq!(at.timestamp() % 2, 0);
+    }
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forbid_skips_fires_while_a_run_is_active() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    // Fires every 2 s; each run takes 5 s.
+    let id = container_job(
+        &app,
+        "*/2 * * * * *",
+        "sleep 5",
+        json!({"concurrency": "forbid"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let _ = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{id}/disable"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+
+    let runs = app.runs(&id).await;
+    assert!(!runs.is_empty());
+    assert!(
+        runs.len() <= 3,
+        "at most one run per 5 s over 12 s: {}",
+        runs.len()
+    );
+    // No two runs overlapped.
+    let mut spans: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = runs
+        .iter()
+        .map(|run| {
+            let t = &run["transitions"];
+            let end = ["succeeded", "failed", "cancelled", "timed_out"]
+                .iter()
+                .find_map(|s| t.get(*s).map(instant));
+            (instant(&t["pending"]), end)
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        let (_, end) = pair[0];
+        let end = end.expect("the earlier run ended before the next began");
+        assert!(end <= pair[1].0, "{spans:?}");
+    }
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replace_cancels_the_active_run() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(
+        &app,
+        "*/3 * * * * *",
+        "sleep 60",
+        json!({"concurrency": "replace"}),
+    )
+    .await;
+
+    let runs = eventually(Duration::from_secs(60), "a replaced run", || async {
+        let runs = app.runs(&id).await;
+        runs.iter()
+            .any(|run| run["state"] == "cancelled")
+            .then_some(runs)
+    })
+    .await;
+    let _ = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{id}/disable"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    // The newest run is the live one; every older one was cancelled, and its instance terminated.
+    let store = env.store().await;
+    for run in runs.iter().skip(1) {
+        assert_eq!(run["state"], "cancelled", "{run}");
+        let instance_id = run["instance_id"].as_str().unwrap().to_string();
+        eventually(
+            Duration::from_secs(30),
+            "the cancelled run's instance to be terminated",
+            || {
+                let store = store.clone();
+                let instance_id = instance_id.clone();
+                async move {
+                    let instance = store.get_instance(&instance_id).await.unwrap()?;
+                    (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_every_queue_purged_every_job_still_fires() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let due = Utc::now() + chrono::Duration::seconds(3);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(container_job(&app, &due.to_rfc3339(), "true", json!({})).await);
+    }
+    // Wipe every timer the broker holds.
+    let broker = env.broker().await;
+    let channel = broker.channel().await.unwrap();
+    let topology = broker.topology().clone();
+    let mut queues: Vec<String> = (0..topology.timers.levels())
+        .map(|k| topology.timers.level_name(k))
+        .collect();
+    queues.push(topology.fires_queue());
+    for queue in &queues {
+        channel
+            .queue_purge(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+
+    let mut settings = env.settings.clone();
+    settings.provisioner.reconcile_interval_secs = 1;
+    settings.provisioner.reconcile_grace_secs = 1;
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    for id in &ids {
+        let run = eventually(Duration::from_secs(30), "the job to fire", || async {
+            app.runs(id).await.into_iter().next()
+        })
+        .await;
+        let fired = instant(&run["transitions"]["pending"]);
+        // Late by at most the grace plus the reconcile period (and a little for the hops).
+        assert!(
+            fired >= due && fired - due < chrono::Duration::milliseconds(3_500),
+            "{fired} vs {due}"
+        );
+        assert_eq!(
+            instant(&run["scheduled_at"]),
+            due.with_timezone(&Utc).trunc_subsecs_ms()
+        );
+    }
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+trait TruncMs {
+    fn trunc_subsecs_ms(self) -> Self;
+}
+
+impl TruncMs for DateTime<Utc> {
+    fn trunc_subsecs_ms(self) -> Self {
+        DateTime::from_timestamp_millis(self.timestamp_millis()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn accounts_see_and_touch_only_their_own_jobs() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let image = busybox_image().await;
+    let body = json!({"schedule": "@daily", "group": "nightly", "runner": {"type": "container", "image": image}});
+    let id = app.create_job(ACCOUNT_KEY, body.clone()).await;
+    let before: Value = app
+        .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/jobs/{id}"), None),
+        (Method::PUT, format!("/v1/jobs/{id}"), Some(body.clone())),
+        (Method::DELETE, format!("/v1/jobs/{id}"), None),
+        (Method::POST, format!("/v1/jobs/{id}/disable"), None),
+        (Method::POST, format!("/v1/jobs/{id}/run"), None),
+        (Method::GET, format!("/v1/jobs/{id}/runs"), None),
+        (Method::GET, format!("/v1/jobs/{id}/next"), None),
+    ] {
+        let response = app
+            .send(method.clone(), &path, OTHER_ACCOUNT_KEY, body.clone())
+            .await;
+        assert_eq!(response.status(), 404, "{method} {path} as another account");
+        let response = app
+            .send(method.clone(), &path, "bad-key", body.clone())
+            .await;
+        assert_eq!(response.status(), 403, "{method} {path} with a bad key");
+    }
+    let listed: Value = app
+        .get("/v1/jobs", OTHER_ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"], json!([]));
+    let response = app.get("/v1/jobs?account=acme", OTHER_ACCOUNT_KEY).await;
+    assert_eq!(response.status(), 404);
+    // Nothing changed.
+    let after: Value = app
+        .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    let listed: Value = app
+        .get("/v1/jobs?group=nightly", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    let listed: Value = app
+        .get("/v1/jobs?group=other", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn next_fire_times_are_previewed_in_the_jobs_time_zone() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let image = busybox_image().await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": "30 2 * * *",
+                "timezone": "America/New_York",
+                "runner": {"type": "container", "image": image},
+                "policies": {"start_at": "2027-03-13T00:00:00Z"},
+            }),
+        )
+        .await;
+    let next: Value = app
+        .get(&format!("/v1/jobs/{id}/next?count=3"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // 2027-03-14 is the spring-forward day: 02:30 does not exist, so it fires at 03:00 EDT.
+    assert_eq!(
+        next["next"],
+        json!([
+            "2027-03-13T07:30:00Z",
+            "2027-03-14T07:00:00Z",
+            "2027-03-15T06:30:00Z"
+        ])
+    );
+
+    for (body, field) in [
+        (
+            json!({"schedule": "0 0 30 2 *", "runner": {"type": "container", "image": "a"}}),
+            "schedule",
+        ),
+        (
+            json!({"schedule": "@daily", "timezone": "Mars/Base", "runner": {"type": "container", "image": "a"}}),
+            "timezone",
+        ),
+        (
+            json!({"schedule": "@daily", "runner": {"type": "container", "image": "a"}, "policies": {"concurrency": "sometimes"}}),
+            "policies.concurrency",
+        ),
+        (
+            json!({"schedule": "@daily", "runner": {"type": "shell", "image": "a"}}),
+            "runner.type",
+        ),
+        (
+            json!({"schedule": "@daily", "group": "no spaces", "runner": {"type": "container", "image": "a"}}),
+            "group",
+        ),
+    ] {
+        let response = app
+            .post_raw("/v1/jobs", ACCOUNT_KEY, &body.to_string())
+            .await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["field"]
+                .as_str()
+                .unwrap()
+                .starts_with(field.split('.').next().unwrap()),
+            "{body}: {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_now_runs_a_just_created_job() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(&app, "@yearly", "echo ran now", json!({})).await;
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{id}/run"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let run = eventually(Duration::from_secs(60), "the run to finish", || async {
+        app.runs(&id)
+            .await
+            .into_iter()
+            .find(|run| run["state"] == "succeeded")
+    })
+    .await;
+    let logs = app
+        .get(
+            &format!("/v1/runs/{}/logs", run["id"].as_str().unwrap()),
+            ACCOUNT_KEY,
+        )
+        .await;
+    assert_eq!(logs.text().await.unwrap(), "ran now\n");
+    // The schedule did not move: the next fire is still next New Year.
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        job["next_fire_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01-01T00:00:00Z"),
+        "{job}"
+    );
+    provisioner.stop().await;
+    reaper.stop().await;
+}

@@ -532,3 +532,85 @@ async fn run_now_runs_a_just_created_job() {
     provisioner.stop().await;
     reaper.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_run_is_retried_with_backoff_up_to_its_attempts() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let due = Utc::now() + chrono::Duration::seconds(1);
+    let policies =
+        json!({"retries": {"max_attempts": 3, "backoff_secs": 1, "backoff_max_secs": 2}});
+    let id = container_job(&app, &due.to_rfc3339(), "sh -c 'exit 7'", policies).await;
+
+    let runs = eventually(Duration::from_secs(60), "three failed attempts", || async {
+        let runs = app.runs(&id).await;
+        (runs.len() == 3 && runs.iter().all(|run| run["state"] == "failed")).then_some(runs)
+    })
+    .await;
+    let mut attempts: Vec<u64> = runs
+        .iter()
+        .map(|run| run["attempt"].as_u64().unwrap())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // Every attempt belongs to the same scheduled instant and kept its exit code.
+    for run in &runs {
+        assert_eq!(instant(&run["scheduled_at"]), due.trunc_subsecs_ms());
+        assert_eq!(run["exit_code"], 7);
+    }
+    // No fourth attempt comes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.runs(&id).await.len(), 3);
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_past_its_timeout_is_timed_out_and_its_instance_terminated() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let due = Utc::now().to_rfc3339();
+    let id = container_job(&app, &due, "sleep 60", json!({"timeout_secs": 2})).await;
+    let status = eventually(Duration::from_secs(60), "the run to time out", || async {
+        let status = app.status(&id).await;
+        (status["run"]["state"] == "timed_out" && status["aws"]["state"] == "terminated")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status["status"], "failed");
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_newest_runs_are_kept() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(&app, "* * * * * *", "true", json!({"history_limit": 2})).await;
+    let store = env.store().await;
+    // Wait until more than two fires happened, then check only two runs remain.
+    eventually(Duration::from_secs(30), "four fires", || async {
+        let job = store.get_job(&id).await.unwrap().unwrap();
+        (job.next_fire_at? - job.created_at > chrono::Duration::seconds(4)).then_some(())
+    })
+    .await;
+    let _ = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{id}/disable"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    let runs = app.runs(&id).await;
+    assert!(runs.len() <= 2, "{} runs kept", runs.len());
+    assert!(!runs.is_empty());
+    provisioner.stop().await;
+    reaper.stop().await;
+}

@@ -1,7 +1,13 @@
 //! Who is calling: maps an `X-Auth-Token` to an account, comparing against every configured key in
 //! constant time so that timing reveals nothing about the keys.
+//!
+//! A token may also be a bcrypt hash of a key, as minion's clients send (`bcrypt(PSK)`); it is verified
+//! against each key once and the result cached, since bcrypt is slow on purpose.
 
-use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use crate::config::AuthSettings;
@@ -17,12 +23,21 @@ pub struct Principal {
 
 struct KeyEntry {
     key_hash: [u8; 64],
+    /// Kept to verify bcrypt tokens against.
+    key: SecretString,
     principal: Principal,
 }
 
-/// The configured keys, kept only as hashes.
+/// Bcrypt costs above this are refused: each verification would cost too much CPU.
+const MAX_BCRYPT_COST: u32 = 12;
+/// Verified bcrypt tokens remembered at most (then the cache starts over).
+const BCRYPT_CACHE_SIZE: usize = 10_000;
+
+/// The configured keys.
 pub struct Keyring {
     entries: Vec<KeyEntry>,
+    /// SHA-256 of a bcrypt token → who it proved to be (or `None`: it matched no key).
+    bcrypt_cache: Mutex<HashMap<[u8; 64], Option<Principal>>>,
 }
 
 impl Keyring {
@@ -36,14 +51,28 @@ impl Keyring {
         for key in &settings.admin_keys {
             entries.push(entry(key.expose_secret(), "admin", true));
         }
-        Keyring { entries }
+        Keyring {
+            entries,
+            bcrypt_cache: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The principal a token belongs to. Every entry is compared, whatever matches first.
+    /// The principal a token belongs to: a key, or a bcrypt hash of one.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        if token.is_empty() {
+        if token.is_empty() || token.len() > 1024 {
             return None;
         }
+        if let Some(principal) = self.match_key(token) {
+            return Some(principal);
+        }
+        if is_bcrypt_hash(token) {
+            return self.match_bcrypt(token);
+        }
+        None
+    }
+
+    /// Every entry is compared, whatever matches first.
+    fn match_key(&self, token: &str) -> Option<Principal> {
         let presented = hash_bytes(token);
         let mut found: Option<&Principal> = None;
         for entry in &self.entries {
@@ -55,9 +84,45 @@ impl Keyring {
         found.cloned()
     }
 
+    fn match_bcrypt(&self, token: &str) -> Option<Principal> {
+        let cache_key = hash_bytes(token);
+        if let Ok(cache) = self.bcrypt_cache.lock() {
+            if let Some(known) = cache.get(&cache_key) {
+                return known.clone();
+            }
+        }
+        let cost_ok = token
+            .get(4..6)
+            .and_then(|cost| cost.parse::<u32>().ok())
+            .is_some_and(|cost| cost <= MAX_BCRYPT_COST);
+        let found = if cost_ok {
+            self.entries
+                .iter()
+                .find(|entry| bcrypt::verify(entry.key.expose_secret(), token).unwrap_or(false))
+                .map(|entry| entry.principal.clone())
+        } else {
+            None
+        };
+        if let Ok(mut cache) = self.bcrypt_cache.lock() {
+            if cache.len() >= BCRYPT_CACHE_SIZE {
+                cache.clear();
+            }
+            cache.insert(cache_key, found.clone());
+        }
+        found
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// `$2a$`, `$2b$` or `$2y$` followed by a two-digit cost: the shape of a bcrypt hash.
+fn is_bcrypt_hash(token: &str) -> bool {
+    let bytes = token.as_bytes();
+    bytes.len() == 60
+        && (token.starts_with("$2a$") || token.starts_with("$2b$") || token.starts_with("$2y$"))
+        && bytes[6] == b'$'
 }
 
 fn hash_bytes(key: &str) -> [u8; 64] {
@@ -69,6 +134,7 @@ fn hash_bytes(key: &str) -> [u8; 64] {
 fn entry(key: &str, account: &str, admin: bool) -> KeyEntry {
     KeyEntry {
         key_hash: hash_bytes(key),
+        key: SecretString::from(key.to_string()),
         principal: Principal {
             account: account.to_string(),
             admin,
@@ -105,6 +171,20 @@ mod tests {
         assert_eq!(keys.authenticate("globex-1").unwrap().account, "globex");
         assert!(keys.authenticate("root-key").unwrap().admin);
         assert!(!keys.authenticate("acme-1").unwrap().admin);
+    }
+
+    #[test]
+    fn a_bcrypt_hash_of_a_key_is_accepted_as_minion_clients_send_it() {
+        let keys = keyring();
+        let token = bcrypt::hash("globex-1", 4).unwrap();
+        assert_eq!(keys.authenticate(&token).unwrap().account, "globex");
+        // Cached: the same answer again.
+        assert_eq!(keys.authenticate(&token).unwrap().account, "globex");
+        let wrong = bcrypt::hash("globex-2", 4).unwrap();
+        assert_eq!(keys.authenticate(&wrong), None);
+        // Too costly to check: refused without trying.
+        let costly = token.replacen("$04$", "$31$", 1);
+        assert_eq!(keys.authenticate(&costly), None);
     }
 
     #[test]

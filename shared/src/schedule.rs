@@ -50,6 +50,8 @@ impl Schedule {
     /// `field` names the input, for error messages. A recurring expression that can never fire (Feb 30)
     /// is refused.
     pub fn parse(expression: &str, tz: Tz, anchor: DateTime<Utc>, field: &str) -> Result<Schedule> {
+        // Instants are kept to the millisecond everywhere (Redis scores, fire keys, messages).
+        let anchor = truncate_to_millis(anchor);
         let text = expression.trim();
         if text.is_empty() {
             return Err(Error::invalid(field, "must not be empty"));
@@ -74,7 +76,7 @@ impl Schedule {
                 .from_local_datetime(&local)
                 .earliest()
                 .ok_or_else(|| invalid(format!("{text:?} does not exist in {tz} (a DST gap)")))?;
-            Schedule::Once(at.with_timezone(&Utc))
+            Schedule::Once(truncate_to_millis(at.with_timezone(&Utc)))
         } else if let Some(duration) = text.strip_prefix("@every") {
             let period = parse_every(duration).map_err(|e| invalid(format!("{text:?}: {e}")))?;
             Schedule::Every { period, anchor }
@@ -94,7 +96,7 @@ impl Schedule {
                 tz,
             }
         } else if let Some(at) = parse_instant(text) {
-            Schedule::Once(at)
+            Schedule::Once(truncate_to_millis(at))
         } else {
             return Err(invalid(format!(
                 "{text:?} is neither an ISO 8601 date-time (2016-11-22T19:39:22Z) nor a cron expression \
@@ -160,6 +162,11 @@ impl Schedule {
         }
         fires
     }
+}
+
+/// The instant without its sub-millisecond part.
+pub fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }
 
 fn wrapped<'a>(text: &'a str, open: &str) -> Option<&'a str> {

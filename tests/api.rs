@@ -403,3 +403,58 @@ async fn a_fire_is_recorded_once_however_often_it_arrives() {
     );
     assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_routes_the_api_serves() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for expected in [
+        "/schedule",
+        "/list",
+        "/status/{id}",
+        "/callback",
+        "/healthcheck",
+        "/v1/jobs",
+        "/v1/jobs/{id}/next",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} is not documented");
+    }
+    // Every documented operation is routed (an unknown route would answer "no such route").
+    let mut operations = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let url = app.url(&path.replace("{id}", "nosuchid"));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .client
+                .request(method.clone(), url)
+                .header("X-Auth-Token", ACCOUNT_KEY)
+                .header("Content-Type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert!(
+                !body.contains("no such route"),
+                "{method} {path} is documented but not served"
+            );
+            assert_ne!(status, 405, "{method} {path}");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 17, "{operations} operations documented");
+    assert!(doc["components"]["schemas"]["JobRequest"].is_object());
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}

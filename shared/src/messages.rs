@@ -58,7 +58,7 @@ pub struct RunSpec {
 
 /// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent
 /// reports. The caller proves itself with the run's secret in the `X-Run-Secret` header.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackRequest {
     pub action: String,

@@ -7,12 +7,13 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::schedule::{parse_time_zone, Schedule};
 
 /// A job: what to run and when. Runs are its executions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: String,
     pub account: String,
@@ -37,7 +38,7 @@ pub struct Job {
 }
 
 /// What to do with a fire while an earlier run of the job is still active.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Concurrency {
     /// Run anyway, side by side.
@@ -50,7 +51,7 @@ pub enum Concurrency {
 }
 
 /// Retry of a failed run: attempts in all, exponential backoff with full jitter between them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means no retry.
@@ -83,7 +84,7 @@ impl RetryPolicy {
 }
 
 /// The knobs of a job beyond its schedule and runner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policies {
     pub concurrency: Concurrency,
@@ -151,7 +152,7 @@ impl Policies {
 }
 
 /// What a run of a job does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Runner {
     /// A Docker container on a fresh (spot) instance.
@@ -159,7 +160,7 @@ pub enum Runner {
 }
 
 /// A container to run on an instance of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ContainerSpec {
     pub image: String,
     /// The command, split like a shell would (without running one); `None` keeps the image's default.
@@ -325,7 +326,9 @@ impl ContainerSpec {
 }
 
 /// Where a run is. Only moves forward, along [`RunState::can_move_to`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Pending,
@@ -441,7 +444,9 @@ impl FromStr for RunState {
 }
 
 /// Where an instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     Requested,
@@ -506,7 +511,7 @@ impl FromStr for InstanceState {
 }
 
 /// One execution of a job, for one scheduled instant and attempt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Run {
     pub id: String,
     pub job_id: String,
@@ -515,6 +520,7 @@ pub struct Run {
     pub scheduled_at: DateTime<Utc>,
     pub state: RunState,
     /// When the run entered each state it has been in.
+    #[schema(value_type = Object)]
     pub transitions: BTreeMap<RunState, DateTime<Utc>>,
     pub instance_id: Option<String>,
     pub container_id: Option<String>,
@@ -528,7 +534,7 @@ pub struct Run {
 }
 
 /// A machine a run executes on: an EC2 instance, or an agent process with the `local` provider.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Instance {
     pub id: String,
     pub run_id: String,
@@ -539,6 +545,7 @@ pub struct Instance {
     pub ip_address: Option<String>,
     /// The agent has reported in and is running the job.
     pub ready: bool,
+    #[schema(value_type = Object)]
     pub transitions: BTreeMap<InstanceState, DateTime<Utc>>,
 }
 

@@ -14,6 +14,7 @@ use crate::error::ApiResult;
 use crate::routes::parse_json;
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/callback", tag = "agents", summary = "An agent reports its instance ready or its job ended", request_body = spot_shared::messages::CallbackRequest, params(("X-Run-Secret" = String, Header, description = "The run's secret")), responses((status = 200), (status = 400), (status = 403, description = "Not this run's secret or instance"), (status = 409, description = "Illegal transition")))]
 pub async fn callback(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/healthcheck", tag = "simple", summary = "Whether Redis and RabbitMQ answer (open)", responses((status = 200), (status = 503)))]
 pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let redis = match state.store.ping().await {
         Ok(()) => "ok".to_string(),

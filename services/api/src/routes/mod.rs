@@ -3,6 +3,7 @@
 mod agent;
 mod callback;
 mod health;
+pub mod openapi;
 mod resources;
 mod simple;
 
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/agent/runs/{run_id}/heartbeat",
             web::post().to(agent::heartbeat),
         )
+        .route("/openapi.json", web::get().to(openapi::document))
         .configure(resources::configure)
         .default_service(web::to(not_found));
 }

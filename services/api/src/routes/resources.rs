@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use spot_shared::model::{ContainerSpec, Job, Policies, Run, Runner};
 use spot_shared::Error;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -33,7 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// A job as clients send it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     #[serde(default)]
@@ -50,7 +51,7 @@ pub struct JobRequest {
     pub policies: Policies,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunnerRequest {
     Container {
@@ -102,22 +103,23 @@ impl From<JobRequest> for JobSpec {
     }
 }
 
-/// A job as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct JobView<'a> {
+/// A job as the API shows it: the job and its next fire time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
     #[serde(flatten)]
-    pub job: &'a Job,
+    pub job: Job,
     pub next_fire_at: Option<chrono::DateTime<Utc>>,
 }
 
 fn view(job: &Job) -> serde_json::Value {
     json!(JobView {
-        job,
-        next_fire_at: job.next_fire_at
+        job: job.clone(),
+        next_fire_at: job.next_fire_at,
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     group: Option<String>,
@@ -134,7 +136,8 @@ fn account_for(caller: &Caller, requested: Option<&str>) -> Result<String, Error
     }
 }
 
-async fn create_job(
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", summary = "Create a job", security(("api_key" = [])), request_body = JobRequest, responses((status = 201, body = JobView), (status = 400, description = "Invalid input, naming the field"), (status = 403, description = "Missing or unknown key")))]
+pub async fn create_job(
     caller: Caller,
     state: web::Data<AppState>,
     body: web::Bytes,
@@ -144,7 +147,8 @@ async fn create_job(
     Ok(HttpResponse::Created().json(view(&job)))
 }
 
-async fn list_jobs(
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", summary = "List the account's jobs, newest first", security(("api_key" = [])), params(ListQuery), responses((status = 200, description = "`{\"jobs\": [JobView]}`"), (status = 403)))]
+pub async fn list_jobs(
     caller: Caller,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
@@ -164,7 +168,8 @@ async fn list_jobs(
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
 }
 
-async fn get_job(
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", summary = "One job", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]
+pub async fn get_job(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -173,7 +178,8 @@ async fn get_job(
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
-async fn replace_job(
+#[utoipa::path(put, path = "/v1/jobs/{id}", tag = "jobs", summary = "Replace a job's specification; older timers are dropped", security(("api_key" = [])), params(("id" = String, Path)), request_body = JobRequest, responses((status = 200, body = JobView), (status = 400), (status = 404)))]
+pub async fn replace_job(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -185,7 +191,8 @@ async fn replace_job(
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
-async fn delete_job(
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", summary = "Delete a job with its runs", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 204), (status = 404)))]
+pub async fn delete_job(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -195,7 +202,8 @@ async fn delete_job(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn enable_job(
+#[utoipa::path(post, path = "/v1/jobs/{id}/enable", tag = "jobs", summary = "Enable a job and arm its next fire", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]
+pub async fn enable_job(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -205,7 +213,8 @@ async fn enable_job(
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
-async fn disable_job(
+#[utoipa::path(post, path = "/v1/jobs/{id}/disable", tag = "jobs", summary = "Disable a job; armed timers are dropped", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]
+pub async fn disable_job(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -215,7 +224,8 @@ async fn disable_job(
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
-async fn run_job_now(
+#[utoipa::path(post, path = "/v1/jobs/{id}/run", tag = "jobs", summary = "Run the job now, outside its schedule", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 202, description = "`{job_id, scheduled_at}`"), (status = 404), (status = 409, description = "The job is disabled")))]
+pub async fn run_job_now(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -225,13 +235,15 @@ async fn run_job_now(
     Ok(HttpResponse::Accepted().json(json!({ "job_id": job.id, "scheduled_at": at })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NextQuery {
     count: Option<usize>,
 }
 
-async fn next_fires(
+#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, next: [instant]}`"), (status = 400), (status = 404)))]
+pub async fn next_fires(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -254,13 +266,15 @@ async fn next_fires(
         .json(json!({ "job_id": job.id, "timezone": job.timezone, "next": fires })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RunsQuery {
     limit: Option<usize>,
 }
 
-async fn list_runs(
+#[utoipa::path(get, path = "/v1/jobs/{id}/runs", tag = "jobs", summary = "A job's runs, newest first", security(("api_key" = [])), params(("id" = String, Path), RunsQuery), responses((status = 200, description = "`{\"runs\": [Run]}`"), (status = 404)))]
+pub async fn list_runs(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -286,7 +300,8 @@ async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Er
         .ok_or_else(|| Error::not_found(format!("no run {id}")))
 }
 
-async fn get_run(
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "jobs", summary = "One run", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = Run), (status = 404)))]
+pub async fn get_run(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -295,7 +310,8 @@ async fn get_run(
     Ok(HttpResponse::Ok().json(run))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     #[serde(default)]
@@ -303,7 +319,8 @@ pub struct LogsQuery {
 }
 
 /// The run's output; with `follow=true`, a stream that goes on until the run ends.
-async fn run_logs(
+#[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "jobs", summary = "A run's output; `follow=true` streams it until the run ends", security(("api_key" = [])), params(("id" = String, Path), LogsQuery), responses((status = 200, content_type = "text/plain", description = "The output"), (status = 404)))]
+pub async fn run_logs(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,

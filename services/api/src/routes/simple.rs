@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use spot_shared::model::{ContainerSpec, Instance, Job, Policies, Run, Runner};
 use spot_shared::Error;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -13,9 +14,10 @@ use crate::jobs::{self, JobSpec};
 use crate::routes::parse_json;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+/// Seed 003's `POST /schedule` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ScheduleRequest {
+pub struct ScheduleRequest {
     schedule: Option<String>,
     docker_image: Option<String>,
     #[serde(default)]
@@ -28,6 +30,7 @@ struct ScheduleRequest {
     timezone: Option<String>,
 }
 
+#[utoipa::path(post, path = "/schedule", tag = "simple", summary = "Schedule a container job (seed 003)", security(("api_key" = [])), request_body = ScheduleRequest, responses((status = 200, description = "`{status: scheduled, message, id}`"), (status = 400), (status = 403)))]
 pub async fn schedule(
     caller: Caller,
     state: web::Data<AppState>,
@@ -80,6 +83,7 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/list", tag = "simple", summary = "The account's jobs and their status words", security(("api_key" = [])), responses((status = 200, description = "`{\"jobs\": [{status, id, schedule}]}`"), (status = 403)))]
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
@@ -105,6 +109,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
 }
 
+#[utoipa::path(get, path = "/status/{id}", tag = "simple", summary = "A job's status with its aws and docker objects", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "Seed 003's status document"), (status = 404)))]
 pub async fn status(
     caller: Caller,
     state: web::Data<AppState>,

@@ -66,6 +66,7 @@ async fn run_job_to_the_end(exit_code: i32, expected_status: &str) -> Value {
     for state in ["pending", "provisioning", "booting", "running"] {
         assert!(run["transitions"][state].is_string(), "no {state} in {run}");
     }
+    assert_legal_history(run);
 
     // The container is gone.
     let instance_id = status["aws"]["instance_id"].as_str().unwrap();

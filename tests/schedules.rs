@@ -62,8 +62,11 @@ async fn a_recurring_job_fires_once_at_each_instant() {
         assert_eq!(at.timestamp() % 2, 0);
         assert_eq!(at.timestamp_subsec_millis(), 0);
     }
-    // Each run fired at its instant, not before, and promptly.
+    // Each run fired at its instant, not before, and promptly, and moved only along legal steps.
     for run in app.runs(&id).await {
+        if run["state"] == "succeeded" {
+            assert_legal_history(&run);
+        }
         let scheduled = instant(&run["scheduled_at"]);
         let fired = instant(&run["transitions"]["pending"]);
         assert!(fired >= scheduled, "{run}");
@@ -273,6 +276,7 @@ async fn replace_cancels_the_active_run() {
     let store = env.store().await;
     for run in runs.iter().skip(1) {
         assert_eq!(run["state"], "cancelled", "{run}");
+        assert_legal_history(run);
         let instance_id = run["instance_id"].as_str().unwrap().to_string();
         eventually(
             Duration::from_secs(30),
@@ -557,6 +561,7 @@ async fn a_failing_run_is_retried_with_backoff_up_to_its_attempts() {
     assert_eq!(attempts, vec![1, 2, 3]);
     // Every attempt belongs to the same scheduled instant and kept its exit code.
     for run in &runs {
+        assert_legal_history(run);
         assert_eq!(instant(&run["scheduled_at"]), due.trunc_subsecs_ms());
         assert_eq!(run["exit_code"], 7);
     }
@@ -611,6 +616,73 @@ async fn only_the_newest_runs_are_kept() {
     let runs = app.runs(&id).await;
     assert!(runs.len() <= 2, "{} runs kept", runs.len());
     assert!(!runs.is_empty());
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fire_later_than_its_misfire_grace_is_skipped() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(
+        &app,
+        "*/2 * * * * *",
+        "true",
+        json!({"misfire_grace_secs": 1}),
+    )
+    .await;
+    // The provisioner is down for several periods: the waiting fire is late beyond its grace.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let restart = Utc::now();
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let instants = eventually(
+        Duration::from_secs(60),
+        "two runs after the restart",
+        || async {
+            let instants = scheduled_instants(&app, &id).await;
+            (instants.len() >= 2).then_some(instants)
+        },
+    )
+    .await;
+    for at in &instants {
+        assert!(
+            *at >= restart - chrono::Duration::seconds(1),
+            "a late fire ran: {instants:?}, restart {restart}"
+        );
+    }
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runs_output_can_be_followed_while_it_runs() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let id = container_job(
+        &app,
+        &Utc::now().to_rfc3339(),
+        "sh -c 'echo first; sleep 2; echo second'",
+        json!({}),
+    )
+    .await;
+    let run_id = eventually(Duration::from_secs(30), "the run to be running", || async {
+        let run = app.runs(&id).await.into_iter().next()?;
+        (run["state"] == "running").then(|| run["id"].as_str().unwrap().to_string())
+    })
+    .await;
+    let response = app
+        .get(&format!("/v1/runs/{run_id}/logs?follow=true"), ACCOUNT_KEY)
+        .await;
+    assert_eq!(response.status(), 200);
+    // The stream ends when the run does, with all of its output.
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text, "first\nsecond\n");
     provisioner.stop().await;
     reaper.stop().await;
 }

@@ -350,3 +350,33 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Fails unless a run's recorded transitions, in time order, form a legal path of the run state
+/// machine from `pending`.
+pub fn assert_legal_history(run: &serde_json::Value) {
+    use spot_shared::model::RunState;
+    let transitions = run["transitions"].as_object().expect("transitions");
+    let mut steps: Vec<(chrono::DateTime<chrono::Utc>, RunState)> = transitions
+        .iter()
+        .map(|(state, at)| {
+            let state: RunState = state.parse().expect("a known state");
+            let at = serde_json::from_value(at.clone()).expect("an instant");
+            (at, state)
+        })
+        .collect();
+    steps.sort();
+    assert_eq!(steps.first().map(|s| s.1), Some(RunState::Pending), "{run}");
+    for pair in steps.windows(2) {
+        assert!(
+            pair[0].1.can_move_to(pair[1].1),
+            "illegal {} -> {} in {run}",
+            pair[0].1,
+            pair[1].1
+        );
+    }
+    assert_eq!(
+        steps.last().map(|s| s.1.as_str()),
+        run["state"].as_str(),
+        "{run}"
+    );
+}

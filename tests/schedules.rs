@@ -686,3 +686,129 @@ async fn a_runs_output_can_be_followed_while_it_runs() {
     provisioner.stop().await;
     reaper.stop().await;
 }
+
+/// Every schedule form, stored in Redis and previewed through the api, at the instants it must fire.
+#[tokio::test]
+async fn every_schedule_form_fires_at_its_instants() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let image = busybox_image().await;
+    let preview = |schedule: &'static str,
+                   timezone: &'static str,
+                   start_at: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut body = json!({"schedule": schedule, "timezone": timezone, "runner": {"type": "container", "image": image}});
+            if let Some(start) = start_at {
+                body["policies"] = json!({"start_at": start});
+            }
+            let id = app.create_job(ACCOUNT_KEY, body).await;
+            let job: Value = app
+                .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let next: Value = app
+                .get(&format!("/v1/jobs/{id}/next?count=3"), ACCOUNT_KEY)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let fires: Vec<DateTime<Utc>> = next["next"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(instant)
+                .collect();
+            (instant(&job["created_at"]), fires)
+        }
+    };
+    let minute =
+        |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap();
+
+    let (created, fires) = preview("* * * ? *", "UTC", None).await;
+    let first = minute(created) + chrono::Duration::minutes(1);
+    assert_eq!(
+        fires,
+        vec![
+            first,
+            first + chrono::Duration::minutes(1),
+            first + chrono::Duration::minutes(2)
+        ]
+    );
+
+    let (created, fires) = preview("@every 90s", "UTC", None).await;
+    let anchor = created.trunc_subsecs_ms();
+    assert_eq!(
+        fires,
+        (1..=3)
+            .map(|k| anchor + chrono::Duration::seconds(90 * k))
+            .collect::<Vec<_>>()
+    );
+
+    let (created, fires) = preview("rate(5 minutes)", "UTC", None).await;
+    let anchor = created.trunc_subsecs_ms();
+    assert_eq!(
+        fires,
+        (1..=3)
+            .map(|k| anchor + chrono::Duration::minutes(5 * k))
+            .collect::<Vec<_>>()
+    );
+
+    let (_, fires) = preview("cron(0 12 * * ? *)", "UTC", Some("2027-01-01T00:00:00Z")).await;
+    assert_eq!(
+        fires,
+        vec![
+            at("2027-01-01T12:00:00Z"),
+            at("2027-01-02T12:00:00Z"),
+            at("2027-01-03T12:00:00Z")
+        ]
+    );
+
+    let (_, fires) = preview("@hourly", "UTC", Some("2027-01-01T00:30:00Z")).await;
+    assert_eq!(
+        fires,
+        vec![
+            at("2027-01-01T01:00:00Z"),
+            at("2027-01-01T02:00:00Z"),
+            at("2027-01-01T03:00:00Z")
+        ]
+    );
+
+    let (_, fires) = preview(
+        "0 30 9 * * mon-fri",
+        "Europe/Paris",
+        Some("2027-01-01T00:00:00Z"),
+    )
+    .await;
+    // 2027-01-01 is a Friday; then Monday and Tuesday. Paris is UTC+1 in winter.
+    assert_eq!(
+        fires,
+        vec![
+            at("2027-01-01T08:30:00Z"),
+            at("2027-01-04T08:30:00Z"),
+            at("2027-01-05T08:30:00Z")
+        ]
+    );
+
+    // DST in New York: 2027-11-07 repeats 01:00-02:00; 01:30 fires once, at its first occurrence (EDT).
+    let (_, fires) = preview(
+        "30 1 * * *",
+        "America/New_York",
+        Some("2027-11-06T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(
+        fires,
+        vec![
+            at("2027-11-06T05:30:00Z"),
+            at("2027-11-07T05:30:00Z"),
+            at("2027-11-08T06:30:00Z")
+        ]
+    );
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().unwrap()
+}

@@ -20,6 +20,32 @@ pub struct Settings {
     pub reaper: ReaperSettings,
     pub cloud: CloudSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub minion: MinionSettings,
+}
+
+/// Minion's compatibility surface (`/v1/minion`): its accounts, each with the runners it may use, and
+/// the runners by name, as minion's own configuration has them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinionSettings {
+    #[serde(default)]
+    pub accounts: std::collections::BTreeMap<String, MinionAccount>,
+    #[serde(default)]
+    pub runners: std::collections::BTreeMap<String, MinionRunner>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinionAccount {
+    pub runners: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MinionRunner {
+    /// Renders `template` with the account's name.
+    Dummy { template: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,6 +20,14 @@ pub struct Job {
     pub group: String,
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Who last changed the job, as the client says (minion's `modified_by`).
+    #[serde(default)]
+    pub modified_by: String,
+    /// Free key/value labels of the job.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
     /// The schedule as the user wrote it; see [`crate::schedule`].
     pub schedule: String,
     /// IANA time zone the schedule is read in.
@@ -35,6 +43,13 @@ pub struct Job {
     /// Kept in the store's timer index, not in the job record.
     #[serde(skip)]
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// A key/value label on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
 }
 
 /// What to do with a fire while an earlier run of the job is still active.
@@ -157,10 +172,48 @@ impl Policies {
 pub enum Runner {
     /// A Docker container on a fresh (spot) instance.
     Container(ContainerSpec),
+    /// Renders a template with the account's name (minion's dummy runner); needs no instance.
+    Dummy(DummySpec),
+}
+
+/// Minion's dummy runner: `{{.Account}}` in the template becomes the account's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DummySpec {
+    pub template: String,
+    /// The configured runner this came from (minion's `details.runner`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_name: Option<String>,
+}
+
+impl DummySpec {
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        if self.template.trim().is_empty() {
+            return Err(Error::invalid(
+                format!("{prefix}template"),
+                "template cannot be empty",
+            ));
+        }
+        if self.template.len() > 64 * 1024 {
+            return Err(Error::invalid(
+                format!("{prefix}template"),
+                "longer than 64 KiB",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The output of a run for `account`.
+    pub fn render(&self, account: &str) -> String {
+        ["{{.Account}}", "{{ .Account }}"]
+            .iter()
+            .fold(self.template.clone(), |text, placeholder| {
+                text.replace(placeholder, account)
+            })
+    }
 }
 
 /// A container to run on an instance of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ContainerSpec {
     pub image: String,
     /// The command, split like a shell would (without running one); `None` keeps the image's default.
@@ -173,9 +226,11 @@ pub struct ContainerSpec {
 }
 
 impl Job {
-    pub fn container(&self) -> &ContainerSpec {
+    /// The container this job runs, if it runs one.
+    pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {
-            Runner::Container(spec) => spec,
+            Runner::Container(spec) => Some(spec),
+            Runner::Dummy(_) => None,
         }
     }
 
@@ -374,7 +429,8 @@ impl RunState {
     pub fn can_move_to(self, next: RunState) -> bool {
         use RunState::*;
         match self {
-            Pending => matches!(next, Provisioning | Cancelled),
+            // Light runners (dummy) need no instance: they go straight to running.
+            Pending => matches!(next, Provisioning | Running | Cancelled),
             Provisioning => matches!(next, Booting | ProvisionFailed | Cancelled | TimedOut),
             // An agent may fail before its container starts (an image that cannot be pulled).
             Booting => matches!(next, Running | Failed | TimedOut | Interrupted | Cancelled),
@@ -561,7 +617,8 @@ mod tests {
             assert!(pair[0].can_move_to(pair[1]), "{} -> {}", pair[0], pair[1]);
             assert!(!pair[1].can_move_to(pair[0]), "{} -> {}", pair[1], pair[0]);
         }
-        assert!(!Pending.can_move_to(Running));
+        assert!(Pending.can_move_to(Running), "light runners start at once");
+        assert!(!Pending.can_move_to(Booting));
         assert!(!Pending.can_move_to(Succeeded));
         assert!(Booting.can_move_to(Failed));
         assert!(Provisioning.can_move_to(ProvisionFailed));
@@ -653,6 +710,9 @@ mod tests {
             account: "a".into(),
             group: "g".into(),
             name: String::new(),
+            description: String::new(),
+            modified_by: String::new(),
+            tags: vec![],
             schedule: "@hourly".into(),
             timezone: "UTC".into(),
             runner: Runner::Container(spec(None, &[])),

@@ -242,6 +242,14 @@ impl Store {
         Ok(conn.zrevrange(index, 0, stop).await?)
     }
 
+    /// How many jobs an account holds.
+    pub async fn count_jobs(&self, account: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .zcard(self.key(&format!("account:{account}:jobs")))
+            .await?)
+    }
+
     /// Jobs whose next fire time is at or before `before`, oldest first.
     pub async fn due_timers(
         &self,

@@ -76,6 +76,13 @@ impl TestEnv {
             [log]
             format = "pretty"
             level = "warn"
+            [minion.accounts.acme]
+            runners = ["dummyRunner"]
+            [minion.accounts.globex]
+            runners = []
+            [minion.runners.dummyRunner]
+            type = "dummy"
+            template = "Hello, {{{{.Account}}}}!"
             "#,
             redis = redis_url(),
             amqp = amqp_base(),

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
-use spot_shared::model::{Job, Policies, Runner};
+use spot_shared::model::{Job, Policies, Runner, Tag};
 use spot_shared::schedule::parse_time_zone;
 use spot_shared::{ids, Error, Result};
 
@@ -15,6 +15,9 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub name: String,
+    pub description: String,
+    pub modified_by: String,
+    pub tags: Vec<Tag>,
     pub group: String,
     pub schedule: String,
     pub timezone: String,
@@ -27,20 +30,40 @@ impl JobSpec {
     /// Checks every field; `prefix` is prepended to field names in errors.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
-        check_name(&self.group, &field("group"), false)?;
-        check_name(&self.name, &field("name"), true)?;
+        check_name(&self.group, &field("group"))?;
+        if self.name.len() > 256 || self.name.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                field("name"),
+                "at most 256 bytes, no control characters",
+            ));
+        }
+        if self.description.len() > 4096 || self.modified_by.len() > 256 {
+            return Err(Error::invalid(
+                field("description"),
+                "description at most 4096 bytes, modified_by 256",
+            ));
+        }
+        if self.tags.len() > 64
+            || self
+                .tags
+                .iter()
+                .any(|t| t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256)
+        {
+            return Err(Error::invalid(
+                field("tags"),
+                "at most 64 tags, keys 1..=128 bytes, values up to 256",
+            ));
+        }
         parse_time_zone(&self.timezone, &field("timezone"))?;
         match &self.runner {
             Runner::Container(spec) => spec.validate(prefix)?,
+            Runner::Dummy(spec) => spec.validate(prefix)?,
         }
         self.policies.validate(prefix)
     }
 }
 
-fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<()> {
-    if value.is_empty() && may_be_empty {
-        return Ok(());
-    }
+fn check_name(value: &str, field: &str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
@@ -75,6 +98,9 @@ pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Jo
         account: account.to_string(),
         group: spec.group,
         name: spec.name,
+        description: spec.description,
+        modified_by: spec.modified_by,
+        tags: spec.tags,
         schedule: spec.schedule.trim().to_string(),
         timezone: spec.timezone,
         runner: spec.runner,
@@ -105,6 +131,9 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
     let mut job = Job {
         group: spec.group,
         name: spec.name,
+        description: spec.description,
+        modified_by: spec.modified_by,
+        tags: spec.tags,
         schedule: spec.schedule.trim().to_string(),
         timezone: spec.timezone,
         runner: spec.runner,

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use spot_shared::cloud::AgentBoot;
-use spot_shared::model::{Instance, InstanceState, RunState};
+use spot_shared::model::{DummySpec, Instance, InstanceState, Run, RunState, Runner};
 use spot_shared::store::Moved;
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
@@ -45,6 +45,10 @@ impl Provisioner {
         let Some(run) = self.store.get_run(run_id).await? else {
             return Ok(LaunchOutcome::NothingToDo);
         };
+        if let Some(Runner::Dummy(spec)) = self.store.get_job(&run.job_id).await?.map(|j| j.runner)
+        {
+            return self.run_light(&run, &spec).await;
+        }
         if !matches!(run.state, RunState::Pending | RunState::Provisioning) {
             return Ok(LaunchOutcome::NothingToDo);
         }
@@ -141,5 +145,30 @@ impl Provisioner {
                 Ok(LaunchOutcome::Failed)
             }
         }
+    }
+}
+
+impl Provisioner {
+    /// Runs a job that needs no instance (the dummy runner) right here: pending → running → succeeded.
+    async fn run_light(&self, run: &Run, spec: &DummySpec) -> Result<LaunchOutcome> {
+        match run.state {
+            RunState::Pending => {
+                self.store
+                    .advance_run(&run.id, RunState::Running, &[])
+                    .await?;
+            }
+            // A crash came between starting and finishing: finish it.
+            RunState::Running => {}
+            _ => return Ok(LaunchOutcome::NothingToDo),
+        }
+        let output = spec.render(&run.account);
+        self.store
+            .append_log(&run.id, output.as_bytes(), self.settings.api.max_log_bytes)
+            .await?;
+        self.store
+            .advance_run(&run.id, RunState::Succeeded, &[("exit_code", "0".into())])
+            .await?;
+        tracing::info!(run_id = %run.id, "light run done");
+        Ok(LaunchOutcome::Launched)
     }
 }

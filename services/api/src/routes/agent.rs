@@ -21,7 +21,9 @@ pub async fn spec(
         .get_job(&run.job_id)
         .await?
         .ok_or_else(|| Error::not_found(format!("the job of run {} is gone", run.id)))?;
-    let container = job.container();
+    let container = job
+        .container()
+        .ok_or_else(|| Error::conflict(format!("job {} runs no container", job.id)))?;
     let spec = RunSpec {
         run_id: run.id.clone(),
         job_id: job.id.clone(),

@@ -3,6 +3,8 @@
 mod agent;
 mod callback;
 mod health;
+pub mod metrics;
+mod minion;
 pub mod openapi;
 mod resources;
 mod simple;
@@ -28,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(agent::heartbeat),
         )
         .route("/openapi.json", web::get().to(openapi::document))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .configure(minion::configure)
         .configure(resources::configure)
         .default_service(web::to(not_found));
 }

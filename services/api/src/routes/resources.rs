@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use spot_shared::model::{ContainerSpec, Job, Policies, Run, Runner};
+use spot_shared::model::{ContainerSpec, DummySpec, Job, Policies, Run, Runner, Tag};
 use spot_shared::Error;
 use utoipa::{IntoParams, ToSchema};
 
@@ -39,6 +39,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct JobRequest {
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
     #[serde(default = "default_group")]
     pub group: String,
     pub schedule: String,
@@ -54,6 +58,8 @@ pub struct JobRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunnerRequest {
+    /// A template rendered with the account's name; needs no instance.
+    Dummy { template: String },
     Container {
         image: String,
         cmd: Option<String>,
@@ -79,6 +85,10 @@ fn enabled_by_default() -> bool {
 impl From<JobRequest> for JobSpec {
     fn from(request: JobRequest) -> JobSpec {
         let runner = match request.runner {
+            RunnerRequest::Dummy { template } => Runner::Dummy(DummySpec {
+                template,
+                runner_name: None,
+            }),
             RunnerRequest::Container {
                 image,
                 cmd,
@@ -93,6 +103,9 @@ impl From<JobRequest> for JobSpec {
         };
         JobSpec {
             name: request.name,
+            description: request.description,
+            modified_by: String::new(),
+            tags: request.tags,
             group: request.group,
             schedule: request.schedule,
             timezone: request.timezone,

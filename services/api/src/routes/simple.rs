@@ -51,6 +51,9 @@ pub async fn schedule(
         .ok_or_else(|| Error::invalid("docker_image", "is required"))?;
     let spec = JobSpec {
         name: String::new(),
+        description: String::new(),
+        modified_by: String::new(),
+        tags: Vec::new(),
         group: "default".into(),
         schedule,
         timezone: request.timezone.unwrap_or_else(|| "UTC".into()),
@@ -134,7 +137,8 @@ fn simple_status(run: Option<&Run>) -> &'static str {
 
 /// Seed 003's status document, with the run's details added.
 fn status_view(job: &Job, run: Option<&Run>, instance: Option<&Instance>, output: String) -> Value {
-    let spec = job.container();
+    let empty = ContainerSpec::default();
+    let spec = job.container().unwrap_or(&empty);
     let container_status = match run.map(|r| r.state) {
         None => "",
         Some(state)

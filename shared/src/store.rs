@@ -242,6 +242,46 @@ impl Store {
         Ok(conn.zrevrange(index, 0, stop).await?)
     }
 
+    /// Names a job by a surface's own key (seed 004's image and date, say), unless the name is taken.
+    /// Returns the job already holding the name, if any.
+    pub async fn claim_alias(
+        &self,
+        scope: &str,
+        alias: &str,
+        job_id: &str,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("alias:{scope}:{alias}"));
+        let set: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(job_id)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut conn)
+            .await?
+            .is_some();
+        if set {
+            return Ok(None);
+        }
+        Ok(conn.get(&key).await?)
+    }
+
+    /// The job a surface's own key names.
+    pub async fn alias(&self, scope: &str, alias: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .get(self.key(&format!("alias:{scope}:{alias}")))
+            .await?)
+    }
+
+    /// Moves an alias to another job (after the one it named was replaced).
+    pub async fn set_alias(&self, scope: &str, alias: &str, job_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(self.key(&format!("alias:{scope}:{alias}")), job_id)
+            .await?;
+        Ok(())
+    }
+
     /// How many jobs an account holds.
     pub async fn count_jobs(&self, account: &str) -> Result<u64> {
         let mut conn = self.conn.clone();

@@ -8,7 +8,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
-pub const BUSYBOX_IMAGE: &str = "spot-test-busybox:latest";
+pub const BUSYBOX_IMAGE: &str = "spot-test-busybox:2";
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "env", "ls", "true", "false", "printf",
@@ -35,7 +35,12 @@ pub async fn busybox_image() -> &'static str {
     let options = CreateImageOptionsBuilder::new()
         .from_src("-")
         .repo("spot-test-busybox")
-        .tag("latest")
+        .tag("2")
+        // A default command, for jobs that give none (seed 004 has no `cmd`).
+        .changes(vec![
+            "ENV PATH=/bin".to_string(),
+            r#"CMD ["sh", "-c", "echo hello from the image"]"#.to_string(),
+        ])
         .build();
     let mut import =
         docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);

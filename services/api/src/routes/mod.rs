@@ -6,6 +6,7 @@ mod health;
 pub mod metrics;
 mod minion;
 pub mod openapi;
+mod operations;
 mod resources;
 mod simple;
 
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi::document))
         .route("/metrics", web::get().to(metrics::metrics))
         .configure(minion::configure)
+        .route("/JobScheduler", web::post().to(operations::operation))
         .configure(resources::configure)
         .default_service(web::to(not_found));
 }

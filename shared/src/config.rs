@@ -22,6 +22,14 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub minion: MinionSettings,
+    pub cronjob: CronjobSettings,
+}
+
+/// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronjobSettings {
+    pub image: String,
 }
 
 /// Minion's compatibility surface (`/v1/minion`): its accounts, each with the runners it may use, and

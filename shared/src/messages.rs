@@ -54,6 +54,9 @@ pub struct RunSpec {
     pub argv: Option<Vec<String>>,
     pub env: Vec<String>,
     pub timeout_secs: u64,
+    /// Files to place in the container before it starts.
+    #[serde(default)]
+    pub files: Vec<crate::model::FileSpec>,
 }
 
 /// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent

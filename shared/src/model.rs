@@ -223,6 +223,17 @@ pub struct ContainerSpec {
     /// Instance types to ask the cloud for; the provider's default when empty.
     #[serde(default)]
     pub instance_types: Vec<String>,
+    /// Files placed in the container before it starts (seed 002's uploaded scripts and binaries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
+}
+
+/// A file for the container: absolute path, mode, content in base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    pub content_base64: String,
 }
 
 impl Job {
@@ -352,6 +363,20 @@ impl ContainerSpec {
                         "must be at most {} bytes, without NUL",
                         limits::ENV_ITEM_LEN
                     ),
+                ));
+            }
+        }
+        if self.files.len() > 16 {
+            return Err(Error::invalid(field("files"), "at most 16 files"));
+        }
+        for (i, file) in self.files.iter().enumerate() {
+            let ok_path = file.path.starts_with('/')
+                && !file.path.split('/').any(|part| part == "..")
+                && file.path.len() <= 256;
+            if !ok_path || file.mode > 0o7777 {
+                return Err(Error::invalid(
+                    field(&format!("files[{i}]")),
+                    "needs an absolute path without '..' and a mode up to 0o7777",
                 ));
             }
         }
@@ -652,6 +677,7 @@ mod tests {
             cmd: cmd.map(str::to_string),
             env: env.iter().map(|s| s.to_string()).collect(),
             instance_types: vec![],
+            files: vec![],
         }
     }
 

@@ -76,6 +76,8 @@ impl TestEnv {
             [log]
             format = "pretty"
             level = "warn"
+            [cronjob]
+            image = "{busybox}"
             [minion.accounts.acme]
             runners = ["dummyRunner"]
             [minion.accounts.globex]
@@ -87,6 +89,7 @@ impl TestEnv {
             redis = redis_url(),
             amqp = amqp_base(),
             agent = agent_bin.display(),
+            busybox = image::BUSYBOX_IMAGE,
         );
         let settings = Settings::from_toml(&toml).expect("test settings are valid");
         spot_shared::telemetry::init(&settings.log);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -119,6 +119,18 @@ impl Engine {
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = self.docker.create_container(Some(options), body).await?;
+        if !spec.files.is_empty() {
+            let archive = files_archive(&spec.files)
+                .map_err(|e| bollard::errors::Error::IOError { err: e })?;
+            let options = UploadToContainerOptionsBuilder::new().path("/").build();
+            self.docker
+                .upload_to_container(
+                    &created.id,
+                    Some(options),
+                    bollard::body_full(archive.into()),
+                )
+                .await?;
+        }
         self.docker.start_container(&created.id, None).await?;
         tracing::info!(container_id = %created.id, "container started");
         Ok(created.id)
@@ -199,4 +211,24 @@ async fn heartbeat(api: ApiClient, every_secs: u64) {
             tracing::warn!(error = %err, "heartbeat failed");
         }
     }
+}
+
+/// A tar archive of the job's files, to unpack at the container's root.
+fn files_archive(files: &[spot_shared::model::FileSpec]) -> std::io::Result<Vec<u8>> {
+    use base64::Engine;
+    let mut archive = tar::Builder::new(Vec::new());
+    for file in files {
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(file.content_base64.as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(file.mode);
+        header.set_size(content.len() as u64);
+        archive.append_data(
+            &mut header,
+            file.path.trim_start_matches('/'),
+            content.as_slice(),
+        )?;
+    }
+    archive.into_inner()
 }

@@ -33,6 +33,7 @@ pub async fn spec(
         argv: container.argv(),
         env: container.env.clone(),
         timeout_secs: job.policies.timeout_secs,
+        files: container.files.clone(),
     };
     Ok(HttpResponse::Ok().json(spec))
 }

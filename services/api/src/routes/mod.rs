@@ -2,6 +2,7 @@
 
 mod agent;
 mod callback;
+mod cronjob;
 mod health;
 pub mod metrics;
 mod minion;
@@ -34,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics::metrics))
         .configure(minion::configure)
         .route("/JobScheduler", web::post().to(operations::operation))
+        .configure(cronjob::configure)
         .configure(resources::configure)
         .default_service(web::to(not_found));
 }

@@ -152,6 +152,7 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
             cmd: None,
             env: key.environment_variables_list.clone(),
             instance_types: Vec::new(),
+            files: Vec::new(),
         }),
         enabled: true,
         policies: Policies::default(),

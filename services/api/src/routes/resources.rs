@@ -99,6 +99,7 @@ impl From<JobRequest> for JobSpec {
                 cmd,
                 env,
                 instance_types,
+                files: Vec::new(),
             }),
         };
         JobSpec {

@@ -62,6 +62,7 @@ pub async fn schedule(
             cmd: request.cmd,
             env: request.env,
             instance_types: request.instance_types,
+            files: Vec::new(),
         }),
         enabled: true,
         policies: Policies {

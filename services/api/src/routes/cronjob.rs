@@ -1,0 +1,195 @@
+//! Seed 002's API (distributed-cronjob): `GET /jobs`, `GET /jobs/{id}`, `POST /jobs` with `executable`,
+//! `schedule` (cron) and `type`. A `command` runs with `sh -c` in the configured image; a `script` or
+//! `binary` is uploaded as base64, placed in the container and executed. Statuses: scheduled (no run has
+//! ended yet), finished, error. Unlike the seed: a bad body gets 400, an unknown id 404, an empty list
+//! `[]`, and jobs really run.
+
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spot_shared::model::{ContainerSpec, FileSpec, Job, Policies, RunState, Runner};
+use spot_shared::Error;
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::jobs::{self, JobSpec};
+use crate::routes::parse_json;
+use crate::state::AppState;
+
+const GROUP: &str = "cronjob";
+/// Where an uploaded script or binary is placed in the container.
+const UPLOAD_PATH: &str = "/spot/executable";
+/// Largest upload (decoded).
+const MAX_UPLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/jobs")
+            // Uploads are base64 in the body: allow them past the default body limit.
+            .app_data(web::PayloadConfig::new(
+                MAX_UPLOAD_BYTES * 4 / 3 + 64 * 1024,
+            ))
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .route("/jobs/{id}", web::get().to(show));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    executable: String,
+    schedule: String,
+    #[serde(rename = "type")]
+    kind: String,
+    /// An addition to the seed: the image to run in (the configured one otherwise).
+    image: Option<String>,
+    /// The seed's documents carry these; they are the system's to set, so they are ignored.
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    status: Option<Value>,
+}
+
+async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: CreateRequest = parse_json(&body)?;
+    let _ = (&request.id, &request.status);
+    if request.executable.trim().is_empty() {
+        return Err(Error::invalid("executable", "must not be empty").into());
+    }
+    let (cmd, files) = match request.kind.as_str() {
+        "command" => (Some(shell(&request.executable)), Vec::new()),
+        "script" | "binary" => {
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(request.executable.trim().as_bytes())
+                .map_err(|e| {
+                    Error::invalid(
+                        "executable",
+                        format!("a {} is uploaded as base64: {e}", request.kind),
+                    )
+                })?;
+            if content.len() > MAX_UPLOAD_BYTES {
+                return Err(Error::invalid("executable", "larger than 4 MiB").into());
+            }
+            let file = FileSpec {
+                path: UPLOAD_PATH.into(),
+                mode: 0o755,
+                content_base64: request.executable.trim().to_string(),
+            };
+            // sh runs a script without a shebang line itself; a binary is executed directly.
+            let cmd = if request.kind == "script" {
+                shell(UPLOAD_PATH)
+            } else {
+                UPLOAD_PATH.to_string()
+            };
+            (Some(cmd), vec![file])
+        }
+        _ => return Err(Error::invalid("type", "must be command, script or binary").into()),
+    };
+    let spec = JobSpec {
+        name: String::new(),
+        description: String::new(),
+        modified_by: String::new(),
+        tags: Vec::new(),
+        group: GROUP.into(),
+        schedule: request.schedule,
+        timezone: "UTC".into(),
+        runner: Runner::Container(ContainerSpec {
+            image: request
+                .image
+                .unwrap_or_else(|| state.settings.cronjob.image.clone()),
+            cmd,
+            env: Vec::new(),
+            instance_types: Vec::new(),
+            files,
+        }),
+        enabled: true,
+        policies: Policies::default(),
+    };
+    let job = jobs::create(&state, &caller.0.account, spec).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &job).await?))
+}
+
+/// `sh -c '<text>'`, quoted so that the agent's shell-like split gives back the text whole.
+fn shell(text: &str) -> String {
+    format!("sh -c {}", shlex_quote(text))
+}
+
+fn shlex_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let mut jobs = Vec::new();
+    for id in state
+        .store
+        .list_job_ids(&caller.0.account, Some(GROUP), 0)
+        .await?
+    {
+        if let Some(job) = state.store.get_job(&id).await? {
+            jobs.push(view(&state, &job).await?);
+        }
+    }
+    Ok(HttpResponse::Ok().json(jobs))
+}
+
+async fn show(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    if job.group != GROUP {
+        return Err(Error::not_found(format!("no job {}", job.id)).into());
+    }
+    Ok(HttpResponse::Ok().json(view(&state, &job).await?))
+}
+
+/// The seed's job document, with the status of the newest ended run.
+async fn view(state: &AppState, job: &Job) -> Result<Value, Error> {
+    let mut status = "scheduled";
+    for run_id in state.store.job_run_ids(&job.id, 20).await? {
+        if let Some(run) = state.store.get_run(&run_id).await? {
+            if run.state.is_terminal() {
+                status = if run.state == RunState::Succeeded {
+                    "finished"
+                } else {
+                    "error"
+                };
+                break;
+            }
+        }
+    }
+    let container = job.container();
+    let (kind, executable) = match container {
+        Some(c) if !c.files.is_empty() => {
+            let kind = if c.cmd.as_deref().is_some_and(|cmd| cmd.starts_with("sh ")) {
+                "script"
+            } else {
+                "binary"
+            };
+            (kind, c.files[0].content_base64.clone())
+        }
+        Some(c) => ("command", unshell(c.cmd.as_deref().unwrap_or(""))),
+        None => ("command", String::new()),
+    };
+    Ok(json!({
+        "id": job.id,
+        "status": status,
+        "executable": executable,
+        "schedule": job.schedule,
+        "type": kind,
+    }))
+}
+
+/// The command as it was given: undo [`shell`].
+fn unshell(cmd: &str) -> String {
+    shlex::split(cmd)
+        .and_then(|argv| argv.get(2).cloned())
+        .unwrap_or_else(|| cmd.to_string())
+}

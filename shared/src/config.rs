@@ -23,6 +23,8 @@ pub struct Settings {
     #[serde(default)]
     pub minion: MinionSettings,
     pub cronjob: CronjobSettings,
+    #[serde(default)]
+    pub outbound: crate::outbound::OutboundSettings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.

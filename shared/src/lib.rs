@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod messages;
 pub mod model;
+pub mod outbound;
 pub mod policy;
 pub mod schedule;
 pub mod store;

@@ -174,6 +174,20 @@ pub enum Runner {
     Container(ContainerSpec),
     /// Renders a template with the account's name (minion's dummy runner); needs no instance.
     Dummy(DummySpec),
+    /// Calls an HTTP action and holds it until done, then a callback (HRM's tasks); needs no instance.
+    Http(HttpSpec),
+}
+
+/// HRM's task: GET `action_url` (with `hrm_task_id` added), held open until the worker is done or the
+/// run's timeout passes, then GET `callback_url` (with `hrm_task_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HttpSpec {
+    pub action_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// The instance the action runs on (started first, stopped after); not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 /// Minion's dummy runner: `{{.Account}}` in the template becomes the account's name.
@@ -241,7 +255,7 @@ impl Job {
     pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {
             Runner::Container(spec) => Some(spec),
-            Runner::Dummy(_) => None,
+            Runner::Dummy(_) | Runner::Http(_) => None,
         }
     }
 
@@ -609,6 +623,10 @@ pub struct Run {
     /// Why the run failed, when it did without an exit code (a pull error, a launch error).
     pub error: Option<String>,
     pub heartbeat_at: Option<DateTime<Utc>>,
+    /// What the worker reported (HRM's `meta`): progress, or the action's `[status] body`.
+    pub meta: Option<String>,
+    /// How the completion callback went (HRM's `callback_status`).
+    pub callback_status: Option<String>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,

@@ -674,6 +674,8 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
         exit_code: optional(map, "exit_code").and_then(|v| v.parse().ok()),
         error: optional(map, "error"),
         heartbeat_at: optional(map, "heartbeat_at").and_then(|v| parse_time(&v).ok()),
+        meta: optional(map, "meta"),
+        callback_status: optional(map, "callback_status"),
         secret_hash: optional(map, "secret_hash").unwrap_or_default(),
     })
 }

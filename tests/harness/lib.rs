@@ -78,6 +78,8 @@ impl TestEnv {
             level = "warn"
             [cronjob]
             image = "{busybox}"
+            [outbound]
+            allow_loopback = true
             [minion.accounts.acme]
             runners = ["dummyRunner"]
             [minion.accounts.globex]
@@ -222,7 +224,12 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(env: &TestEnv) -> TestApp {
-    let app = spot_api::Application::build(env.settings.clone())
+    spawn_app_with(env.settings.clone()).await
+}
+
+/// The api with settings of the test's choosing.
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let app = spot_api::Application::build(settings)
         .await
         .expect("api builds");
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -58,6 +58,20 @@ impl JobSpec {
         match &self.runner {
             Runner::Container(spec) => spec.validate(prefix)?,
             Runner::Dummy(spec) => spec.validate(prefix)?,
+            Runner::Http(spec) => {
+                for (name, url) in [
+                    ("action_url", Some(&spec.action_url)),
+                    ("callback_url", spec.callback_url.as_ref()),
+                ] {
+                    if let Some(url) = url {
+                        if url.len() > 2048
+                            || spot_shared::outbound::check_url(&fill_placeholders(url)).is_err()
+                        {
+                            return Err(Error::invalid(field(name), "malformed_url"));
+                        }
+                    }
+                }
+            }
         }
         self.policies.validate(prefix)
     }
@@ -225,4 +239,12 @@ async fn arm(state: &AppState, job: &Job) {
     if let Err(err) = state.broker.arm_timer(&fire, next).await {
         tracing::warn!(job_id = %job.id, error = %err, "timer not armed; the reconciler will arm it");
     }
+}
+
+/// An HRM URL with its instance placeholders (`{dns_name}`, `{private_dns_name}`) filled with a
+/// stand-in host, so that its form can be checked before the instance is known.
+pub fn fill_placeholders(url: &str) -> String {
+    url.replace("{dns_name}", "instance.invalid")
+        .replace("{private_dns_name}", "instance.invalid")
+        .replace("{ip_address}", "instance.invalid")
 }

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use spot_shared::cloud::AgentBoot;
-use spot_shared::model::{DummySpec, Instance, InstanceState, Run, RunState, Runner};
+use spot_shared::model::{DummySpec, Instance, InstanceState, Job, Run, RunState, Runner};
 use spot_shared::store::Moved;
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
@@ -45,9 +45,18 @@ impl Provisioner {
         let Some(run) = self.store.get_run(run_id).await? else {
             return Ok(LaunchOutcome::NothingToDo);
         };
-        if let Some(Runner::Dummy(spec)) = self.store.get_job(&run.job_id).await?.map(|j| j.runner)
-        {
-            return self.run_light(&run, &spec).await;
+        match self.store.get_job(&run.job_id).await? {
+            Some(Job {
+                runner: Runner::Dummy(spec),
+                ..
+            }) => return self.run_light(&run, &spec).await,
+            Some(
+                job @ Job {
+                    runner: Runner::Http(_),
+                    ..
+                },
+            ) => return self.start_http(&run, &job).await,
+            _ => {}
         }
         if !matches!(run.state, RunState::Pending | RunState::Provisioning) {
             return Ok(LaunchOutcome::NothingToDo);

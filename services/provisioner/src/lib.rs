@@ -5,6 +5,7 @@
 //! so tests can drive it directly. [`Provisioner::reconcile_once`] re-arms timers Redis says are overdue.
 
 mod consumer;
+mod http_runner;
 mod launch;
 
 use std::sync::Arc;

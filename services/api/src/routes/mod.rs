@@ -4,6 +4,7 @@ mod agent;
 mod callback;
 mod cronjob;
 mod health;
+mod hrm;
 pub mod metrics;
 mod minion;
 pub mod openapi;
@@ -36,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(minion::configure)
         .route("/JobScheduler", web::post().to(operations::operation))
         .configure(cronjob::configure)
+        .configure(hrm::configure)
         .configure(resources::configure)
         .default_service(web::to(not_found));
 }

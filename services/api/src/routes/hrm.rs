@@ -1,0 +1,260 @@
+//! HRM's tasks API (seed 001): `POST /tasks` (form-encoded or JSON) answering the bare id,
+//! `GET|PUT|DELETE /tasks/{id}`, `GET /status`; errors as `{"errors":{"field":"reason"}}`. A task runs
+//! at once through the http runner. Unlike HRM: every call needs a key, AWS keys in a request are
+//! accepted but never stored or echoed, outbound targets are checked, and unknown ids get 404.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use spot_shared::model::{HttpSpec, Job, Policies, Run, RunState, Runner};
+use spot_shared::outbound::check_url;
+use spot_shared::Error;
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::jobs::{self, fill_placeholders, JobSpec};
+use crate::state::AppState;
+
+const GROUP: &str = "hrm";
+const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/tasks", web::post().to(create))
+        .route("/tasks/{id}", web::post().to(create_with_ignored_id))
+        .route("/tasks/{id}", web::get().to(show))
+        .route("/tasks/{id}", web::put().to(update_meta))
+        .route("/tasks/{id}", web::delete().to(delete))
+        .route("/status", web::get().to(status));
+}
+
+/// `{"errors": {field: reason}}` with 400.
+fn errors(field: &str, reason: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({ "errors": { field: reason } }))
+}
+
+/// The request's parameters, form-encoded (as HRM takes them) or a JSON object.
+fn params(req: &HttpRequest, body: &[u8]) -> Result<BTreeMap<String, String>, HttpResponse> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        let object: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| errors("body", "malformed"))?;
+        return Ok(object
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Number(n) => Some((k, n.to_string())),
+                _ => None,
+            })
+            .collect());
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| errors("body", "malformed"))?;
+    Ok(pairs.into_iter().collect())
+}
+
+async fn create_with_ignored_id(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    create(req, caller, state, body).await
+}
+
+async fn create(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let params = match params(&req, &body) {
+        Ok(params) => params,
+        Err(response) => return Ok(response),
+    };
+    let non_empty = |key: &str| params.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let Some(action_url) = non_empty("action_url") else {
+        return Ok(errors("action_url", "undefined"));
+    };
+    if check_url(&fill_placeholders(action_url)).is_err() {
+        return Ok(errors("action_url", "malformed_url"));
+    }
+    let callback_url = non_empty("callback_url");
+    if callback_url.is_some_and(|url| check_url(url).is_err()) {
+        return Ok(errors("callback_url", "malformed_url"));
+    }
+    if let Some(_instance) = non_empty("instance_id") {
+        for key in ["access_key_id", "access_key_secret"] {
+            if non_empty(key).is_none() {
+                return Ok(errors(key, "undefined"));
+            }
+        }
+        // Starting and stopping the task's instance needs the EC2 provider, which is not built yet.
+        return Ok(errors("instance_id", "not_supported"));
+    }
+    let timeout = match non_empty("timeout") {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(text) => match text.parse::<u64>() {
+            Ok(secs) if (1..=Policies::MAX_TIMEOUT_SECS).contains(&secs) => secs,
+            _ => return Ok(errors("timeout", "malformed")),
+        },
+    };
+    let spec = JobSpec {
+        name: String::new(),
+        description: String::new(),
+        modified_by: String::new(),
+        tags: Vec::new(),
+        group: GROUP.into(),
+        schedule: Utc::now().to_rfc3339(),
+        timezone: "UTC".into(),
+        runner: Runner::Http(HttpSpec {
+            action_url: action_url.to_string(),
+            callback_url: callback_url.map(str::to_string),
+            instance_id: None,
+        }),
+        enabled: true,
+        policies: Policies {
+            timeout_secs: timeout,
+            ..Policies::default()
+        },
+    };
+    let job = jobs::create(&state, &caller.0.account, spec).await?;
+    // HRM answers the bare id, labelled JSON.
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(job.id))
+}
+
+async fn load(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<(Job, HttpSpec)>, Error> {
+    match jobs::load_owned(state, caller, id).await {
+        Ok(job) => match &job.runner {
+            Runner::Http(spec) if job.group == GROUP => {
+                let spec = spec.clone();
+                Ok(Some((job, spec)))
+            }
+            _ => Ok(None),
+        },
+        Err(err) if err.code == spot_shared::ErrorCode::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn rfc1123(at: DateTime<Utc>) -> String {
+    at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+fn task_status(run: Option<&Run>) -> &'static str {
+    match run.map(|r| r.state) {
+        Some(RunState::Succeeded) => "complete",
+        Some(RunState::TimedOut) => "timeout",
+        Some(state) if state.is_terminal() => "error",
+        _ => "pending",
+    }
+}
+
+async fn show(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let Some((job, spec)) = load(&state, &caller, &path).await? else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
+    let run = state.store.latest_run(&job.id).await?;
+    let completed_at = run
+        .as_ref()
+        .filter(|r| r.state.is_terminal())
+        .and_then(|r| r.transitions.get(&r.state).copied());
+    Ok(HttpResponse::Ok().json(json!({
+        "id": job.id,
+        "action_url": spec.action_url,
+        "callback_url": spec.callback_url,
+        "instance_id": spec.instance_id,
+        // Access keys are never stored, so never shown.
+        "access_key_id": null,
+        "status": task_status(run.as_ref()),
+        "meta": run.as_ref().and_then(|r| r.meta.clone()),
+        "started_at": rfc1123(job.created_at),
+        "completed_at": completed_at.map(rfc1123),
+        "callback_status": run.as_ref().and_then(|r| r.callback_status.clone()),
+        "timeout": job.policies.timeout_secs,
+    })))
+}
+
+async fn update_meta(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let Some((job, _)) = load(&state, &caller, &path).await? else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
+    let params = match params(&req, &body) {
+        Ok(params) => params,
+        Err(response) => return Ok(response),
+    };
+    let Some(meta) = params.get("meta") else {
+        return Ok(errors("meta", "undefined"));
+    };
+    if meta.len() > 64 * 1024 {
+        return Ok(errors("meta", "too_long"));
+    }
+    let Some(run) = state.store.latest_run(&job.id).await? else {
+        return Err(Error::conflict("the task has not started yet").into());
+    };
+    state
+        .store
+        .set_run_fields(&run.id, &[("meta", meta.clone())])
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn delete(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let Some((job, _)) = load(&state, &caller, &path).await? else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
+    jobs::delete(&state, &job).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let mut pending = Map::new();
+    for id in state
+        .store
+        .list_job_ids(&caller.0.account, Some(GROUP), 0)
+        .await?
+    {
+        let Some(job) = state.store.get_job(&id).await? else {
+            continue;
+        };
+        let run = state.store.latest_run(&job.id).await?;
+        if task_status(run.as_ref()) == "pending" {
+            let instance = match &job.runner {
+                Runner::Http(spec) => spec.instance_id.clone(),
+                _ => None,
+            };
+            pending.insert(job.id.clone(), json!(instance));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        // Instances started for tasks and to be stopped when idle: none until the EC2 provider exists.
+        "controlled_instances": [],
+        "pending_tasks": pending,
+    })))
+}

@@ -1,0 +1,126 @@
+//! The http runner (HRM's tasks): GET the action URL with `hrm_task_id` added and hold it until the
+//! worker answers or the run's timeout passes; record `[status] body` as the run's output; then GET the
+//! callback URL with `hrm_task_id`. The work runs on a task of its own, so the fire is acknowledged at
+//! once; targets are checked against the outbound policy when called.
+
+use std::time::Duration;
+
+use spot_shared::model::{HttpSpec, Job, Run, RunState};
+use spot_shared::outbound::{check_target, check_url};
+use spot_shared::store::Store;
+use spot_shared::Result;
+
+use crate::launch::LaunchOutcome;
+use crate::Provisioner;
+
+/// Body bytes kept of an action's or callback's answer.
+const KEPT_BODY: usize = 4096;
+
+impl Provisioner {
+    pub(crate) async fn start_http(&self, run: &Run, job: &Job) -> Result<LaunchOutcome> {
+        let spot_shared::model::Runner::Http(spec) = &job.runner else {
+            return Ok(LaunchOutcome::NothingToDo);
+        };
+        match run.state {
+            RunState::Pending => {
+                self.store
+                    .advance_run(&run.id, RunState::Running, &[])
+                    .await?;
+            }
+            // Already started by an earlier delivery: it runs (or was lost with its provisioner).
+            _ => return Ok(LaunchOutcome::NothingToDo),
+        }
+        let this = self.clone();
+        let (run, spec) = (run.clone(), spec.clone());
+        let timeout = Duration::from_secs(job.policies.timeout_secs);
+        let task_id = job.id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.run_http(&run, &spec, &task_id, timeout).await {
+                tracing::error!(run_id = %run.id, error = %err, "http run failed to record");
+            }
+        });
+        Ok(LaunchOutcome::Launched)
+    }
+
+    async fn run_http(
+        &self,
+        run: &Run,
+        spec: &HttpSpec,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| spot_shared::Error::internal(format!("http client: {e}")))?;
+        let (end, meta) = match self.call(&client, &spec.action_url, task_id).await {
+            Ok((200, body)) => (RunState::Succeeded, format!("[200] {body}")),
+            Ok((status, body)) => (RunState::Failed, format!("[{status}] {body}")),
+            Err(CallFailure::TimedOut) => (RunState::TimedOut, "timeout".to_string()),
+            Err(CallFailure::Other(reason)) => (RunState::Failed, reason),
+        };
+        let max_log = self.settings.api.max_log_bytes;
+        self.store
+            .append_log(&run.id, meta.as_bytes(), max_log)
+            .await?;
+        self.store
+            .advance_run(&run.id, end, &[("meta", meta.clone())])
+            .await?;
+        tracing::info!(run_id = %run.id, state = %end, "http action done");
+        if let Some(callback) = &spec.callback_url {
+            let callback_client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| spot_shared::Error::internal(format!("http client: {e}")))?;
+            let status = match self.call(&callback_client, callback, task_id).await {
+                Ok((200, _)) => "complete".to_string(),
+                Ok((code, body)) => format!("[{code}] {body}"),
+                Err(CallFailure::TimedOut) => "timeout".to_string(),
+                Err(CallFailure::Other(reason)) => reason,
+            };
+            record(&self.store, &run.id, "callback_status", status).await?;
+        }
+        Ok(())
+    }
+
+    /// GETs `url` with `hrm_task_id` added, if the outbound policy allows its target.
+    async fn call(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        task_id: &str,
+    ) -> Result<(u16, String), CallFailure> {
+        let mut url = check_url(url).map_err(|reason| CallFailure::Other(reason.to_string()))?;
+        url.query_pairs_mut().append_pair("hrm_task_id", task_id);
+        check_target(&url, &self.settings.outbound)
+            .await
+            .map_err(|e| CallFailure::Other(e.message))?;
+        let response = client.get(url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                CallFailure::TimedOut
+            } else {
+                CallFailure::Other(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| {
+            if e.is_timeout() {
+                CallFailure::TimedOut
+            } else {
+                CallFailure::Other(e.to_string())
+            }
+        })?;
+        Ok((status, body.chars().take(KEPT_BODY).collect()))
+    }
+}
+
+enum CallFailure {
+    TimedOut,
+    Other(String),
+}
+
+async fn record(store: &Store, run_id: &str, field: &str, value: String) -> Result<()> {
+    store.set_run_fields(run_id, &[(field, value)]).await
+}

@@ -1,0 +1,271 @@
+//! HRM's tasks API (seed 001): form-encoded tasks whose action is a real HTTP call to a local worker,
+//! held until done, then the callback; errors in HRM's shape; outbound targets checked.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use spot_tests::*;
+
+/// A worker: `/work` answers after a second, `/fail` with 500, `/slow` after a minute, `/done` records.
+struct Worker {
+    address: String,
+    calls: Arc<Mutex<Vec<String>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+async fn spawn_worker() -> Worker {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let recorded = calls.clone();
+    let server = HttpServer::new(move || {
+        let recorded = recorded.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let recorded = recorded.clone();
+            async move {
+                recorded.lock().unwrap().push(req.uri().to_string());
+                match req.path() {
+                    "/work" => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        HttpResponse::Ok().body("worked")
+                    }
+                    "/fail" => HttpResponse::InternalServerError().body("boom"),
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        HttpResponse::Ok().finish()
+                    }
+                    _ => HttpResponse::Ok().finish(),
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let address = format!("http://127.0.0.1:{}", server.addrs()[0].port());
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Worker {
+        address,
+        calls,
+        server: handle,
+    }
+}
+
+async fn post_form(app: &TestApp, form: &str) -> (u16, String) {
+    let response = app
+        .client
+        .post(app.url("/tasks"))
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn task(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/tasks/{id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn settled(app: &TestApp, id: &str) -> Value {
+    eventually(Duration::from_secs(30), "the task to settle", || async {
+        let task = task(app, id).await;
+        (task["status"] != "pending"
+            && (task["callback_url"].is_null() || !task["callback_status"].is_null()))
+        .then_some(task)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_calls_its_action_then_its_callback() {
+    let env = TestEnv::new();
+    let worker = spawn_worker().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let form = format!(
+        "action_url={}/work%3Fjob%3D7&callback_url={}/done&access_key_id=AKIDEXAMPLE&access_key_secret=SECRETEXAMPLE&timeout=600",
+        worker.address, worker.address
+    );
+    let (status, id) = post_form(&app, &form).await;
+    assert_eq!(status, 200, "{id}");
+    assert_eq!(id.len(), 32, "the bare id: {id}");
+
+    let pending = task(&app, &id).await;
+    assert!(pending["started_at"].as_str().unwrap().ends_with(" GMT"));
+    assert_eq!(pending["timeout"], 600);
+    let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(status["controlled_instances"], json!([]));
+    assert!(status["pending_tasks"].get(&id).is_some(), "{status}");
+
+    let done = settled(&app, &id).await;
+    assert_eq!(done["status"], "complete");
+    assert_eq!(done["meta"], "[200] worked");
+    assert_eq!(done["callback_status"], "complete");
+    assert!(done["completed_at"].as_str().unwrap().ends_with(" GMT"));
+    // Access keys are accepted, never echoed, never stored.
+    assert!(done["access_key_id"].is_null());
+    let stored = env.store().await.get_job(&id).await.unwrap().unwrap();
+    let stored = serde_json::to_string(&stored).unwrap();
+    assert!(!stored.contains("AKIDEXAMPLE") && !stored.contains("SECRETEXAMPLE"));
+
+    let calls = worker.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            format!("/work?job=7&hrm_task_id={id}"),
+            format!("/done?hrm_task_id={id}")
+        ]
+    );
+    let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(status["pending_tasks"], json!({}));
+
+    // meta can be updated, and the task deleted.
+    let response = app
+        .client
+        .put(app.url(&format!("/tasks/{id}")))
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("meta=50%25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(task(&app, &id).await["meta"], "50%");
+    let response = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/tasks/{id}"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        app.get(&format!("/tasks/{id}"), ACCOUNT_KEY).await.status(),
+        404
+    );
+    assert_eq!(
+        app.send(
+            reqwest::Method::DELETE,
+            &format!("/tasks/{id}"),
+            ACCOUNT_KEY,
+            None
+        )
+        .await
+        .status(),
+        404
+    );
+    provisioner.stop().await;
+    worker.server.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_and_timeouts_are_reported() {
+    let env = TestEnv::new();
+    let worker = spawn_worker().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let (_, failing) = post_form(&app, &format!("action_url={}/fail", worker.address)).await;
+    // JSON is accepted too.
+    let body =
+        json!({"action_url": format!("{}/slow", worker.address), "timeout": "1"}).to_string();
+    let slow = app
+        .post_raw("/tasks", ACCOUNT_KEY, &body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let failed = settled(&app, &failing).await;
+    assert_eq!(failed["status"], "error");
+    assert_eq!(failed["meta"], "[500] boom");
+    let timed_out = settled(&app, &slow).await;
+    assert_eq!(timed_out["status"], "timeout");
+    provisioner.stop().await;
+    worker.server.stop(false).await;
+}
+
+#[tokio::test]
+async fn bad_tasks_get_hrms_errors() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    for (form, expected) in [
+        (
+            "callback_url=http://example.com/done",
+            json!({"errors": {"action_url": "undefined"}}),
+        ),
+        (
+            "action_url=not-a-url",
+            json!({"errors": {"action_url": "malformed_url"}}),
+        ),
+        (
+            "action_url=http://example.com/x&callback_url=::",
+            json!({"errors": {"callback_url": "malformed_url"}}),
+        ),
+        (
+            "action_url=http://example.com/x&timeout=soon",
+            json!({"errors": {"timeout": "malformed"}}),
+        ),
+        (
+            "action_url=http://{private_dns_name}/run&instance_id=i-123",
+            json!({"errors": {"access_key_id": "undefined"}}),
+        ),
+    ] {
+        let (status, body) = post_form(&app, form).await;
+        assert_eq!(status, 400, "{form}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            expected,
+            "{form}"
+        );
+    }
+    assert_eq!(
+        app.get("/tasks/nosuchtask", ACCOUNT_KEY).await.status(),
+        404
+    );
+    let response = app
+        .client
+        .post(app.url("/tasks"))
+        .body("action_url=http://example.com/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "no key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_and_loopback_targets_are_refused_unless_allowed() {
+    let env = TestEnv::new();
+    let worker = spawn_worker().await;
+    let mut strict = env.settings.clone();
+    strict.outbound.allow_loopback = false;
+    let app = spawn_app_with(strict.clone()).await;
+    let provisioner = spawn_provisioner_with(strict, &app.address).await;
+    let (_, loopback) = post_form(&app, &format!("action_url={}/work", worker.address)).await;
+    let (_, metadata) =
+        post_form(&app, "action_url=http://169.254.169.254/latest/meta-data/").await;
+    for id in [&loopback, &metadata] {
+        let task = settled(&app, id).await;
+        assert_eq!(task["status"], "error", "{task}");
+        assert!(
+            task["meta"]
+                .as_str()
+                .unwrap()
+                .contains("not an allowed target"),
+            "{task}"
+        );
+    }
+    assert!(
+        worker.calls.lock().unwrap().is_empty(),
+        "the worker on loopback was never called"
+    );
+    provisioner.stop().await;
+    worker.server.stop(false).await;
+}

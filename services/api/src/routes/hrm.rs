@@ -35,28 +35,28 @@ fn errors(field: &str, reason: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({ "errors": { field: reason } }))
 }
 
-/// The request's parameters, form-encoded (as HRM takes them) or a JSON object.
-fn params(req: &HttpRequest, body: &[u8]) -> Result<BTreeMap<String, String>, HttpResponse> {
+/// The request's parameters, form-encoded (as HRM takes them) or a JSON object; `None` if malformed.
+fn params(req: &HttpRequest, body: &[u8]) -> Option<BTreeMap<String, String>> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if is_json {
-        let object: Map<String, Value> =
-            serde_json::from_slice(body).map_err(|_| errors("body", "malformed"))?;
-        return Ok(object
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k, s)),
-                Value::Number(n) => Some((k, n.to_string())),
-                _ => None,
-            })
-            .collect());
+        let object: Map<String, Value> = serde_json::from_slice(body).ok()?;
+        return Some(
+            object
+                .into_iter()
+                .filter_map(|(k, v)| match v {
+                    Value::String(s) => Some((k, s)),
+                    Value::Number(n) => Some((k, n.to_string())),
+                    _ => None,
+                })
+                .collect(),
+        );
     }
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(body).map_err(|_| errors("body", "malformed"))?;
-    Ok(pairs.into_iter().collect())
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    Some(pairs.into_iter().collect())
 }
 
 async fn create_with_ignored_id(
@@ -74,9 +74,8 @@ async fn create(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let params = match params(&req, &body) {
-        Ok(params) => params,
-        Err(response) => return Ok(response),
+    let Some(params) = params(&req, &body) else {
+        return Ok(errors("body", "malformed"));
     };
     let non_empty = |key: &str| params.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     let Some(action_url) = non_empty("action_url") else {
@@ -201,9 +200,8 @@ async fn update_meta(
     let Some((job, _)) = load(&state, &caller, &path).await? else {
         return Ok(HttpResponse::NotFound().finish());
     };
-    let params = match params(&req, &body) {
-        Ok(params) => params,
-        Err(response) => return Ok(response),
+    let Some(params) = params(&req, &body) else {
+        return Ok(errors("body", "malformed"));
     };
     let Some(meta) = params.get("meta") else {
         return Ok(errors("meta", "undefined"));

@@ -35,6 +35,12 @@ ensure_packages() {
     # The tests build their image from Debian's static busybox.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
     command -v curl >/dev/null || missing+=(curl)
+    # moto's EC2 server plays AWS in the tests.
+    if ! command -v moto_server >/dev/null; then
+        log "installing moto[server]"
+        python3 -m pip install -q 'moto[server]'
+        hash -r
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -q >/dev/null

@@ -25,6 +25,7 @@ pub struct Settings {
     pub cronjob: CronjobSettings,
     #[serde(default)]
     pub outbound: crate::outbound::OutboundSettings,
+    pub ec2: crate::ec2::Ec2Settings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
@@ -56,6 +57,8 @@ pub struct MinionAccount {
 pub enum MinionRunner {
     /// Renders `template` with the account's name.
     Dummy { template: String },
+    /// Starts, stops or reboots the job's `instance_id` through the EC2 API.
+    Instance {},
 }
 
 #[derive(Debug, Clone, Deserialize)]

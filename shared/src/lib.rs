@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broker;
 pub mod cloud;
 pub mod config;
+pub mod ec2;
 pub mod error;
 pub mod ids;
 pub mod messages;

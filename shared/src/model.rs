@@ -176,6 +176,18 @@ pub enum Runner {
     Dummy(DummySpec),
     /// Calls an HTTP action and holds it until done, then a callback (HRM's tasks); needs no instance.
     Http(HttpSpec),
+    /// Starts, stops or reboots an existing instance through the EC2 API (minion's instanceRunner).
+    Instance(InstanceSpec),
+}
+
+/// Minion's instance runner: an action on an instance the account owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceSpec {
+    pub instance_id: String,
+    pub action: crate::ec2::PowerAction,
+    /// The configured runner this came from (minion's `details.runner`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_name: Option<String>,
 }
 
 /// HRM's task: GET `action_url` (with `hrm_task_id` added), held open until the worker is done or the
@@ -255,7 +267,7 @@ impl Job {
     pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {
             Runner::Container(spec) => Some(spec),
-            Runner::Dummy(_) | Runner::Http(_) => None,
+            Runner::Dummy(_) | Runner::Http(_) | Runner::Instance(_) => None,
         }
     }
 

@@ -81,9 +81,11 @@ impl TestEnv {
             [outbound]
             allow_loopback = true
             [minion.accounts.acme]
-            runners = ["dummyRunner"]
+            runners = ["dummyRunner", "instanceRunner"]
             [minion.accounts.globex]
             runners = []
+            [minion.runners.instanceRunner]
+            type = "instance"
             [minion.runners.dummyRunner]
             type = "dummy"
             template = "Hello, {{{{.Account}}}}!"
@@ -396,4 +398,65 @@ pub fn assert_legal_history(run: &serde_json::Value) {
         run["state"].as_str(),
         "{run}"
     );
+}
+
+/// A moto EC2 server of the test's own, on a free port; stopped when dropped.
+pub struct Moto {
+    pub endpoint: String,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        aws_test_credentials();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server runs (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(60), "moto to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Moto { endpoint, child }
+    }
+
+    /// An EC2 client on this moto.
+    pub async fn ec2(&self) -> spot_shared::ec2::Ec2 {
+        let mut settings = Settings::defaults().ec2;
+        settings.endpoint_url = self.endpoint.clone();
+        spot_shared::ec2::Ec2::from_settings(&settings).await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto takes any credentials; the services read them from the standard environment variables.
+fn aws_test_credentials() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        for (key, value) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            if std::env::var_os(key).is_none() {
+                std::env::set_var(key, value);
+            }
+        }
+    });
 }

@@ -58,6 +58,18 @@ impl JobSpec {
         match &self.runner {
             Runner::Container(spec) => spec.validate(prefix)?,
             Runner::Dummy(spec) => spec.validate(prefix)?,
+            Runner::Instance(spec) => {
+                let id = &spec.instance_id;
+                if !id.starts_with("i-")
+                    || id.len() > 32
+                    || !id[2..].chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    return Err(Error::invalid(
+                        field("instance_id"),
+                        "must be an EC2 instance id such as i-0123456789abcdef0",
+                    ));
+                }
+            }
             Runner::Http(spec) => {
                 for (name, url) in [
                     ("action_url", Some(&spec.action_url)),

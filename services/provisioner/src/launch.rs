@@ -3,7 +3,9 @@
 
 use chrono::Utc;
 use spot_shared::cloud::AgentBoot;
-use spot_shared::model::{DummySpec, Instance, InstanceState, Job, Run, RunState, Runner};
+use spot_shared::model::{
+    DummySpec, Instance, InstanceSpec, InstanceState, Job, Run, RunState, Runner,
+};
 use spot_shared::store::Moved;
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
@@ -56,6 +58,10 @@ impl Provisioner {
                     ..
                 },
             ) => return self.start_http(&run, &job).await,
+            Some(Job {
+                runner: Runner::Instance(spec),
+                ..
+            }) => return self.run_instance_action(&run, &spec).await,
             _ => {}
         }
         if !matches!(run.state, RunState::Pending | RunState::Provisioning) {
@@ -158,6 +164,43 @@ impl Provisioner {
 }
 
 impl Provisioner {
+    /// Minion's instance runner: start, stop or reboot an instance of the run's account, by the EC2 API.
+    async fn run_instance_action(&self, run: &Run, spec: &InstanceSpec) -> Result<LaunchOutcome> {
+        match run.state {
+            RunState::Pending => {
+                self.store
+                    .advance_run(&run.id, RunState::Running, &[])
+                    .await?;
+            }
+            RunState::Running => {}
+            _ => return Ok(LaunchOutcome::NothingToDo),
+        }
+        let outcome = self
+            .ec2
+            .power(&spec.instance_id, &run.account, spec.action)
+            .await;
+        let (end, output, fields) = match outcome {
+            Ok(state) => (
+                RunState::Succeeded,
+                format!("instance {} is {state}", spec.instance_id),
+                vec![("exit_code", "0".to_string())],
+            ),
+            // A passing failure (throttling, an outage): requeue the fire and try again.
+            Err(err) if err.is_retryable() => return Err(err),
+            Err(err) => (
+                RunState::Failed,
+                err.to_string(),
+                vec![("error", err.to_string())],
+            ),
+        };
+        self.store
+            .append_log(&run.id, output.as_bytes(), self.settings.api.max_log_bytes)
+            .await?;
+        self.store.advance_run(&run.id, end, &fields).await?;
+        tracing::info!(run_id = %run.id, instance_id = %spec.instance_id, state = %end, "instance action done");
+        Ok(LaunchOutcome::Launched)
+    }
+
     /// Runs a job that needs no instance (the dummy runner) right here: pending → running → succeeded.
     async fn run_light(&self, run: &Run, spec: &DummySpec) -> Result<LaunchOutcome> {
         match run.state {

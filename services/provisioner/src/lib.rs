@@ -17,6 +17,7 @@ use chrono::Utc;
 use spot_shared::broker::Broker;
 use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
+use spot_shared::ec2::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job, Run, RunState};
 use spot_shared::store::{FireRecord, Store};
@@ -47,6 +48,7 @@ pub struct Provisioner {
     pub(crate) store: Store,
     pub(crate) broker: Arc<Broker>,
     pub(crate) cloud: Arc<Cloud>,
+    pub(crate) ec2: Arc<Ec2>,
     pub(crate) settings: Arc<Settings>,
 }
 
@@ -55,10 +57,12 @@ impl Provisioner {
         let (store, broker) = spot_shared::connect(&settings).await?;
         let cloud =
             Cloud::from_settings(&settings.cloud).context("setting up the cloud provider")?;
+        let ec2 = Ec2::from_settings(&settings.ec2).await;
         Ok(Provisioner {
             store,
             broker: Arc::new(broker),
             cloud: Arc::new(cloud),
+            ec2: Arc::new(ec2),
             settings: Arc::new(settings),
         })
     }

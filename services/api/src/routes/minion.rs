@@ -14,7 +14,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use spot_shared::config::MinionRunner;
-use spot_shared::model::{DummySpec, Job, Policies, Runner, Tag};
+use spot_shared::ec2::PowerAction;
+use spot_shared::model::{DummySpec, InstanceSpec, Job, Policies, Runner, Tag};
 use spot_shared::{Error, ErrorCode};
 
 use crate::auth::AUTH_HEADER;
@@ -299,12 +300,8 @@ async fn run_now(
         Ok(job) => job,
         Err(response) => return response,
     };
-    let runner_name = match &job.runner {
-        Runner::Dummy(DummySpec {
-            runner_name: Some(name),
-            ..
-        }) => name.clone(),
-        _ => return text(StatusCode::BAD_REQUEST, "runner not found in job"),
+    let Some(runner_name) = minion_runner_name(&job) else {
+        return text(StatusCode::BAD_REQUEST, "runner not found in job");
     };
     // Minion wrote this error and queued the job anyway; here nothing is queued.
     if !allowed.runners.contains(&runner_name) {
@@ -319,12 +316,13 @@ async fn run_now(
 /// Minion's job JSON: ten keys in minion's order.
 fn job_json(job: &Job) -> Value {
     let mut details = Map::new();
-    if let Runner::Dummy(DummySpec {
-        runner_name: Some(name),
-        ..
-    }) = &job.runner
-    {
-        details.insert("runner".into(), Value::from(name.as_str()));
+    if let Runner::Instance(spec) = &job.runner {
+        let action = serde_json::to_value(spec.action).unwrap_or(Value::Null);
+        details.insert("instance_action".into(), action);
+        details.insert("instance_id".into(), Value::from(spec.instance_id.as_str()));
+    }
+    if let Some(name) = minion_runner_name(job) {
+        details.insert("runner".into(), Value::from(name));
     }
     let mut out = Map::new();
     out.insert("account".into(), job.account.clone().into());
@@ -338,6 +336,15 @@ fn job_json(job: &Job) -> Value {
     out.insert("schedule_expression".into(), job.schedule.clone().into());
     out.insert("enabled".into(), job.enabled.into());
     Value::Object(out)
+}
+
+/// The configured runner a job came from (minion's `details.runner`).
+fn minion_runner_name(job: &Job) -> Option<String> {
+    match &job.runner {
+        Runner::Dummy(DummySpec { runner_name, .. })
+        | Runner::Instance(InstanceSpec { runner_name, .. }) => runner_name.clone(),
+        _ => None,
+    }
 }
 
 fn seconds(at: DateTime<Utc>) -> String {
@@ -452,6 +459,37 @@ fn decode(
             template: template.clone(),
             runner_name: Some(runner_name.to_string()),
         }),
+        Some(MinionRunner::Instance {}) => {
+            let instance_id = details
+                .get("instance_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        "MissingDetails: missing instance_id",
+                    )
+                })?;
+            let action = details
+                .get("instance_action")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        "MissingDetails: missing instance_action",
+                    )
+                })?;
+            let action = PowerAction::parse(action).ok_or_else(|| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unexpected action '{action}' for instance {instance_id}"),
+                )
+            })?;
+            Runner::Instance(InstanceSpec {
+                instance_id: instance_id.to_string(),
+                action,
+                runner_name: Some(runner_name.to_string()),
+            })
+        }
         None => return Err(text(StatusCode::BAD_REQUEST, "runner not found in job")),
     };
     let tags = match root.get("tags") {

@@ -60,6 +60,11 @@ pub struct JobRequest {
 pub enum RunnerRequest {
     /// A template rendered with the account's name; needs no instance.
     Dummy { template: String },
+    /// Start, stop or reboot an instance tagged as the account's.
+    Instance {
+        instance_id: String,
+        action: spot_shared::ec2::PowerAction,
+    },
     Container {
         image: String,
         cmd: Option<String>,
@@ -87,6 +92,14 @@ impl From<JobRequest> for JobSpec {
         let runner = match request.runner {
             RunnerRequest::Dummy { template } => Runner::Dummy(DummySpec {
                 template,
+                runner_name: None,
+            }),
+            RunnerRequest::Instance {
+                instance_id,
+                action,
+            } => Runner::Instance(spot_shared::model::InstanceSpec {
+                instance_id,
+                action,
                 runner_name: None,
             }),
             RunnerRequest::Container {

@@ -1,0 +1,222 @@
+//! The EC2 API, through aws-sdk-ec2 with the standard AWS configuration chain (environment, profile,
+//! instance role) and an optional endpoint override (moto's server in tests). Today it serves the
+//! instance runner (minion's `instanceRunner`): start, stop or reboot an existing instance, only on
+//! instances tagged as the account's own unless configuration allows more.
+
+use std::collections::HashMap;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::Filter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Settings {
+    /// Empty: the standard endpoint of the region.
+    pub endpoint_url: String,
+    pub region: String,
+    /// The tag whose value names the account an instance belongs to.
+    pub account_tag: String,
+    /// Let accounts act on instances that carry no account tag (never on another account's).
+    pub allow_untagged: bool,
+}
+
+/// What the instance runner can do to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerAction {
+    Start,
+    Stop,
+    Reboot,
+}
+
+impl PowerAction {
+    pub fn parse(text: &str) -> Option<PowerAction> {
+        match text {
+            "start" => Some(PowerAction::Start),
+            "stop" => Some(PowerAction::Stop),
+            "reboot" => Some(PowerAction::Reboot),
+            _ => None,
+        }
+    }
+}
+
+/// What we need to know of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: String,
+    pub tags: HashMap<String, String>,
+    pub dns_name: Option<String>,
+    pub private_dns_name: Option<String>,
+}
+
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    settings: Ec2Settings,
+}
+
+/// Maps an SDK error: throttling, 5xx and transport failures may pass (retryable); the rest not.
+fn sdk_error<E, R>(what: &str, err: aws_sdk_ec2::error::SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_ec2::error::SdkError;
+    let code = match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("");
+            let message = service.err().message().unwrap_or("");
+            let kind = if code.contains("NotFound") || code.contains("Malformed") {
+                ErrorCode::NotFound
+            } else if code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code.contains("Unavailable")
+                || code == "InternalError"
+            {
+                ErrorCode::Unavailable
+            } else if code == "UnauthorizedOperation" || code == "AuthFailure" {
+                ErrorCode::Forbidden
+            } else {
+                ErrorCode::InvalidInput
+            };
+            return Error::new(kind, format!("{what}: {code}: {message}"));
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    };
+    Error::new(code, format!("{what}: {err:?}"))
+}
+
+impl Ec2 {
+    pub async fn from_settings(settings: &Ec2Settings) -> Ec2 {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()));
+        if !settings.endpoint_url.is_empty() {
+            loader = loader.endpoint_url(&settings.endpoint_url);
+        }
+        let config = loader.load().await;
+        Ec2 {
+            client: aws_sdk_ec2::Client::new(&config),
+            settings: settings.clone(),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_ec2::Client {
+        &self.client
+    }
+
+    pub async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>> {
+        let output = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .values(instance_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        let instance = output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id));
+        Ok(instance.map(|i| InstanceInfo {
+            id: instance_id.to_string(),
+            state: i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
+            tags: i
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                .collect(),
+            dns_name: i
+                .public_dns_name()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            private_dns_name: i
+                .private_dns_name()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        }))
+    }
+
+    /// The instance, if `account` may act on it; refused otherwise, naming why.
+    pub async fn owned_instance(&self, instance_id: &str, account: &str) -> Result<InstanceInfo> {
+        let info = self
+            .describe(instance_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no instance {instance_id}")))?;
+        match info.tags.get(&self.settings.account_tag) {
+            Some(owner) if owner == account => Ok(info),
+            None if self.settings.allow_untagged => Ok(info),
+            _ => Err(Error::forbidden(format!(
+                "instance {instance_id} is not tagged {}={account}",
+                self.settings.account_tag
+            ))),
+        }
+    }
+
+    /// Starts, stops or reboots an instance of `account`; returns what EC2 says it is now.
+    pub async fn power(
+        &self,
+        instance_id: &str,
+        account: &str,
+        action: PowerAction,
+    ) -> Result<String> {
+        self.owned_instance(instance_id, account).await?;
+        match action {
+            PowerAction::Start => {
+                let out = self
+                    .client
+                    .start_instances()
+                    .instance_ids(instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("StartInstances", e))?;
+                Ok(out
+                    .starting_instances()
+                    .first()
+                    .and_then(|c| c.current_state())
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default())
+            }
+            PowerAction::Stop => {
+                let out = self
+                    .client
+                    .stop_instances()
+                    .instance_ids(instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("StopInstances", e))?;
+                Ok(out
+                    .stopping_instances()
+                    .first()
+                    .and_then(|c| c.current_state())
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default())
+            }
+            PowerAction::Reboot => {
+                self.client
+                    .reboot_instances()
+                    .instance_ids(instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("RebootInstances", e))?;
+                Ok("rebooting".to_string())
+            }
+        }
+    }
+}

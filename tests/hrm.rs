@@ -269,3 +269,140 @@ async fn metadata_and_loopback_targets_are_refused_unless_allowed() {
     provisioner.stop().await;
     worker.server.stop(false).await;
 }
+
+/// An instance on moto tagged as `account`'s, stopped if `stopped`.
+async fn moto_instance(ec2: &spot_shared::ec2::Ec2, account: &str, stopped: bool) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let client = ec2.client();
+    let image = client.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(
+            Tag::builder()
+                .key("spot-scheduler:account")
+                .value(account)
+                .build(),
+        )
+        .build();
+    let out = client
+        .run_instances()
+        .image_id(image)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    if stopped {
+        client
+            .stop_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .unwrap();
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tasks_instance_is_started_named_and_stopped_when_idle() {
+    let moto = Moto::start().await;
+    let mut env = TestEnv::new();
+    env.settings.ec2.endpoint_url = moto.endpoint.clone();
+    let ec2 = moto.ec2().await;
+    let stopped = moto_instance(&ec2, "acme", true).await;
+    let running = moto_instance(&ec2, "acme", false).await;
+    let theirs = moto_instance(&ec2, "globex", true).await;
+    let worker = spawn_worker().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let keys = "access_key_id=AKIDEXAMPLE&access_key_secret=SECRETEXAMPLE";
+
+    for (instance, reason) in [
+        ("i-0000000000000dead", "not_found"),
+        (theirs.as_str(), "forbidden"),
+    ] {
+        let (status, body) = post_form(
+            &app,
+            &format!("action_url=http://{{dns_name}}/x&instance_id={instance}&{keys}"),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"errors": {"instance_id": reason}})
+        );
+    }
+
+    let form = format!(
+        "action_url={}/work%3Fhost%3D%7Bprivate_dns_name%7D&instance_id={stopped}&{keys}",
+        worker.address
+    );
+    let (status, id) = post_form(&app, &form).await;
+    assert_eq!(status, 200, "{id}");
+    eventually(
+        Duration::from_secs(30),
+        "the instance under control",
+        || async {
+            let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
+            (status["controlled_instances"] == json!([stopped])
+                && status["pending_tasks"][&id] == json!(stopped))
+            .then_some(())
+        },
+    )
+    .await;
+    let done = settled(&app, &id).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    let calls = worker.calls.lock().unwrap().clone();
+    let host = calls[0]
+        .strip_prefix("/work?host=")
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !host.is_empty() && !host.contains('{'),
+        "the private DNS name was filled in: {calls:?}"
+    );
+    assert_eq!(
+        ec2.describe(&stopped)
+            .await
+            .unwrap()
+            .unwrap()
+            .private_dns_name
+            .as_deref(),
+        Some(host.as_str())
+    );
+    // Idle again: the instance it started is stopped, and no longer controlled.
+    eventually(
+        Duration::from_secs(30),
+        "the instance to be stopped",
+        || async {
+            let state = ec2.describe(&stopped).await.unwrap().unwrap().state;
+            let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
+            (matches!(state.as_str(), "stopped" | "stopping")
+                && status["controlled_instances"] == json!([]))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // An instance that was running already is used and left running.
+    let form = format!(
+        "action_url={}/work&instance_id={running}&{keys}",
+        worker.address
+    );
+    let (_, id) = post_form(&app, &form).await;
+    assert_eq!(settled(&app, &id).await["status"], "complete");
+    assert_eq!(
+        ec2.describe(&running).await.unwrap().unwrap().state,
+        "running"
+    );
+    provisioner.stop().await;
+    worker.server.stop(false).await;
+}

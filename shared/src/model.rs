@@ -197,9 +197,22 @@ pub struct HttpSpec {
     pub action_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    /// The instance the action runs on (started first, stopped after); not supported yet.
+    /// The instance the action runs on: started first if stopped, and stopped again when no task
+    /// needs it, if it was started for a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+}
+
+impl HttpSpec {
+    /// Name of the set of instances started for an account's tasks.
+    pub fn controlled_set(account: &str) -> String {
+        format!("hrm:controlled:{account}")
+    }
+
+    /// Name of the set of active runs that need an instance.
+    pub fn users_set(instance_id: &str) -> String {
+        format!("hrm:instance:{instance_id}:runs")
+    }
 }
 
 /// Minion's dummy runner: `{{.Account}}` in the template becomes the account's name.

@@ -282,6 +282,25 @@ impl Store {
         Ok(())
     }
 
+    /// Adds a member to a named set (bookkeeping such as the instances a surface controls).
+    pub async fn set_add(&self, name: &str, member: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.sadd(self.key(&format!("set:{name}")), member).await?;
+        Ok(())
+    }
+
+    /// Removes a member; returns whether it was there.
+    pub async fn set_remove(&self, name: &str, member: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = conn.srem(self.key(&format!("set:{name}")), member).await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn set_members(&self, name: &str) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.smembers(self.key(&format!("set:{name}"))).await?)
+    }
+
     /// How many jobs an account holds.
     pub async fn count_jobs(&self, account: &str) -> Result<u64> {
         let mut conn = self.conn.clone();

@@ -31,8 +31,10 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.api.host, settings.api.port))?;
         let port = listener.local_addr()?.port();
         let max_body = settings.api.max_body_bytes;
+        let ec2 = spot_shared::ec2::Ec2::from_settings(&settings.ec2).await;
         let state = web::Data::new(AppState {
             store,
+            ec2,
             broker: Arc::new(broker),
             keyring,
             settings,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use spot_shared::ec2::{InstanceInfo, PowerAction};
 use spot_shared::model::{HttpSpec, Job, Run, RunState};
 use spot_shared::outbound::{check_target, check_url};
 use spot_shared::store::Store;
@@ -12,6 +13,9 @@ use spot_shared::Result;
 
 use crate::launch::LaunchOutcome;
 use crate::Provisioner;
+
+/// How often a starting or stopping instance is looked at.
+const INSTANCE_POLL: Duration = Duration::from_secs(2);
 
 /// Body bytes kept of an action's or callback's answer.
 const KEPT_BODY: usize = 4096;
@@ -49,12 +53,127 @@ impl Provisioner {
         task_id: &str,
         timeout: Duration,
     ) -> Result<()> {
+        let Some(instance_id) = &spec.instance_id else {
+            return self
+                .run_http_action(run, spec, &spec.action_url, task_id, timeout)
+                .await;
+        };
+        // The instance is needed from now until the task ends, whatever happens in between.
+        let users = HttpSpec::users_set(instance_id);
+        self.store.set_add(&users, &run.id).await?;
+        let outcome =
+            match tokio::time::timeout(timeout, self.ensure_instance(instance_id, &run.account))
+                .await
+            {
+                Ok(Ok(info)) => {
+                    let url = spec
+                        .action_url
+                        .replace("{dns_name}", info.dns_name.as_deref().unwrap_or(""))
+                        .replace(
+                            "{private_dns_name}",
+                            info.private_dns_name.as_deref().unwrap_or(""),
+                        );
+                    self.run_http_action(run, spec, &url, task_id, timeout)
+                        .await
+                }
+                Ok(Err(err)) => {
+                    self.fail_http(run, spec, task_id, RunState::Failed, err.to_string())
+                        .await
+                }
+                Err(_) => {
+                    self.fail_http(run, spec, task_id, RunState::TimedOut, "timeout".into())
+                        .await
+                }
+            };
+        self.store.set_remove(&users, &run.id).await?;
+        self.release_instance(instance_id, &run.account).await?;
+        outcome
+    }
+
+    /// Records a task that never reached its action, and makes its callback.
+    async fn fail_http(
+        &self,
+        run: &Run,
+        spec: &HttpSpec,
+        task_id: &str,
+        end: RunState,
+        meta: String,
+    ) -> Result<()> {
+        self.store
+            .append_log(&run.id, meta.as_bytes(), self.settings.api.max_log_bytes)
+            .await?;
+        self.store
+            .advance_run(&run.id, end, &[("meta", meta)])
+            .await?;
+        self.callback(run, spec, task_id).await
+    }
+
+    /// Gets the instance running: starts it if stopped (and remembers that we did), waits while it is
+    /// pending or stopping. Returns it, with its host names, once it runs.
+    async fn ensure_instance(&self, instance_id: &str, account: &str) -> Result<InstanceInfo> {
+        loop {
+            let info = self.ec2.owned_instance(instance_id, account).await?;
+            match info.state.as_str() {
+                "running" => return Ok(info),
+                "stopped" => {
+                    self.store
+                        .set_add(&HttpSpec::controlled_set(account), instance_id)
+                        .await?;
+                    self.ec2
+                        .power(instance_id, account, PowerAction::Start)
+                        .await?;
+                    tracing::info!(instance_id, "started the instance for a task");
+                }
+                "pending" | "stopping" => {}
+                other => {
+                    return Err(spot_shared::Error::conflict(format!(
+                        "instance {instance_id} is {other}"
+                    )))
+                }
+            }
+            tokio::time::sleep(INSTANCE_POLL).await;
+        }
+    }
+
+    /// Stops an instance we started once no active task needs it.
+    async fn release_instance(&self, instance_id: &str, account: &str) -> Result<()> {
+        let controlled = self
+            .store
+            .set_members(&HttpSpec::controlled_set(account))
+            .await?
+            .iter()
+            .any(|id| id == instance_id);
+        let users = self
+            .store
+            .set_members(&HttpSpec::users_set(instance_id))
+            .await?;
+        if !controlled || !users.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .power(instance_id, account, PowerAction::Stop)
+            .await?;
+        self.store
+            .set_remove(&HttpSpec::controlled_set(account), instance_id)
+            .await?;
+        tracing::info!(instance_id, "stopped the idle instance");
+        Ok(())
+    }
+
+    async fn run_http_action(
+        &self,
+        run: &Run,
+        spec: &HttpSpec,
+        action_url: &str,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| spot_shared::Error::internal(format!("http client: {e}")))?;
-        let (end, meta) = match self.call(&client, &spec.action_url, task_id).await {
+        let (end, meta) = match self.call(&client, action_url, task_id).await {
             Ok((200, body)) => (RunState::Succeeded, format!("[200] {body}")),
             Ok((status, body)) => (RunState::Failed, format!("[{status}] {body}")),
             Err(CallFailure::TimedOut) => (RunState::TimedOut, "timeout".to_string()),
@@ -68,6 +187,11 @@ impl Provisioner {
             .advance_run(&run.id, end, &[("meta", meta.clone())])
             .await?;
         tracing::info!(run_id = %run.id, state = %end, "http action done");
+        self.callback(run, spec, task_id).await
+    }
+
+    /// GETs the task's callback URL, if it has one, and records how that went.
+    async fn callback(&self, run: &Run, spec: &HttpSpec, task_id: &str) -> Result<()> {
         if let Some(callback) = &spec.callback_url {
             let callback_client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

@@ -88,14 +88,34 @@ async fn create(
     if callback_url.is_some_and(|url| check_url(url).is_err()) {
         return Ok(errors("callback_url", "malformed_url"));
     }
-    if let Some(_instance) = non_empty("instance_id") {
+    let instance_id = non_empty("instance_id");
+    if let Some(instance_id) = instance_id {
+        // HRM's clients send keys with an instance; they are checked for presence and dropped: EC2 is
+        // called with the service's own credentials.
         for key in ["access_key_id", "access_key_secret"] {
             if non_empty(key).is_none() {
                 return Ok(errors(key, "undefined"));
             }
         }
-        // Starting and stopping the task's instance needs the EC2 provider, which is not built yet.
-        return Ok(errors("instance_id", "not_supported"));
+        match state
+            .ec2
+            .owned_instance(instance_id, &caller.0.account)
+            .await
+        {
+            Ok(info)
+                if matches!(
+                    info.state.as_str(),
+                    "stopped" | "pending" | "stopping" | "running"
+                ) => {}
+            Ok(_) => return Ok(errors("instance_id", "unexpected_state")),
+            Err(err) if err.code == spot_shared::ErrorCode::NotFound => {
+                return Ok(errors("instance_id", "not_found"))
+            }
+            Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
+                return Ok(errors("instance_id", "forbidden"))
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
     let timeout = match non_empty("timeout") {
         None => DEFAULT_TIMEOUT_SECS,
@@ -115,7 +135,7 @@ async fn create(
         runner: Runner::Http(HttpSpec {
             action_url: action_url.to_string(),
             callback_url: callback_url.map(str::to_string),
-            instance_id: None,
+            instance_id: instance_id.map(str::to_string),
         }),
         enabled: true,
         policies: Policies {
@@ -250,9 +270,18 @@ async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpRes
             pending.insert(job.id.clone(), json!(instance));
         }
     }
+    let controlled = state
+        .store
+        .set_members(&controlled_set(&caller.0.account))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
-        // Instances started for tasks and to be stopped when idle: none until the EC2 provider exists.
-        "controlled_instances": [],
+        "controlled_instances": controlled,
         "pending_tasks": pending,
     })))
+}
+
+/// The instances started for an account's tasks, to be stopped when no task needs them (shared with the
+/// provisioner's http runner).
+pub fn controlled_set(account: &str) -> String {
+    spot_shared::model::HttpSpec::controlled_set(account)
 }

@@ -270,53 +270,15 @@ async fn metadata_and_loopback_targets_are_refused_unless_allowed() {
     worker.server.stop(false).await;
 }
 
-/// An instance on moto tagged as `account`'s, stopped if `stopped`.
-async fn moto_instance(ec2: &spot_shared::ec2::Ec2, account: &str, stopped: bool) -> String {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let client = ec2.client();
-    let image = client.describe_images().send().await.unwrap().images()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(
-            Tag::builder()
-                .key("spot-scheduler:account")
-                .value(account)
-                .build(),
-        )
-        .build();
-    let out = client
-        .run_instances()
-        .image_id(image)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(tags)
-        .send()
-        .await
-        .unwrap();
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    if stopped {
-        client
-            .stop_instances()
-            .instance_ids(&id)
-            .send()
-            .await
-            .unwrap();
-    }
-    id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tasks_instance_is_started_named_and_stopped_when_idle() {
     let moto = Moto::start().await;
     let mut env = TestEnv::new();
     env.settings.ec2.endpoint_url = moto.endpoint.clone();
     let ec2 = moto.ec2().await;
-    let stopped = moto_instance(&ec2, "acme", true).await;
-    let running = moto_instance(&ec2, "acme", false).await;
-    let theirs = moto_instance(&ec2, "globex", true).await;
+    let stopped = moto.instance("acme", true).await;
+    let running = moto.instance("acme", false).await;
+    let theirs = moto.instance("globex", true).await;
     let worker = spawn_worker().await;
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;

@@ -3,46 +3,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use reqwest::Method;
 use serde_json::{json, Value};
 use spot_tests::*;
-
-/// An instance on moto tagged as `account`'s, stopped if `stopped`.
-async fn instance(ec2: &spot_shared::ec2::Ec2, account: &str, stopped: bool) -> String {
-    let client = ec2.client();
-    let images = client.describe_images().send().await.unwrap();
-    let image = images.images()[0].image_id().unwrap().to_string();
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(
-            Tag::builder()
-                .key("spot-scheduler:account")
-                .value(account)
-                .build(),
-        )
-        .build();
-    let out = client
-        .run_instances()
-        .image_id(image)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(tags)
-        .send()
-        .await
-        .unwrap();
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    if stopped {
-        client
-            .stop_instances()
-            .instance_ids(&id)
-            .send()
-            .await
-            .unwrap();
-    }
-    id
-}
 
 async fn state(ec2: &spot_shared::ec2::Ec2, id: &str) -> String {
     ec2.describe(id).await.unwrap().unwrap().state
@@ -103,8 +66,8 @@ async fn instance_actions_act_only_on_the_accounts_own_instances() {
     let mut env = TestEnv::new();
     env.settings.ec2.endpoint_url = moto.endpoint.clone();
     let ec2 = moto.ec2().await;
-    let ours = instance(&ec2, "acme", true).await;
-    let theirs = instance(&ec2, "globex", false).await;
+    let ours = moto.instance("acme", true).await;
+    let theirs = moto.instance("globex", false).await;
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;
 

@@ -27,6 +27,23 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A job in `group` on `schedule` (UTC) running `runner`, enabled, with default policies and no
+    /// name, description or tags: what the compatibility surfaces start from.
+    pub fn new(group: &str, schedule: String, runner: Runner) -> JobSpec {
+        JobSpec {
+            name: String::new(),
+            description: String::new(),
+            modified_by: String::new(),
+            tags: Vec::new(),
+            group: group.to_string(),
+            schedule,
+            timezone: "UTC".into(),
+            runner,
+            enabled: true,
+            policies: Policies::default(),
+        }
+    }
+
     /// Checks every field; `prefix` is prepended to field names in errors.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
@@ -259,4 +276,35 @@ pub fn fill_placeholders(url: &str) -> String {
     url.replace("{dns_name}", "instance.invalid")
         .replace("{private_dns_name}", "instance.invalid")
         .replace("{ip_address}", "instance.invalid")
+}
+
+/// Marks a run's instance terminating and asks the reaper to terminate it.
+pub async fn terminate_instance(
+    state: &AppState,
+    run: &spot_shared::model::Run,
+    reason: &str,
+) -> Result<()> {
+    use spot_shared::model::InstanceState;
+    let Some(instance_id) = &run.instance_id else {
+        return Ok(());
+    };
+    if let Some(instance) = state.store.get_instance(instance_id).await? {
+        if matches!(
+            instance.state,
+            InstanceState::Requested | InstanceState::Running
+        ) {
+            state
+                .store
+                .advance_instance(instance_id, InstanceState::Terminating, &[])
+                .await?;
+        }
+    }
+    state
+        .broker
+        .request_terminate(&spot_shared::messages::TerminateRequest {
+            instance_id: instance_id.clone(),
+            run_id: run.id.clone(),
+            reason: reason.to_string(),
+        })
+        .await
 }

@@ -4,13 +4,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
-use spot_shared::messages::{CallbackRequest, TerminateRequest};
+use spot_shared::messages::CallbackRequest;
 use spot_shared::model::{InstanceState, RunState};
 use spot_shared::store::Moved;
 use spot_shared::{policy, Error};
 
 use crate::auth::authorize_run;
 use crate::error::ApiResult;
+use crate::jobs;
 use crate::routes::parse_json;
 use crate::state::AppState;
 
@@ -97,21 +98,7 @@ pub async fn callback(
                     if run.state.is_terminal() && err.code == spot_shared::ErrorCode::Conflict => {}
                 Err(err) => return Err(err.into()),
             }
-            if matches!(
-                instance.state,
-                InstanceState::Requested | InstanceState::Running
-            ) {
-                state
-                    .store
-                    .advance_instance(instance_id, InstanceState::Terminating, &[])
-                    .await?;
-            }
-            let request = TerminateRequest {
-                instance_id: instance_id.to_string(),
-                run_id: run.id.clone(),
-                reason: format!("run {end_state}"),
-            };
-            state.broker.request_terminate(&request).await?;
+            jobs::terminate_instance(&state, &run, &format!("run {end_state}")).await?;
             tracing::info!(run_id = %run.id, instance_id, state = %end_state, "run ended; termination requested");
             Ok(HttpResponse::Ok().json(json!({
                 "status": "ok",

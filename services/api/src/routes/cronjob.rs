@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use spot_shared::model::{ContainerSpec, FileSpec, Job, Policies, RunState, Runner};
+use spot_shared::model::{ContainerSpec, FileSpec, Job, RunState, Runner};
 use spot_shared::Error;
 
 use crate::auth::Caller;
@@ -91,15 +91,10 @@ async fn create(
         }
         _ => return Err(Error::invalid("type", "must be command, script or binary").into()),
     };
-    let spec = JobSpec {
-        name: String::new(),
-        description: String::new(),
-        modified_by: String::new(),
-        tags: Vec::new(),
-        group: GROUP.into(),
-        schedule: request.schedule,
-        timezone: "UTC".into(),
-        runner: Runner::Container(ContainerSpec {
+    let spec = JobSpec::new(
+        GROUP,
+        request.schedule,
+        Runner::Container(ContainerSpec {
             image: request
                 .image
                 .unwrap_or_else(|| state.settings.cronjob.image.clone()),
@@ -108,9 +103,7 @@ async fn create(
             instance_types: Vec::new(),
             files,
         }),
-        enabled: true,
-        policies: Policies::default(),
-    };
+    );
     let job = jobs::create(&state, &caller.0.account, spec).await?;
     Ok(HttpResponse::Ok().json(view(&state, &job).await?))
 }

@@ -125,23 +125,19 @@ async fn create(
         },
     };
     let spec = JobSpec {
-        name: String::new(),
-        description: String::new(),
-        modified_by: String::new(),
-        tags: Vec::new(),
-        group: GROUP.into(),
-        schedule: Utc::now().to_rfc3339(),
-        timezone: "UTC".into(),
-        runner: Runner::Http(HttpSpec {
-            action_url: action_url.to_string(),
-            callback_url: callback_url.map(str::to_string),
-            instance_id: instance_id.map(str::to_string),
-        }),
-        enabled: true,
         policies: Policies {
             timeout_secs: timeout,
             ..Policies::default()
         },
+        ..JobSpec::new(
+            GROUP,
+            Utc::now().to_rfc3339(),
+            Runner::Http(HttpSpec {
+                action_url: action_url.to_string(),
+                callback_url: callback_url.map(str::to_string),
+                instance_id: instance_id.map(str::to_string),
+            }),
+        )
     };
     let job = jobs::create(&state, &caller.0.account, spec).await?;
     // HRM answers the bare id, labelled JSON.

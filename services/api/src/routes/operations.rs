@@ -8,8 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spot_shared::ids::{hash_secret, secret_matches};
-use spot_shared::messages::TerminateRequest;
-use spot_shared::model::{ContainerSpec, InstanceState, Job, Policies, Run, RunState, Runner};
+use spot_shared::model::{ContainerSpec, InstanceState, Job, RunState, Runner};
 use spot_shared::schedule::parse_instant;
 use spot_shared::Error;
 
@@ -89,7 +88,7 @@ pub async fn operation(
             }) else {
                 return Err(Error::forbidden("the run's secret (X-Run-Secret) is required").into());
             };
-            request_termination(&state, &run).await?;
+            jobs::terminate_instance(&state, &run, "callback (operation API)").await?;
             Ok(HttpResponse::Ok()
                 .json(json!({"status": "OK", "mensagem": "Finalização do Job requisitada"})))
         }
@@ -139,24 +138,17 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
     if find(state, account, &key).await?.is_some() {
         return Ok(());
     }
-    let spec = JobSpec {
-        name: String::new(),
-        description: String::new(),
-        modified_by: String::new(),
-        tags: Vec::new(),
-        group: GROUP.into(),
-        schedule: key.date_to_run.trim().to_string(),
-        timezone: "UTC".into(),
-        runner: Runner::Container(ContainerSpec {
+    let spec = JobSpec::new(
+        GROUP,
+        key.date_to_run.trim().to_string(),
+        Runner::Container(ContainerSpec {
             image: key.image_name.trim().to_string(),
             cmd: None,
             env: key.environment_variables_list.clone(),
             instance_types: Vec::new(),
             files: Vec::new(),
         }),
-        enabled: true,
-        policies: Policies::default(),
-    };
+    );
     spec.validate("payload.")?;
     let job = jobs::create(state, account, spec).await?;
     // Two racing schedules of the same key: the first name wins and the loser's job is removed.
@@ -200,29 +192,4 @@ async fn item(state: &AppState, job: &Job) -> Result<Value, Error> {
         item["instanceId"] = json!(instance.id);
     }
     Ok(item)
-}
-
-async fn request_termination(state: &AppState, run: &Run) -> Result<(), Error> {
-    let Some(instance_id) = &run.instance_id else {
-        return Ok(());
-    };
-    if let Some(instance) = state.store.get_instance(instance_id).await? {
-        if matches!(
-            instance.state,
-            InstanceState::Requested | InstanceState::Running
-        ) {
-            state
-                .store
-                .advance_instance(instance_id, InstanceState::Terminating, &[])
-                .await?;
-        }
-    }
-    state
-        .broker
-        .request_terminate(&TerminateRequest {
-            instance_id: instance_id.clone(),
-            run_id: run.id.clone(),
-            reason: "callback (operation API)".into(),
-        })
-        .await
 }

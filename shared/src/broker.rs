@@ -234,8 +234,8 @@ impl Broker {
     /// Arms a timer that delivers `fire` to the fires queue at `due_at` (at once if it has passed).
     pub async fn arm_timer(&self, fire: &FireMessage, due_at: DateTime<Utc>) -> Result<()> {
         let delay = (due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let (routing_key, _units) = self.topology.timers.routing_key(delay);
-        let exchange = self.topology.timers.entry_exchange();
+        let (routing_key, units) = self.topology.timers.routing_key(delay);
+        let exchange = self.topology.timers.exchange_for(units);
         self.publish(&exchange, &routing_key, fire).await
     }
 

@@ -66,6 +66,16 @@ impl TimerLevels {
         self.level_name(self.levels - 1)
     }
 
+    /// Where a timer of `units` is best published: the exchange of its highest set bit (every level
+    /// above would only pass it down), or the due exchange for no wait at all. Skipping the clear top
+    /// levels saves the broker one exchange-to-exchange hop each.
+    pub fn exchange_for(&self, units: u64) -> String {
+        match units.checked_ilog2() {
+            Some(highest) => self.level_name(highest as u8),
+            None => self.due_exchange(),
+        }
+    }
+
     /// How long every message in level `k` waits.
     pub fn level_ttl_ms(&self, level: u8) -> u64 {
         (1u64 << level) * self.unit_ms
@@ -201,6 +211,33 @@ mod tests {
         assert_eq!(levels.routing_key(Duration::from_millis(2_050)).1, 1);
         assert_eq!(levels.routing_key(Duration::from_millis(2_100)).1, 2);
         assert_eq!(levels.routing_key(Duration::from_millis(50)).1, 0);
+    }
+
+    #[test]
+    fn timers_enter_at_their_highest_set_bit() {
+        let levels = levels();
+        assert_eq!(levels.exchange_for(0), "spot.timer.due");
+        assert_eq!(levels.exchange_for(1), "spot.timer.level00");
+        assert_eq!(levels.exchange_for(5), "spot.timer.level02");
+        assert_eq!(levels.exchange_for(15), "spot.timer.level03");
+        // Entering there skips only levels whose bit is clear: the wait is the same.
+        for delay_secs in 0..16u64 {
+            let (key, units) = levels.routing_key(Duration::from_secs(delay_secs));
+            let entry = levels.exchange_for(units);
+            let top = (0..levels.levels())
+                .rev()
+                .find(|k| levels.level_name(*k) == entry);
+            let waited: u64 = match top {
+                Some(top) => (0..=top)
+                    .filter(
+                        |k| matches!(levels.level_patterns(*k).0, ref set if matches(set, &key)),
+                    )
+                    .map(|k| levels.level_ttl_ms(k))
+                    .sum(),
+                None => 0,
+            };
+            assert_eq!(waited, units * 1000, "{key} entering at {entry}");
+        }
     }
 
     #[test]

@@ -166,14 +166,8 @@ impl Provisioner {
 impl Provisioner {
     /// Minion's instance runner: start, stop or reboot an instance of the run's account, by the EC2 API.
     async fn run_instance_action(&self, run: &Run, spec: &InstanceSpec) -> Result<LaunchOutcome> {
-        match run.state {
-            RunState::Pending => {
-                self.store
-                    .advance_run(&run.id, RunState::Running, &[])
-                    .await?;
-            }
-            RunState::Running => {}
-            _ => return Ok(LaunchOutcome::NothingToDo),
+        if !self.start_light(run).await? {
+            return Ok(LaunchOutcome::NothingToDo);
         }
         let outcome = self
             .ec2
@@ -193,34 +187,55 @@ impl Provisioner {
                 vec![("error", err.to_string())],
             ),
         };
-        self.store
-            .append_log(&run.id, output.as_bytes(), self.settings.api.max_log_bytes)
-            .await?;
-        self.store.advance_run(&run.id, end, &fields).await?;
+        self.finish_light(run, &output, end, &fields).await?;
         tracing::info!(run_id = %run.id, instance_id = %spec.instance_id, state = %end, "instance action done");
         Ok(LaunchOutcome::Launched)
     }
 
     /// Runs a job that needs no instance (the dummy runner) right here: pending → running → succeeded.
     async fn run_light(&self, run: &Run, spec: &DummySpec) -> Result<LaunchOutcome> {
+        if !self.start_light(run).await? {
+            return Ok(LaunchOutcome::NothingToDo);
+        }
+        let output = spec.render(&run.account);
+        self.finish_light(
+            run,
+            &output,
+            RunState::Succeeded,
+            &[("exit_code", "0".into())],
+        )
+        .await?;
+        tracing::info!(run_id = %run.id, "light run done");
+        Ok(LaunchOutcome::Launched)
+    }
+
+    /// Moves a light run to running; `false` if it is past that. A run found running already is one a
+    /// crash interrupted between starting and finishing: it is finished now.
+    async fn start_light(&self, run: &Run) -> Result<bool> {
         match run.state {
             RunState::Pending => {
                 self.store
                     .advance_run(&run.id, RunState::Running, &[])
                     .await?;
+                Ok(true)
             }
-            // A crash came between starting and finishing: finish it.
-            RunState::Running => {}
-            _ => return Ok(LaunchOutcome::NothingToDo),
+            RunState::Running => Ok(true),
+            _ => Ok(false),
         }
-        let output = spec.render(&run.account);
+    }
+
+    /// Records a light run's output and its end.
+    async fn finish_light(
+        &self,
+        run: &Run,
+        output: &str,
+        end: RunState,
+        fields: &[(&str, String)],
+    ) -> Result<()> {
         self.store
             .append_log(&run.id, output.as_bytes(), self.settings.api.max_log_bytes)
             .await?;
-        self.store
-            .advance_run(&run.id, RunState::Succeeded, &[("exit_code", "0".into())])
-            .await?;
-        tracing::info!(run_id = %run.id, "light run done");
-        Ok(LaunchOutcome::Launched)
+        self.store.advance_run(&run.id, end, fields).await?;
+        Ok(())
     }
 }

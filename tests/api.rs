@@ -244,6 +244,7 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
                 instance_type: None,
                 dns_name: None,
                 ip_address: None,
+                lifecycle: None,
                 ready: false,
                 transitions: Default::default(),
             })

@@ -107,6 +107,11 @@ pub struct AccountSettings {
 #[serde(deny_unknown_fields)]
 pub struct ProvisionerSettings {
     pub prefetch: u16,
+    /// How long one launch may hold its run: past this a crashed launcher no longer blocks a retry.
+    pub launch_lease_secs: u64,
+    /// After a launch call whose answer was lost, how long to wait for EC2's eventually consistent
+    /// listings to show the instance before launching again.
+    pub launch_settle_secs: u64,
     pub reconcile_interval_secs: u64,
     pub reconcile_grace_secs: u64,
 }
@@ -115,12 +120,25 @@ pub struct ProvisionerSettings {
 #[serde(deny_unknown_fields)]
 pub struct ReaperSettings {
     pub prefetch: u16,
+    /// Seconds between sweeps (orphans, timeouts, lost heartbeats, stale spot requests).
+    pub sweep_interval_secs: u64,
+    /// An instance younger than this whose run does not name it yet may still be being recorded.
+    pub orphan_grace_secs: u64,
+    /// A run still going this long past its timeout is ended as timed out.
+    pub timeout_grace_secs: u64,
+    /// A running run whose agent has not heartbeated for this long is lost.
+    pub heartbeat_timeout_secs: u64,
+    /// A booting run whose agent never reported in within this long is lost.
+    pub boot_timeout_secs: u64,
+    /// Spot requests and fleets left open longer than this are cancelled.
+    pub stale_request_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Local,
+    Ec2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +146,7 @@ pub enum ProviderKind {
 pub struct CloudSettings {
     pub provider: ProviderKind,
     pub local: LocalCloudSettings,
+    pub ec2: crate::cloud::ec2::Ec2CloudSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,8 @@ pub struct Ec2Settings {
     pub account_tag: String,
     /// Let accounts act on instances that carry no account tag (never on another account's).
     pub allow_untagged: bool,
+    /// Attempts per call; throttling and 5xx answers are retried with exponential backoff and jitter.
+    pub max_attempts: u32,
 }
 
 /// What the instance runner can do to an instance.
@@ -59,7 +61,7 @@ pub struct Ec2 {
 }
 
 /// Maps an SDK error: throttling, 5xx and transport failures may pass (retryable); the rest not.
-fn sdk_error<E, R>(what: &str, err: aws_sdk_ec2::error::SdkError<E, R>) -> Error
+pub fn sdk_error<E, R>(what: &str, err: aws_sdk_ec2::error::SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::fmt::Debug,
     R: std::fmt::Debug,
@@ -95,7 +97,11 @@ where
 impl Ec2 {
     pub async fn from_settings(settings: &Ec2Settings) -> Ec2 {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(settings.region.clone()));
+            .region(aws_config::Region::new(settings.region.clone()))
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts.max(1)),
+            );
         if !settings.endpoint_url.is_empty() {
             loader = loader.endpoint_url(&settings.endpoint_url);
         }

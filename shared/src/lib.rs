@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod store;
 pub mod telemetry;
 pub mod timer;
+pub mod userdata;
 
 pub use error::{Error, ErrorCode, Result};
 

@@ -80,6 +80,9 @@ pub struct CallbackRequest {
     /// The agent stopped the container because the run's timeout passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timed_out: Option<bool>,
+    /// The cloud reclaimed the spot instance: the agent stopped the container on the notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<bool>,
 }
 
 /// The header an agent sends its run's secret in.

@@ -265,6 +265,18 @@ pub struct ContainerSpec {
     /// Files placed in the container before it starts (seed 002's uploaded scripts and binaries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileSpec>,
+    /// Highest spot price per instance-hour in USD (`"0.05"`); unset pays up to the on-demand price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<String>,
+    /// Subnets to launch in (`subnet-…`); the provider's configured ones when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    /// Root volume size in GiB; the image's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gb: Option<u32>,
+    /// Launch on-demand when the fleet finds no spot capacity (costs more, but the job runs).
+    #[serde(default)]
+    pub on_demand_fallback: bool,
 }
 
 /// A file for the container: absolute path, mode, content in base64.
@@ -339,6 +351,7 @@ pub mod limits {
     pub const ENV_ITEMS: usize = 256;
     pub const ENV_ITEM_LEN: usize = 32 * 1024;
     pub const INSTANCE_TYPES: usize = 16;
+    pub const SUBNETS: usize = 16;
 }
 
 impl ContainerSpec {
@@ -429,6 +442,34 @@ impl ContainerSpec {
                 field("instance_types"),
                 "at most 16 non-empty names",
             ));
+        }
+        if let Some(price) = &self.max_price {
+            let valid = price.len() <= 16
+                && price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0)
+                && price.chars().all(|c| c.is_ascii_digit() || c == '.');
+            if !valid {
+                return Err(Error::invalid(
+                    field("max_price"),
+                    "must be a positive decimal price in USD per hour, like \"0.05\"",
+                ));
+            }
+        }
+        let subnet_ok = |s: &String| {
+            s.strip_prefix("subnet-").is_some_and(|hex| {
+                !hex.is_empty() && hex.len() <= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+            })
+        };
+        if self.subnets.len() > limits::SUBNETS || !self.subnets.iter().all(subnet_ok) {
+            return Err(Error::invalid(
+                field("subnets"),
+                format!(
+                    "at most {} subnet ids like \"subnet-0abc\"",
+                    limits::SUBNETS
+                ),
+            ));
+        }
+        if self.disk_gb.is_some_and(|gb| gb == 0 || gb > 16_384) {
+            return Err(Error::invalid(field("disk_gb"), "must be 1 to 16384"));
         }
         Ok(())
     }
@@ -652,6 +693,8 @@ pub struct Run {
     pub meta: Option<String>,
     /// How the completion callback went (HRM's `callback_status`).
     pub callback_status: Option<String>,
+    /// What the cloud refused on the way to an instance (spot pools without capacity, say).
+    pub launch_errors: Option<String>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,
@@ -667,6 +710,8 @@ pub struct Instance {
     pub instance_type: Option<String>,
     pub dns_name: Option<String>,
     pub ip_address: Option<String>,
+    /// `spot` or `on-demand`.
+    pub lifecycle: Option<String>,
     /// The agent has reported in and is running the job.
     pub ready: bool,
     #[schema(value_type = Object)]
@@ -720,7 +765,7 @@ mod tests {
             cmd: cmd.map(str::to_string),
             env: env.iter().map(|s| s.to_string()).collect(),
             instance_types: vec![],
-            files: vec![],
+            ..ContainerSpec::default()
         }
     }
 

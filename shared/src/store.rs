@@ -556,6 +556,46 @@ return 1
         Ok(())
     }
 
+    // ----- launch intents -----
+
+    /// Records that a launch of the run's attempt is about to call the cloud, and when. Kept a day:
+    /// long past any listing delay.
+    pub async fn mark_launch_intent(&self, run_id: &str, attempt: u32) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set_ex(
+                self.key(&format!("launch-intent:{run_id}:{attempt}")),
+                Utc::now().to_rfc3339(),
+                86_400,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When a launch of the run's attempt last called the cloud without learning what came of it.
+    pub async fn launch_intent(&self, run_id: &str, attempt: u32) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.conn.clone();
+        let at: Option<String> = conn
+            .get(self.key(&format!("launch-intent:{run_id}:{attempt}")))
+            .await?;
+        Ok(at.and_then(|at| parse_time(&at).ok()))
+    }
+
+    /// Forgets the intent: the launch's outcome is known.
+    pub async fn clear_launch_intent(&self, run_id: &str, attempt: u32) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .del(self.key(&format!("launch-intent:{run_id}:{attempt}")))
+            .await?;
+        Ok(())
+    }
+
+    /// The ids of every instance not yet terminated.
+    pub async fn live_instance_ids(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.smembers(self.key("instances:live")).await?)
+    }
+
     // ----- instances -----
 
     /// Creates an instance record unless one with that id exists. Returns whether it was created.
@@ -695,6 +735,7 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
         heartbeat_at: optional(map, "heartbeat_at").and_then(|v| parse_time(&v).ok()),
         meta: optional(map, "meta"),
         callback_status: optional(map, "callback_status"),
+        launch_errors: optional(map, "launch_errors"),
         secret_hash: optional(map, "secret_hash").unwrap_or_default(),
     })
 }
@@ -711,6 +752,7 @@ fn instance_to_hash(instance: &Instance) -> Vec<(String, String)> {
         ("instance_type", &instance.instance_type),
         ("dns_name", &instance.dns_name),
         ("ip_address", &instance.ip_address),
+        ("lifecycle", &instance.lifecycle),
     ];
     for (field, value) in optionals {
         if let Some(value) = value {
@@ -732,6 +774,7 @@ fn instance_from_hash(map: &BTreeMap<String, String>) -> Result<Instance> {
         instance_type: optional(map, "instance_type"),
         dns_name: optional(map, "dns_name"),
         ip_address: optional(map, "ip_address"),
+        lifecycle: optional(map, "lifecycle"),
         ready: map.get("ready").map(|v| v == "1").unwrap_or(false),
         transitions: transitions(map),
     })

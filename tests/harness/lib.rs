@@ -15,6 +15,7 @@ use spot_shared::config::Settings;
 use spot_shared::store::Store;
 use tokio::sync::oneshot;
 
+pub mod cloud;
 pub mod image;
 
 pub const ACCOUNT_KEY: &str = "test-key-acme";
@@ -38,6 +39,10 @@ fn rabbit_admin() -> String {
 pub struct TestEnv {
     pub name: String,
     pub settings: Settings,
+    /// The TOML the settings came from, for services run as processes.
+    pub toml: String,
+    /// Settings changed since, as `SPOT__…` environment variables for those processes.
+    pub overrides: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -97,7 +102,41 @@ impl TestEnv {
         );
         let settings = Settings::from_toml(&toml).expect("test settings are valid");
         spot_shared::telemetry::init(&settings.log);
-        TestEnv { name, settings }
+        TestEnv {
+            name,
+            settings,
+            toml,
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Switches to the `ec2` provider on `endpoint` (moto, or a proxy in front of it), with this test's
+    /// name as the cluster: its instances are its own.
+    pub fn use_ec2(&mut self, endpoint: &str, image_id: &str) {
+        use spot_shared::config::ProviderKind;
+        let cluster = self.name.clone();
+        self.settings.cloud.provider = ProviderKind::Ec2;
+        self.settings.ec2.endpoint_url = endpoint.to_string();
+        self.settings.cloud.ec2.cluster = cluster.clone();
+        self.settings.cloud.ec2.image_id = image_id.to_string();
+        self.settings.cloud.ec2.instance_types = vec!["t3.micro".into(), "t3a.micro".into()];
+        // A crashed launcher's hold on its run must not outlast the test.
+        self.settings.provisioner.launch_lease_secs = 3;
+        self.overrides.extend(
+            [
+                ("SPOT__CLOUD__PROVIDER", "ec2"),
+                ("SPOT__EC2__ENDPOINT_URL", endpoint),
+                ("SPOT__CLOUD__EC2__CLUSTER", &cluster),
+                ("SPOT__CLOUD__EC2__IMAGE_ID", image_id),
+                ("SPOT__PROVISIONER__LAUNCH_LEASE_SECS", "3"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+
+    /// Where this test's files go (agent logs, configuration of service processes).
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/spot-scheduler-tests/{}", self.name))
     }
 
     pub async fn store(&self) -> Store {
@@ -135,7 +174,10 @@ impl Drop for TestEnv {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(format!("/tmp/spot-scheduler-tests/{}", self.name));
+        // SPOT_TEST_KEEP_FILES=1 keeps agent and service logs for a look after a failure.
+        if std::env::var_os("SPOT_TEST_KEEP_FILES").is_none() {
+            let _ = std::fs::remove_dir_all(self.dir());
+        }
     }
 }
 
@@ -177,6 +219,46 @@ pub fn agent_binary() -> PathBuf {
         agent.display()
     );
     agent
+}
+
+/// A service binary (`spot-provisioner`, say) run as a process of its own with the test's settings,
+/// killed when dropped: what a test needs to crash a service for real.
+pub struct ServiceProcess {
+    child: std::process::Child,
+}
+
+impl ServiceProcess {
+    pub fn start(env: &TestEnv, binary: &str, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        let path = agent_binary().with_file_name(binary);
+        std::fs::create_dir_all(env.dir()).expect("test dir");
+        let config = env.dir().join("config.toml");
+        std::fs::write(&config, &env.toml).expect("config written");
+        let log = std::fs::File::create(env.dir().join(format!("{binary}.log"))).expect("log file");
+        let log_err = log.try_clone().expect("log handle");
+        let child = std::process::Command::new(&path)
+            .arg("--config")
+            .arg(&config)
+            .envs(env.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra_env.iter().copied())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} runs: {e}", path.display()));
+        ServiceProcess { child }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to RabbitMQ.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A service running in the test, stopped when dropped.

@@ -60,7 +60,6 @@ impl Engine {
             api.clone(),
             container_id.clone(),
         ));
-        let heartbeat = tokio::spawn(heartbeat(api.clone(), settings.heartbeat_secs));
         let timeout = Duration::from_secs(spec.timeout_secs);
         let outcome = match tokio::time::timeout(timeout, self.wait(&container_id)).await {
             Ok(outcome) => outcome,
@@ -73,7 +72,6 @@ impl Engine {
                 Outcome::TimedOut
             }
         };
-        heartbeat.abort();
         // Let the output stream drain so the report comes after the last line.
         let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
         outcome
@@ -203,7 +201,7 @@ async fn flush(api: &ApiClient, buffer: &mut Vec<u8>) {
     }
 }
 
-async fn heartbeat(api: ApiClient, every_secs: u64) {
+pub async fn heartbeat(api: ApiClient, every_secs: u64) {
     let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
     loop {
         tick.tick().await;

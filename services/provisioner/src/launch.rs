@@ -2,16 +2,13 @@
 //! and attempt ends with one instance.
 
 use chrono::Utc;
-use spot_shared::cloud::AgentBoot;
+use spot_shared::cloud::{AgentBoot, LaunchRequest, Launched};
 use spot_shared::model::{
-    DummySpec, Instance, InstanceSpec, InstanceState, Job, Run, RunState, Runner,
+    ContainerSpec, DummySpec, Instance, InstanceSpec, InstanceState, Job, Run, RunState, Runner,
 };
 use spot_shared::store::Moved;
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
-
-/// How long a launch may hold its run's lease: past this a crashed launcher no longer blocks a retry.
-const LAUNCH_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::Provisioner;
 
@@ -31,7 +28,8 @@ impl Provisioner {
     /// second delivery of the same fire waits (retryable error) while the first holds the lease.
     pub async fn launch_run(&self, run_id: &str) -> Result<LaunchOutcome> {
         let lease_name = format!("launch:{run_id}");
-        let Some(token) = self.store.try_lease(&lease_name, LAUNCH_LEASE).await? else {
+        let lease_ttl = std::time::Duration::from_secs(self.settings.provisioner.launch_lease_secs);
+        let Some(token) = self.store.try_lease(&lease_name, lease_ttl).await? else {
             return Err(Error::unavailable(format!(
                 "run {run_id} is being launched by another delivery"
             )));
@@ -47,118 +45,141 @@ impl Provisioner {
         let Some(run) = self.store.get_run(run_id).await? else {
             return Ok(LaunchOutcome::NothingToDo);
         };
-        match self.store.get_job(&run.job_id).await? {
-            Some(Job {
-                runner: Runner::Dummy(spec),
-                ..
-            }) => return self.run_light(&run, &spec).await,
-            Some(
-                job @ Job {
-                    runner: Runner::Http(_),
-                    ..
-                },
-            ) => return self.start_http(&run, &job).await,
-            Some(Job {
-                runner: Runner::Instance(spec),
-                ..
-            }) => return self.run_instance_action(&run, &spec).await,
-            _ => {}
+        let Some(job) = self.store.get_job(&run.job_id).await? else {
+            return Ok(LaunchOutcome::NothingToDo);
+        };
+        match &job.runner {
+            Runner::Dummy(spec) => self.run_light(&run, spec).await,
+            Runner::Http(_) => self.start_http(&run, &job).await,
+            Runner::Instance(spec) => self.run_instance_action(&run, spec).await,
+            Runner::Container(spec) => self.launch_container(&run, &job, spec).await,
         }
+    }
+
+    /// Launches the instance of a container run, at most once per attempt: the cloud is asked first
+    /// whether the attempt has an instance already, and a launch whose answer was lost is not
+    /// repeated until the cloud's listings have had time to show its instance.
+    async fn launch_container(
+        &self,
+        run: &Run,
+        job: &Job,
+        spec: &ContainerSpec,
+    ) -> Result<LaunchOutcome> {
         if !matches!(run.state, RunState::Pending | RunState::Provisioning) {
             return Ok(LaunchOutcome::NothingToDo);
         }
         if let Moved::From(_) = self
             .store
-            .advance_run(run_id, RunState::Provisioning, &[])
+            .advance_run(&run.id, RunState::Provisioning, &[])
             .await?
         {
-            tracing::debug!(run_id, "provisioning");
+            tracing::debug!(run_id = %run.id, "provisioning");
         }
 
-        let instance_id = self.cloud.instance_id_for(&run.id, run.attempt);
-        // Look first: if a crash came after the launch, the instance is there and must be kept as is
-        // (its agent holds the secret already recorded).
-        if self.cloud.find(&instance_id).await?.is_some() {
-            self.store
-                .advance_run(
-                    run_id,
-                    RunState::Booting,
-                    &[("instance_id", instance_id.clone())],
-                )
-                .await?;
+        // A crash after an earlier launch: keep that instance as it is (its agent holds the secret
+        // already recorded).
+        if let Some(found) = self.cloud.find_launch(&run.id, run.attempt).await? {
+            tracing::warn!(run_id = %run.id, instance_id = %found.instance_id, "instance found launched already");
+            self.record_launch(run, &found).await?;
             return Ok(LaunchOutcome::FoundRunning);
+        }
+        if let Some(since) = self.store.launch_intent(&run.id, run.attempt).await? {
+            let settle =
+                chrono::Duration::seconds(self.settings.provisioner.launch_settle_secs as i64);
+            if Utc::now() - since < settle {
+                return Err(Error::unavailable(format!(
+                    "the launch of run {} attempt {} at {since} is in doubt; waiting for the cloud to list it",
+                    run.id, run.attempt
+                )));
+            }
+            tracing::warn!(run_id = %run.id, %since, "an earlier launch left no instance; launching again");
         }
 
         let secret = ids::new_secret();
         self.store
-            .set_run_fields(
-                run_id,
-                &[
-                    ("secret_hash", ids::hash_secret(&secret)),
-                    ("instance_id", instance_id.clone()),
-                ],
-            )
+            .set_run_fields(&run.id, &[("secret_hash", ids::hash_secret(&secret))])
             .await?;
-        let now = Utc::now();
-        self.store
-            .create_instance(&Instance {
-                id: instance_id.clone(),
-                run_id: run.id.clone(),
-                provider: self.cloud.name().to_string(),
-                state: InstanceState::Requested,
-                instance_type: None,
-                dns_name: None,
-                ip_address: None,
-                ready: false,
-                transitions: [(InstanceState::Requested, now)].into(),
-            })
-            .await?;
-
         let boot = AgentBoot {
             run_id: run.id.clone(),
             api_url: self.settings.api.public_url.clone(),
             secret,
         };
-        match self.cloud.launch(&instance_id, &boot).await {
+        let request = LaunchRequest {
+            run_id: &run.id,
+            attempt: run.attempt,
+            account: &run.account,
+            job_id: &job.id,
+            spec,
+            boot: &boot,
+        };
+        self.store.mark_launch_intent(&run.id, run.attempt).await?;
+        match self.cloud.launch(&request).await {
             Ok(launched) => {
-                let mut fields = Vec::new();
-                for (field, value) in [
-                    ("instance_type", launched.instance_type),
-                    ("dns_name", launched.dns_name),
-                    ("ip_address", launched.ip_address),
-                ] {
-                    if let Some(value) = value {
-                        fields.push((field, value));
-                    }
-                }
-                self.store
-                    .set_instance_fields(&instance_id, &fields)
-                    .await?;
-                self.store
-                    .advance_run(run_id, RunState::Booting, &[])
-                    .await?;
-                tracing::info!(run_id, instance_id, "instance launched");
+                self.record_launch(run, &launched).await?;
+                self.store.clear_launch_intent(&run.id, run.attempt).await?;
+                tracing::info!(run_id = %run.id, instance_id = %launched.instance_id,
+                    lifecycle = ?launched.lifecycle, "instance launched");
                 Ok(LaunchOutcome::Launched)
             }
-            Err(err) if err.is_retryable() => Err(err),
-            Err(err) => {
-                tracing::error!(run_id, instance_id, error = %err, "launch failed");
-                self.store
-                    .advance_run(
-                        run_id,
-                        RunState::ProvisionFailed,
-                        &[("error", err.to_string())],
-                    )
-                    .await?;
-                self.store
-                    .advance_instance(&instance_id, InstanceState::Terminated, &[])
-                    .await?;
-                if let Some(job) = self.store.get_job(&run.job_id).await? {
-                    policy::retry_if_allowed(&self.broker, &job, &run, RunState::ProvisionFailed)
-                        .await?;
+            Err(failure) if failure.error.is_retryable() => {
+                if !failure.may_have_launched {
+                    self.store.clear_launch_intent(&run.id, run.attempt).await?;
                 }
+                Err(failure.error)
+            }
+            Err(failure) => {
+                self.store.clear_launch_intent(&run.id, run.attempt).await?;
+                tracing::error!(run_id = %run.id, error = %failure.error, "launch failed");
+                let mut fields = vec![("error", failure.error.to_string())];
+                if !failure.pool_errors.is_empty() {
+                    fields.push(("launch_errors", failure.pool_errors.join("\n")));
+                }
+                self.store
+                    .advance_run(&run.id, RunState::ProvisionFailed, &fields)
+                    .await?;
+                policy::retry_if_allowed(&self.broker, job, run, RunState::ProvisionFailed).await?;
                 Ok(LaunchOutcome::Failed)
             }
+        }
+    }
+
+    /// Records a launched instance and moves its run to booting.
+    async fn record_launch(&self, run: &Run, launched: &Launched) -> Result<()> {
+        self.store
+            .create_instance(&Instance {
+                id: launched.instance_id.clone(),
+                run_id: run.id.clone(),
+                provider: self.cloud.name().to_string(),
+                state: InstanceState::Requested,
+                instance_type: launched.instance_type.clone(),
+                dns_name: launched.dns_name.clone(),
+                ip_address: launched.ip_address.clone(),
+                lifecycle: launched.lifecycle.clone(),
+                ready: false,
+                transitions: [(InstanceState::Requested, Utc::now())].into(),
+            })
+            .await?;
+        let mut fields = vec![("instance_id", launched.instance_id.clone())];
+        if !launched.pool_errors.is_empty() {
+            fields.push(("launch_errors", launched.pool_errors.join("\n")));
+        }
+        match self
+            .store
+            .advance_run(&run.id, RunState::Booting, &fields)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Cancelled while launching: the instance has nothing to run.
+            Err(err) if err.code == spot_shared::ErrorCode::Conflict => {
+                self.broker
+                    .request_terminate(&spot_shared::messages::TerminateRequest {
+                        instance_id: launched.instance_id.clone(),
+                        run_id: run.id.clone(),
+                        reason: "run ended while its instance launched".into(),
+                    })
+                    .await
+            }
+            Err(err) => Err(err),
         }
     }
 }

@@ -55,8 +55,9 @@ pub struct Provisioner {
 impl Provisioner {
     pub async fn build(settings: Settings) -> anyhow::Result<Provisioner> {
         let (store, broker) = spot_shared::connect(&settings).await?;
-        let cloud =
-            Cloud::from_settings(&settings.cloud).context("setting up the cloud provider")?;
+        let cloud = Cloud::from_settings(&settings)
+            .await
+            .context("setting up the cloud provider")?;
         let ec2 = Ec2::from_settings(&settings.ec2).await;
         Ok(Provisioner {
             store,

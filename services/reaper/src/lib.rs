@@ -1,6 +1,11 @@
 //! The reaper: terminates the instances of ended runs, through the cloud provider, and records them
 //! terminated. Requests come on the terminate queue; several reapers may consume it at once, since
 //! terminating an instance twice is harmless and the state only moves forward.
+//!
+//! It also sweeps, every `reaper.sweep_interval_secs` ([`Reaper::sweep_once`]): instances whose run is
+//! gone, over, or names another instance; runs past their timeout plus a grace; runs whose agent went
+//! silent (lost); spot requests left open. One reaper sweeps per period (a lease), and every step is
+//! idempotent, so reapers racing each other or the api do no harm.
 
 use std::sync::Arc;
 
@@ -9,11 +14,12 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use spot_shared::broker::{decode, settle, Broker};
 use spot_shared::cloud::Cloud;
+use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
 use spot_shared::messages::TerminateRequest;
-use spot_shared::model::InstanceState;
-use spot_shared::store::Store;
-use spot_shared::Result;
+use spot_shared::model::{InstanceState, Run, RunState};
+use spot_shared::store::{Moved, Store};
+use spot_shared::{policy, ErrorCode, Result};
 use tokio::task::JoinSet;
 
 #[derive(Clone)]
@@ -21,20 +27,155 @@ pub struct Reaper {
     store: Store,
     broker: Arc<Broker>,
     cloud: Arc<Cloud>,
-    prefetch: u16,
+    settings: Arc<ReaperSettings>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Instances terminated because no live run owns them.
+    pub orphans: usize,
+    pub timed_out: usize,
+    pub lost: usize,
+    pub stale_requests: usize,
 }
 
 impl Reaper {
     pub async fn build(settings: Settings) -> anyhow::Result<Reaper> {
         let (store, broker) = spot_shared::connect(&settings).await?;
-        let cloud =
-            Cloud::from_settings(&settings.cloud).context("setting up the cloud provider")?;
+        let cloud = Cloud::from_settings(&settings)
+            .await
+            .context("setting up the cloud provider")?;
         Ok(Reaper {
             store,
             broker: Arc::new(broker),
             cloud: Arc::new(cloud),
-            prefetch: settings.reaper.prefetch,
+            settings: Arc::new(settings.reaper.clone()),
         })
+    }
+
+    /// One sweep, unless another reaper holds this period's sweep (then `None`).
+    pub async fn sweep_if_due(&self) -> Result<Option<SweepReport>> {
+        let period = std::time::Duration::from_secs(self.settings.sweep_interval_secs.max(1));
+        // Held for most of a period and never released: one sweep per period across all reapers.
+        if self
+            .store
+            .try_lease("reaper:sweep", period.mul_f64(0.9))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.sweep_once().await.map(Some)
+    }
+
+    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests.
+    pub async fn sweep_once(&self) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let now = chrono::Utc::now();
+        let grace = chrono::Duration::seconds(self.settings.orphan_grace_secs as i64);
+        for instance_id in self.store.live_instance_ids().await? {
+            let Some(instance) = self.store.get_instance(&instance_id).await? else {
+                continue;
+            };
+            let recorded_long_ago = instance
+                .transitions
+                .get(&InstanceState::Requested)
+                .is_some_and(|at| now - *at >= grace);
+            let run = self.store.get_run(&instance.run_id).await?;
+            let orphaned = match &run {
+                None => Some("its run is gone".to_string()),
+                Some(run) if run.state.is_terminal() => Some(format!("its run is {}", run.state)),
+                // The launch records the instance, then names it on the run: give it time.
+                Some(run)
+                    if run.instance_id.as_deref() != Some(instance_id.as_str())
+                        && recorded_long_ago =>
+                {
+                    Some("its run names another instance".to_string())
+                }
+                Some(run) if run.instance_id.as_deref() != Some(instance_id.as_str()) => continue,
+                Some(_) => None,
+            };
+            if let Some(reason) = orphaned {
+                report.orphans += 1;
+                self.terminate(&instance_id, &instance.run_id, &reason)
+                    .await?;
+                continue;
+            }
+            let Some(run) = run else { continue };
+            let timeout_secs = match self.store.get_job(&run.job_id).await? {
+                Some(job) => job.policies.timeout_secs,
+                None => spot_shared::model::Policies::default().timeout_secs,
+            };
+            if let Some((state, why)) = overdue(&self.settings, &run, timeout_secs, now) {
+                if self.end_run(&run, state, &why).await? {
+                    match state {
+                        RunState::TimedOut => report.timed_out += 1,
+                        _ => report.lost += 1,
+                    }
+                }
+                self.terminate(&instance_id, &run.id, &why).await?;
+            }
+        }
+
+        for instance in self.cloud.instances().await? {
+            let run = match &instance.run_id {
+                Some(run_id) => self.store.get_run(run_id).await?,
+                None => None,
+            };
+            let launching_long_enough = instance.launched_at.is_some_and(|at| now - at >= grace);
+            let orphan = match &run {
+                None => true,
+                Some(run) if run.state.is_terminal() => true,
+                // Not (yet) the run's instance: a launch still being recorded, or a duplicate.
+                Some(run) => {
+                    run.instance_id.as_deref() != Some(instance.id.as_str())
+                        && launching_long_enough
+                }
+            };
+            if orphan {
+                report.orphans += 1;
+                let run_id = instance.run_id.clone().unwrap_or_default();
+                self.terminate(&instance.id, &run_id, "no live run owns it")
+                    .await?;
+            }
+        }
+
+        let max_age = chrono::Duration::seconds(self.settings.stale_request_secs as i64);
+        report.stale_requests = self.cloud.cancel_stale_requests(max_age).await?;
+        if report != SweepReport::default() {
+            tracing::warn!(?report, "sweep ended runs or instances");
+        }
+        Ok(report)
+    }
+
+    /// Ends a run the sweep found overdue, and retries it if its policy allows. `false` if it ended
+    /// some other way meanwhile.
+    async fn end_run(&self, run: &Run, state: RunState, why: &str) -> Result<bool> {
+        match self
+            .store
+            .advance_run(&run.id, state, &[("error", why.to_string())])
+            .await
+        {
+            Ok(Moved::From(_)) => {}
+            Ok(Moved::AlreadyThere) => return Ok(false),
+            Err(err) if err.code == ErrorCode::Conflict => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        tracing::warn!(run_id = %run.id, %state, why, "run ended by the sweep");
+        if let Some(job) = self.store.get_job(&run.job_id).await? {
+            policy::retry_if_allowed(&self.broker, &job, run, state).await?;
+        }
+        Ok(true)
+    }
+
+    async fn terminate(&self, instance_id: &str, run_id: &str, reason: &str) -> Result<()> {
+        self.handle_terminate(&TerminateRequest {
+            instance_id: instance_id.to_string(),
+            run_id: run_id.to_string(),
+            reason: reason.to_string(),
+        })
+        .await
     }
 
     /// Terminates one instance and records it. Idempotent.
@@ -74,13 +215,28 @@ impl Reaper {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let queue = self.broker.topology().terminate_queue();
-        let mut consumer = self.broker.consume(&queue, self.prefetch, "reaper").await?;
+        let mut consumer = self
+            .broker
+            .consume(&queue, self.settings.prefetch, "reaper")
+            .await?;
         tracing::info!(queue, "reaper consuming");
         let mut in_flight = JoinSet::new();
+        let mut sweeps = tokio::time::interval(std::time::Duration::from_secs(
+            self.settings.sweep_interval_secs.max(1),
+        ));
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = sweeps.tick() => {
+                    let this = self.clone();
+                    in_flight.spawn(async move {
+                        if let Err(err) = this.sweep_if_due().await {
+                            tracing::warn!(error = %err, "sweep failed; the next one will retry");
+                        }
+                    });
+                }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
@@ -98,10 +254,120 @@ impl Reaper {
     }
 }
 
+/// Whether a run still under way has overrun its timeout or lost its agent: the state to end it
+/// in and why.
+fn overdue(
+    settings: &ReaperSettings,
+    run: &Run,
+    timeout_secs: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<(RunState, String)> {
+    let started = run
+        .transitions
+        .get(&RunState::Booting)
+        .or_else(|| run.transitions.get(&RunState::Provisioning))
+        .copied()?;
+    let secs = |s: u64| chrono::Duration::seconds(s as i64);
+    let timeout = secs(timeout_secs) + secs(settings.timeout_grace_secs);
+    if now - started > timeout {
+        return Some((
+            RunState::TimedOut,
+            format!(
+                "ran past its timeout plus {} s grace",
+                settings.timeout_grace_secs
+            ),
+        ));
+    }
+    let (last_sign, limit) = match run.heartbeat_at {
+        Some(at) => (at, settings.heartbeat_timeout_secs),
+        None => (started, settings.boot_timeout_secs),
+    };
+    if now - last_sign > secs(limit) {
+        return Some((
+            RunState::Failed,
+            format!("lost: no word from its agent for over {limit} s"),
+        ));
+    }
+    None
+}
+
 /// Runs the reaper until Ctrl-C or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reaper = Reaper::build(settings).await?;
     reaper
         .run_until_stopped(spot_shared::shutdown_signal())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, Utc};
+
+    fn settings() -> ReaperSettings {
+        spot_shared::config::Settings::defaults().reaper
+    }
+
+    fn run(state: RunState, booted_secs_ago: i64, heartbeat_secs_ago: Option<i64>) -> Run {
+        let now = Utc::now();
+        Run {
+            id: "r".into(),
+            job_id: "j".into(),
+            account: "a".into(),
+            attempt: 1,
+            scheduled_at: now,
+            state,
+            transitions: [(RunState::Booting, now - Duration::seconds(booted_secs_ago))].into(),
+            instance_id: Some("i-1".into()),
+            container_id: None,
+            exit_code: None,
+            error: None,
+            heartbeat_at: heartbeat_secs_ago.map(|s| now - Duration::seconds(s)),
+            meta: None,
+            callback_status: None,
+            launch_errors: None,
+            secret_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_heartbeating_run_within_its_timeout_is_left_alone() {
+        let s = settings();
+        let r = run(RunState::Running, 600, Some(5));
+        assert_eq!(overdue(&s, &r, 1800, Utc::now()), None);
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_and_grace_times_out() {
+        let s = settings();
+        let r = run(
+            RunState::Running,
+            60 + s.timeout_grace_secs as i64 + 5,
+            Some(1),
+        );
+        let (state, why) = overdue(&s, &r, 60, Utc::now()).unwrap();
+        assert_eq!(state, RunState::TimedOut);
+        assert!(why.contains("timeout"), "{why}");
+        // Inside the grace, not yet.
+        let r = run(RunState::Running, 61, Some(1));
+        assert_eq!(overdue(&s, &r, 60, Utc::now()), None);
+    }
+
+    #[test]
+    fn silence_past_the_heartbeat_timeout_is_lost_and_booting_gets_longer() {
+        let s = settings();
+        let r = run(
+            RunState::Running,
+            600,
+            Some(s.heartbeat_timeout_secs as i64 + 1),
+        );
+        let (state, why) = overdue(&s, &r, 3600, Utc::now()).unwrap();
+        assert_eq!(state, RunState::Failed);
+        assert!(why.starts_with("lost"), "{why}");
+        // Never heard from: measured from booting, against the boot timeout.
+        let r = run(RunState::Booting, s.heartbeat_timeout_secs as i64 + 1, None);
+        assert_eq!(overdue(&s, &r, 3600, Utc::now()), None);
+        let r = run(RunState::Booting, s.boot_timeout_secs as i64 + 1, None);
+        assert!(overdue(&s, &r, 3600, Utc::now()).is_some());
+    }
 }

@@ -33,11 +33,20 @@ pub async fn callback(
 
     // The instance names the run; the secret must be that run's, and every id given must agree.
     let refused = || Error::forbidden("this run's secret does not cover that instance");
-    let instance = state
-        .store
-        .get_instance(instance_id)
-        .await?
-        .ok_or_else(refused)?;
+    let Some(instance) = state.store.get_instance(instance_id).await? else {
+        // An agent may report in before the provisioner has recorded its instance (EC2 answered the
+        // launch, the record is being written): its own run, still launching, is told to retry.
+        if let Some(run_id) = callback.run_id.as_deref() {
+            let run = authorize_run(&state, &req, run_id).await?;
+            if matches!(run.state, RunState::Pending | RunState::Provisioning) {
+                return Err(Error::conflict(format!(
+                    "run {run_id} is still being launched; retry"
+                ))
+                .into());
+            }
+        }
+        return Err(refused().into());
+    };
     if callback
         .run_id
         .as_deref()
@@ -118,7 +127,9 @@ fn ending(callback: &CallbackRequest) -> (RunState, Vec<(&'static str, String)>)
     if let Some(error) = &callback.error {
         fields.push(("error", error.chars().take(4096).collect()));
     }
-    let state = if callback.timed_out == Some(true) {
+    let state = if callback.interrupted == Some(true) {
+        RunState::Interrupted
+    } else if callback.timed_out == Some(true) {
         RunState::TimedOut
     } else if callback.exit_code == Some(0) && callback.error.is_none() {
         RunState::Succeeded

@@ -100,8 +100,8 @@ async fn create(
                 .unwrap_or_else(|| state.settings.cronjob.image.clone()),
             cmd,
             env: Vec::new(),
-            instance_types: Vec::new(),
             files,
+            ..ContainerSpec::default()
         }),
     );
     let job = jobs::create(&state, &caller.0.account, spec).await?;

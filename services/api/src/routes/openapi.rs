@@ -31,6 +31,7 @@ use super::{callback, health, resources, simple};
         resources::list_runs,
         resources::get_run,
         resources::run_logs,
+        resources::get_instance,
     ),
     components(schemas(
         resources::JobRequest,
@@ -39,6 +40,7 @@ use super::{callback, health, resources, simple};
         simple::ScheduleRequest,
         spot_shared::model::Job,
         spot_shared::model::Run,
+        spot_shared::model::Instance,
         spot_shared::model::RunState,
         spot_shared::model::Policies,
         spot_shared::messages::CallbackRequest,

@@ -145,8 +145,7 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
             image: key.image_name.trim().to_string(),
             cmd: None,
             env: key.environment_variables_list.clone(),
-            instance_types: Vec::new(),
-            files: Vec::new(),
+            ..ContainerSpec::default()
         }),
     );
     spec.validate("payload.")?;

@@ -30,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/next", web::get().to(next_fires))
         .route("/v1/jobs/{id}/runs", web::get().to(list_runs))
         .route("/v1/runs/{id}", web::get().to(get_run))
-        .route("/v1/runs/{id}/logs", web::get().to(run_logs));
+        .route("/v1/runs/{id}/logs", web::get().to(run_logs))
+        .route("/v1/instances/{id}", web::get().to(get_instance));
 }
 
 /// A job as clients send it.
@@ -72,6 +73,14 @@ pub enum RunnerRequest {
         env: Vec<String>,
         #[serde(default)]
         instance_types: Vec<String>,
+        /// Highest spot price per instance-hour in USD; unset pays up to the on-demand price.
+        max_price: Option<String>,
+        #[serde(default)]
+        subnets: Vec<String>,
+        disk_gb: Option<u32>,
+        /// Launch on-demand when there is no spot capacity.
+        #[serde(default)]
+        on_demand_fallback: bool,
     },
 }
 
@@ -107,12 +116,20 @@ impl From<JobRequest> for JobSpec {
                 cmd,
                 env,
                 instance_types,
+                max_price,
+                subnets,
+                disk_gb,
+                on_demand_fallback,
             } => Runner::Container(ContainerSpec {
                 image: image.trim().to_string(),
                 cmd,
                 env,
                 instance_types,
                 files: Vec::new(),
+                max_price,
+                subnets,
+                disk_gb,
+                on_demand_fallback,
             }),
         };
         JobSpec {
@@ -335,6 +352,29 @@ pub async fn get_run(
 ) -> ApiResult<HttpResponse> {
     let run = load_run(&state, &caller, &path).await?;
     Ok(HttpResponse::Ok().json(run))
+}
+
+/// An instance a run of the caller's ran on: its provider, type, lifecycle and state history.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "jobs", summary = "An instance of one of the caller's runs", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = spot_shared::model::Instance), (status = 404)))]
+pub async fn get_instance(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let not_found = || Error::not_found(format!("no instance {}", path.as_str()));
+    let instance = state
+        .store
+        .get_instance(&path)
+        .await?
+        .ok_or_else(not_found)?;
+    // Another account's instance is as good as absent.
+    load_run(&state, &caller, &instance.run_id)
+        .await
+        .map_err(|err| match err.code {
+            spot_shared::ErrorCode::NotFound => not_found(),
+            _ => err,
+        })?;
+    Ok(HttpResponse::Ok().json(instance))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -25,6 +25,14 @@ pub struct ScheduleRequest {
     cmd: Option<String>,
     #[serde(default)]
     instance_types: Vec<String>,
+    /// Highest spot price per instance-hour in USD; unset pays up to the on-demand price.
+    max_price: Option<String>,
+    #[serde(default)]
+    subnets: Vec<String>,
+    disk_gb: Option<u32>,
+    /// Launch on-demand when there is no spot capacity.
+    #[serde(default)]
+    on_demand_fallback: bool,
     timeout_secs: Option<u64>,
     /// IANA time zone for cron schedules (default UTC).
     timezone: Option<String>,
@@ -63,6 +71,10 @@ pub async fn schedule(
             env: request.env,
             instance_types: request.instance_types,
             files: Vec::new(),
+            max_price: request.max_price,
+            subnets: request.subnets,
+            disk_gb: request.disk_gb,
+            on_demand_fallback: request.on_demand_fallback,
         }),
         enabled: true,
         policies: Policies {

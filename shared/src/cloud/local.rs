@@ -1,9 +1,7 @@
-//! Cloud providers: how an instance for a run is launched, found again, and terminated.
-//!
-//! `local` is the default: an "instance" is a `spot-agent` process on this host running its container on
-//! the local Docker engine, so the whole system runs on one machine with no cloud account. The process is
-//! tagged with its instance id on its command line (`--instance-id ID`), which is how a second launch of
-//! the same run finds it instead of starting another.
+//! The `local` provider, the default: an "instance" is a `spot-agent` process on this host running its
+//! container on the local Docker engine, so the whole system runs on one machine with no cloud account.
+//! The process is tagged with its instance id on its command line (`--instance-id ID`), which is how a
+//! second launch of the same run finds it instead of starting another.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,85 +13,21 @@ use bollard::Docker;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::config::{CloudSettings, LocalCloudSettings, ProviderKind};
+use super::{AgentBoot, CloudInstance, Launched, INSTANCE_LABEL};
+use crate::config::LocalCloudSettings;
 use crate::error::{Error, Result};
-
-/// Docker label carrying the instance id on every container an agent starts.
-pub const INSTANCE_LABEL: &str = "spot-scheduler.instance";
-/// Docker label carrying the run id.
-pub const RUN_LABEL: &str = "spot-scheduler.run";
-
-/// What an agent needs to know, handed to the instance at launch (env locally, user data on EC2).
-#[derive(Debug, Clone)]
-pub struct AgentBoot {
-    pub run_id: String,
-    pub api_url: String,
-    pub secret: String,
-}
-
-/// What a launch produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launched {
-    pub instance_id: String,
-    pub instance_type: Option<String>,
-    pub dns_name: Option<String>,
-    pub ip_address: Option<String>,
-}
-
-/// The configured provider.
-pub enum Cloud {
-    Local(LocalCloud),
-}
-
-impl Cloud {
-    pub fn from_settings(settings: &CloudSettings) -> Result<Cloud> {
-        match settings.provider {
-            ProviderKind::Local => Ok(Cloud::Local(LocalCloud::new(&settings.local)?)),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Cloud::Local(_) => "local",
-        }
-    }
-
-    /// The instance id a run's attempt gets, when the provider chooses ids itself.
-    pub fn instance_id_for(&self, run_id: &str, attempt: u32) -> String {
-        match self {
-            Cloud::Local(_) => format!("local-{run_id}-{attempt}"),
-        }
-    }
-
-    /// Whether the instance is alive (so a repeated launch must not start another).
-    pub async fn find(&self, instance_id: &str) -> Result<Option<Launched>> {
-        match self {
-            Cloud::Local(local) => Ok(local.find(instance_id).map(|_| local.launched(instance_id))),
-        }
-    }
-
-    pub async fn launch(&self, instance_id: &str, boot: &AgentBoot) -> Result<Launched> {
-        match self {
-            Cloud::Local(local) => local.launch(instance_id, boot).await,
-        }
-    }
-
-    /// Terminates the instance; succeeds if it is already gone.
-    pub async fn terminate(&self, instance_id: &str) -> Result<()> {
-        match self {
-            Cloud::Local(local) => local.terminate(instance_id).await,
-        }
-    }
-}
 
 /// Agents as processes on this host.
 pub struct LocalCloud {
     agent_bin: PathBuf,
     log_dir: PathBuf,
+    /// Names this deployment on its agents' command lines (`--cluster`), so deployments (and tests)
+    /// sharing a host list and sweep only their own agents.
+    cluster: String,
 }
 
 impl LocalCloud {
-    pub fn new(settings: &LocalCloudSettings) -> Result<LocalCloud> {
+    pub fn new(settings: &LocalCloudSettings, cluster: &str) -> Result<LocalCloud> {
         let agent_bin = if settings.agent_bin.is_empty() {
             std::env::current_exe()
                 .ok()
@@ -105,6 +39,7 @@ impl LocalCloud {
         Ok(LocalCloud {
             agent_bin,
             log_dir: settings.log_dir.clone(),
+            cluster: cluster.to_string(),
         })
     }
 
@@ -114,7 +49,14 @@ impl LocalCloud {
             instance_type: Some("local".to_string()),
             dns_name: Some("localhost".to_string()),
             ip_address: Some("127.0.0.1".to_string()),
+            lifecycle: Some("local".to_string()),
+            pool_errors: Vec::new(),
         }
+    }
+
+    /// The instance id of a run's attempt: chosen here, so a repeated launch finds the same one.
+    pub fn instance_id_for(run_id: &str, attempt: u32) -> String {
+        format!("local-{run_id}-{attempt}")
     }
 
     /// The pid of the agent process tagged with this instance id, if one is alive.
@@ -122,7 +64,33 @@ impl LocalCloud {
         find_tagged_process(Path::new("/proc"), instance_id)
     }
 
-    async fn launch(&self, instance_id: &str, boot: &AgentBoot) -> Result<Launched> {
+    /// The attempt's instance, if its agent is alive.
+    pub fn find_launch(&self, run_id: &str, attempt: u32) -> Option<Launched> {
+        let instance_id = Self::instance_id_for(run_id, attempt);
+        self.find(&instance_id).map(|_| self.launched(&instance_id))
+    }
+
+    /// Every live agent of this deployment, with the run its id names.
+    pub fn instances(&self) -> Vec<CloudInstance> {
+        tagged_instance_ids(Path::new("/proc"), &self.cluster)
+            .into_iter()
+            .filter_map(|id| {
+                let rest = id.strip_prefix("local-")?;
+                let (run_id, _attempt) = rest.rsplit_once('-')?;
+                Some(CloudInstance {
+                    run_id: Some(run_id.to_string()),
+                    id,
+                    // A local launch records its instance before starting the agent: no age is needed
+                    // to rule out a launch still being recorded.
+                    launched_at: None,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn launch(&self, run_id: &str, attempt: u32, boot: &AgentBoot) -> Result<Launched> {
+        let instance_id = Self::instance_id_for(run_id, attempt);
+        let instance_id = instance_id.as_str();
         if self.find(instance_id).is_some() {
             return Ok(self.launched(instance_id));
         }
@@ -139,10 +107,14 @@ impl LocalCloud {
         let mut child = tokio::process::Command::new(&self.agent_bin)
             .arg("--instance-id")
             .arg(instance_id)
+            .arg("--cluster")
+            .arg(&self.cluster)
             .env("SPOT_AGENT_RUN_ID", &boot.run_id)
             .env("SPOT_AGENT_API_URL", &boot.api_url)
             .env("SPOT_AGENT_SECRET", &boot.secret)
             .env("SPOT_AGENT_INSTANCE_ID", instance_id)
+            // No instance metadata service here: nothing to watch for interruption.
+            .env("SPOT_AGENT_METADATA_URL", "")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -162,7 +134,7 @@ impl LocalCloud {
         Ok(self.launched(instance_id))
     }
 
-    async fn terminate(&self, instance_id: &str) -> Result<()> {
+    pub async fn terminate(&self, instance_id: &str) -> Result<()> {
         if let Some(pid) = self.find(instance_id) {
             // SIGTERM lets the agent stop and remove its container; SIGKILL if it does not go.
             let _ = kill(pid, Signal::SIGTERM);
@@ -181,7 +153,7 @@ impl LocalCloud {
 }
 
 /// Removes every container labelled with the instance: nothing of a terminated instance is left running.
-async fn remove_labelled_containers(instance_id: &str) -> Result<()> {
+pub async fn remove_labelled_containers(instance_id: &str) -> Result<()> {
     let docker = Docker::connect_with_local_defaults()?
         .negotiate_version()
         .await?;
@@ -241,9 +213,37 @@ pub fn tagged_processes(proc_root: &Path, instance_id: &str) -> Vec<Pid> {
 }
 
 fn is_tagged(cmdline: &[u8], instance_id: &str) -> bool {
+    arg_value(cmdline, "--instance-id").is_some_and(|tag| tag == instance_id.as_bytes())
+}
+
+/// The value after `flag` on a command line.
+fn arg_value<'a>(cmdline: &'a [u8], flag: &str) -> Option<&'a [u8]> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     args.windows(2)
-        .any(|pair| pair[0] == b"--instance-id" && pair[1] == instance_id.as_bytes())
+        .find(|pair| pair[0] == flag.as_bytes())
+        .map(|pair| pair[1])
+}
+
+/// The instance ids of every live agent of `cluster`.
+fn tagged_instance_ids(proc_root: &Path, cluster: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return ids;
+    };
+    for entry in entries.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if arg_value(&cmdline, "--cluster") != Some(cluster.as_bytes()) {
+            continue;
+        }
+        if let Some(tag) = arg_value(&cmdline, "--instance-id") {
+            if !is_zombie(&entry.path()) {
+                ids.push(String::from_utf8_lossy(tag).into_owned());
+            }
+        }
+    }
+    ids
 }
 
 fn is_zombie(proc_dir: &Path) -> bool {

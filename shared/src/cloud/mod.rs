@@ -1,0 +1,153 @@
+//! Cloud providers: how an instance for a run is launched, found again, listed, and terminated.
+//!
+//! - [`local`]: the default; an "instance" is an agent process on this host.
+//! - [`ec2`]: EC2 spot capacity through an `instant` EC2 Fleet, booted by user data.
+//!
+//! Every launch is keyed by the run and its attempt, so a repeated launch (a redelivered message, a
+//! provisioner that crashed after calling the cloud) finds the instance instead of starting another.
+
+pub mod ec2;
+pub mod local;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ProviderKind, Settings};
+use crate::error::{Error, Result};
+use crate::model::ContainerSpec;
+
+/// Docker label carrying the instance id on every container an agent starts.
+pub const INSTANCE_LABEL: &str = "spot-scheduler.instance";
+/// Docker label carrying the run id.
+pub const RUN_LABEL: &str = "spot-scheduler.run";
+
+/// What an agent needs to know, handed to the instance at launch (env locally, user data on EC2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBoot {
+    pub run_id: String,
+    pub api_url: String,
+    pub secret: String,
+}
+
+/// One launch: a run's attempt, what it runs on, and what its agent is told.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest<'a> {
+    pub run_id: &'a str,
+    pub attempt: u32,
+    pub account: &'a str,
+    pub job_id: &'a str,
+    pub spec: &'a ContainerSpec,
+    pub boot: &'a AgentBoot,
+}
+
+/// What a launch produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launched {
+    pub instance_id: String,
+    pub instance_type: Option<String>,
+    /// `spot` or `on-demand`.
+    pub lifecycle: Option<String>,
+    pub dns_name: Option<String>,
+    pub ip_address: Option<String>,
+    /// What the cloud refused on the way (a spot pool without capacity, say), one line each.
+    pub pool_errors: Vec<String>,
+}
+
+/// A launch that did not produce an instance.
+#[derive(Debug, Clone)]
+pub struct LaunchFailure {
+    pub error: Error,
+    /// The call may have launched an instance we never heard of (a timeout after sending it): the
+    /// next attempt must look before it launches again.
+    pub may_have_launched: bool,
+    /// What the cloud refused, per pool, before giving up.
+    pub pool_errors: Vec<String>,
+}
+
+impl From<Error> for LaunchFailure {
+    fn from(error: Error) -> Self {
+        LaunchFailure {
+            error,
+            may_have_launched: false,
+            pool_errors: Vec::new(),
+        }
+    }
+}
+
+/// An instance of this deployment as the cloud lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudInstance {
+    pub id: String,
+    /// The run its tags name.
+    pub run_id: Option<String>,
+    /// `None` when the provider does not know (then it is never taken for a launch in progress).
+    pub launched_at: Option<DateTime<Utc>>,
+}
+
+/// The configured provider.
+pub enum Cloud {
+    Local(local::LocalCloud),
+    Ec2(ec2::Ec2Cloud),
+}
+
+impl Cloud {
+    pub async fn from_settings(settings: &Settings) -> Result<Cloud> {
+        match settings.cloud.provider {
+            ProviderKind::Local => Ok(Cloud::Local(local::LocalCloud::new(
+                &settings.cloud.local,
+                &settings.redis.key_prefix,
+            )?)),
+            ProviderKind::Ec2 => Ok(Cloud::Ec2(
+                ec2::Ec2Cloud::new(&settings.ec2, &settings.cloud.ec2).await?,
+            )),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cloud::Local(_) => "local",
+            Cloud::Ec2(_) => "ec2",
+        }
+    }
+
+    /// The instance a run's attempt was given, if the cloud shows it alive.
+    pub async fn find_launch(&self, run_id: &str, attempt: u32) -> Result<Option<Launched>> {
+        match self {
+            Cloud::Local(local) => Ok(local.find_launch(run_id, attempt)),
+            Cloud::Ec2(ec2) => ec2.find_launch(run_id, attempt).await,
+        }
+    }
+
+    pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, LaunchFailure> {
+        match self {
+            Cloud::Local(local) => Ok(local
+                .launch(request.run_id, request.attempt, request.boot)
+                .await?),
+            Cloud::Ec2(ec2) => ec2.launch(request).await,
+        }
+    }
+
+    /// Terminates the instance; succeeds if it is already gone.
+    pub async fn terminate(&self, instance_id: &str) -> Result<()> {
+        match self {
+            Cloud::Local(local) => local.terminate(instance_id).await,
+            Cloud::Ec2(ec2) => ec2.terminate(instance_id).await,
+        }
+    }
+
+    /// Every live instance of this deployment (the EC2 cluster's, or the local agents).
+    pub async fn instances(&self) -> Result<Vec<CloudInstance>> {
+        match self {
+            Cloud::Local(local) => Ok(local.instances()),
+            Cloud::Ec2(ec2) => ec2.instances().await,
+        }
+    }
+
+    /// Cancels spot requests (and deletes fleets) of this deployment left open longer than `max_age`.
+    pub async fn cancel_stale_requests(&self, max_age: chrono::Duration) -> Result<usize> {
+        match self {
+            Cloud::Local(_) => Ok(0),
+            Cloud::Ec2(ec2) => ec2.cancel_stale_requests(max_age).await,
+        }
+    }
+}

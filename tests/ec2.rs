@@ -1,0 +1,484 @@
+//! The `ec2` provider end to end, on moto's EC2 server, RabbitMQ, Redis and the Docker engine. A
+//! [`CloudPlayer`] plays EC2's part (it boots an agent from each new instance's user data), and an
+//! [`Ec2Proxy`] in front of moto injects EC2's failures. After every test, moto has no running
+//! instance of the test's cluster.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use spot_tests::cloud::{CloudPlayer, Ec2Proxy};
+use spot_tests::image::busybox_image;
+use spot_tests::{
+    assert_legal_history, eventually, spawn_app, spawn_provisioner, spawn_reaper, Moto, Running,
+    ServiceProcess, TestApp, TestEnv, ACCOUNT_KEY,
+};
+
+/// Everything a test of the ec2 provider runs: moto, optionally a proxy, the player and the services.
+struct Ec2Stack {
+    env: TestEnv,
+    moto: Moto,
+    proxy: Option<Ec2Proxy>,
+    player: CloudPlayer,
+    app: TestApp,
+    /// Provisioners and reapers the test started, stopped by [`Ec2Stack::finish`].
+    services: Vec<Running>,
+}
+
+impl Ec2Stack {
+    /// Starts moto (behind a fault proxy if `with_proxy`), the player and the api; the provisioner and
+    /// reaper are the test's to start ([`Ec2Stack::with_services`], or its own way).
+    async fn start(with_proxy: bool) -> Ec2Stack {
+        let moto = Moto::start().await;
+        let proxy = with_proxy.then(|| Ec2Proxy::start(&moto));
+        let endpoint = proxy
+            .as_ref()
+            .map_or(moto.endpoint.clone(), |p| p.endpoint.clone());
+        let mut env = TestEnv::new();
+        env.use_ec2(&endpoint, &moto.image_id().await);
+        let player = CloudPlayer::start(&moto, &env.name, env.dir().join("agents")).await;
+        let app = spawn_app(&env).await;
+        // Agents (and provisioners run as processes) reach this api.
+        env.settings.api.public_url = app.address.clone();
+        env.overrides
+            .push(("SPOT__API__PUBLIC_URL".into(), app.address.clone()));
+        Ec2Stack {
+            env,
+            moto,
+            proxy,
+            player,
+            app,
+            services: Vec::new(),
+        }
+    }
+
+    /// Starts a provisioner and a reaper, as deployed.
+    async fn with_services(mut self) -> Ec2Stack {
+        self.services
+            .push(spawn_provisioner(&self.env, &self.app.address).await);
+        self.services.push(spawn_reaper(&self.env).await);
+        self
+    }
+
+    fn faults(&self) -> &spot_tests::cloud::Faults {
+        &self.proxy.as_ref().expect("a proxy").faults
+    }
+
+    /// Schedules a container job to run now through `/v1/jobs`; returns its id.
+    async fn job(&self, cmd: &str, extra: Value) -> String {
+        let mut body = json!({
+            "schedule": chrono::Utc::now().to_rfc3339(),
+            "runner": {"type": "container", "image": busybox_image().await, "cmd": cmd,
+                       "instance_types": ["t3.micro", "t3a.micro"]},
+        });
+        if let (Some(runner), Some(extra)) = (body["runner"].as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                runner.insert(key.clone(), value.clone());
+            }
+        }
+        self.app.create_job(ACCOUNT_KEY, body).await
+    }
+
+    async fn job_with_policies(&self, cmd: &str, policies: Value) -> String {
+        let body = json!({
+            "schedule": chrono::Utc::now().to_rfc3339(),
+            "runner": {"type": "container", "image": busybox_image().await, "cmd": cmd},
+            "policies": policies,
+        });
+        self.app.create_job(ACCOUNT_KEY, body).await
+    }
+
+    /// Waits for the job's run of `attempt` to reach one of `states`.
+    async fn run_in(&self, job_id: &str, attempt: u64, states: &[&str]) -> Value {
+        eventually(
+            Duration::from_secs(90),
+            &format!("attempt {attempt} of {job_id} to be {states:?}"),
+            || async {
+                self.app.runs(job_id).await.into_iter().find(|run| {
+                    run["attempt"] == attempt
+                        && states.contains(&run["state"].as_str().unwrap_or(""))
+                })
+            },
+        )
+        .await
+    }
+
+    async fn log(&self, run_id: &str) -> String {
+        let response = self
+            .app
+            .get(&format!("/v1/runs/{run_id}/logs"), ACCOUNT_KEY)
+            .await;
+        response.text().await.unwrap_or_default()
+    }
+
+    async fn finish(self) {
+        self.moto.assert_none_running(&self.env.name).await;
+        for service in self.services {
+            service.stop().await;
+        }
+        self.player.stop().await;
+        if let Some(proxy) = self.proxy {
+            proxy.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {
+    let stack = Ec2Stack::start(false).await;
+    let stack = stack.with_services().await;
+
+    // Seed 003's surface, verbatim plus instance types.
+    let body = json!({
+        "schedule": chrono::Utc::now().to_rfc3339(),
+        "docker_image": busybox_image().await,
+        "cmd": "sh -c 'echo hello from spot; exit 0'",
+        "instance_types": ["t3.micro", "t3a.micro"],
+    });
+    let response = stack
+        .app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    let reply: Value = response.json().await.unwrap();
+    let job_id = reply["id"].as_str().unwrap().to_string();
+
+    let run = stack.run_in(&job_id, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_legal_history(&run);
+    let run_id = run["id"].as_str().unwrap();
+    assert!(stack.log(run_id).await.contains("hello from spot"));
+
+    // moto shows one spot instance for the run, tagged, and terminated once the container exited.
+    let instance_id = run["instance_id"].as_str().unwrap().to_string();
+    assert!(instance_id.starts_with("i-"), "{run}");
+    let instances = stack
+        .moto
+        .cluster_instances(&stack.env.name, Some(run_id))
+        .await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let (id, _, lifecycle, tags) = &instances[0];
+    assert_eq!(id, &instance_id);
+    assert_eq!(lifecycle.as_deref(), Some("spot"));
+    assert_eq!(tags["spot-scheduler:account"], "acme");
+    assert_eq!(tags["spot-scheduler:job"], job_id);
+    assert_eq!(tags["spot-scheduler:launch"], format!("{run_id}-1"));
+    eventually(
+        Duration::from_secs(30),
+        "the instance terminated",
+        || async {
+            let instances = stack
+                .moto
+                .cluster_instances(&stack.env.name, Some(run_id))
+                .await;
+            (instances[0].1 == "terminated").then_some(())
+        },
+    )
+    .await;
+    let instance: Value = stack
+        .app
+        .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(instance["lifecycle"], "spot", "{instance}");
+    eventually(
+        Duration::from_secs(30),
+        "the instance recorded terminated",
+        || async {
+            let instance: Value = stack
+                .app
+                .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
+                .await
+                .json()
+                .await
+                .ok()?;
+            (instance["state"] == "terminated").then_some(())
+        },
+    )
+    .await;
+    // The launch template of the attempt was removed again.
+    let templates = stack
+        .moto
+        .ec2()
+        .await
+        .client()
+        .describe_launch_templates()
+        .send()
+        .await
+        .unwrap();
+    assert!(templates.launch_templates().is_empty());
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_spot_capacity_fails_the_run_unless_the_job_allows_on_demand() {
+    let stack = Ec2Stack::start(true).await;
+    stack
+        .faults()
+        .no_spot_capacity
+        .store(true, Ordering::SeqCst);
+    let stack = stack.with_services().await;
+
+    let spot_only = stack.job("true", json!({})).await;
+    let run = stack.run_in(&spot_only, 1, &["provision_failed"]).await;
+    assert_legal_history(&run);
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("InsufficientInstanceCapacity"), "{run}");
+    assert!(error.contains("t3a.micro"), "{run}");
+    assert!(run["instance_id"].is_null(), "{run}");
+
+    let fallback = stack
+        .job("echo on demand", json!({"on_demand_fallback": true}))
+        .await;
+    let run = stack.run_in(&fallback, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert!(
+        run["launch_errors"]
+            .as_str()
+            .unwrap()
+            .contains("InsufficientInstanceCapacity"),
+        "{run}"
+    );
+    let instances = stack
+        .moto
+        .cluster_instances(&stack.env.name, run["id"].as_str())
+        .await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0].2, None, "an on-demand instance: {instances:?}");
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_launch_is_retried_with_backoff_and_succeeds() {
+    let stack = Ec2Stack::start(true).await;
+    stack.faults().throttle_calls.store(2, Ordering::SeqCst);
+    let stack = stack.with_services().await;
+
+    let job = stack.job("true", json!({})).await;
+    let run = stack.run_in(&job, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(stack.faults().throttled.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        stack
+            .moto
+            .cluster_instances(&stack.env.name, run["id"].as_str())
+            .await
+            .len(),
+        1
+    );
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provisioner_killed_after_its_launch_call_leaves_one_instance() {
+    let mut stack = Ec2Stack::start(true).await;
+    stack
+        .faults()
+        .hold_create_fleet
+        .store(true, Ordering::SeqCst);
+    stack.services.push(spawn_reaper(&stack.env).await);
+    let doomed = ServiceProcess::start(&stack.env, "spot-provisioner", &[]);
+
+    let job = stack.job("echo once", json!({})).await;
+    // moto launched; the answer is held back, and the provisioner dies waiting for it.
+    eventually(Duration::from_secs(60), "the launch call", || async {
+        (stack.faults().fleets_forwarded.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    doomed.kill();
+    stack
+        .faults()
+        .hold_create_fleet
+        .store(false, Ordering::SeqCst);
+
+    // The fire comes back to a new provisioner, which finds the instance instead of launching again.
+    stack
+        .services
+        .push(spawn_provisioner(&stack.env, &stack.app.address).await);
+    let run = stack.run_in(&job, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_legal_history(&run);
+    let instances = stack
+        .moto
+        .cluster_instances(&stack.env.name, run["id"].as_str())
+        .await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(stack.faults().fleets_forwarded.load(Ordering::SeqCst), 1);
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_launch_in_doubt_waits_for_the_cloud_instead_of_launching_again() {
+    let mut stack = Ec2Stack::start(false).await;
+    let store = stack.env.store().await;
+    // No consumer runs: this test drives the launch itself.
+    let provisioner = spot_provisioner::Provisioner::build(stack.env.settings.clone())
+        .await
+        .unwrap();
+
+    // A fire recorded as a run (no provisioner consumes here), and an earlier launch of it whose
+    // answer was lost a moment ago: the cloud lists nothing yet, which proves nothing.
+    let job_id = stack.job("true", json!({})).await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    let at = chrono::Utc::now();
+    let spot_shared::store::FireRecord::New(run_id) = store
+        .record_fire(&job, job.generation, at, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("a new run")
+    };
+    let run_id = run_id.as_str();
+    store.mark_launch_intent(run_id, 1).await.unwrap();
+    let err = provisioner.launch_run(run_id).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("in doubt"), "{err}");
+    assert!(stack
+        .moto
+        .cluster_instances(&stack.env.name, None)
+        .await
+        .is_empty());
+
+    // Past the settle window with still nothing listed, it launches.
+    let mut settings = stack.env.settings.clone();
+    settings.provisioner.launch_settle_secs = 0;
+    let provisioner = spot_provisioner::Provisioner::build(settings)
+        .await
+        .unwrap();
+    provisioner.launch_run(run_id).await.unwrap();
+    assert_eq!(
+        stack
+            .moto
+            .cluster_instances(&stack.env.name, None)
+            .await
+            .len(),
+        1
+    );
+    stack.services.push(spawn_reaper(&stack.env).await);
+    let run = stack.run_in(&job_id, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_terminates_orphans_and_the_instances_of_lost_runs() {
+    let mut stack = Ec2Stack::start(false).await;
+    let mut settings = stack.env.settings.clone();
+    settings.reaper.heartbeat_timeout_secs = 2;
+    let reaper = spot_reaper::Reaper::build(settings).await.unwrap();
+    stack
+        .services
+        .push(spawn_provisioner(&stack.env, &stack.app.address).await);
+
+    // An instance of the cluster whose run does not exist (say, deleted while it launched).
+    let ec2 = stack.moto.ec2().await;
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let orphan = ec2
+        .client()
+        .run_instances()
+        .image_id(stack.moto.image_id().await)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(tag("spot-scheduler:cluster", &stack.env.name))
+                .tags(tag("spot-scheduler:run", "no-such-run"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+
+    // A run whose agent dies without a word while its container sleeps.
+    let job = stack.job("sleep 300", json!({})).await;
+    let run = stack.run_in(&job, 1, &["running"]).await;
+    let instance_id = run["instance_id"].as_str().unwrap().to_string();
+    stack.player.kill_agent(&instance_id);
+
+    let (mut lost, mut orphans) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lost == 0 || orphans == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep found lost {lost}, orphans {orphans}"
+        );
+        let report = reaper.sweep_once().await.unwrap();
+        lost += report.lost;
+        orphans += report.orphans;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!((lost, orphans), (1, 1));
+    let run = stack.run_in(&job, 1, &["failed"]).await;
+    assert!(run["error"].as_str().unwrap().starts_with("lost"), "{run}");
+    assert_legal_history(&run);
+    for id in [&orphan, &instance_id] {
+        let state = stack
+            .moto
+            .cluster_instances(&stack.env.name, None)
+            .await
+            .into_iter()
+            .find(|(i, ..)| i == id)
+            .map(|(_, state, ..)| state);
+        assert_eq!(state.as_deref(), Some("terminated"), "{id}");
+    }
+    // A second sweep finds nothing more to do.
+    assert_eq!(
+        reaper.sweep_once().await.unwrap(),
+        spot_reaper::SweepReport::default()
+    );
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_spot_instance_is_replaced_by_a_new_attempt_on_a_new_instance() {
+    let stack = Ec2Stack::start(false).await;
+    let stack = stack.with_services().await;
+
+    let job = stack
+        .job_with_policies(
+            "sleep 6",
+            json!({"retries": {"max_attempts": 3, "backoff_secs": 1, "backoff_max_secs": 1}}),
+        )
+        .await;
+    let first = stack.run_in(&job, 1, &["running"]).await;
+    let first_instance = first["instance_id"].as_str().unwrap().to_string();
+    stack.player.interrupt(&first_instance);
+
+    let first = stack.run_in(&job, 1, &["interrupted"]).await;
+    assert_legal_history(&first);
+    let second = stack.run_in(&job, 2, &["succeeded", "failed"]).await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let second_instance = second["instance_id"].as_str().unwrap();
+    assert_ne!(second_instance, first_instance);
+    let instances = stack.moto.cluster_instances(&stack.env.name, None).await;
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    eventually(
+        Duration::from_secs(30),
+        "both instances terminated",
+        || async {
+            let states: Vec<String> = stack
+                .moto
+                .cluster_instances(&stack.env.name, None)
+                .await
+                .into_iter()
+                .map(|(_, state, ..)| state)
+                .collect();
+            states.iter().all(|s| s == "terminated").then_some(())
+        },
+    )
+    .await;
+
+    stack.finish().await;
+}

@@ -556,6 +556,37 @@ return 1
         Ok(())
     }
 
+    // ----- domain counters (served as Prometheus metrics by the api) -----
+
+    /// Adds `by` to a named event counter shared by every service.
+    pub async fn count_event(&self, event: &str, by: u64) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.hincr(self.key("metrics:events"), event, by).await?;
+        Ok(())
+    }
+
+    /// Counts an event; a counter that cannot be written is logged, never a failure of the work.
+    pub async fn note_event(&self, event: &str, by: u64) {
+        if by == 0 {
+            return;
+        }
+        if let Err(err) = self.count_event(event, by).await {
+            tracing::warn!(event, error = %err, "event not counted");
+        }
+    }
+
+    /// Every event counter.
+    pub async fn event_counts(&self) -> Result<BTreeMap<String, u64>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hgetall(self.key("metrics:events")).await?)
+    }
+
+    /// How many instances are not yet terminated.
+    pub async fn live_instance_count(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(conn.scard(self.key("instances:live")).await?)
+    }
+
     // ----- launch intents -----
 
     /// Records that a launch of the run's attempt is about to call the cloud, and when. Kept a day:

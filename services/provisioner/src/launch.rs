@@ -119,6 +119,11 @@ impl Provisioner {
                 self.store.clear_launch_intent(&run.id, run.attempt).await?;
                 tracing::info!(run_id = %run.id, instance_id = %launched.instance_id,
                     lifecycle = ?launched.lifecycle, "instance launched");
+                let market = launched.lifecycle.as_deref().unwrap_or("unknown");
+                self.store.note_event(&format!("launch_{market}"), 1).await;
+                self.store
+                    .note_event("spot_pool_failure", launched.pool_errors.len() as u64)
+                    .await;
                 Ok(LaunchOutcome::Launched)
             }
             Err(failure) if failure.error.is_retryable() => {
@@ -130,6 +135,10 @@ impl Provisioner {
             Err(failure) => {
                 self.store.clear_launch_intent(&run.id, run.attempt).await?;
                 tracing::error!(run_id = %run.id, error = %failure.error, "launch failed");
+                self.store.note_event("provision_failed", 1).await;
+                self.store
+                    .note_event("spot_pool_failure", failure.pool_errors.len() as u64)
+                    .await;
                 let mut fields = vec![("error", failure.error.to_string())];
                 if !failure.pool_errors.is_empty() {
                     fields.push(("launch_errors", failure.pool_errors.join("\n")));

@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use spot_shared::broker::{decode, settle, Broker};
-use spot_shared::cloud::Cloud;
+use spot_shared::cloud::{Cloud, CloudInstance};
 use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
 use spot_shared::messages::TerminateRequest;
@@ -69,84 +69,122 @@ impl Reaper {
         self.sweep_once().await.map(Some)
     }
 
-    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests.
+    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests. A
+    /// failure on one instance is logged and the sweep goes on to the next.
     pub async fn sweep_once(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = chrono::Utc::now();
-        let grace = chrono::Duration::seconds(self.settings.orphan_grace_secs as i64);
         for instance_id in self.store.live_instance_ids().await? {
-            let Some(instance) = self.store.get_instance(&instance_id).await? else {
-                continue;
-            };
-            let recorded_long_ago = instance
-                .transitions
-                .get(&InstanceState::Requested)
-                .is_some_and(|at| now - *at >= grace);
-            let run = self.store.get_run(&instance.run_id).await?;
-            let orphaned = match &run {
-                None => Some("its run is gone".to_string()),
-                Some(run) if run.state.is_terminal() => Some(format!("its run is {}", run.state)),
-                // The launch records the instance, then names it on the run: give it time.
-                Some(run)
-                    if run.instance_id.as_deref() != Some(instance_id.as_str())
-                        && recorded_long_ago =>
-                {
-                    Some("its run names another instance".to_string())
-                }
-                Some(run) if run.instance_id.as_deref() != Some(instance_id.as_str()) => continue,
-                Some(_) => None,
-            };
-            if let Some(reason) = orphaned {
-                report.orphans += 1;
-                self.terminate(&instance_id, &instance.run_id, &reason)
-                    .await?;
-                continue;
-            }
-            let Some(run) = run else { continue };
-            let timeout_secs = match self.store.get_job(&run.job_id).await? {
-                Some(job) => job.policies.timeout_secs,
-                None => spot_shared::model::Policies::default().timeout_secs,
-            };
-            if let Some((state, why)) = overdue(&self.settings, &run, timeout_secs, now) {
-                if self.end_run(&run, state, &why).await? {
-                    match state {
-                        RunState::TimedOut => report.timed_out += 1,
-                        _ => report.lost += 1,
-                    }
-                }
-                self.terminate(&instance_id, &run.id, &why).await?;
+            if let Err(err) = self
+                .sweep_recorded_instance(&instance_id, now, &mut report)
+                .await
+            {
+                tracing::warn!(instance_id, error = %err, "sweep: instance skipped");
             }
         }
-
         for instance in self.cloud.instances().await? {
-            let run = match &instance.run_id {
-                Some(run_id) => self.store.get_run(run_id).await?,
-                None => None,
-            };
-            let launching_long_enough = instance.launched_at.is_some_and(|at| now - at >= grace);
-            let orphan = match &run {
-                None => true,
-                Some(run) if run.state.is_terminal() => true,
-                // Not (yet) the run's instance: a launch still being recorded, or a duplicate.
-                Some(run) => {
-                    run.instance_id.as_deref() != Some(instance.id.as_str())
-                        && launching_long_enough
-                }
-            };
-            if orphan {
-                report.orphans += 1;
-                let run_id = instance.run_id.clone().unwrap_or_default();
-                self.terminate(&instance.id, &run_id, "no live run owns it")
-                    .await?;
+            if let Err(err) = self.sweep_cloud_instance(&instance, now, &mut report).await {
+                tracing::warn!(instance_id = %instance.id, error = %err, "sweep: instance skipped");
             }
         }
-
         let max_age = chrono::Duration::seconds(self.settings.stale_request_secs as i64);
         report.stale_requests = self.cloud.cancel_stale_requests(max_age).await?;
         if report != SweepReport::default() {
             tracing::warn!(?report, "sweep ended runs or instances");
         }
+        for (event, count) in [
+            ("swept_orphan", report.orphans),
+            ("swept_timed_out", report.timed_out),
+            ("swept_lost", report.lost),
+            ("stale_request_cancelled", report.stale_requests),
+        ] {
+            self.store.note_event(event, count as u64).await;
+        }
         Ok(report)
+    }
+
+    fn orphan_grace(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.settings.orphan_grace_secs as i64)
+    }
+
+    /// An instance Redis holds live: terminated if no live run owns it, and its run ended if it is
+    /// past its timeout or its agent went silent.
+    async fn sweep_recorded_instance(
+        &self,
+        instance_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let Some(instance) = self.store.get_instance(instance_id).await? else {
+            return Ok(());
+        };
+        let run = self.store.get_run(&instance.run_id).await?;
+        let orphaned = match &run {
+            None => Some("its run is gone".to_string()),
+            Some(run) if run.state.is_terminal() => Some(format!("its run is {}", run.state)),
+            Some(run) if run.instance_id.as_deref() != Some(instance_id) => {
+                // The launch records the instance, then names it on the run: give it time.
+                let recorded_long_ago = instance
+                    .transitions
+                    .get(&InstanceState::Requested)
+                    .is_some_and(|at| now - *at >= self.orphan_grace());
+                if !recorded_long_ago {
+                    return Ok(());
+                }
+                Some("its run names another instance".to_string())
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = orphaned {
+            report.orphans += 1;
+            return self.terminate(instance_id, &instance.run_id, &reason).await;
+        }
+        let Some(run) = run else { return Ok(()) };
+        let timeout_secs = match self.store.get_job(&run.job_id).await? {
+            Some(job) => job.policies.timeout_secs,
+            None => spot_shared::model::Policies::default().timeout_secs,
+        };
+        if let Some((state, why)) = overdue(&self.settings, &run, timeout_secs, now) {
+            if self.end_run(&run, state, &why).await? {
+                match state {
+                    RunState::TimedOut => report.timed_out += 1,
+                    _ => report.lost += 1,
+                }
+            }
+            self.terminate(instance_id, &run.id, &why).await?;
+        }
+        Ok(())
+    }
+
+    /// An instance the cloud lists for this deployment: terminated if no live run owns it.
+    async fn sweep_cloud_instance(
+        &self,
+        instance: &CloudInstance,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let run = match &instance.run_id {
+            Some(run_id) => self.store.get_run(run_id).await?,
+            None => None,
+        };
+        let orphan = match &run {
+            None => true,
+            Some(run) if run.state.is_terminal() => true,
+            // Not (yet) the run's instance: a launch still being recorded, or a duplicate.
+            Some(run) => {
+                run.instance_id.as_deref() != Some(instance.id.as_str())
+                    && instance
+                        .launched_at
+                        .is_some_and(|at| now - at >= self.orphan_grace())
+            }
+        };
+        if orphan {
+            report.orphans += 1;
+            let run_id = instance.run_id.clone().unwrap_or_default();
+            self.terminate(&instance.id, &run_id, "no live run owns it")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Ends a run the sweep found overdue, and retries it if its policy allows. `false` if it ended
@@ -185,19 +223,27 @@ impl Reaper {
             if instance.state == InstanceState::Terminated {
                 return Ok(());
             }
-            self.store
-                .advance_instance(&instance.id, InstanceState::Terminating, &[])
+            self.record_instance(&instance.id, InstanceState::Terminating)
                 .await?;
         }
         self.cloud.terminate(&request.instance_id).await?;
         if instance.is_some() {
-            self.store
-                .advance_instance(&request.instance_id, InstanceState::Terminated, &[])
+            self.record_instance(&request.instance_id, InstanceState::Terminated)
                 .await?;
         }
+        self.store.note_event("instance_terminated", 1).await;
         tracing::info!(instance_id = %request.instance_id, run_id = %request.run_id,
             reason = %request.reason, "instance terminated");
         Ok(())
+    }
+
+    /// Moves an instance's record on; a record another reaper moved further already is fine.
+    async fn record_instance(&self, instance_id: &str, state: InstanceState) -> Result<()> {
+        match self.store.advance_instance(instance_id, state, &[]).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.code == ErrorCode::Conflict => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Processes one delivery: ack on success, requeue when retryable, dead-letter otherwise.

@@ -97,6 +97,9 @@ pub async fn callback(
             }
             match state.store.advance_run(&run.id, end_state, &fields).await {
                 Ok(Moved::From(_)) => {
+                    if end_state == RunState::Interrupted {
+                        state.store.note_event("spot_interruption", 1).await;
+                    }
                     if let Some(job) = state.store.get_job(&run.job_id).await? {
                         policy::retry_if_allowed(&state.broker, &job, &run, end_state).await?;
                     }

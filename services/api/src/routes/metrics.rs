@@ -1,5 +1,7 @@
 //! `GET /metrics` (and minion's `/v1/minion/metrics`): Prometheus text exposition, open like minion's.
-//! Today: build info and the jobs each configured account holds.
+//! Build info, the jobs each configured account holds, instances alive, and the domain events every
+//! service counts in Redis (launches by market, spot pool failures, provision failures, terminations,
+//! interruptions, runs ended by the sweep).
 
 use std::fmt::Write;
 
@@ -29,6 +31,33 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
             }
             Err(err) => tracing::warn!(error = %err, "metrics: cannot count jobs"),
         }
+    }
+    match state.store.live_instance_count().await {
+        Ok(count) => {
+            let _ = writeln!(
+                out,
+                "# HELP spot_scheduler_instances_alive Instances not yet terminated."
+            );
+            let _ = writeln!(out, "# TYPE spot_scheduler_instances_alive gauge");
+            let _ = writeln!(out, "spot_scheduler_instances_alive {count}");
+        }
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot count instances"),
+    }
+    match state.store.event_counts().await {
+        Ok(events) => {
+            let _ = writeln!(
+                out,
+                "# HELP spot_scheduler_events_total Domain events, by kind."
+            );
+            let _ = writeln!(out, "# TYPE spot_scheduler_events_total counter");
+            for (event, count) in events {
+                let _ = writeln!(
+                    out,
+                    "spot_scheduler_events_total{{event=\"{event}\"}} {count}"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read event counters"),
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -234,7 +234,13 @@ impl Broker {
     /// Arms a timer that delivers `fire` to the fires queue at `due_at` (at once if it has passed).
     pub async fn arm_timer(&self, fire: &FireMessage, due_at: DateTime<Utc>) -> Result<()> {
         let delay = (due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let (routing_key, units) = self.topology.timers.routing_key(delay);
+        let units = self.topology.timers.units_of(delay);
+        self.arm_timer_units(fire, units).await
+    }
+
+    /// Arms a timer that waits exactly `units` in the levels (then the consumer holds the rest).
+    pub async fn arm_timer_units(&self, fire: &FireMessage, units: u64) -> Result<()> {
+        let routing_key = self.topology.timers.routing_key_for_units(units);
         let exchange = self.topology.timers.exchange_for(units);
         self.publish(&exchange, &routing_key, fire).await
     }

@@ -77,6 +77,10 @@ pub struct RabbitSettings {
     pub timer_levels: u8,
     pub timer_unit_ms: u64,
     pub timer_lead_ms: u64,
+    /// The level through which the pump hands timers to RabbitMQ: 2^level units (plus one) before they
+    /// are due, each then waits in that one level (one dead-letter hop). -1: in their last unit, straight
+    /// to the fires queue (no hop).
+    pub timer_pump_level: i8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +111,10 @@ pub struct AccountSettings {
 #[serde(deny_unknown_fields)]
 pub struct ProvisionerSettings {
     pub prefetch: u16,
+    /// How often the timer pump looks for timers coming due, when it found none last time.
+    pub pump_interval_ms: u64,
+    /// Timers the pump takes per round.
+    pub pump_batch: usize,
     /// How long one launch may hold its run: past this a crashed launcher no longer blocks a retry.
     pub launch_lease_secs: u64,
     /// After a launch call whose answer was lost, how long to wait for EC2's eventually consistent

@@ -3,6 +3,8 @@
 //! Key layout, under the configured prefix `p`:
 //! - `p:job:{id}`: the job as JSON; `p:jobs` and `p:account:{a}:jobs`: job ids by creation time
 //! - `p:timers`: job ids scored by their next fire time (ms); what the reconciler re-arms from
+//! - `p:timers:unarmed`: `{job}|{generation}` scored by fire time: timers the pump has yet to hand to
+//!   RabbitMQ (it does so shortly before they are due)
 //! - `p:fire:{job}:{ms}`: the run recorded for that fire, so a fire is recorded once
 //! - `p:run:{id}`: the run as a hash (state moves only by compare-and-set); `p:job:{id}:runs` its job's runs
 //! - `p:run:{id}:log`: the container output, capped
@@ -49,6 +51,22 @@ pub enum Moved<S> {
 }
 
 /// The outcome of recording a fire.
+/// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
+/// instant in milliseconds.
+const UNARMED: &str = "timers:unarmed";
+
+fn unarmed_member(job_id: &str, generation: u64) -> String {
+    format!("{job_id}|{generation}")
+}
+
+/// A timer the pump took to arm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnarmedTimer {
+    pub job_id: String,
+    pub generation: u64,
+    pub due: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireRecord {
     /// This delivery recorded the fire; the run id is new.
@@ -165,6 +183,21 @@ impl Store {
             None => pipe.zrem(self.key("timers"), &job.id),
         }
         .ignore();
+        // The timer for RabbitMQ: the pump arms it when it comes within the horizon. A replaced job's
+        // earlier timer is withdrawn; one already armed is dropped as stale when it fires.
+        if job.generation > 1 {
+            pipe.zrem(
+                self.key(UNARMED),
+                unarmed_member(&job.id, job.generation - 1),
+            )
+            .ignore();
+        }
+        let member = unarmed_member(&job.id, job.generation);
+        match job.next_fire_at {
+            Some(next) => pipe.zadd(self.key(UNARMED), member, next.timestamp_millis()),
+            None => pipe.zrem(self.key(UNARMED), member),
+        }
+        .ignore();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
@@ -199,6 +232,8 @@ impl Store {
             )
             .ignore()
             .zrem(self.key("timers"), &job.id)
+            .ignore()
+            .zrem(self.key(UNARMED), unarmed_member(&job.id, job.generation))
             .ignore()
             .del(self.key(&format!("job:{}:runs", job.id)))
             .ignore();
@@ -332,10 +367,11 @@ impl Store {
     }
 
     /// Sets or clears a job's next fire time, but only if it is still `expected` (so a slow worker
-    /// never overwrites a newer schedule).
+    /// never overwrites a newer schedule), and leaves the new time for the pump to arm.
     pub async fn advance_timer(
         &self,
         job_id: &str,
+        generation: u64,
         expected: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
     ) -> Result<()> {
@@ -343,7 +379,10 @@ impl Store {
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
-else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
 return 1
 "#;
         let mut conn = self.conn.clone();
@@ -353,11 +392,68 @@ return 1
         static ADVANCE_TIMER: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
         let _: i64 = ADVANCE_TIMER
             .key(self.key("timers"))
+            .key(self.key(UNARMED))
             .arg(job_id)
             .arg(expected.timestamp_millis())
             .arg(next)
+            .arg(unarmed_member(job_id, generation))
             .invoke_async(&mut conn)
             .await?;
+        Ok(())
+    }
+
+    /// Takes up to `limit` timers due at or before `bound` off the unarmed set, for the pump to arm.
+    /// Atomic, so several pumps never take the same timer.
+    pub async fn claim_unarmed(
+        &self,
+        bound: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<UnarmedTimer>> {
+        const SCRIPT: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+return due
+"#;
+        static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+        let mut conn = self.conn.clone();
+        let rows: Vec<String> = CLAIM
+            .key(self.key(UNARMED))
+            .arg(bound.timestamp_millis())
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(rows
+            .chunks(2)
+            .filter_map(|pair| {
+                let [member, score] = pair else { return None };
+                let (job_id, generation) = member.rsplit_once('|')?;
+                Some(UnarmedTimer {
+                    job_id: job_id.to_string(),
+                    generation: generation.parse().ok()?,
+                    due: Utc
+                        .timestamp_millis_opt(score.parse::<f64>().ok()? as i64)
+                        .single()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Puts timers the pump could not arm back, for its next round.
+    pub async fn unclaim(&self, timers: &[UnarmedTimer]) -> Result<()> {
+        if timers.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let items: Vec<(i64, String)> = timers
+            .iter()
+            .map(|t| {
+                (
+                    t.due.timestamp_millis(),
+                    unarmed_member(&t.job_id, t.generation),
+                )
+            })
+            .collect();
+        let _: () = conn.zadd_multiple(self.key(UNARMED), &items).await?;
         Ok(())
     }
 

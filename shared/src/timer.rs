@@ -99,15 +99,26 @@ impl TimerLevels {
 
     /// The routing key for a timer due in `delay`, and the units of waiting it encodes.
     pub fn routing_key(&self, delay: Duration) -> (String, u64) {
+        let units = self.units_of(delay);
+        (self.routing_key_for_units(units), units)
+    }
+
+    /// Whole units a delay waits in the levels (the lead and the fraction left to the consumer).
+    pub fn units_of(&self, delay: Duration) -> u64 {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let units = (delay_ms.saturating_sub(self.lead_ms) / self.unit_ms).min(self.max_units());
+        (delay_ms.saturating_sub(self.lead_ms) / self.unit_ms).min(self.max_units())
+    }
+
+    /// The routing key that makes a message wait `units` (the levels of its set bits).
+    pub fn routing_key_for_units(&self, units: u64) -> String {
+        let units = units.min(self.max_units());
         let mut key = String::with_capacity(self.levels as usize * 2 + FIRE_DESTINATION.len());
         for level in (0..self.levels).rev() {
             key.push(if units >> level & 1 == 1 { '1' } else { '0' });
             key.push('.');
         }
         key.push_str(FIRE_DESTINATION);
-        (key, units)
+        key
     }
 
     /// Which levels a routing key makes its message wait in.

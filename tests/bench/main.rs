@@ -4,7 +4,8 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [--jobs N] [--clients N]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [--jobs N] [--clients N]
+//!        [--pump-level L]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -47,8 +48,17 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Settings the bench run varies.
+#[derive(Debug, Clone, Default)]
+struct Options {
+    clients: usize,
+    jobs: Option<usize>,
+    /// `rabbitmq.timer_pump_level`, when not the default.
+    pump_level: Option<i8>,
+}
+
 impl Stack {
-    async fn start(bin_dir: &Path) -> anyhow::Result<Stack> {
+    async fn start(bin_dir: &Path, options: &Options) -> anyhow::Result<Stack> {
         let name = format!("bench-{}", &spot_shared::ids::new_id()[..8].to_lowercase());
         management("PUT", &format!("/api/vhosts/{name}"), "{}")?;
         management(
@@ -69,17 +79,20 @@ impl Stack {
 key_prefix = "{name}"
 [rabbitmq]
 url = "amqp://guest:guest@127.0.0.1:5672/{name}"
+{pump_level}
 [api]
 port = {port}
 public_url = "{api}"
 [[auth.accounts]]
 name = "bench"
 keys = ["{KEY}"]
-[provisioner]
-prefetch = 1024
 [log]
 level = "warn"
-"#
+"#,
+                pump_level = options
+                    .pump_level
+                    .map(|l| format!("timer_pump_level = {l}"))
+                    .unwrap_or_default(),
             ),
         )?;
         let mut children = Vec::new();
@@ -165,112 +178,271 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Creates `jobs` jobs over HTTP with `clients` concurrent clients; `body(i)` is the i-th job. Returns
+/// the ids in order and the rate, in jobs per second.
+async fn schedule_jobs(
+    stack: &Stack,
+    jobs: usize,
+    clients: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+) -> anyhow::Result<(Vec<String>, f64)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let url = Arc::new(format!("{}/v1/jobs", stack.api));
+    let began = Instant::now();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..jobs)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            let body = body(i);
+            async move {
+                let response = client
+                    .post(url.as_str())
+                    .header("X-Auth-Token", KEY)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if response.status() != 201 {
+                    bail!("schedule answered {}", response.status());
+                }
+                let job: serde_json::Value = response.json().await?;
+                Ok(job["id"].as_str().unwrap_or_default().to_string())
+            }
+        })
+        .buffered(clients)
+        .collect()
+        .await;
+    let rate = jobs as f64 / began.elapsed().as_secs_f64();
+    Ok((
+        ids.into_iter().collect::<anyhow::Result<_>>()?,
+        rate.round(),
+    ))
+}
+
+/// Every run of each job: (scheduled instant, the instant its run was recorded).
+async fn fires_of(
+    stack: &Stack,
+    ids: &[String],
+) -> anyhow::Result<Vec<Vec<(DateTime<Utc>, DateTime<Utc>)>>> {
+    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
+    let mut all = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.zrange(format!("{}:job:{id}:runs", stack.name), 0, -1);
+        }
+        let runs: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for run in runs.iter().flatten() {
+            pipe.cmd("HMGET")
+                .arg(format!("{}:run:{run}", stack.name))
+                .arg("scheduled_at")
+                .arg("t:pending");
+        }
+        let times: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let parse = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let mut times = times.iter();
+        for job_runs in &runs {
+            let mut fires = Vec::new();
+            for _ in job_runs {
+                if let Some((scheduled, at)) = times.next() {
+                    if let (Some(scheduled), Some(at)) = (parse(scheduled), parse(at)) {
+                        fires.push((scheduled, at));
+                    }
+                }
+            }
+            all.push(fires);
+        }
+    }
+    Ok(all)
+}
+
+/// Lateness percentiles and the fire rate of a set of fires.
+fn fire_figures(fires: &[(DateTime<Utc>, DateTime<Utc>)]) -> serde_json::Value {
+    let mut lateness: Vec<i64> = fires
+        .iter()
+        .map(|(due, at)| (*at - *due).num_milliseconds())
+        .collect();
+    lateness.sort_unstable();
+    let first = fires.iter().map(|f| f.1).min();
+    let last = fires.iter().map(|f| f.1).max();
+    let span = match (first, last) {
+        (Some(a), Some(b)) => (b - a).num_milliseconds().max(1) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    json!({
+        "fired": fires.len(),
+        "fires_per_s": if span > 0.0 { (fires.len() as f64 / span).round() } else { 0.0 },
+        "lateness_ms_p50": percentile(&lateness, 50.0),
+        "lateness_ms_p99": percentile(&lateness, 99.0),
+        "lateness_ms_max": lateness.last().copied().unwrap_or(0),
+    })
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+        for (key, value) in from {
+            into.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+fn dummy_job(schedule: String) -> serde_json::Value {
+    json!({"schedule": schedule, "runner": {"type": "dummy", "template": "x"}})
+}
+
 /// Schedules `jobs` one-shot dummy jobs due evenly over `spread`, starting `lead` ahead; waits for all
 /// to fire; reports rates and lateness.
 async fn burst(
     bin_dir: &Path,
     scenario: &str,
     jobs: usize,
-    clients: usize,
+    options: &Options,
     spread: Duration,
     lead: Duration,
 ) -> anyhow::Result<serde_json::Value> {
-    let stack = Stack::start(bin_dir).await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()?;
-    let start_at = Utc::now() + chrono::Duration::from_std(lead)?;
-    let step_ns = spread.as_nanos() as i64 / jobs.max(1) as i64;
-    let api = Arc::new(stack.api.clone());
-    let began = Instant::now();
-    let ids: Vec<anyhow::Result<(String, DateTime<Utc>)>> = futures::stream::iter(0..jobs)
-        .map(|i| {
-            let client = client.clone();
-            let api = api.clone();
-            async move {
-                let due = start_at + chrono::Duration::nanoseconds(step_ns * i as i64);
-                let body = json!({"schedule": due.to_rfc3339(), "runner": {"type": "dummy", "template": "x"}});
-                let response = client.post(format!("{api}/v1/jobs")).header("X-Auth-Token", KEY).json(&body).send().await?;
-                if response.status() != 201 {
-                    bail!("schedule answered {}", response.status());
-                }
-                let job: serde_json::Value = response.json().await?;
-                Ok((job["id"].as_str().unwrap_or_default().to_string(), due))
-            }
-        })
-        .buffer_unordered(clients)
-        .collect()
-        .await;
-    let schedule_secs = began.elapsed().as_secs_f64();
-    let ids: Vec<(String, DateTime<Utc>)> = ids.into_iter().collect::<anyhow::Result<_>>()?;
-    if Utc::now() > start_at {
+    let stack = Stack::start(bin_dir, options).await?;
+    // Instants to the millisecond, as the api stores them.
+    let start_ms = (Utc::now() + chrono::Duration::from_std(lead)?).timestamp_millis();
+    let step_ms = spread.as_millis() as f64 / jobs.max(1) as f64;
+    let due = |i: usize| {
+        DateTime::from_timestamp_millis(start_ms + (step_ms * i as f64) as i64).unwrap_or_default()
+    };
+    let (ids, rate) = schedule_jobs(&stack, jobs, options.clients, |i| {
+        dummy_job(due(i).to_rfc3339())
+    })
+    .await?;
+    if Utc::now().timestamp_millis() > start_ms {
         eprintln!("{scenario}: scheduling took longer than the lead; lateness includes it");
     }
-
-    // Wait for every fire, then read the fire instants back.
-    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
     let deadline = Instant::now() + lead + spread + Duration::from_secs(120);
-    let mut fired: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-    loop {
-        fired.clear();
-        for chunk in ids.chunks(2000) {
-            let mut pipe = redis::pipe();
-            for (id, _) in chunk {
-                pipe.zrange(format!("{}:job:{id}:runs", stack.name), 0, 0);
-            }
-            let runs: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-            let mut pipe = redis::pipe();
-            let mut scheduled = Vec::new();
-            for ((_, due), run) in chunk.iter().zip(&runs) {
-                if let Some(run) = run.first() {
-                    pipe.hget(format!("{}:run:{run}", stack.name), "t:pending");
-                    scheduled.push(*due);
-                }
-            }
-            if scheduled.is_empty() {
-                continue;
-            }
-            let times: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-            for (due, at) in scheduled.into_iter().zip(times) {
-                if let Some(at) = at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()) {
-                    fired.push((due, at.with_timezone(&Utc)));
-                }
-            }
-        }
-        if fired.len() == ids.len() || Instant::now() > deadline {
-            break;
+    let fires = loop {
+        let fires: Vec<_> = fires_of(&stack, &ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if fires.len() >= ids.len() || Instant::now() > deadline {
+            break fires;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    // Lateness against the instant as stored (to the millisecond).
-    let mut lateness: Vec<i64> = fired
-        .iter()
-        .map(|(due, at)| {
-            (*at - DateTime::from_timestamp_millis(due.timestamp_millis()).unwrap_or(*due))
-                .num_milliseconds()
-        })
-        .collect();
-    lateness.sort_unstable();
-    let first = fired.iter().map(|f| f.1).min();
-    let last = fired.iter().map(|f| f.1).max();
-    let fire_span = match (first, last) {
-        (Some(a), Some(b)) => (b - a).num_milliseconds().max(1) as f64 / 1000.0,
-        _ => 0.0,
     };
     let mut result = json!({
         "scenario": scenario,
         "jobs": jobs,
-        "clients": clients,
-        "schedule_per_s": (jobs as f64 / schedule_secs).round(),
-        "fired": fired.len(),
-        "fires_per_s": if fire_span > 0.0 { (fired.len() as f64 / fire_span).round() } else { 0.0 },
-        "lateness_ms_p50": percentile(&lateness, 50.0),
-        "lateness_ms_p99": percentile(&lateness, 99.0),
-        "lateness_ms_max": lateness.last().copied().unwrap_or(0),
+        "clients": options.clients,
+        "schedule_per_s": rate,
     });
-    for (key, value) in stack.peak_rss() {
-        result[key] = json!(value);
+    merge(&mut result, fire_figures(&fires));
+    merge(&mut result, json!(stack.peak_rss()));
+    stack.stop();
+    Ok(result)
+}
+
+/// `jobs` dummy jobs firing every minute, watched for `minutes` whole minutes: each must fire exactly
+/// once a minute.
+async fn cron(
+    bin_dir: &Path,
+    jobs: usize,
+    minutes: i64,
+    options: &Options,
+) -> anyhow::Result<serde_json::Value> {
+    let stack = Stack::start(bin_dir, options).await?;
+    let (ids, rate) = schedule_jobs(&stack, jobs, options.clients, |_| {
+        dummy_job("* * * * *".into())
+    })
+    .await?;
+    // Watch whole minutes that start after every job is in.
+    let now = Utc::now();
+    let first = now
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(now)
+        + chrono::Duration::minutes(1);
+    let end = first + chrono::Duration::minutes(minutes);
+    let wait = (end - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(5);
+    tokio::time::sleep(wait).await;
+    let per_job = fires_of(&stack, &ids).await?;
+    let mut in_window = Vec::new();
+    let mut exact = 0;
+    for fires in &per_job {
+        let window: Vec<_> = fires
+            .iter()
+            .filter(|(due, _)| *due >= first && *due < end)
+            .copied()
+            .collect();
+        if window.len() == minutes as usize {
+            exact += 1;
+        }
+        in_window.extend(window);
     }
+    let mut result = json!({
+        "scenario": "cron-10k",
+        "jobs": jobs,
+        "minutes": minutes,
+        "schedule_per_s": rate,
+        "jobs_firing_exactly_once_a_minute": exact,
+    });
+    merge(&mut result, fire_figures(&in_window));
+    merge(&mut result, json!(stack.peak_rss()));
+    stack.stop();
+    Ok(result)
+}
+
+/// `jobs` one-shot jobs due in 30 days: the schedule rate, what holding them costs (each service's RSS,
+/// Redis memory per job) and how long the api takes to list one account's first page.
+async fn pending(
+    bin_dir: &Path,
+    jobs: usize,
+    options: &Options,
+) -> anyhow::Result<serde_json::Value> {
+    let stack = Stack::start(bin_dir, options).await?;
+    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
+    let used = |info: String| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?,
+    );
+    let due = (Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let (_, rate) =
+        schedule_jobs(&stack, jobs, options.clients, |_| dummy_job(due.clone())).await?;
+    let after = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?,
+    );
+    let client = reqwest::Client::new();
+    let began = Instant::now();
+    let page = client
+        .get(format!("{}/v1/jobs?limit=100", stack.api))
+        .header("X-Auth-Token", KEY)
+        .send()
+        .await?;
+    let status = page.status();
+    let _ = page.bytes().await?;
+    let list_ms = began.elapsed().as_secs_f64() * 1000.0;
+    let mut result = json!({
+        "scenario": "pending-1m",
+        "jobs": jobs,
+        "schedule_per_s": rate,
+        "redis_bytes_per_job": ((after - before) / jobs.max(1) as f64).round(),
+        "list_first_page_ms": (list_ms * 10.0).round() / 10.0,
+        "list_status": status.as_u16(),
+    });
+    merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
     Ok(result)
 }
@@ -278,13 +450,18 @@ async fn burst(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut scenarios = Vec::new();
-    let mut jobs_override = None;
-    let mut clients = 64;
+    let mut options = Options {
+        clients: 64,
+        ..Options::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--jobs" => jobs_override = Some(args.next().context("--jobs N")?.parse()?),
-            "--clients" => clients = args.next().context("--clients N")?.parse()?,
+            "--jobs" => options.jobs = Some(args.next().context("--jobs N")?.parse()?),
+            "--clients" => options.clients = args.next().context("--clients N")?.parse()?,
+            "--pump-level" => {
+                options.pump_level = Some(args.next().context("--pump-level L")?.parse()?)
+            }
             name => scenarios.push(name.to_string()),
         }
     }
@@ -295,31 +472,30 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("binary dir")?
         .to_path_buf();
+    let ten_s = Duration::from_secs(10);
+    let thirty_s = Duration::from_secs(30);
     for scenario in scenarios {
+        let jobs = |default: usize| options.jobs.unwrap_or(default);
         let result = match scenario.as_str() {
             "burst-20k" => {
-                burst(
-                    &bin_dir,
-                    &scenario,
-                    jobs_override.unwrap_or(20_000),
-                    clients,
-                    Duration::from_secs(10),
-                    Duration::from_secs(30),
-                )
-                .await?
+                burst(&bin_dir, &scenario, jobs(20_000), &options, ten_s, thirty_s).await?
             }
             "burst-100k" => {
                 burst(
                     &bin_dir,
                     &scenario,
-                    jobs_override.unwrap_or(100_000),
-                    clients,
-                    Duration::from_secs(10),
-                    Duration::from_secs(30),
+                    jobs(100_000),
+                    &options,
+                    ten_s,
+                    thirty_s,
                 )
                 .await?
             }
-            other => bail!("unknown scenario {other} (burst-20k, burst-100k)"),
+            "cron-10k" => cron(&bin_dir, jobs(10_000), 3, &options).await?,
+            "pending-1m" => pending(&bin_dir, jobs(1_000_000), &options).await?,
+            other => {
+                bail!("unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m)")
+            }
         };
         println!("{result}");
     }

@@ -162,7 +162,6 @@ pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Jo
         None
     };
     state.store.save_job(&job).await?;
-    arm(state, &job).await;
     tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
     Ok(job)
 }
@@ -197,7 +196,6 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
         state.store.delete_group_entry(&current).await?;
     }
     state.store.save_job(&job).await?;
-    arm(state, &job).await;
     Ok(job)
 }
 
@@ -223,7 +221,6 @@ pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Resul
         }
     }
     state.store.save_job(&job).await?;
-    arm(state, &job).await;
     Ok(job)
 }
 
@@ -258,16 +255,6 @@ fn first_fire(job: &Job, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         ));
     }
     Ok(next)
-}
-
-/// Arms the job's next timer. Redis already holds the fire time, so a failure here only delays the
-/// fire until the reconciler re-arms it.
-async fn arm(state: &AppState, job: &Job) {
-    let Some(next) = job.next_fire_at else { return };
-    let fire = FireMessage::scheduled(&job.id, job.generation, next);
-    if let Err(err) = state.broker.arm_timer(&fire, next).await {
-        tracing::warn!(job_id = %job.id, error = %err, "timer not armed; the reconciler will arm it");
-    }
 }
 
 /// An HRM URL with its instance placeholders (`{dns_name}`, `{private_dns_name}`) filled with a

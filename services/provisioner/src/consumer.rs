@@ -12,7 +12,8 @@ use tokio::task::JoinSet;
 use crate::Provisioner;
 
 impl Provisioner {
-    /// Consumes fires and reconciles timers until `shutdown` resolves; in-flight messages finish first.
+    /// Consumes fires, pumps timers from Redis to RabbitMQ and reconciles them until `shutdown`
+    /// resolves; in-flight messages finish first.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -27,6 +28,8 @@ impl Provisioner {
             self.settings.provisioner.reconcile_interval_secs.max(1),
         ));
         let mut in_flight = JoinSet::new();
+        let pump = self.clone();
+        let pump = tokio::spawn(async move { pump.pump_forever().await });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -47,6 +50,7 @@ impl Provisioner {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         }
+        pump.abort();
         while in_flight.join_next().await.is_some() {}
         self.broker.close().await;
         Ok(())

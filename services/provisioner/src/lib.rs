@@ -7,6 +7,7 @@
 mod consumer;
 mod http_runner;
 mod launch;
+mod timer_pump;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,18 +137,14 @@ impl Provisioner {
         })
     }
 
-    /// Moves the job's next fire time on from `fired` (only if nobody else did) and arms it.
+    /// Moves the job's next fire time on from `fired` (only if nobody else did).
     async fn advance_schedule(&self, job: &Job, fired: DateTime<Utc>) -> Result<()> {
         let after = fired.max(Utc::now());
         let next = job.next_fire_after(after)?;
-        self.store.advance_timer(&job.id, fired, next).await?;
-        if let Some(next) = next {
-            let next_fire = FireMessage::scheduled(&job.id, job.generation, next);
-            if let Err(err) = self.broker.arm_timer(&next_fire, next).await {
-                tracing::warn!(job_id = %job.id, error = %err, "next timer not armed; the reconciler will");
-            }
-        }
-        Ok(())
+        // The pump arms the next timer when it comes near.
+        self.store
+            .advance_timer(&job.id, job.generation, fired, next)
+            .await
     }
 
     /// Applies the misfire and concurrency policies to a fire not yet recorded: `Some` when it is

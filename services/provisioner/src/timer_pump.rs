@@ -1,0 +1,81 @@
+//! The timer pump: hands timers from Redis to RabbitMQ shortly before they are due.
+//!
+//! Redis holds every job's next fire time (`timers:unarmed` until armed). Arming a timer only when it
+//! is `2^level + 1` units away lets it wait in exactly one TTL level (one dead-letter hop) instead of one
+//! per set bit of a long delay, keeps RabbitMQ free of the millions of timers due next month, and lets
+//! the api answer after its Redis write alone. A timer taken too late for its level (a job due sooner
+//! than the horizon) takes the levels of its remaining delay, as any timer does.
+//!
+//! Several pumps may run (one per provisioner): taking timers is atomic in Redis. A timer taken by a
+//! pump that dies before publishing is re-armed by the reconciler once overdue.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::join_all;
+use spot_shared::messages::FireMessage;
+use spot_shared::store::UnarmedTimer;
+use spot_shared::Result;
+
+use crate::Provisioner;
+
+impl Provisioner {
+    /// How far ahead of their fire time timers are handed over, and the units they then wait.
+    fn pump_horizon(&self) -> (chrono::Duration, Option<u64>) {
+        let rabbit = &self.settings.rabbitmq;
+        let level_units = u8::try_from(rabbit.timer_pump_level)
+            .ok()
+            .map(|level| 1u64 << level.min(rabbit.timer_levels.saturating_sub(1)));
+        let ahead_ms = (level_units.unwrap_or(0) + 1) * rabbit.timer_unit_ms + rabbit.timer_lead_ms;
+        (chrono::Duration::milliseconds(ahead_ms as i64), level_units)
+    }
+
+    /// One round: takes the timers coming within the horizon and publishes them. Returns how many.
+    pub async fn pump_once(&self) -> Result<usize> {
+        let (ahead, level_units) = self.pump_horizon();
+        let batch = self.settings.provisioner.pump_batch.max(1);
+        let timers = self.store.claim_unarmed(Utc::now() + ahead, batch).await?;
+        if timers.is_empty() {
+            return Ok(0);
+        }
+        let levels = &self.broker.topology().timers;
+        let outcomes = join_all(timers.iter().map(|timer| async move {
+            let fire = FireMessage::scheduled(&timer.job_id, timer.generation, timer.due);
+            let delay = (timer.due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let units = match level_units {
+                // Wait in that one level; the consumer holds the rest (under a unit).
+                Some(level_units) if levels.units_of(delay) >= level_units => level_units,
+                _ => levels.units_of(delay),
+            };
+            self.broker.arm_timer_units(&fire, units).await
+        }))
+        .await;
+        let failed: Vec<UnarmedTimer> = timers
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_err())
+            .map(|(timer, _)| timer.clone())
+            .collect();
+        if let Some(Err(err)) = outcomes.iter().find(|o| o.is_err()) {
+            tracing::warn!(failed = failed.len(), error = %err, "timers not armed; retrying next round");
+            self.store.unclaim(&failed).await?;
+        }
+        Ok(timers.len() - failed.len())
+    }
+
+    /// Pumps until the future is dropped: at once again after a full round, else after the interval.
+    pub async fn pump_forever(&self) {
+        let idle = Duration::from_millis(self.settings.provisioner.pump_interval_ms.max(1));
+        loop {
+            let pause = match self.pump_once().await {
+                Ok(n) if n >= self.settings.provisioner.pump_batch => Duration::ZERO,
+                Ok(_) => idle,
+                Err(err) => {
+                    tracing::warn!(error = %err, "timer pump failed");
+                    idle
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+}

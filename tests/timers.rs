@@ -77,3 +77,53 @@ async fn past_timers_fire_at_once_and_delays_sort_by_due_time() {
     }
     assert_eq!(order, ["a", "b", "c"]);
 }
+
+/// The pump hands a timer to RabbitMQ only when it comes within the horizon (2^level + 1 units), and
+/// then it waits in that one level: one dead-letter hop, arriving less than a unit (plus lead) early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pump_arms_timers_one_level_ahead_and_no_earlier() {
+    let mut env = TestEnv::new();
+    env.settings.rabbitmq.timer_pump_level = 1; // handed over 2 + 1 units ahead; waits in level 1
+    let store = env.store().await;
+    let broker = env.broker().await;
+    let provisioner = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    let app = spawn_app(&env).await;
+    let schedule = |secs: i64| (Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339();
+    let body = |when: String| serde_json::json!({"schedule": when, "runner": {"type": "dummy", "template": "x"}});
+    let far = app.create_job(ACCOUNT_KEY, body(schedule(3600))).await;
+    let near = app.create_job(ACCOUNT_KEY, body(schedule(5))).await;
+
+    // Neither is within 3 s yet: nothing is handed over.
+    assert_eq!(provisioner.pump_once().await.unwrap(), 0);
+    // The near one comes within the horizon: handed over once, however often the pump runs.
+    let armed = eventually(Duration::from_secs(10), "the near timer armed", || async {
+        let n = provisioner.pump_once().await.unwrap();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(armed, 1);
+    assert_eq!(provisioner.pump_once().await.unwrap(), 0);
+
+    let queue = broker.topology().fires_queue();
+    let mut consumer = broker.consume(&queue, 10, "test").await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the near timer arrives")
+        .unwrap()
+        .unwrap();
+    let message: FireMessage = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(message.job_id, near);
+    let early = (message.scheduled_at - Utc::now()).num_milliseconds();
+    assert!((0..=1100).contains(&early), "arrived {early} ms early");
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    // The far one still waits in Redis, not in RabbitMQ.
+    let due = store
+        .due_timers(Utc::now() + chrono::Duration::hours(2), 10)
+        .await
+        .unwrap();
+    assert!(due.iter().any(|(id, _)| id == &far));
+    assert_eq!(provisioner.pump_once().await.unwrap(), 0);
+}

@@ -1,7 +1,8 @@
 //! The Redis store: the source of truth for jobs, runs and instances.
 //!
 //! Key layout, under the configured prefix `p`:
-//! - `p:job:{id}`: the job as JSON; `p:jobs` and `p:account:{a}:jobs`: job ids by creation time
+//! - `p:job:{id}`: the job as JSON; `p:account:{a}:jobs` (and `...:group:{g}:jobs`): job ids by
+//!   creation time
 //! - `p:timers`: job ids scored by their next fire time (ms); what the reconciler re-arms from
 //! - `p:timers:unarmed`: `{job}|{generation}` scored by fire time: timers the pump has yet to hand to
 //!   RabbitMQ (it does so shortly before they are due)
@@ -164,8 +165,6 @@ impl Store {
         pipe.atomic()
             .set(self.key(&format!("job:{}", job.id)), json)
             .ignore()
-            .zadd(self.key("jobs"), &job.id, created)
-            .ignore()
             .zadd(
                 self.key(&format!("account:{}:jobs", job.account)),
                 &job.id,
@@ -221,8 +220,6 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(self.key(&format!("job:{}", job.id)))
-            .ignore()
-            .zrem(self.key("jobs"), &job.id)
             .ignore()
             .zrem(self.key(&format!("account:{}:jobs", job.account)), &job.id)
             .ignore()

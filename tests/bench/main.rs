@@ -240,7 +240,11 @@ async fn fires_of(
                 .arg("scheduled_at")
                 .arg("t:pending");
         }
-        let times: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let times: Vec<(Option<String>, Option<String>)> = if runs.iter().all(Vec::is_empty) {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
         let parse = |t: &Option<String>| {
             t.as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())

@@ -1,10 +1,11 @@
 //! The timer pump: hands timers from Redis to RabbitMQ shortly before they are due.
 //!
-//! Redis holds every job's next fire time (`timers:unarmed` until armed). Arming a timer only when it
-//! is `2^level + 1` units away lets it wait in exactly one TTL level (one dead-letter hop) instead of one
-//! per set bit of a long delay, keeps RabbitMQ free of the millions of timers due next month, and lets
-//! the api answer after its Redis write alone. A timer taken too late for its level (a job due sooner
-//! than the horizon) takes the levels of its remaining delay, as any timer does.
+//! Redis holds every job's next fire time (`timers:unarmed` until armed), so the api answers after its
+//! Redis write alone and RabbitMQ never holds the millions of timers due next month. With
+//! `timer_pump_level = -1` (the default) a timer is handed over in its last unit straight to the fires
+//! queue: no dead-letter hop. With a level `k`, it is handed over `2^k + 1` units ahead and waits in
+//! that one TTL level (one hop, instead of one per set bit of a long delay); a timer taken too late for
+//! its level (a job due sooner than the horizon) takes the levels of its remaining delay, as any does.
 //!
 //! Several pumps may run (one per provisioner): taking timers is atomic in Redis. A timer taken by a
 //! pump that dies before publishing is re-armed by the reconciler once overdue.

@@ -94,17 +94,24 @@ impl Provisioner {
         if job.generation != fire.generation || !job.enabled {
             return Ok(FireOutcome::Stale);
         }
-        let recorded = self
-            .store
-            .fire_run(&job.id, fire.scheduled_at, fire.attempt)
-            .await?;
+        // Whether the fire was recorded before matters only to the misfire and concurrency policies;
+        // without them, skip the lookup (the hot path of a busy scheduler).
+        let policies_apply = job.policies.misfire_grace_secs.is_some()
+            || job.policies.concurrency != Concurrency::Allow;
+        let recorded = if policies_apply {
+            self.store
+                .fire_run(&job.id, fire.scheduled_at, fire.attempt)
+                .await?
+        } else {
+            None
+        };
         let scheduled = fire.attempt == 1 && !fire.manual;
         if scheduled {
             // Whatever happens to this fire, the schedule moves on: to the first fire after now, so a
             // job that missed several fires during downtime runs once for all of them.
             self.advance_schedule(&job, fire.scheduled_at).await?;
         }
-        if recorded.is_none() {
+        if policies_apply && recorded.is_none() {
             if let Some(skip) = self.policy_skips(&job, fire).await? {
                 return Ok(skip);
             }
@@ -128,7 +135,10 @@ impl Provisioner {
                 .await?;
         }
 
-        Ok(match self.launch_run(&run_id).await? {
+        let Some(run) = self.store.get_run(&run_id).await? else {
+            return Ok(FireOutcome::AlreadyHandled { run_id });
+        };
+        Ok(match self.launch(run, &job).await? {
             LaunchOutcome::Launched | LaunchOutcome::FoundRunning => {
                 FireOutcome::Launched { run_id, new }
             }

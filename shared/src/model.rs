@@ -36,6 +36,7 @@ pub struct Job {
     pub enabled: bool,
     /// Bumped on every change; a timer armed for an older generation is stale and dropped.
     pub generation: u64,
+    #[serde(default)]
     pub policies: Policies,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -52,6 +52,42 @@ pub enum Moved<S> {
 }
 
 /// The outcome of recording a fire.
+/// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
+/// tags, default policies). A million waiting jobs are mostly defaults; this keeps each well under a
+/// kilobyte of Redis.
+fn stored_job_json(job: &Job) -> Result<String> {
+    fn strip_nulls(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(strip_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(job)?;
+    if let Some(map) = value.as_object_mut() {
+        for field in ["name", "description", "modified_by"] {
+            if map.get(field).and_then(|v| v.as_str()) == Some("") {
+                map.remove(field);
+            }
+        }
+        if map
+            .get("tags")
+            .and_then(|v| v.as_array())
+            .is_some_and(Vec::is_empty)
+        {
+            map.remove("tags");
+        }
+        if job.policies == crate::model::Policies::default() {
+            map.remove("policies");
+        }
+    }
+    strip_nulls(&mut value);
+    Ok(serde_json::to_string(&value)?)
+}
+
 /// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
 /// instant in milliseconds.
 const UNARMED: &str = "timers:unarmed";
@@ -159,7 +195,7 @@ impl Store {
     /// `next_fire_at` is `None` has no timer.
     pub async fn save_job(&self, job: &Job) -> Result<()> {
         let mut conn = self.conn.clone();
-        let json = serde_json::to_string(job)?;
+        let json = stored_job_json(job)?;
         let created = job.created_at.timestamp_millis();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -902,4 +938,71 @@ fn instance_from_hash(map: &BTreeMap<String, String>) -> Result<Instance> {
         ready: map.get("ready").map(|v| v == "1").unwrap_or(false),
         transitions: transitions(map),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerSpec, DummySpec, Policies, Runner, Tag};
+
+    fn job(runner: Runner, policies: Policies) -> Job {
+        let now = Utc::now();
+        Job {
+            id: "j1".into(),
+            account: "acme".into(),
+            group: "default".into(),
+            name: String::new(),
+            description: String::new(),
+            modified_by: String::new(),
+            tags: Vec::new(),
+            schedule: "* * * * *".into(),
+            timezone: "UTC".into(),
+            runner,
+            enabled: true,
+            generation: 1,
+            policies,
+            created_at: now,
+            updated_at: now,
+            next_fire_at: None,
+        }
+    }
+
+    #[test]
+    fn stored_jobs_read_back_the_same_and_leave_defaults_out() {
+        let dummy = job(
+            Runner::Dummy(DummySpec {
+                template: "x".into(),
+                runner_name: None,
+            }),
+            Policies::default(),
+        );
+        let text = stored_job_json(&dummy).unwrap();
+        assert!(
+            !text.contains("policies") && !text.contains("null"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), dummy);
+
+        let mut container = job(
+            Runner::Container(ContainerSpec {
+                image: "busybox".into(),
+                cmd: Some("echo hi".into()),
+                env: vec!["A=1".into()],
+                max_price: Some("0.05".into()),
+                ..ContainerSpec::default()
+            }),
+            Policies {
+                misfire_grace_secs: Some(30),
+                timeout_secs: 60,
+                ..Policies::default()
+            },
+        );
+        container.name = "nightly".into();
+        container.tags = vec![Tag {
+            key: "team".into(),
+            value: "data".into(),
+        }];
+        let text = stored_job_json(&container).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), container);
+    }
 }

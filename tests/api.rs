@@ -114,6 +114,26 @@ async fn bad_input_gets_400_naming_the_field_and_stores_nothing() {
             r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "shedule": "x"}"#,
             "shedule",
         ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "max_price": "cheap"}"#,
+            "max_price",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "max_price": "-1"}"#,
+            "max_price",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "subnets": ["sg-123"]}"#,
+            "subnets",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "disk_gb": 0}"#,
+            "disk_gb",
+        ),
+        (
+            r#"{"schedule": "2099-01-01T00:00:00Z", "docker_image": "a", "on_demand_fallback": "yes"}"#,
+            "on_demand_fallback",
+        ),
         ("schedule=2099-01-01&docker_image=alpine", "body"),
         ("", "body"),
         ("[1, 2]", "body"),

@@ -1,7 +1,8 @@
 //! The EC2 API, through aws-sdk-ec2 with the standard AWS configuration chain (environment, profile,
-//! instance role) and an optional endpoint override (moto's server in tests). Today it serves the
-//! instance runner (minion's `instanceRunner`): start, stop or reboot an existing instance, only on
-//! instances tagged as the account's own unless configuration allows more.
+//! instance role) and an optional endpoint override (moto's server in tests). It serves the instance
+//! runner (minion's `instanceRunner`: start, stop or reboot an existing instance, only on instances
+//! tagged as the account's own unless configuration allows more) and, through its client, the `ec2`
+//! cloud provider ([`crate::cloud::ec2`]).
 
 use std::collections::HashMap;
 

@@ -103,6 +103,16 @@ impl Ec2Stack {
         .await
     }
 
+    /// `GET /v1/instances/{id}`, if it answers JSON.
+    async fn instance(&self, instance_id: &str) -> Option<Value> {
+        self.app
+            .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
+            .await
+            .json()
+            .await
+            .ok()
+    }
+
     async fn log(&self, run_id: &str) -> String {
         let response = self
             .app
@@ -174,25 +184,13 @@ async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {
         },
     )
     .await;
-    let instance: Value = stack
-        .app
-        .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let instance = stack.instance(&instance_id).await.unwrap();
     assert_eq!(instance["lifecycle"], "spot", "{instance}");
     eventually(
         Duration::from_secs(30),
         "the instance recorded terminated",
         || async {
-            let instance: Value = stack
-                .app
-                .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
-                .await
-                .json()
-                .await
-                .ok()?;
+            let instance = stack.instance(&instance_id).await?;
             (instance["state"] == "terminated").then_some(())
         },
     )

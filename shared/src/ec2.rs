@@ -95,6 +95,11 @@ where
     Error::new(code, format!("{what}: {err:?}"))
 }
 
+/// EC2 answers "" for names an instance does not have (yet); that is no name.
+pub fn non_empty(value: Option<&str>) -> Option<String> {
+    value.filter(|s| !s.is_empty()).map(str::to_string)
+}
+
 impl Ec2 {
     pub async fn from_settings(settings: &Ec2Settings) -> Ec2 {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -147,14 +152,8 @@ impl Ec2 {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                 .collect(),
-            dns_name: i
-                .public_dns_name()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            private_dns_name: i
-                .private_dns_name()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            dns_name: non_empty(i.public_dns_name()),
+            private_dns_name: non_empty(i.private_dns_name()),
         }))
     }
 

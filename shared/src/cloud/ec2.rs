@@ -28,7 +28,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{CloudInstance, LaunchFailure, LaunchRequest, Launched};
-use crate::ec2::{sdk_error, Ec2, Ec2Settings};
+use crate::ec2::{non_empty, sdk_error, Ec2, Ec2Settings};
 use crate::error::{Error, Result};
 
 /// Tag naming the deployment an instance belongs to.
@@ -163,14 +163,8 @@ impl Ec2Cloud {
                         .map_or("on-demand", |l| l.as_str())
                         .to_string(),
                 ),
-                dns_name: instance
-                    .public_dns_name()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-                ip_address: instance
-                    .private_ip_address()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
+                dns_name: non_empty(instance.public_dns_name()),
+                ip_address: non_empty(instance.private_ip_address()),
                 pool_errors: Vec::new(),
             });
         Ok(found.filter(|l| !l.instance_id.is_empty()))

@@ -190,26 +190,26 @@ fn find_tagged_process(proc_root: &Path, instance_id: &str) -> Option<Pid> {
 /// Every live process whose command line holds `--instance-id <id>`: more than one would be a
 /// duplicate launch.
 pub fn tagged_processes(proc_root: &Path, instance_id: &str) -> Vec<Pid> {
-    let mut found = Vec::new();
+    live_processes(proc_root)
+        .into_iter()
+        .filter(|(_, cmdline)| is_tagged(cmdline, instance_id))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every live (not zombie) process under `proc_root`, with its command line.
+fn live_processes(proc_root: &Path) -> Vec<(Pid, Vec<u8>)> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return found;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if is_tagged(&cmdline, instance_id) && !is_zombie(&entry.path()) {
-            found.push(Pid::from_raw(pid));
-        }
-    }
-    found
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (!is_zombie(&entry.path())).then(|| (Pid::from_raw(pid), cmdline))
+        })
+        .collect()
 }
 
 fn is_tagged(cmdline: &[u8], instance_id: &str) -> bool {
@@ -226,24 +226,13 @@ fn arg_value<'a>(cmdline: &'a [u8], flag: &str) -> Option<&'a [u8]> {
 
 /// The instance ids of every live agent of `cluster`.
 fn tagged_instance_ids(proc_root: &Path, cluster: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return ids;
-    };
-    for entry in entries.flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if arg_value(&cmdline, "--cluster") != Some(cluster.as_bytes()) {
-            continue;
-        }
-        if let Some(tag) = arg_value(&cmdline, "--instance-id") {
-            if !is_zombie(&entry.path()) {
-                ids.push(String::from_utf8_lossy(tag).into_owned());
-            }
-        }
-    }
-    ids
+    live_processes(proc_root)
+        .into_iter()
+        .filter(|(_, cmdline)| arg_value(cmdline, "--cluster") == Some(cluster.as_bytes()))
+        .filter_map(|(_, cmdline)| {
+            arg_value(&cmdline, "--instance-id").map(|id| String::from_utf8_lossy(id).into_owned())
+        })
+        .collect()
 }
 
 fn is_zombie(proc_dir: &Path) -> bool {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
-use spot_shared::messages::FireMessage;
+use spot_shared::messages::{FireBatch, FireMessage};
 use spot_tests::*;
 
 fn fire(job: &str, due: chrono::DateTime<Utc>) -> FireMessage {
@@ -113,7 +113,10 @@ async fn the_pump_arms_timers_one_level_ahead_and_no_earlier() {
         .expect("the near timer arrives")
         .unwrap()
         .unwrap();
-    let message: FireMessage = serde_json::from_slice(&delivery.data).unwrap();
+    let batch: FireBatch = serde_json::from_slice(&delivery.data).unwrap();
+    let [message] = batch.fires.as_slice() else {
+        panic!("one timer handed over, got {batch:?}")
+    };
     assert_eq!(message.job_id, near);
     let early = (message.scheduled_at - Utc::now()).num_milliseconds();
     assert!((0..=1100).contains(&early), "arrived {early} ms early");

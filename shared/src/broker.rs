@@ -238,11 +238,12 @@ impl Broker {
         self.arm_timer_units(fire, units).await
     }
 
-    /// Arms a timer that waits exactly `units` in the levels (then the consumer holds the rest).
-    pub async fn arm_timer_units(&self, fire: &FireMessage, units: u64) -> Result<()> {
+    /// Arms a timer (a [`FireMessage`] or a [`crate::messages::FireBatch`]) that waits exactly `units`
+    /// in the levels (then the consumer holds the rest).
+    pub async fn arm_timer_units<T: Serialize>(&self, fires: &T, units: u64) -> Result<()> {
         let routing_key = self.topology.timers.routing_key_for_units(units);
         let exchange = self.topology.timers.exchange_for(units);
-        self.publish(&exchange, &routing_key, fire).await
+        self.publish(&exchange, &routing_key, fires).await
     }
 
     /// Asks the reaper to terminate an instance.

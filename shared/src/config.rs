@@ -115,6 +115,8 @@ pub struct ProvisionerSettings {
     pub pump_interval_ms: u64,
     /// Timers the pump takes per round.
     pub pump_batch: usize,
+    /// Timers per message the pump publishes (RabbitMQ's cost is per message).
+    pub pump_message_fires: usize,
     /// How long one launch may hold its run: past this a crashed launcher no longer blocks a retry.
     pub launch_lease_secs: u64,
     /// After a launch call whose answer was lost, how long to wait for EC2's eventually consistent

@@ -34,6 +34,22 @@ impl FireMessage {
     }
 }
 
+/// Fires handed to RabbitMQ together by the timer pump: one message for many timers due close together
+/// (RabbitMQ's cost is per message, and a busy minute has thousands of fires due at once). The consumer
+/// holds each fire until its own instant; a batch redelivered fires nothing twice (fires are recorded once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireBatch {
+    pub fires: Vec<FireMessage>,
+}
+
+/// What the fires queue carries: one fire, or a batch of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FireDelivery {
+    Batch(FireBatch),
+    One(FireMessage),
+}
+
 /// Ask the reaper to terminate an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminateRequest {

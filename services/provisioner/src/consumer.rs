@@ -1,12 +1,13 @@
-//! The fires consumer: takes deliveries from the fires queue, each on a task of its own (a delivery may
-//! be held for its sub-second remainder), and acks, requeues or dead-letters by the error's code.
+//! The fires consumer: takes deliveries (fires, or batches of them) from the fires queue, each on a task
+//! of its own (a delivery may be held for its sub-second remainder), and acks, requeues or dead-letters
+//! by the error's code.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
 use spot_shared::broker::{decode, settle};
-use spot_shared::messages::FireMessage;
+use spot_shared::messages::FireDelivery;
 use tokio::task::JoinSet;
 
 use crate::Provisioner;
@@ -56,12 +57,17 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Processes one delivery: handle it, then ack, requeue (retryable) or dead-letter (malformed, bug).
+    /// Processes one delivery (a fire or a batch of them): handle it, then ack, requeue (retryable)
+    /// or dead-letter (malformed, bug).
     pub async fn process_delivery(&self, delivery: Delivery) {
-        let outcome = match decode::<FireMessage>(&delivery) {
-            Ok(fire) => self.handle_fire(&fire).await,
-            Err(err) => Err(err),
-        };
-        settle(&delivery, outcome, "fire").await;
+        match decode::<FireDelivery>(&delivery) {
+            Ok(FireDelivery::One(fire)) => {
+                settle(&delivery, self.handle_fire(&fire).await, "fire").await
+            }
+            Ok(FireDelivery::Batch(batch)) => {
+                settle(&delivery, self.handle_batch(&batch).await, "fire batch").await
+            }
+            Err(err) => settle::<()>(&delivery, Err(err), "fire").await,
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! [`Provisioner::handle_fire`] is the whole of one message's work, callable without a broker consumer,
 //! so tests can drive it directly. [`Provisioner::reconcile_once`] re-arms timers Redis says are overdue.
 
+mod batch;
 mod consumer;
 mod http_runner;
 mod launch;
@@ -21,9 +22,10 @@ use spot_shared::config::Settings;
 use spot_shared::ec2::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job, Run, RunState};
-use spot_shared::store::{FireRecord, Store};
+use spot_shared::store::{FireRecord, LightFire, Store};
 use spot_shared::{ErrorCode, Result};
 
+pub use batch::BatchOutcome;
 pub use launch::LaunchOutcome;
 
 /// What became of one fire message.
@@ -94,10 +96,12 @@ impl Provisioner {
         if job.generation != fire.generation || !job.enabled {
             return Ok(FireOutcome::Stale);
         }
+        if let Some(light) = self.prepare_light(&job, fire)? {
+            return self.fire_light(light).await;
+        }
         // Whether the fire was recorded before matters only to the misfire and concurrency policies;
-        // without them, skip the lookup (the hot path of a busy scheduler).
-        let policies_apply = job.policies.misfire_grace_secs.is_some()
-            || job.policies.concurrency != Concurrency::Allow;
+        // without them, skip the lookup.
+        let policies_apply = policies_read_history(&job);
         let recorded = if policies_apply {
             self.store
                 .fire_run(&job.id, fire.scheduled_at, fire.attempt)
@@ -144,6 +148,27 @@ impl Provisioner {
             }
             LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
             LaunchOutcome::Failed => FireOutcome::ProvisionFailed { run_id },
+        })
+    }
+
+    /// Records a light fire, done at once (see [`batch`]); a fire recorded before is finished if a crash
+    /// stopped it half-way.
+    async fn fire_light(&self, light: LightFire) -> Result<FireOutcome> {
+        let records = self
+            .store
+            .fire_light(
+                std::slice::from_ref(&light),
+                Utc::now(),
+                self.settings.api.max_log_bytes,
+            )
+            .await?;
+        Ok(match records.into_iter().next() {
+            Some(FireRecord::New(run_id)) => FireOutcome::Launched { run_id, new: true },
+            Some(FireRecord::Existing(run_id)) => match self.launch_run(&run_id).await? {
+                LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
+                _ => FireOutcome::Launched { run_id, new: false },
+            },
+            Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
     }
 
@@ -233,6 +258,12 @@ impl Provisioner {
         }
         Ok(armed)
     }
+}
+
+/// Whether the job's policies read its earlier runs when it fires (misfire, concurrency); fires of
+/// other jobs skip those lookups.
+fn policies_read_history(job: &Job) -> bool {
+    job.policies.misfire_grace_secs.is_some() || job.policies.concurrency != Concurrency::Allow
 }
 
 /// Runs the provisioner until Ctrl-C or SIGTERM.

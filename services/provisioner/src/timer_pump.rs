@@ -7,6 +7,9 @@
 //! that one TTL level (one hop, instead of one per set bit of a long delay); a timer taken too late for
 //! its level (a job due sooner than the horizon) takes the levels of its remaining delay, as any does.
 //!
+//! The timers of a round travel several to a message ([`FireBatch`], `pump_message_fires` each), in
+//! order of their instants: RabbitMQ's work is per message, and a busy second has thousands due.
+//!
 //! Several pumps may run (one per provisioner): taking timers is atomic in Redis. A timer taken by a
 //! pump that dies before publishing is re-armed by the reconciler once overdue.
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
-use spot_shared::messages::FireMessage;
+use spot_shared::messages::{FireBatch, FireMessage};
 use spot_shared::store::UnarmedTimer;
 use spot_shared::Result;
 
@@ -22,7 +25,7 @@ use crate::Provisioner;
 
 impl Provisioner {
     /// How far ahead of their fire time timers are handed over, and the units they then wait.
-    fn pump_horizon(&self) -> (chrono::Duration, Option<u64>) {
+    pub(crate) fn pump_horizon(&self) -> (chrono::Duration, Option<u64>) {
         let rabbit = &self.settings.rabbitmq;
         let level_units = u8::try_from(rabbit.timer_pump_level)
             .ok()
@@ -31,31 +34,45 @@ impl Provisioner {
         (chrono::Duration::milliseconds(ahead_ms as i64), level_units)
     }
 
-    /// One round: takes the timers coming within the horizon and publishes them. Returns how many.
+    /// One round: takes the timers coming within the horizon and publishes them, several per message
+    /// (in order of their instants). Returns how many timers it handed over.
     pub async fn pump_once(&self) -> Result<usize> {
         let (ahead, level_units) = self.pump_horizon();
-        let batch = self.settings.provisioner.pump_batch.max(1);
-        let timers = self.store.claim_unarmed(Utc::now() + ahead, batch).await?;
+        let settings = &self.settings.provisioner;
+        let timers = self
+            .store
+            .claim_unarmed(Utc::now() + ahead, settings.pump_batch.max(1))
+            .await?;
         if timers.is_empty() {
             return Ok(0);
         }
         let levels = &self.broker.topology().timers;
-        let outcomes = join_all(timers.iter().map(|timer| async move {
-            let fire = FireMessage::scheduled(&timer.job_id, timer.generation, timer.due);
-            let delay = (timer.due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let groups: Vec<&[UnarmedTimer]> =
+            timers.chunks(settings.pump_message_fires.max(1)).collect();
+        let outcomes = join_all(groups.iter().map(|group| async move {
+            let batch = FireBatch {
+                fires: group
+                    .iter()
+                    .map(|timer| FireMessage::scheduled(&timer.job_id, timer.generation, timer.due))
+                    .collect(),
+            };
+            // The batch waits for its earliest timer; the consumer holds each fire for the rest.
+            let delay = (group[0].due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             let units = match level_units {
                 // Wait in that one level; the consumer holds the rest (under a unit).
                 Some(level_units) if levels.units_of(delay) >= level_units => level_units,
                 _ => levels.units_of(delay),
             };
-            self.broker.arm_timer_units(&fire, units).await
+            self.broker.arm_timer_units(&batch, units).await
         }))
         .await;
-        let failed: Vec<UnarmedTimer> = timers
+        let failed: Vec<UnarmedTimer> = groups
             .iter()
             .zip(&outcomes)
             .filter(|(_, outcome)| outcome.is_err())
-            .map(|(timer, _)| timer.clone())
+            .flat_map(|(group, _)| group.iter().cloned())
             .collect();
         if let Some(Err(err)) = outcomes.iter().find(|o| o.is_err()) {
             tracing::warn!(failed = failed.len(), error = %err, "timers not armed; retrying next round");

@@ -1,0 +1,178 @@
+//! Light fires: runs that need no instance and end at once (the dummy runner), recorded in one step.
+//!
+//! The general path takes eight Redis round trips per fire (job, timer, fire record, history, run,
+//! two state moves, log). A light fire needs none of the steps in between, so one Lua script records
+//! the fire once, writes the finished run and its output, moves the job's timer on and trims the job's
+//! history, for a whole group of fires due together: one round trip per group, atomic per fire.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+
+use super::{state_time_field, FireRecord, Store, UNARMED};
+use crate::error::Result;
+use crate::model::RunState;
+
+/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
+/// redelivery of its timer.
+pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// What a fire does to its job's timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerMove {
+    /// Leave it (a manual run or a retry does not move the schedule).
+    Leave,
+    /// Move it from the fire's instant to the next (or clear it: `None`), unless it was moved already.
+    Advance(Option<DateTime<Utc>>),
+}
+
+/// One light fire, prepared: everything the script writes is known before the instant comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LightFire {
+    pub run_id: String,
+    pub job_id: String,
+    pub account: String,
+    pub generation: u64,
+    pub attempt: u32,
+    pub scheduled_at: DateTime<Utc>,
+    pub timer: TimerMove,
+    /// Runs of the job to keep (its `history_limit`).
+    pub keep_runs: usize,
+    pub output: String,
+}
+
+/// KEYS: timers, unarmed, then per fire: marker, run, job's runs, job, run's log.
+/// ARGV: key prefix, now (ms), log cap, marker TTL, n, then n field/value pairs every run gets, then
+/// per fire: run id, job id, generation, attempt, scheduled (ms), scheduled (RFC 3339), account,
+/// timer move ('' leave, '-' clear, else the next fire in ms), runs to keep, output.
+/// Returns per fire: status (0 new, 1 recorded before, 2 stale) and the run id.
+///
+/// Trimmed runs' keys are built from the prefix (their ids are only known inside): fine on one Redis,
+/// as everywhere else in the store; a cluster would need hash tags per job.
+const FIRE_LIGHT: &str = r#"
+local prefix, now_ms, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local common_end = 5 + 2 * tonumber(ARGV[5])
+local common = {}
+for i = 6, common_end do common[#common + 1] = ARGV[i] end
+local results = {}
+local fires = (#KEYS - 2) / 5
+for i = 0, fires - 1 do
+  local k, a = 2 + i * 5, common_end + i * 10
+  local marker, run, runs, job_key, log = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local run_id, job_id, generation = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local status, id = 0, run_id
+  local existing = redis.call('GET', marker)
+  if existing then
+    status, id = 1, existing
+  else
+    local raw = redis.call('GET', job_key)
+    local job = raw and cjson.decode(raw)
+    if not job or tostring(job.generation) ~= generation or not job.enabled then
+      status, id = 2, ''
+    else
+      redis.call('SET', marker, run_id, 'EX', ttl)
+      redis.call('HSET', run, 'id', run_id, 'job_id', job_id, 'account', ARGV[a + 7],
+        'attempt', ARGV[a + 4], 'scheduled_at', ARGV[a + 6], unpack(common))
+      redis.call('ZADD', runs, now_ms, run_id)
+      local output = ARGV[a + 10]
+      if output ~= '' then redis.call('SET', log, string.sub(output, 1, cap)) end
+      local move = ARGV[a + 8]
+      if move ~= '' then
+        local score = redis.call('ZSCORE', KEYS[1], job_id)
+        if score and tonumber(score) == tonumber(ARGV[a + 5]) then
+          if move == '-' then
+            redis.call('ZREM', KEYS[1], job_id)
+          else
+            redis.call('ZADD', KEYS[1], move, job_id)
+            -- the member as `unarmed_member` names it
+            redis.call('ZADD', KEYS[2], move, job_id .. '|' .. generation)
+          end
+        end
+      end
+      local excess = redis.call('ZCARD', runs) - tonumber(ARGV[a + 9])
+      if excess > 0 then
+        for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
+          redis.call('DEL', prefix .. ':run:' .. old, prefix .. ':run:' .. old .. ':log')
+        end
+        redis.call('ZREMRANGEBYRANK', runs, 0, excess - 1)
+      end
+    end
+  end
+  results[#results + 1] = status
+  results[#results + 1] = id
+end
+return results
+"#;
+
+static FIRE_LIGHT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FIRE_LIGHT));
+
+impl Store {
+    /// Records light fires due together, each once, as runs that succeeded at `now` with their
+    /// output (capped at `log_cap` bytes). Returns one [`FireRecord`] per fire, in order.
+    pub async fn fire_light(
+        &self,
+        fires: &[LightFire],
+        now: DateTime<Utc>,
+        log_cap: usize,
+    ) -> Result<Vec<FireRecord>> {
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_text = now.to_rfc3339();
+        let common = [
+            ("state", RunState::Succeeded.to_string()),
+            (&state_time_field(RunState::Pending), now_text.clone()),
+            (&state_time_field(RunState::Running), now_text.clone()),
+            (&state_time_field(RunState::Succeeded), now_text),
+            ("exit_code", "0".to_string()),
+        ]
+        .map(|(field, value)| (field.to_string(), value));
+
+        let mut script = FIRE_LIGHT_SCRIPT.prepare_invoke();
+        script
+            .key(self.key("timers"))
+            .key(self.key(UNARMED))
+            .arg(&self.prefix)
+            .arg(now.timestamp_millis())
+            .arg(log_cap)
+            .arg(FIRE_MARKER_TTL_SECS)
+            .arg(common.len());
+        for (field, value) in &common {
+            script.arg(field).arg(value);
+        }
+        for fire in fires {
+            let timer = match fire.timer {
+                TimerMove::Leave => String::new(),
+                TimerMove::Advance(None) => "-".to_string(),
+                TimerMove::Advance(Some(next)) => next.timestamp_millis().to_string(),
+            };
+            script
+                .key(self.fire_key(&fire.job_id, fire.scheduled_at, fire.attempt))
+                .key(self.key(&format!("run:{}", fire.run_id)))
+                .key(self.key(&format!("job:{}:runs", fire.job_id)))
+                .key(self.key(&format!("job:{}", fire.job_id)))
+                .key(self.key(&format!("run:{}:log", fire.run_id)))
+                .arg(&fire.run_id)
+                .arg(&fire.job_id)
+                .arg(fire.generation)
+                .arg(fire.attempt)
+                .arg(fire.scheduled_at.timestamp_millis())
+                .arg(fire.scheduled_at.to_rfc3339())
+                .arg(&fire.account)
+                .arg(timer)
+                .arg(fire.keep_runs)
+                .arg(&fire.output);
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<(i64, String)> = script.invoke_async(&mut conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(status, id)| match status {
+                0 => FireRecord::New(id),
+                1 => FireRecord::Existing(id),
+                _ => FireRecord::Stale,
+            })
+            .collect())
+    }
+}

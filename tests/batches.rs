@@ -1,0 +1,214 @@
+//! Batches of fires from the timer pump, on real Redis and RabbitMQ: light fires recorded at their
+//! instants, once; other fires sent on as messages of their own; stale ones dropped; histories trimmed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::BasicGetOptions;
+use serde_json::json;
+use spot_provisioner::{BatchOutcome, Provisioner};
+use spot_shared::messages::{FireBatch, FireDelivery, FireMessage};
+use spot_shared::model::RunState;
+use spot_shared::store::{FireRecord, Store};
+use spot_tests::*;
+
+fn dummy(schedule: &str, template: &str) -> serde_json::Value {
+    json!({"schedule": schedule, "runner": {"type": "dummy", "template": template}})
+}
+
+/// The scheduled fire of a job at its next fire time, as the pump would send it.
+async fn next_fire(store: &Store, job_id: &str) -> FireMessage {
+    let job = store.get_job(job_id).await.unwrap().unwrap();
+    FireMessage::scheduled(job_id, job.generation, job.next_fire_at.unwrap())
+}
+
+async fn provisioner(env: &TestEnv) -> Provisioner {
+    Provisioner::build(env.settings.clone()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fires_light_jobs_at_their_instants_once_and_sends_the_others_on() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let broker = env.broker().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+
+    let soon = |ms: i64| (Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339();
+    let first = app
+        .create_job(ACCOUNT_KEY, dummy(&soon(800), "one for {{.Account}}"))
+        .await;
+    let second = app.create_job(ACCOUNT_KEY, dummy(&soon(800), "two")).await;
+    let every_second = app
+        .create_job(ACCOUNT_KEY, dummy("* * * * * *", "tick"))
+        .await;
+    let with_policy = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": soon(900), "runner": {"type": "dummy", "template": "x"},
+                   "policies": {"concurrency": "forbid"}}),
+        )
+        .await;
+    let deleted = app.create_job(ACCOUNT_KEY, dummy(&soon(900), "gone")).await;
+    let changed = app.create_job(ACCOUNT_KEY, dummy(&soon(900), "old")).await;
+
+    let mut fires = Vec::new();
+    for id in [
+        &first,
+        &second,
+        &every_second,
+        &with_policy,
+        &deleted,
+        &changed,
+    ] {
+        fires.push(next_fire(&store, id).await);
+    }
+    fires[5].generation += 1; // armed for a generation the job no longer has (or not yet)
+    let job = store.get_job(&deleted).await.unwrap().unwrap();
+    store.delete_job(&job).await.unwrap();
+    let batch = FireBatch { fires };
+
+    let outcome = provisioner.handle_batch(&batch).await.unwrap();
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            fired: 3,
+            recorded_before: 0,
+            stale: 2,
+            handed_off: 1
+        }
+    );
+    for (job_id, output) in [
+        (&first, "one for acme".to_string()),
+        (&second, "two".to_string()),
+        (&every_second, "tick".to_string()),
+    ] {
+        let scheduled = batch
+            .fires
+            .iter()
+            .find(|f| &f.job_id == job_id)
+            .unwrap()
+            .scheduled_at;
+        let runs = store.job_run_ids(job_id, 0).await.unwrap();
+        assert_eq!(runs.len(), 1, "runs of {job_id}");
+        let run = store.get_run(&runs[0]).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Succeeded);
+        assert_eq!(run.exit_code, Some(0));
+        assert_eq!(run.scheduled_at, scheduled);
+        let fired = run.transitions[&RunState::Pending];
+        let late = (fired - scheduled).num_milliseconds();
+        assert!(
+            (0..1000).contains(&late),
+            "fired {late} ms after its instant"
+        );
+        assert_eq!(
+            store.get_log(&run.id).await.unwrap(),
+            output.as_bytes(),
+            "output of {job_id}"
+        );
+    }
+    // One-shot jobs have no next fire; the recurring one moved on past the fire.
+    assert_eq!(
+        store.get_job(&first).await.unwrap().unwrap().next_fire_at,
+        None
+    );
+    let ticked = store.get_job(&every_second).await.unwrap().unwrap();
+    assert!(ticked.next_fire_at.unwrap() > batch.fires[2].scheduled_at);
+    // The job with a policy went on as a fire of its own, unrecorded here.
+    assert!(store.job_run_ids(&with_policy, 0).await.unwrap().is_empty());
+    let channel = broker.channel().await.unwrap();
+    let queue = broker.topology().fires_queue();
+    let delivery = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the fire sent on");
+    let sent: FireDelivery = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(sent, FireDelivery::One(batch.fires[3].clone()));
+
+    // Delivered again (a crash before the ack): nothing fires twice.
+    let again = provisioner.handle_batch(&batch).await.unwrap();
+    assert_eq!(
+        again,
+        BatchOutcome {
+            fired: 0,
+            recorded_before: 3,
+            stale: 2,
+            handed_off: 1
+        }
+    );
+    for job_id in [&first, &second, &every_second] {
+        assert_eq!(store.job_run_ids(job_id, 0).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_jobs_history_is_trimmed_to_its_limit() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "* * * * * *", "runner": {"type": "dummy", "template": "t"},
+                   "policies": {"history_limit": 2}}),
+        )
+        .await;
+
+    let mut run_ids = Vec::new();
+    for _ in 0..3 {
+        let fire = next_fire(&store, &job_id).await;
+        let outcome = provisioner
+            .handle_batch(&FireBatch { fires: vec![fire] })
+            .await
+            .unwrap();
+        assert_eq!(outcome.fired, 1);
+        run_ids.push(store.latest_run(&job_id).await.unwrap().unwrap().id);
+    }
+    assert_eq!(
+        store.job_run_ids(&job_id, 0).await.unwrap(),
+        vec![run_ids[2].clone(), run_ids[1].clone()]
+    );
+    assert!(store.get_run(&run_ids[0]).await.unwrap().is_none());
+    assert!(store.get_log(&run_ids[0]).await.unwrap().is_empty());
+}
+
+/// A fire recorded by an earlier delivery that stopped half-way (run left `running`) is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_fire_left_half_done_is_finished_by_the_batch() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+    let due: DateTime<Utc> = Utc::now() + chrono::Duration::milliseconds(300);
+    let job_id = app
+        .create_job(ACCOUNT_KEY, dummy(&due.to_rfc3339(), "late"))
+        .await;
+    let fire = next_fire(&store, &job_id).await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    let FireRecord::New(run_id) = store
+        .record_fire(&job, fire.generation, fire.scheduled_at, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded before")
+    };
+    store
+        .advance_run(&run_id, RunState::Running, &[])
+        .await
+        .unwrap();
+
+    let outcome = provisioner
+        .handle_batch(&FireBatch { fires: vec![fire] })
+        .await
+        .unwrap();
+    assert_eq!(outcome.recorded_before, 1);
+    let run = eventually(Duration::from_secs(5), "the run to end", || async {
+        let run = store.get_run(&run_id).await.unwrap()?;
+        run.state.is_terminal().then_some(run)
+    })
+    .await;
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap(), vec![run_id]);
+}

@@ -107,6 +107,16 @@ async fn a_batch_fires_light_jobs_at_their_instants_once_and_sends_the_others_on
             "output of {job_id}"
         );
     }
+    // Each fire is in the lateness histogram the api serves.
+    let lateness = store.fire_lateness().await.unwrap();
+    assert_eq!(lateness.count, 3);
+    assert!(lateness.quantile_bound(1.0).is_some_and(|ms| ms <= 1000));
+    let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
+    assert!(
+        metrics.contains("spot_scheduler_fire_lateness_seconds_count 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("spot_scheduler_fire_lateness_seconds_bucket{le=\"+Inf\"} 3"));
     // One-shot jobs have no next fire; the recurring one moved on past the fire.
     assert_eq!(
         store.get_job(&first).await.unwrap().unwrap().next_fire_at,

@@ -55,6 +55,8 @@ struct Options {
     jobs: Option<usize>,
     /// `rabbitmq.timer_pump_level`, when not the default.
     pump_level: Option<i8>,
+    /// Seconds over which a burst's jobs fall due (10 unless given): shorter, to find the ceiling.
+    spread_secs: Option<u64>,
 }
 
 impl Stack {
@@ -126,6 +128,21 @@ level = "warn"
             children,
             redis: redis::Client::open("redis://127.0.0.1:6379")?,
         })
+    }
+
+    /// From the provisioners' lateness histogram (when each fire's run was written, not when it was
+    /// fired): the bucket bounds holding half and 99 % of the fires.
+    async fn written_lateness(&self) -> anyhow::Result<serde_json::Value> {
+        let store = spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
+            url: "redis://127.0.0.1:6379".to_string().into(),
+            key_prefix: self.name.clone(),
+        })
+        .await?;
+        let histogram = store.fire_lateness().await?;
+        Ok(json!({
+            "written_ms_p50_at_most": histogram.quantile_bound(0.5),
+            "written_ms_p99_at_most": histogram.quantile_bound(0.99),
+        }))
     }
 
     /// Peak resident memory of each service, in MiB.
@@ -343,6 +360,7 @@ async fn burst(
         "schedule_per_s": rate,
     });
     merge(&mut result, fire_figures(&fires));
+    merge(&mut result, stack.written_lateness().await?);
     merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
     Ok(result)
@@ -393,6 +411,7 @@ async fn cron(
         "jobs_firing_exactly_once_a_minute": exact,
     });
     merge(&mut result, fire_figures(&in_window));
+    merge(&mut result, stack.written_lateness().await?);
     merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
     Ok(result)
@@ -466,6 +485,9 @@ async fn main() -> anyhow::Result<()> {
             "--pump-level" => {
                 options.pump_level = Some(args.next().context("--pump-level L")?.parse()?)
             }
+            "--spread" => {
+                options.spread_secs = Some(args.next().context("--spread SECONDS")?.parse()?)
+            }
             name => scenarios.push(name.to_string()),
         }
     }
@@ -476,13 +498,21 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("binary dir")?
         .to_path_buf();
-    let ten_s = Duration::from_secs(10);
+    let spread = Duration::from_secs(options.spread_secs.unwrap_or(10));
     let thirty_s = Duration::from_secs(30);
     for scenario in scenarios {
         let jobs = |default: usize| options.jobs.unwrap_or(default);
         let result = match scenario.as_str() {
             "burst-20k" => {
-                burst(&bin_dir, &scenario, jobs(20_000), &options, ten_s, thirty_s).await?
+                burst(
+                    &bin_dir,
+                    &scenario,
+                    jobs(20_000),
+                    &options,
+                    spread,
+                    thirty_s,
+                )
+                .await?
             }
             "burst-100k" => {
                 burst(
@@ -490,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
                     &scenario,
                     jobs(100_000),
                     &options,
-                    ten_s,
+                    spread,
                     thirty_s,
                 )
                 .await?

@@ -17,7 +17,7 @@ use futures::future::try_join_all;
 use spot_shared::ids;
 use spot_shared::messages::{FireBatch, FireMessage};
 use spot_shared::model::{Job, Runner};
-use spot_shared::store::{FireRecord, LightFire, TimerMove};
+use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, TimerMove};
 use spot_shared::Result;
 
 use crate::Provisioner;
@@ -91,9 +91,14 @@ impl Provisioner {
                     .store
                     .fire_light(chunk, now, self.settings.api.max_log_bytes)
                     .await?;
-                for record in records {
+                let written = Utc::now();
+                let mut lateness = LatenessHistogram::default();
+                for (record, fire) in records.into_iter().zip(chunk) {
                     match record {
-                        FireRecord::New(_) => outcome.fired += 1,
+                        FireRecord::New(_) => {
+                            lateness.observe(fire.scheduled_at, written);
+                            outcome.fired += 1;
+                        }
                         FireRecord::Existing(run_id) => {
                             // Recorded by an earlier delivery, which may have stopped half-way.
                             self.launch_run(&run_id).await?;
@@ -102,6 +107,7 @@ impl Provisioner {
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }
+                self.store.note_fire_lateness(&lateness).await;
             }
             waiting = later;
         }

@@ -22,7 +22,7 @@ use spot_shared::config::Settings;
 use spot_shared::ec2::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job, Run, RunState};
-use spot_shared::store::{FireRecord, LightFire, Store};
+use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, Store};
 use spot_shared::{ErrorCode, Result};
 
 pub use batch::BatchOutcome;
@@ -131,6 +131,7 @@ impl Provisioner {
             FireRecord::Stale => return Ok(FireOutcome::Stale),
         };
         if new {
+            self.note_lateness(fire.scheduled_at).await;
             tracing::info!(job_id = %job.id, run_id = %run_id, scheduled_at = %fire.scheduled_at,
                 attempt = fire.attempt, lateness_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
                 "fired");
@@ -163,13 +164,23 @@ impl Provisioner {
             )
             .await?;
         Ok(match records.into_iter().next() {
-            Some(FireRecord::New(run_id)) => FireOutcome::Launched { run_id, new: true },
+            Some(FireRecord::New(run_id)) => {
+                self.note_lateness(light.scheduled_at).await;
+                FireOutcome::Launched { run_id, new: true }
+            }
             Some(FireRecord::Existing(run_id)) => match self.launch_run(&run_id).await? {
                 LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
                 _ => FireOutcome::Launched { run_id, new: false },
             },
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
+    }
+
+    /// Adds one fire, written just now, to the lateness histogram.
+    async fn note_lateness(&self, scheduled_at: DateTime<Utc>) {
+        let mut lateness = LatenessHistogram::default();
+        lateness.observe(scheduled_at, Utc::now());
+        self.store.note_fire_lateness(&lateness).await;
     }
 
     /// Moves the job's next fire time on from `fired` (only if nobody else did).

@@ -10,6 +10,7 @@
 //! - `p:run:{id}`: the run as a hash (state moves only by compare-and-set); `p:job:{id}:runs` its job's runs
 //! - `p:run:{id}:log`: the container output, capped
 //! - `p:instance:{id}`: the instance as a hash; `p:instances:live`: instances not yet terminated
+//! - `p:metrics:events`: domain event counters; `p:metrics:fire_lateness`: the lateness histogram
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -25,7 +26,9 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{Instance, InstanceState, Job, Run, RunState};
 
+mod lateness;
 mod light_fire;
+pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
 
 /// A state machine whose current state lives in the `state` field of a Redis hash.

@@ -1,11 +1,13 @@
 //! `GET /metrics` (and minion's `/v1/minion/metrics`): Prometheus text exposition, open like minion's.
 //! Build info, the jobs each configured account holds, instances alive, and the domain events every
 //! service counts in Redis (launches by market, spot pool failures, provision failures, terminations,
-//! interruptions, runs ended by the sweep).
+//! interruptions, runs ended by the sweep), and the firing lateness histogram.
 
 use std::fmt::Write;
 
 use actix_web::HttpResponse;
+
+use spot_shared::store::LatenessHistogram;
 
 use crate::state::AppState;
 
@@ -59,9 +61,29 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
         }
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read event counters"),
     }
+    match state.store.fire_lateness().await {
+        Ok(histogram) => write_lateness(&mut out, &histogram),
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the lateness histogram"),
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(out)
+}
+
+/// The firing lateness histogram, in seconds as Prometheus has it.
+fn write_lateness(out: &mut String, histogram: &LatenessHistogram) {
+    let name = "spot_scheduler_fire_lateness_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How long after its instant each fire's run was written."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, count) in histogram.cumulative() {
+        let le = bound.map_or("+Inf".to_string(), |ms| (ms as f64 / 1000.0).to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", histogram.sum_ms as f64 / 1000.0);
+    let _ = writeln!(out, "{name}_count {}", histogram.count);
 }
 
 pub async fn metrics(state: actix_web::web::Data<AppState>) -> HttpResponse {

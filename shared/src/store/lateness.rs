@@ -1,0 +1,157 @@
+//! The firing lateness histogram: how long after its instant each fire's run was written, kept in Redis
+//! so that every provisioner adds to one histogram and the api serves it as
+//! `spot_scheduler_fire_lateness_seconds`.
+//!
+//! Lateness is measured once the write is done, so it counts the whole way: timer, pump, queue, hold,
+//! and Redis itself.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::Store;
+use crate::error::Result;
+
+/// Upper bounds of the buckets in milliseconds (Prometheus `le`); above the last, `+Inf`.
+pub const LATENESS_BUCKETS_MS: [u64; 14] = [
+    1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
+];
+
+const HISTOGRAM_KEY: &str = "metrics:fire_lateness";
+
+/// Observations per bucket (not cumulative), their count and their sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatenessHistogram {
+    /// One per bound of [`LATENESS_BUCKETS_MS`], then one for `+Inf`.
+    pub buckets: [u64; LATENESS_BUCKETS_MS.len() + 1],
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl LatenessHistogram {
+    /// Adds the lateness of a fire scheduled at `scheduled_at` and written at `written_at` (a fire
+    /// written early, by clock skew, counts as on time).
+    pub fn observe(&mut self, scheduled_at: DateTime<Utc>, written_at: DateTime<Utc>) {
+        let ms = u64::try_from((written_at - scheduled_at).num_milliseconds()).unwrap_or(0);
+        let bucket = LATENESS_BUCKETS_MS
+            .iter()
+            .position(|&bound| ms <= bound)
+            .unwrap_or(LATENESS_BUCKETS_MS.len());
+        self.buckets[bucket] += 1;
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    /// `(upper bound in ms, observations at or under it)`, `None` standing for `+Inf`.
+    pub fn cumulative(&self) -> Vec<(Option<u64>, u64)> {
+        let bounds = LATENESS_BUCKETS_MS.iter().copied().map(Some).chain([None]);
+        let mut total = 0;
+        bounds
+            .zip(self.buckets)
+            .map(|(bound, count)| {
+                total += count;
+                (bound, total)
+            })
+            .collect()
+    }
+
+    /// The smallest bucket bound under which at least `fraction` of the observations fall (`None`
+    /// when there are none, or only `+Inf` holds them).
+    pub fn quantile_bound(&self, fraction: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let wanted = (self.count as f64 * fraction).ceil() as u64;
+        self.cumulative()
+            .into_iter()
+            .find(|(_, total)| *total >= wanted)
+            .and_then(|(bound, _)| bound)
+    }
+}
+
+fn field(bucket: usize) -> String {
+    match LATENESS_BUCKETS_MS.get(bucket) {
+        Some(bound) => format!("le_{bound}"),
+        None => "le_inf".to_string(),
+    }
+}
+
+impl Store {
+    /// Adds observations to the shared histogram (one pipeline). A histogram that cannot be written is
+    /// logged, never a failure of the fires it measures.
+    pub async fn note_fire_lateness(&self, histogram: &LatenessHistogram) {
+        if histogram.count == 0 {
+            return;
+        }
+        let key = self.key(HISTOGRAM_KEY);
+        let mut pipe = redis::pipe();
+        for (bucket, &count) in histogram.buckets.iter().enumerate() {
+            if count > 0 {
+                pipe.hincr(&key, field(bucket), count).ignore();
+            }
+        }
+        pipe.hincr(&key, "count", histogram.count)
+            .ignore()
+            .hincr(&key, "sum_ms", histogram.sum_ms)
+            .ignore();
+        let mut conn = self.conn.clone();
+        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %err, "fire lateness not recorded");
+        }
+    }
+
+    /// The shared histogram as it stands.
+    pub async fn fire_lateness(&self) -> Result<LatenessHistogram> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, u64> =
+            redis::AsyncCommands::hgetall(&mut conn, self.key(HISTOGRAM_KEY)).await?;
+        let mut histogram = LatenessHistogram {
+            count: fields.get("count").copied().unwrap_or(0),
+            sum_ms: fields.get("sum_ms").copied().unwrap_or(0),
+            ..LatenessHistogram::default()
+        };
+        for (bucket, slot) in histogram.buckets.iter_mut().enumerate() {
+            *slot = fields.get(&field(bucket)).copied().unwrap_or(0);
+        }
+        Ok(histogram)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn observations_land_in_the_first_bucket_that_holds_them() {
+        let mut histogram = LatenessHistogram::default();
+        for late in [0, 1, 2, 40, 100, 101, 70_000] {
+            histogram.observe(at(0), at(late));
+        }
+        histogram.observe(at(50), at(0)); // early by skew: on time
+        assert_eq!(histogram.count, 8);
+        assert_eq!(histogram.sum_ms, 1 + 2 + 40 + 100 + 101 + 70_000);
+        let cumulative = histogram.cumulative();
+        assert_eq!(cumulative[0], (Some(1), 3)); // 0, 1 and the early one
+        assert_eq!(cumulative[1], (Some(5), 4));
+        assert_eq!(cumulative[4], (Some(50), 5));
+        assert_eq!(cumulative[5], (Some(100), 6));
+        assert_eq!(cumulative[6], (Some(250), 7));
+        assert_eq!(cumulative.last(), Some(&(None, 8)));
+    }
+
+    #[test]
+    fn the_quantile_bound_is_the_first_bucket_reaching_the_fraction() {
+        let mut histogram = LatenessHistogram::default();
+        for late in 0..100 {
+            histogram.observe(at(0), at(if late < 98 { 3 } else { 700 }));
+        }
+        assert_eq!(histogram.quantile_bound(0.5), Some(5));
+        assert_eq!(histogram.quantile_bound(0.98), Some(5));
+        assert_eq!(histogram.quantile_bound(0.99), Some(1_000));
+        assert_eq!(LatenessHistogram::default().quantile_bound(0.99), None);
+    }
+}

@@ -104,6 +104,7 @@ impl Provisioner {
                             self.launch_run(&run_id).await?;
                             outcome.recorded_before += 1;
                         }
+                        FireRecord::Passed => outcome.recorded_before += 1,
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }

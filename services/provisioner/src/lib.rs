@@ -37,6 +37,8 @@ pub enum FireOutcome {
     AlreadyHandled { run_id: String },
     /// The job is gone, disabled or changed since the timer was armed.
     Stale,
+    /// The job's timer had moved past this fire: it was fired before (a redelivery).
+    Passed,
     /// The timer arrived before its time (delays beyond the top level); it was armed again.
     Rearmed,
     /// The launch failed for good; the run is `provision_failed`.
@@ -128,7 +130,7 @@ impl Provisioner {
         {
             FireRecord::New(run_id) => (run_id, true),
             FireRecord::Existing(run_id) => (run_id, false),
-            FireRecord::Stale => return Ok(FireOutcome::Stale),
+            FireRecord::Stale | FireRecord::Passed => return Ok(FireOutcome::Stale),
         };
         if new {
             self.note_lateness(fire.scheduled_at).await;
@@ -172,6 +174,7 @@ impl Provisioner {
                 LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
                 _ => FireOutcome::Launched { run_id, new: false },
             },
+            Some(FireRecord::Passed) => FireOutcome::Passed,
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
     }

@@ -42,61 +42,73 @@ pub struct LightFire {
     pub output: String,
 }
 
-/// KEYS: timers, unarmed, then per fire: marker, run, job's runs, job, run's log.
+/// KEYS: timers, unarmed, then per fire: marker, run, job's runs, job.
 /// ARGV: key prefix, now (ms), log cap, marker TTL, n, then n field/value pairs every run gets, then
 /// per fire: run id, job id, generation, attempt, scheduled (ms), scheduled (RFC 3339), account,
 /// timer move ('' leave, '-' clear, else the next fire in ms), runs to keep, output.
-/// Returns per fire: status (0 new, 1 recorded before, 2 stale) and the run id.
+/// Returns per fire: status (0 new, 1 recorded before, 2 stale, 3 timer moved past it) and the run id.
+///
+/// Once only: a scheduled fire is new while its job's timer still points at it (the fire moves the
+/// timer, atomically, so a second delivery finds it moved); a fire that leaves the timer alone (a
+/// manual run, a retry) writes a marker key instead. A marker written by the general path (which
+/// records first and finishes after) is honoured by both. The output goes in the run's hash (`output`): one
+/// key less per fire than a log of its own.
 ///
 /// Trimmed runs' keys are built from the prefix (their ids are only known inside): fine on one Redis,
 /// as everywhere else in the store; a cluster would need hash tags per job.
 const FIRE_LIGHT: &str = r#"
+-- A job's `enabled` and `generation`, read from the head of its JSON where the store puts them
+-- (decoded in full for a job stored before they were put there).
+local function job_state(raw)
+  local enabled, generation = string.match(raw, '^{"enabled":(%a+),"generation":(%d+)')
+  if enabled then return enabled == 'true', generation end
+  local job = cjson.decode(raw)
+  return job.enabled, tostring(job.generation)
+end
+
 local prefix, now_ms, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local common_end = 5 + 2 * tonumber(ARGV[5])
 local common = {}
 for i = 6, common_end do common[#common + 1] = ARGV[i] end
 local results = {}
-local fires = (#KEYS - 2) / 5
+local fires = (#KEYS - 2) / 4
 for i = 0, fires - 1 do
-  local k, a = 2 + i * 5, common_end + i * 10
-  local marker, run, runs, job_key, log = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
-  local run_id, job_id, generation = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local k, a = 2 + i * 4, common_end + i * 10
+  local marker, run, runs, job_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local run_id, job_id, generation, move = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 8]
   local status, id = 0, run_id
+  local raw = redis.call('GET', job_key)
+  local enabled, stored_generation = false, nil
+  if raw then enabled, stored_generation = job_state(raw) end
   local existing = redis.call('GET', marker)
-  if existing then
+  if not enabled or stored_generation ~= generation then
+    status, id = 2, ''
+  elseif existing then
     status, id = 1, existing
+  elseif move ~= '' then
+    local score = redis.call('ZSCORE', KEYS[1], job_id)
+    if not score or tonumber(score) ~= tonumber(ARGV[a + 5]) then status, id = 3, '' end
   else
-    local raw = redis.call('GET', job_key)
-    local job = raw and cjson.decode(raw)
-    if not job or tostring(job.generation) ~= generation or not job.enabled then
-      status, id = 2, ''
-    else
-      redis.call('SET', marker, run_id, 'EX', ttl)
-      redis.call('HSET', run, 'id', run_id, 'job_id', job_id, 'account', ARGV[a + 7],
-        'attempt', ARGV[a + 4], 'scheduled_at', ARGV[a + 6], unpack(common))
-      redis.call('ZADD', runs, now_ms, run_id)
-      local output = ARGV[a + 10]
-      if output ~= '' then redis.call('SET', log, string.sub(output, 1, cap)) end
-      local move = ARGV[a + 8]
-      if move ~= '' then
-        local score = redis.call('ZSCORE', KEYS[1], job_id)
-        if score and tonumber(score) == tonumber(ARGV[a + 5]) then
-          if move == '-' then
-            redis.call('ZREM', KEYS[1], job_id)
-          else
-            redis.call('ZADD', KEYS[1], move, job_id)
-            -- the member as `unarmed_member` names it
-            redis.call('ZADD', KEYS[2], move, job_id .. '|' .. generation)
-          end
-        end
+    redis.call('SET', marker, run_id, 'EX', ttl)
+  end
+  if status == 0 then
+    redis.call('HSET', run, 'id', run_id, 'job_id', job_id, 'account', ARGV[a + 7],
+      'attempt', ARGV[a + 4], 'scheduled_at', ARGV[a + 6], 'output', string.sub(ARGV[a + 10], 1, cap),
+      unpack(common))
+    redis.call('ZADD', runs, now_ms, run_id)
+    if move == '-' then
+      redis.call('ZREM', KEYS[1], job_id)
+    elseif move ~= '' then
+      redis.call('ZADD', KEYS[1], move, job_id)
+      -- the member as `unarmed_member` names it
+      redis.call('ZADD', KEYS[2], move, job_id .. '|' .. generation)
+    end
+    local excess = redis.call('ZCARD', runs) - tonumber(ARGV[a + 9])
+    if excess > 0 then
+      for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
+        redis.call('DEL', prefix .. ':run:' .. old, prefix .. ':run:' .. old .. ':log')
       end
-      local excess = redis.call('ZCARD', runs) - tonumber(ARGV[a + 9])
-      if excess > 0 then
-        for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
-          redis.call('DEL', prefix .. ':run:' .. old, prefix .. ':run:' .. old .. ':log')
-        end
-        redis.call('ZREMRANGEBYRANK', runs, 0, excess - 1)
-      end
+      redis.call('ZREMRANGEBYRANK', runs, 0, excess - 1)
     end
   end
   results[#results + 1] = status
@@ -152,7 +164,6 @@ impl Store {
                 .key(self.key(&format!("run:{}", fire.run_id)))
                 .key(self.key(&format!("job:{}:runs", fire.job_id)))
                 .key(self.key(&format!("job:{}", fire.job_id)))
-                .key(self.key(&format!("run:{}:log", fire.run_id)))
                 .arg(&fire.run_id)
                 .arg(&fire.job_id)
                 .arg(fire.generation)
@@ -171,6 +182,7 @@ impl Store {
             .map(|(status, id)| match status {
                 0 => FireRecord::New(id),
                 1 => FireRecord::Existing(id),
+                3 => FireRecord::Passed,
                 _ => FireRecord::Stale,
             })
             .collect())

@@ -8,7 +8,7 @@
 //!   RabbitMQ (it does so shortly before they are due)
 //! - `p:fire:{job}:{ms}`: the run recorded for that fire, so a fire is recorded once
 //! - `p:run:{id}`: the run as a hash (state moves only by compare-and-set); `p:job:{id}:runs` its job's runs
-//! - `p:run:{id}:log`: the container output, capped
+//! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash)
 //! - `p:instance:{id}`: the instance as a hash; `p:instances:live`: instances not yet terminated
 //! - `p:metrics:events`: domain event counters; `p:metrics:fire_lateness`: the lateness histogram
 
@@ -57,10 +57,9 @@ pub enum Moved<S> {
     AlreadyThere,
 }
 
-/// The outcome of recording a fire.
 /// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
-/// tags, default policies). A million waiting jobs are mostly defaults; this keeps each well under a
-/// kilobyte of Redis.
+/// tags, default policies), so that a million waiting jobs, mostly defaults, take under a kilobyte
+/// each; `enabled` and `generation` lead, where the light-fire script reads them without decoding.
 fn stored_job_json(job: &Job) -> Result<String> {
     fn strip_nulls(value: &mut serde_json::Value) {
         match value {
@@ -91,6 +90,16 @@ fn stored_job_json(job: &Job) -> Result<String> {
         }
     }
     strip_nulls(&mut value);
+    if let serde_json::Value::Object(mut rest) = value {
+        let mut ordered = serde_json::Map::with_capacity(rest.len());
+        for field in ["enabled", "generation"] {
+            if let Some(v) = rest.remove(field) {
+                ordered.insert(field.to_string(), v);
+            }
+        }
+        ordered.extend(rest);
+        value = serde_json::Value::Object(ordered);
+    }
     Ok(serde_json::to_string(&value)?)
 }
 
@@ -118,6 +127,8 @@ pub enum FireRecord {
     Existing(String),
     /// The job is gone, or changed since the timer was armed.
     Stale,
+    /// The job's timer has moved past this (scheduled) fire: it was fired before.
+    Passed,
 }
 
 /// Compare-and-set on a hash's `state`: KEYS[1] hash; ARGV[1] expected, ARGV[2] new, then field/value pairs.
@@ -669,10 +680,15 @@ return due
         Ok(len)
     }
 
+    /// A run's output: its log, or for a light run the output kept in its hash.
     pub async fn get_log(&self, run_id: &str) -> Result<Vec<u8>> {
         let mut conn = self.conn.clone();
-        let log: Option<Vec<u8>> = conn.get(self.key(&format!("run:{run_id}:log"))).await?;
-        Ok(log.unwrap_or_default())
+        let (log, output): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
+            .get(self.key(&format!("run:{run_id}:log")))
+            .hget(self.key(&format!("run:{run_id}")), "output")
+            .query_async(&mut conn)
+            .await?;
+        Ok(log.or(output).unwrap_or_default())
     }
 
     // ----- leases -----
@@ -1028,5 +1044,25 @@ mod tests {
         }];
         let text = stored_job_json(&container).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), container);
+    }
+
+    /// The light-fire script matches `^{"enabled":(%a+),"generation":(%d+)` on the stored text.
+    #[test]
+    fn stored_jobs_lead_with_enabled_and_generation() {
+        let mut disabled = job(
+            Runner::Dummy(DummySpec {
+                template: r#"{"enabled":true,"generation":1}"#.into(),
+                runner_name: None,
+            }),
+            Policies::default(),
+        );
+        disabled.enabled = false;
+        disabled.generation = 12;
+        let text = stored_job_json(&disabled).unwrap();
+        assert!(
+            text.starts_with(r#"{"enabled":false,"generation":12,"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), disabled);
     }
 }

@@ -130,15 +130,19 @@ level = "warn"
         })
     }
 
-    /// From the provisioners' lateness histogram (when each fire's run was written, not when it was
-    /// fired): the bucket bounds holding half and 99 % of the fires.
-    async fn written_lateness(&self) -> anyhow::Result<serde_json::Value> {
-        let store = spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
+    /// The stack's store, as the services see it.
+    async fn store(&self) -> anyhow::Result<spot_shared::store::Store> {
+        Ok(spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
             url: "redis://127.0.0.1:6379".to_string().into(),
             key_prefix: self.name.clone(),
         })
-        .await?;
-        let histogram = store.fire_lateness().await?;
+        .await?)
+    }
+
+    /// From the provisioners' lateness histogram (when each fire's run was written, not when it was
+    /// fired): the bucket bounds holding half and 99 % of the fires.
+    async fn written_lateness(&self) -> anyhow::Result<serde_json::Value> {
+        let histogram = self.store().await?.fire_lateness().await?;
         Ok(json!({
             "written_ms_p50_at_most": histogram.quantile_bound(0.5),
             "written_ms_p99_at_most": histogram.quantile_bound(0.99),
@@ -341,18 +345,18 @@ async fn burst(
     if Utc::now().timestamp_millis() > start_ms {
         eprintln!("{scenario}: scheduling took longer than the lead; lateness includes it");
     }
+    // Wait on the lateness histogram's count (one Redis read a second, so that watching does not
+    // load what it measures), then read every run once.
     let deadline = Instant::now() + lead + spread + Duration::from_secs(120);
-    let fires = loop {
-        let fires: Vec<_> = fires_of(&stack, &ids)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        if fires.len() >= ids.len() || Instant::now() > deadline {
-            break fires;
-        }
+    let store = stack.store().await?;
+    while store.fire_lateness().await?.count < ids.len() as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    }
+    let fires: Vec<_> = fires_of(&stack, &ids)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     let mut result = json!({
         "scenario": scenario,
         "jobs": jobs,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::options::BasicGetOptions;
 use serde_json::json;
-use spot_provisioner::{BatchOutcome, Provisioner};
+use spot_provisioner::{BatchOutcome, FireOutcome, Provisioner};
 use spot_shared::messages::{FireBatch, FireDelivery, FireMessage};
 use spot_shared::model::RunState;
 use spot_shared::store::{FireRecord, Store};
@@ -221,4 +221,75 @@ async fn a_light_fire_left_half_done_is_finished_by_the_batch() {
     .await;
     assert_eq!(run.state, RunState::Succeeded);
     assert_eq!(store.job_run_ids(&job_id, 0).await.unwrap(), vec![run_id]);
+}
+
+/// The pump sends the timers of a round `pump_message_fires` to a message, in order of their instants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pump_sends_timers_several_to_a_message_in_order() {
+    let mut env = TestEnv::new();
+    env.settings.provisioner.pump_message_fires = 2;
+    let store = env.store().await;
+    let broker = env.broker().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+    let now = Utc::now();
+    let mut jobs = Vec::new();
+    // Created out of order; all come within the pump's horizon (about a second) within a second.
+    for ms in [1_600, 1_200, 1_400] {
+        let due = (now + chrono::Duration::milliseconds(ms)).to_rfc3339();
+        jobs.push(app.create_job(ACCOUNT_KEY, dummy(&due, "x")).await);
+    }
+    // Wait until all three are within the horizon, so that one round takes them together.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(provisioner.pump_once().await.unwrap(), 3);
+
+    let channel = broker.channel().await.unwrap();
+    let queue = broker.topology().fires_queue();
+    let mut batches = Vec::new();
+    while let Some(delivery) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        match serde_json::from_slice(&delivery.data).unwrap() {
+            FireDelivery::Batch(batch) => batches.push(batch),
+            other => panic!("a single fire from the pump: {other:?}"),
+        }
+    }
+    let mut sizes: Vec<usize> = batches.iter().map(|b| b.fires.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 2]);
+    let pair = batches.iter().find(|b| b.fires.len() == 2).unwrap();
+    // The two earliest travel together, earliest first.
+    assert_eq!(pair.fires[0].job_id, jobs[1]);
+    assert_eq!(pair.fires[1].job_id, jobs[2]);
+    // Handed over, they wait in RabbitMQ only.
+    assert!(store
+        .claim_unarmed(Utc::now() + chrono::Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A light fire delivered on its own (a hand-off, the reconciler's re-arm) is recorded once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_light_fire_delivered_twice_runs_once() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+    let due = (Utc::now() + chrono::Duration::milliseconds(200)).to_rfc3339();
+    let job_id = app.create_job(ACCOUNT_KEY, dummy(&due, "once")).await;
+    let fire = next_fire(&store, &job_id).await;
+
+    let first = provisioner.handle_fire(&fire).await.unwrap();
+    assert!(
+        matches!(first, FireOutcome::Launched { new: true, .. }),
+        "{first:?}"
+    );
+    let second = provisioner.handle_fire(&fire).await.unwrap();
+    assert_eq!(second, FireOutcome::Passed);
+    let runs = store.job_run_ids(&job_id, 0).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(store.get_log(&runs[0]).await.unwrap(), b"once");
 }

@@ -132,11 +132,13 @@ level = "warn"
 
     /// The stack's store, as the services see it.
     async fn store(&self) -> anyhow::Result<spot_shared::store::Store> {
-        Ok(spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
-            url: "redis://127.0.0.1:6379".to_string().into(),
-            key_prefix: self.name.clone(),
-        })
-        .await?)
+        Ok(
+            spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
+                url: "redis://127.0.0.1:6379".to_string().into(),
+                key_prefix: self.name.clone(),
+            })
+            .await?,
+        )
     }
 
     /// From the provisioners' lateness histogram (when each fire's run was written, not when it was

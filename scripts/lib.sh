@@ -35,6 +35,8 @@ ensure_packages() {
     # The tests build their image from Debian's static busybox.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
     command -v curl >/dev/null || missing+=(curl)
+    # jemalloc (the services' allocator) builds from C with make.
+    command -v make >/dev/null || missing+=(make)
     # moto's EC2 server plays AWS in the tests.
     if ! command -v moto_server >/dev/null; then
         log "installing moto[server]"

@@ -10,13 +10,9 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 
-use super::{state_time_field, FireRecord, Store, UNARMED};
+use super::{state_time_field, FireRecord, Store, FIRE_MARKER_TTL_SECS, UNARMED};
 use crate::error::Result;
 use crate::model::RunState;
-
-/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
-/// redelivery of its timer.
-pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// What a fire does to its job's timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -140,8 +140,12 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 3))
 return {1, current}
 "#;
 
-/// Records a fire once. KEYS: fire marker, run hash, job runs, job, timers. ARGV: run id, generation,
-/// score, job id, then the run's field/value pairs.
+/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
+/// redelivery of its timer.
+const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Records a fire once. KEYS: fire marker, run hash, job runs, job. ARGV: run id, generation, score,
+/// marker TTL (seconds), then the run's field/value pairs.
 const RECORD_FIRE: &str = r#"
 local existing = redis.call('GET', KEYS[1])
 if existing then return {1, existing} end
@@ -149,7 +153,7 @@ local raw = redis.call('GET', KEYS[4])
 if not raw then return {2, ''} end
 local job = cjson.decode(raw)
 if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', 604800) -- light_fire::FIRE_MARKER_TTL_SECS
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return {0, ARGV[1]}
@@ -557,7 +561,7 @@ return due
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
-            .arg(&job.id);
+            .arg(FIRE_MARKER_TTL_SECS);
         for (field, value) in &fields {
             script.arg(*field).arg(value);
         }

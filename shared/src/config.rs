@@ -122,8 +122,12 @@ pub struct ProvisionerSettings {
     /// After a launch call whose answer was lost, how long to wait for EC2's eventually consistent
     /// listings to show the instance before launching again.
     pub launch_settle_secs: u64,
+    /// How often one provisioner (a lease) hands overdue fires back to the pump.
     pub reconcile_interval_secs: u64,
+    /// A fire this late without its run recorded is taken as lost.
     pub reconcile_grace_secs: u64,
+    /// On SIGTERM: how long fires in hand may take to finish before the rest are handed back.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +146,11 @@ pub struct ReaperSettings {
     pub boot_timeout_secs: u64,
     /// Spot requests and fleets left open longer than this are cancelled.
     pub stale_request_secs: u64,
+    /// A run still `pending` or `provisioning` this long after it was recorded, with no launch under
+    /// way, is lost (its message or its provisioner went away).
+    pub pending_timeout_secs: u64,
+    /// On SIGTERM: how long terminations in hand may take to finish before the rest are handed back.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

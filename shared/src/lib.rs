@@ -37,17 +37,30 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Connects to Redis and RabbitMQ and declares the topology: what every service does at start.
+/// The handles on Redis and RabbitMQ every service starts with. Neither needs its server to be up:
+/// both connect in the background and heal themselves, so a service starts, and stays up, while
+/// either is down. It waits a few seconds for them first (so a stack started together is ready at
+/// once), then starts regardless. Fails only on a configuration error.
 pub async fn connect(settings: &config::Settings) -> Result<(store::Store, broker::Broker)> {
-    let store = store::Store::connect(&settings.redis)
-        .await
-        .map_err(|err| Error::unavailable(format!("connecting to Redis: {err}")))?;
-    let broker = broker::Broker::connect(&settings.rabbitmq)
-        .await
-        .map_err(|err| Error::unavailable(format!("connecting to RabbitMQ: {err}")))?;
-    broker
-        .declare_topology()
-        .await
-        .map_err(|err| Error::unavailable(format!("declaring the RabbitMQ topology: {err}")))?;
+    const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let store = store::Store::connect_lazy(&settings.redis)?;
+    let broker = broker::Broker::start(&settings.rabbitmq);
+    let redis_up = async {
+        let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+        while store.ping().await.is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let (_, rabbit) = tokio::join!(redis_up, broker.wait_connected(STARTUP_WAIT));
+    if store.ping().await.is_err() {
+        tracing::warn!(
+            "Redis is not reachable yet; starting anyway and reconnecting in the background"
+        );
+    }
+    if rabbit.is_err() {
+        tracing::warn!(
+            "RabbitMQ is not reachable yet; starting anyway and connecting in the background"
+        );
+    }
     Ok((store, broker))
 }

@@ -535,9 +535,13 @@ impl RunState {
     pub fn can_move_to(self, next: RunState) -> bool {
         use RunState::*;
         match self {
-            // Light runners (dummy) need no instance: they go straight to running.
-            Pending => matches!(next, Provisioning | Running | Cancelled),
-            Provisioning => matches!(next, Booting | ProvisionFailed | Cancelled | TimedOut),
+            // Light runners (dummy) need no instance: they go straight to running. A run lost before
+            // its launch (its message or its provisioner went away) is failed by the reaper's sweep.
+            Pending => matches!(next, Provisioning | Running | Cancelled | Failed),
+            Provisioning => matches!(
+                next,
+                Booting | ProvisionFailed | Cancelled | TimedOut | Failed
+            ),
             // An agent may fail before its container starts (an image that cannot be pulled).
             Booting => matches!(next, Running | Failed | TimedOut | Interrupted | Cancelled),
             Running => matches!(
@@ -736,6 +740,10 @@ mod tests {
         assert!(!Pending.can_move_to(Succeeded));
         assert!(Booting.can_move_to(Failed));
         assert!(Provisioning.can_move_to(ProvisionFailed));
+        assert!(
+            Pending.can_move_to(Failed) && Provisioning.can_move_to(Failed),
+            "a run lost before its launch fails"
+        );
     }
 
     #[test]

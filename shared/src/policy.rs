@@ -1,12 +1,12 @@
-//! Job policies that act at run time: retries with exponential backoff and full jitter.
+//! Job policies that act at run time: retries with exponential backoff and full jitter, armed durably.
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::broker::Broker;
 use crate::error::Result;
 use crate::messages::FireMessage;
 use crate::model::{Job, Run, RunState};
+use crate::store::{Moved, Store};
 
 /// A reclaimed spot instance is not the job's fault: retry it at least this many attempts in all.
 const MIN_ATTEMPTS_AFTER_INTERRUPTION: u32 = 3;
@@ -27,15 +27,13 @@ pub fn should_retry(job: &Job, run: &Run, ended: RunState) -> bool {
     job.enabled && run.attempt < allowed
 }
 
-/// Arms the next attempt of `run` if the policy allows; returns when it is due.
-pub async fn retry_if_allowed(
-    broker: &Broker,
-    job: &Job,
-    run: &Run,
-    ended: RunState,
-) -> Result<Option<DateTime<Utc>>> {
+/// The next attempt of `run` if its job's policy allows one after it ended in `ended`: the fire and
+/// when it is due (exponential backoff with full jitter). The caller hands both to
+/// [`Store::end_run`](crate::store::Store::end_run), which records the retry in the same step that
+/// ends the run, so no crash in between can lose it.
+pub fn next_attempt(job: &Job, run: &Run, ended: RunState) -> Option<(FireMessage, DateTime<Utc>)> {
     if !should_retry(job, run, ended) {
-        return Ok(None);
+        return None;
     }
     let next_attempt = run.attempt + 1;
     let ceiling = job.policies.retries.backoff_ceiling(next_attempt);
@@ -48,7 +46,26 @@ pub async fn retry_if_allowed(
         attempt: next_attempt,
         manual: false,
     };
-    broker.arm_timer(&fire, due).await?;
     tracing::info!(job_id = %job.id, run_id = %run.id, next_attempt, %due, "retry armed");
-    Ok(Some(due))
+    Some((fire, due))
+}
+
+/// Ends `run` in `ended` with `fields`, arming its next attempt in the same step if `job` (when it
+/// still exists) allows one. What [`Store::end_run`](crate::store::Store::end_run) returned.
+pub async fn end_run(
+    store: &Store,
+    job: Option<&Job>,
+    run: &Run,
+    ended: RunState,
+    fields: &[(&str, String)],
+) -> Result<Moved<RunState>> {
+    let retry = job.and_then(|job| next_attempt(job, run, ended));
+    store
+        .end_run(
+            &run.id,
+            ended,
+            fields,
+            retry.as_ref().map(|(fire, due)| (fire, *due)),
+        )
+        .await
 }

@@ -108,20 +108,7 @@ level = "warn"
                 .with_context(|| format!("starting spot-{service}"))?;
             children.push((service, child));
         }
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client
-            .get(format!("{api}/healthcheck"))
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            if Instant::now() > deadline {
-                bail!("the api did not come up");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        spot_tests::wait_until_healthy(&api, Duration::from_secs(60)).await?;
         Ok(Stack {
             name,
             api,

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 pub mod cloud;
 pub mod image;
+pub mod redis_server;
 
 pub const ACCOUNT_KEY: &str = "test-key-acme";
 pub const OTHER_ACCOUNT_KEY: &str = "test-key-globex";
@@ -181,8 +182,63 @@ impl Drop for TestEnv {
     }
 }
 
-/// A bare HTTP/1.1 call to the management API (blocking, so it also works from `Drop`).
-fn management_request(method: &str, path: &str, body: &str) {
+/// Faults a test inflicts on its own slice of RabbitMQ, through the management API.
+impl TestEnv {
+    /// Deletes every queue of this test's vhost (and with them whatever they held), as a wiped
+    /// broker would lose them; exchanges stay.
+    pub fn wipe_queues(&self) -> usize {
+        let listing = management_request("GET", &format!("/api/queues/{}", self.name), "");
+        let queues: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap_or_default();
+        for queue in &queues {
+            let name = queue["name"].as_str().unwrap_or_default();
+            management_request("DELETE", &format!("/api/queues/{}/{}", self.name, name), "");
+        }
+        queues.len()
+    }
+
+    /// Deletes this test's vhost (closing every connection to it) and makes it anew, empty: what a
+    /// service sees when its RabbitMQ node is replaced by a new one.
+    pub fn replace_vhost_with_empty(&self) {
+        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        self.make_vhost();
+    }
+
+    /// Deletes this test's vhost only (RabbitMQ refuses connections to it until [`make_vhost`]).
+    ///
+    /// [`make_vhost`]: TestEnv::make_vhost
+    pub fn delete_vhost(&self) {
+        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+    }
+
+    pub fn make_vhost(&self) {
+        management_request("PUT", &format!("/api/vhosts/{}", self.name), "{}");
+        management_request(
+            "PUT",
+            &format!("/api/permissions/{}/guest", self.name),
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+        );
+    }
+
+    /// Messages now in the named queue of this test's vhost (as the management API last sampled).
+    pub fn queue_depth(&self, queue: &str) -> Option<u64> {
+        let body = management_request("GET", &format!("/api/queues/{}/{queue}", self.name), "");
+        serde_json::from_str::<serde_json::Value>(&body).ok()?["messages"].as_u64()
+    }
+}
+
+/// Runs `rabbitmqctl` with `args`, failing the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+/// A bare HTTP/1.1 call to the management API (blocking, so it also works from `Drop`); returns the
+/// response body.
+fn management_request(method: &str, path: &str, body: &str) -> String {
     let address = rabbit_admin();
     let mut stream = TcpStream::connect(&address)
         .unwrap_or_else(|e| panic!("RabbitMQ management API at {address}: {e}"));
@@ -203,15 +259,42 @@ fn management_request(method: &str, path: &str, body: &str) {
         status.starts_with('2') || (method == "DELETE" && status == "404"),
         "{method} {path}: {response}"
     );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| dechunk(body))
+        .unwrap_or_default()
 }
 
-/// `spot-agent`, built beside the test binary (`scripts/test` builds it first).
+/// The body of a response that may come in HTTP/1.1 chunks.
+fn dechunk(body: &str) -> String {
+    let mut rest = body;
+    let mut out = String::new();
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            // Not chunked after all.
+            return body.to_string();
+        };
+        if size == 0 || after.len() < size {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// `spot-agent`, built beside the test binary (`scripts/test` builds it first) or beside a tool
+/// binary such as `spot-chaos`.
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let here = exe.parent().expect("the executable's dir");
+    let dir = if here.join("spot-agent").exists() {
+        here
+    } else {
+        here.parent().expect("target dir")
+    };
     let agent = dir.join("spot-agent");
     assert!(
         agent.exists(),
@@ -229,11 +312,25 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn start(env: &TestEnv, binary: &str, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        ServiceProcess::start_as(env, binary, binary, extra_env)
+    }
+
+    /// [`ServiceProcess::start`] with its log named after `label` (several of one service at once).
+    pub fn start_as(
+        env: &TestEnv,
+        binary: &str,
+        label: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ServiceProcess {
         let path = agent_binary().with_file_name(binary);
         std::fs::create_dir_all(env.dir()).expect("test dir");
         let config = env.dir().join("config.toml");
         std::fs::write(&config, &env.toml).expect("config written");
-        let log = std::fs::File::create(env.dir().join(format!("{binary}.log"))).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.dir().join(format!("{label}.log")))
+            .expect("log file");
         let log_err = log.try_clone().expect("log handle");
         let child = std::process::Command::new(&path)
             .arg("--config")
@@ -251,6 +348,15 @@ impl ServiceProcess {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// How it ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -278,6 +384,11 @@ impl Running {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Whether the service is still running (it has not returned or panicked).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
     }
 
     /// Stops the service and waits until it has.
@@ -431,6 +542,26 @@ impl TestApp {
         assert_eq!(response.status(), 200);
         response.json().await.expect("status is JSON")
     }
+}
+
+/// Waits until the api at `base` answers `/healthcheck` with 200 (Redis and RabbitMQ reachable).
+pub async fn wait_until_healthy(base: &str, limit: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    while client
+        .get(format!("{base}/healthcheck"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{base} was not healthy within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Polls `check` until it returns `Some`, or panics after `limit` with `what`.

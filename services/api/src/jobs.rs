@@ -242,7 +242,8 @@ pub async fn run_now(state: &AppState, job: &Job) -> Result<DateTime<Utc>> {
         manual: true,
         ..FireMessage::scheduled(&job.id, job.generation, now)
     };
-    state.broker.arm_timer(&fire, now).await?;
+    // Recorded in Redis, handed to RabbitMQ by the pump: a run-now survives a broker outage.
+    state.store.schedule_fire(&fire, now).await?;
     Ok(now)
 }
 

@@ -17,7 +17,7 @@ use futures::future::try_join_all;
 use spot_shared::ids;
 use spot_shared::messages::{FireBatch, FireMessage};
 use spot_shared::model::{Job, Runner};
-use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, TimerMove};
+use spot_shared::store::{is_delayed, FireRecord, LatenessHistogram, LightFire, TimerMove};
 use spot_shared::Result;
 
 use crate::Provisioner;
@@ -111,6 +111,13 @@ impl Provisioner {
                 self.store.note_fire_lateness(&lateness).await;
             }
             waiting = later;
+        }
+        // Retries and run-nows handled here are done with; those sent on are let go of by their own
+        // message.
+        for fire in batch.fires.iter().filter(|fire| is_delayed(fire)) {
+            if !others.contains(&fire) {
+                self.store.forget_fire(fire).await?;
+            }
         }
         Ok(outcome)
     }

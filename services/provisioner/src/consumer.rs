@@ -1,60 +1,61 @@
 //! The fires consumer: takes deliveries (fires, or batches of them) from the fires queue, each on a task
 //! of its own (a delivery may be held for its sub-second remainder), and acks, requeues or dead-letters
-//! by the error's code.
+//! by the error's code. Beside it run the timer pump and the reconciler, each on a task of its own so
+//! that neither holds up the other or the consumer.
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::message::Delivery;
-use spot_shared::broker::{decode, settle};
+use spot_shared::broker::{decode, serve, settle};
 use spot_shared::messages::FireDelivery;
-use tokio::task::JoinSet;
 
 use crate::Provisioner;
 
 impl Provisioner {
     /// Consumes fires, pumps timers from Redis to RabbitMQ and reconciles them until `shutdown`
-    /// resolves; in-flight messages finish first.
+    /// resolves; fires in hand then get `shutdown_grace_secs` to finish. RabbitMQ or Redis going away
+    /// stops nothing for good: the consumer resumes on the next link, the pump and the reconciler
+    /// retry on their next round.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let queue = self.broker.topology().fires_queue();
-        let mut consumer = self
-            .broker
-            .consume(&queue, self.settings.provisioner.prefetch, "provisioner")
-            .await?;
-        tracing::info!(queue, "provisioner consuming");
-        let mut reconcile = tokio::time::interval(Duration::from_secs(
-            self.settings.provisioner.reconcile_interval_secs.max(1),
-        ));
-        let mut in_flight = JoinSet::new();
-        let pump = self.clone();
-        let pump = tokio::spawn(async move { pump.pump_forever().await });
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        let this = self.clone();
-                        in_flight.spawn(async move { this.process_delivery(delivery).await });
-                    }
-                    Some(Err(err)) => return Err(err.into()),
-                    None => anyhow::bail!("the fires consumer was cancelled"),
-                },
-                _ = reconcile.tick() => {
-                    if let Err(err) = self.reconcile_once().await {
-                        tracing::warn!(error = %err, "reconcile failed");
-                    }
-                }
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            }
-        }
+        let mut fires =
+            self.broker
+                .subscribe(&queue, self.settings.provisioner.prefetch, "provisioner");
+        tracing::info!(queue, "provisioner starting");
+        let pump = {
+            let this = self.clone();
+            tokio::spawn(async move { this.pump_forever().await })
+        };
+        let reconciler = {
+            let this = self.clone();
+            tokio::spawn(async move { this.reconcile_forever().await })
+        };
+        let grace = Duration::from_secs(self.settings.provisioner.shutdown_grace_secs);
+        let this = self.clone();
+        serve(&mut fires, shutdown, grace, move |delivery| {
+            let this = this.clone();
+            async move { this.process_delivery(delivery).await }
+        })
+        .await;
         pump.abort();
-        while in_flight.join_next().await.is_some() {}
+        reconciler.abort();
         self.broker.close().await;
         Ok(())
+    }
+
+    /// Reconciles every period (one provisioner per period, by lease) until dropped.
+    async fn reconcile_forever(&self) {
+        let mut ticks = tokio::time::interval(self.reconcile_period());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(err) = self.reconcile_if_due().await {
+                tracing::warn!(error = %err, "reconcile failed; the next period retries");
+            }
+        }
     }
 
     /// Processes one delivery (a fire or a batch of them): handle it, then ack, requeue (retryable)

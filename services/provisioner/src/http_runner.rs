@@ -17,6 +17,9 @@ use crate::Provisioner;
 /// How often a starting or stopping instance is looked at.
 const INSTANCE_POLL: Duration = Duration::from_secs(2);
 
+/// How often a run held by this provisioner says it is alive (as agents do).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
 /// Body bytes kept of an action's or callback's answer.
 const KEPT_BODY: usize = 4096;
 
@@ -39,11 +42,33 @@ impl Provisioner {
         let timeout = Duration::from_secs(job.policies.timeout_secs);
         let task_id = job.id.clone();
         tokio::spawn(async move {
-            if let Err(err) = this.run_http(&run, &spec, &task_id, timeout).await {
-                tracing::error!(run_id = %run.id, error = %err, "http run failed to record");
+            // The run heartbeats while this provisioner holds it: if the provisioner dies, the reaper's
+            // sweep sees the silence and ends the run as lost instead of leaving it running for ever.
+            let work = this.run_http(&run, &spec, &task_id, timeout);
+            tokio::select! {
+                outcome = work => if let Err(err) = outcome {
+                    tracing::error!(run_id = %run.id, error = %err, "http run failed to record");
+                },
+                _ = this.heartbeat(&run.id) => {}
             }
         });
         Ok(LaunchOutcome::Launched)
+    }
+
+    /// Marks the run alive every [`HEARTBEAT`] until dropped.
+    async fn heartbeat(&self, run_id: &str) {
+        let mut beats = tokio::time::interval(HEARTBEAT);
+        loop {
+            beats.tick().await;
+            let now = chrono::Utc::now().to_rfc3339();
+            if let Err(err) = self
+                .store
+                .set_run_fields(run_id, &[("heartbeat_at", now)])
+                .await
+            {
+                tracing::warn!(run_id, error = %err, "heartbeat not recorded");
+            }
+        }
     }
 
     async fn run_http(

@@ -159,10 +159,14 @@ impl Provisioner {
                 if !failure.pool_errors.is_empty() {
                     fields.push(("launch_errors", failure.pool_errors.join("\n")));
                 }
-                self.store
-                    .advance_run(&run.id, RunState::ProvisionFailed, &fields)
-                    .await?;
-                policy::retry_if_allowed(&self.broker, job, run, RunState::ProvisionFailed).await?;
+                policy::end_run(
+                    &self.store,
+                    Some(job),
+                    run,
+                    RunState::ProvisionFailed,
+                    &fields,
+                )
+                .await?;
                 Ok(LaunchOutcome::Failed)
             }
         }

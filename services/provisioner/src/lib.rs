@@ -2,7 +2,8 @@
 //! and launches an instance for the run through the cloud provider.
 //!
 //! [`Provisioner::handle_fire`] is the whole of one message's work, callable without a broker consumer,
-//! so tests can drive it directly. [`Provisioner::reconcile_once`] re-arms timers Redis says are overdue.
+//! so tests can drive it directly. [`Provisioner::reconcile_once`] hands fires Redis says are overdue
+//! back to the timer pump.
 
 mod batch;
 mod consumer;
@@ -22,7 +23,7 @@ use spot_shared::config::Settings;
 use spot_shared::ec2::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job, Run, RunState};
-use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, Store};
+use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, ReconcileReport, Store};
 use spot_shared::{ErrorCode, Result};
 
 pub use batch::BatchOutcome;
@@ -79,7 +80,16 @@ impl Provisioner {
 
     /// Handles one fire: waits out the sub-unit remainder, checks the job still wants it, applies the
     /// misfire and concurrency policies, records the run once, arms the next occurrence and launches.
+    /// A retry or run-now is let go of in Redis once handled (see [`Store::forget_fire`]).
     pub async fn handle_fire(&self, fire: &FireMessage) -> Result<FireOutcome> {
+        let outcome = self.fire_once(fire).await?;
+        if outcome != FireOutcome::Rearmed {
+            self.store.forget_fire(fire).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn fire_once(&self, fire: &FireMessage) -> Result<FireOutcome> {
         let early = (fire.scheduled_at - Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
@@ -253,26 +263,47 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Re-arms every timer that Redis says is overdue by more than the grace period. Returns how many.
-    pub async fn reconcile_once(&self) -> Result<usize> {
+    /// Hands every fire Redis says is due and unfired (scheduled timers, retries, run-nows), overdue
+    /// by more than the grace, back to the pump, which arms them in batches. Work in flight is left
+    /// alone: a fire is overdue only once its instant plus the grace has passed without its run being
+    /// recorded (a scheduled one moves its job's timer on; a retry or run-now leaves
+    /// `timers:delayed`), which a healthy system does within milliseconds. Re-arming a fire that was
+    /// only slow is harmless: it is recorded once.
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport> {
         let grace =
             chrono::Duration::seconds(self.settings.provisioner.reconcile_grace_secs as i64);
-        let overdue = self.store.due_timers(Utc::now() - grace, 1000).await?;
-        let mut armed = 0;
-        for (job_id, due) in overdue {
-            let Some(job) = self.store.get_job(&job_id).await? else {
-                continue;
-            };
-            let fire = FireMessage::scheduled(&job_id, job.generation, due);
-            self.broker.arm_timer(&fire, due).await?;
-            armed += 1;
+        let report = self
+            .store
+            .requeue_overdue(Utc::now() - grace, RECONCILE_PAGE)
+            .await?;
+        if report != ReconcileReport::default() {
+            tracing::warn!(?report, "overdue fires handed back to the pump");
+            let healed = (report.scheduled + report.delayed) as u64;
+            self.store.note_event("reconciled_fire", healed).await;
         }
-        if armed > 0 {
-            tracing::warn!(armed, "re-armed overdue timers");
+        Ok(report)
+    }
+
+    /// One reconcile pass, unless another provisioner holds this period's (then `None`): the work
+    /// does not multiply with the number of provisioners.
+    pub async fn reconcile_if_due(&self) -> Result<Option<ReconcileReport>> {
+        if !self
+            .store
+            .take_turn("provisioner:reconcile", self.reconcile_period())
+            .await?
+        {
+            return Ok(None);
         }
-        Ok(armed)
+        self.reconcile_once().await.map(Some)
+    }
+
+    pub(crate) fn reconcile_period(&self) -> Duration {
+        Duration::from_secs(self.settings.provisioner.reconcile_interval_secs.max(1))
     }
 }
+
+/// Overdue fires handed back per Redis script: a page costs Redis a few milliseconds.
+const RECONCILE_PAGE: usize = 2000;
 
 /// Whether the job's policies read its earlier runs when it fires (misfire, concurrency); fires of
 /// other jobs skip those lookups.

@@ -10,14 +10,18 @@
 //! The timers of a round travel several to a message ([`FireBatch`], `pump_message_fires` each), in
 //! order of their instants: RabbitMQ's work is per message, and a busy second has thousands due.
 //!
+//! Retries and run-nows travel the same way: they are written to Redis (`timers:delayed` and the
+//! unarmed set) in the step that asks for them, so a broker outage delays them and loses none.
+//!
 //! Several pumps may run (one per provisioner): taking timers is atomic in Redis. A timer taken by a
-//! pump that dies before publishing is re-armed by the reconciler once overdue.
+//! pump that dies before publishing, or lost with a wiped broker, goes back to the unarmed set when
+//! the reconciler finds it overdue ([`Provisioner::reconcile_once`]).
 
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
-use spot_shared::messages::{FireBatch, FireMessage};
+use spot_shared::messages::FireBatch;
 use spot_shared::store::UnarmedTimer;
 use spot_shared::Result;
 
@@ -25,7 +29,7 @@ use crate::Provisioner;
 
 impl Provisioner {
     /// How far ahead of their fire time timers are handed over, and the units they then wait.
-    pub(crate) fn pump_horizon(&self) -> (chrono::Duration, Option<u64>) {
+    pub fn pump_horizon(&self) -> (chrono::Duration, Option<u64>) {
         let rabbit = &self.settings.rabbitmq;
         let level_units = u8::try_from(rabbit.timer_pump_level)
             .ok()
@@ -51,10 +55,7 @@ impl Provisioner {
             timers.chunks(settings.pump_message_fires.max(1)).collect();
         let outcomes = join_all(groups.iter().map(|group| async move {
             let batch = FireBatch {
-                fires: group
-                    .iter()
-                    .map(|timer| FireMessage::scheduled(&timer.job_id, timer.generation, timer.due))
-                    .collect(),
+                fires: group.iter().map(|timer| timer.fire.clone()).collect(),
             };
             // The batch waits for its earliest timer; the consumer holds each fire for the rest.
             let delay = (group[0].due - Utc::now())

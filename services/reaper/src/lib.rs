@@ -4,15 +4,15 @@
 //!
 //! It also sweeps, every `reaper.sweep_interval_secs` ([`Reaper::sweep_once`]): instances whose run is
 //! gone, over, or names another instance; runs past their timeout plus a grace; runs whose agent went
-//! silent (lost); spot requests left open. One reaper sweeps per period (a lease), and every step is
+//! silent (lost); runs with no instance left pending, provisioning or running by a lost message or a
+//! crashed provisioner (lost, retried if allowed); spot requests left open. One reaper sweeps per period (a lease), and every step is
 //! idempotent, so reapers racing each other or the api do no harm.
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use futures::StreamExt;
 use lapin::message::Delivery;
-use spot_shared::broker::{decode, settle, Broker};
+use spot_shared::broker::{decode, serve, settle, Broker};
 use spot_shared::cloud::{Cloud, CloudInstance};
 use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
@@ -20,7 +20,6 @@ use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{InstanceState, Run, RunState};
 use spot_shared::store::{Moved, Store};
 use spot_shared::{policy, ErrorCode, Result};
-use tokio::task::JoinSet;
 
 #[derive(Clone)]
 pub struct Reaper {
@@ -57,13 +56,7 @@ impl Reaper {
     /// One sweep, unless another reaper holds this period's sweep (then `None`).
     pub async fn sweep_if_due(&self) -> Result<Option<SweepReport>> {
         let period = std::time::Duration::from_secs(self.settings.sweep_interval_secs.max(1));
-        // Held for most of a period and never released: one sweep per period across all reapers.
-        if self
-            .store
-            .try_lease("reaper:sweep", period.mul_f64(0.9))
-            .await?
-            .is_none()
-        {
+        if !self.store.take_turn("reaper:sweep", period).await? {
             return Ok(None);
         }
         self.sweep_once().await.map(Some)
@@ -86,6 +79,9 @@ impl Reaper {
             if let Err(err) = self.sweep_cloud_instance(&instance, now, &mut report).await {
                 tracing::warn!(instance_id = %instance.id, error = %err, "sweep: instance skipped");
             }
+        }
+        if let Err(err) = self.sweep_live_runs(now, &mut report).await {
+            tracing::warn!(error = %err, "sweep: live runs skipped");
         }
         let max_age = chrono::Duration::seconds(self.settings.stale_request_secs as i64);
         report.stale_requests = self.cloud.cancel_stale_requests(max_age).await?;
@@ -156,6 +152,41 @@ impl Reaper {
         Ok(())
     }
 
+    /// Runs no instance speaks for: one still `pending` or `provisioning` long after it was recorded
+    /// with no launch under way (its fire message or its provisioner was lost), or one running without
+    /// an instance (an HTTP action) whose provisioner stopped heartbeating. Each ends `failed`
+    /// ("lost") and is retried if its policy allows. Runs with an instance are the instance sweep's.
+    async fn sweep_live_runs(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        for entry in self.store.live_runs(LIVE_RUNS_PER_SWEEP).await? {
+            let run = match self.store.get_run(&entry.run_id).await {
+                Ok(Some(run)) if !run.state.is_terminal() => run,
+                // Ended (or trimmed) since: the index only lags.
+                Ok(_) => {
+                    self.store.forget_live_run(&entry.run_id).await?;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %entry.run_id, error = %err, "sweep: run skipped");
+                    continue;
+                }
+            };
+            if run.instance_id.is_some() {
+                continue;
+            }
+            let launching = self.store.lease_held(&format!("launch:{}", run.id)).await?;
+            if let Some(why) = stuck(&self.settings, &run, launching, now) {
+                if self.end_run(&run, RunState::Failed, &why).await? {
+                    report.lost += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// An instance the cloud lists for this deployment: terminated if no live run owns it.
     async fn sweep_cloud_instance(
         &self,
@@ -190,20 +221,15 @@ impl Reaper {
     /// Ends a run the sweep found overdue, and retries it if its policy allows. `false` if it ended
     /// some other way meanwhile.
     async fn end_run(&self, run: &Run, state: RunState, why: &str) -> Result<bool> {
-        match self
-            .store
-            .advance_run(&run.id, state, &[("error", why.to_string())])
-            .await
-        {
+        let job = self.store.get_job(&run.job_id).await?;
+        let fields = [("error", why.to_string())];
+        match policy::end_run(&self.store, job.as_ref(), run, state, &fields).await {
             Ok(Moved::From(_)) => {}
             Ok(Moved::AlreadyThere) => return Ok(false),
             Err(err) if err.code == ErrorCode::Conflict => return Ok(false),
             Err(err) => return Err(err),
         }
         tracing::warn!(run_id = %run.id, %state, why, "run ended by the sweep");
-        if let Some(job) = self.store.get_job(&run.job_id).await? {
-            policy::retry_if_allowed(&self.broker, &job, run, state).await?;
-        }
         Ok(true)
     }
 
@@ -255,48 +281,86 @@ impl Reaper {
         settle(&delivery, outcome, "terminate").await;
     }
 
-    /// Consumes terminate requests until `shutdown` resolves; in-flight requests finish first.
+    /// Consumes terminate requests and sweeps every period until `shutdown` resolves; requests in
+    /// hand then get `shutdown_grace_secs` to finish. RabbitMQ or Redis going away stops nothing for
+    /// good: the consumer resumes on the next link, a failed sweep is retried next period.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let queue = self.broker.topology().terminate_queue();
-        let mut consumer = self
+        let mut requests = self
             .broker
-            .consume(&queue, self.settings.prefetch, "reaper")
-            .await?;
-        tracing::info!(queue, "reaper consuming");
-        let mut in_flight = JoinSet::new();
+            .subscribe(&queue, self.settings.prefetch, "reaper");
+        tracing::info!(queue, "reaper starting");
+        let sweeper = {
+            let this = self.clone();
+            tokio::spawn(async move { this.sweep_forever().await })
+        };
+        let grace = std::time::Duration::from_secs(self.settings.shutdown_grace_secs);
+        let this = self.clone();
+        serve(&mut requests, shutdown, grace, move |delivery| {
+            let this = this.clone();
+            async move { this.process_delivery(delivery).await }
+        })
+        .await;
+        sweeper.abort();
+        self.broker.close().await;
+        Ok(())
+    }
+
+    /// Sweeps every period (one reaper per period, by lease) until dropped.
+    async fn sweep_forever(&self) {
         let mut sweeps = tokio::time::interval(std::time::Duration::from_secs(
             self.settings.sweep_interval_secs.max(1),
         ));
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = sweeps.tick() => {
-                    let this = self.clone();
-                    in_flight.spawn(async move {
-                        if let Err(err) = this.sweep_if_due().await {
-                            tracing::warn!(error = %err, "sweep failed; the next one will retry");
-                        }
-                    });
-                }
-                delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        let this = self.clone();
-                        in_flight.spawn(async move { this.process_delivery(delivery).await });
-                    }
-                    Some(Err(err)) => return Err(err.into()),
-                    None => anyhow::bail!("the terminate consumer was cancelled"),
-                },
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            sweeps.tick().await;
+            if let Err(err) = self.sweep_if_due().await {
+                tracing::warn!(error = %err, "sweep failed; the next one will retry");
             }
         }
-        while in_flight.join_next().await.is_some() {}
-        self.broker.close().await;
-        Ok(())
+    }
+}
+
+/// Live runs looked at per sweep, oldest first (the stuck ones are the old ones).
+const LIVE_RUNS_PER_SWEEP: usize = 5000;
+
+/// Whether a run without an instance is stuck, and why: `pending` or `provisioning` past the pending
+/// timeout with no launch holding it, or running (an HTTP action) with no heartbeat from its
+/// provisioner for the heartbeat timeout.
+fn stuck(
+    settings: &ReaperSettings,
+    run: &Run,
+    launching: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    let secs = |s: u64| chrono::Duration::seconds(s as i64);
+    let since = |state: RunState| run.transitions.get(&state).copied();
+    match run.state {
+        RunState::Pending | RunState::Provisioning if !launching => {
+            let at = since(RunState::Provisioning).or_else(|| since(RunState::Pending))?;
+            (now - at > secs(settings.pending_timeout_secs)).then(|| {
+                format!(
+                    "lost: {} for over {} s with no launch under way",
+                    run.state, settings.pending_timeout_secs
+                )
+            })
+        }
+        RunState::Booting | RunState::Running => {
+            let last_sign = run
+                .heartbeat_at
+                .or_else(|| since(RunState::Running))
+                .or_else(|| since(RunState::Booting))?;
+            (now - last_sign > secs(settings.heartbeat_timeout_secs)).then(|| {
+                format!(
+                    "lost: no heartbeat from its provisioner for over {} s",
+                    settings.heartbeat_timeout_secs
+                )
+            })
+        }
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 
+use super::delayed::JOB_STATE_LUA;
 use super::{state_time_field, FireRecord, Store, FIRE_MARKER_TTL_SECS, UNARMED};
 use crate::error::Result;
 use crate::model::RunState;
@@ -53,15 +54,6 @@ pub struct LightFire {
 /// Trimmed runs' keys are built from the prefix (their ids are only known inside): fine on one Redis,
 /// as everywhere else in the store; a cluster would need hash tags per job.
 const FIRE_LIGHT: &str = r#"
--- A job's `enabled` and `generation`, read from the head of its JSON where the store puts them
--- (decoded in full for a job stored before they were put there).
-local function job_state(raw)
-  local enabled, generation = string.match(raw, '^{"enabled":(%a+),"generation":(%d+)')
-  if enabled then return enabled == 'true', generation end
-  local job = cjson.decode(raw)
-  return job.enabled, tostring(job.generation)
-end
-
 local prefix, now_ms, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local common_end = 5 + 2 * tonumber(ARGV[5])
 local common = {}
@@ -113,7 +105,8 @@ end
 return results
 "#;
 
-static FIRE_LIGHT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FIRE_LIGHT));
+static FIRE_LIGHT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{FIRE_LIGHT}")));
 
 impl Store {
     /// Records light fires due together, each once, as runs that succeeded at `now` with their

@@ -4,8 +4,12 @@
 //! - `p:job:{id}`: the job as JSON; `p:account:{a}:jobs` (and `...:group:{g}:jobs`): job ids by
 //!   creation time
 //! - `p:timers`: job ids scored by their next fire time (ms); what the reconciler re-arms from
-//! - `p:timers:unarmed`: `{job}|{generation}` scored by fire time: timers the pump has yet to hand to
-//!   RabbitMQ (it does so shortly before they are due)
+//! - `p:timers:unarmed`: timers the pump has yet to hand to RabbitMQ (it does so shortly before they
+//!   are due), scored by due time: `{job}|{generation}` for a scheduled fire, the longer member of
+//!   `p:timers:delayed` for the others
+//! - `p:timers:delayed`: retries and run-nows not yet recorded as runs (`{job}|{gen}|{instant ms}|
+//!   {attempt}|{r or m}`), scored by due time: the truth the reconciler heals them from
+//! - `p:runs:live`: runs not yet ended, scored by creation time (the stuck-run sweep walks it)
 //! - `p:fire:{job}:{ms}`: the run recorded for that fire, so a fire is recorded once
 //! - `p:run:{id}`: the run as a hash (state moves only by compare-and-set); `p:job:{id}:runs` its job's runs
 //! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash)
@@ -26,8 +30,10 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{Instance, InstanceState, Job, Run, RunState};
 
+mod delayed;
 mod lateness;
 mod light_fire;
+pub use delayed::{is_delayed, ReconcileReport, StuckRun};
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
 
@@ -107,15 +113,19 @@ fn stored_job_json(job: &Job) -> Result<String> {
 /// instant in milliseconds.
 const UNARMED: &str = "timers:unarmed";
 
+/// The sorted set of runs not yet ended, scored by when they were recorded: what the stuck-run sweep
+/// walks. A hint kept up by the scripts that create and end runs; the sweep drops what has ended.
+const LIVE_RUNS: &str = "runs:live";
+
 fn unarmed_member(job_id: &str, generation: u64) -> String {
     format!("{job_id}|{generation}")
 }
 
-/// A timer the pump took to arm.
+/// A timer the pump took to arm: the fire it delivers, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnarmedTimer {
-    pub job_id: String,
-    pub generation: u64,
+    pub fire: crate::messages::FireMessage,
+    /// When to deliver it: the scheduled instant, or a retry's time after its backoff.
     pub due: DateTime<Utc>,
 }
 
@@ -144,8 +154,8 @@ return {1, current}
 /// redelivery of its timer.
 const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Records a fire once. KEYS: fire marker, run hash, job runs, job. ARGV: run id, generation, score,
-/// marker TTL (seconds), then the run's field/value pairs.
+/// Records a fire once. KEYS: fire marker, run hash, job runs, job, live runs. ARGV: run id,
+/// generation, score, marker TTL (seconds), then the run's field/value pairs.
 const RECORD_FIRE: &str = r#"
 local existing = redis.call('GET', KEYS[1])
 if existing then return {1, existing} end
@@ -156,6 +166,7 @@ if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} en
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return {0, ARGV[1]}
 "#;
 
@@ -190,14 +201,29 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(settings: &RedisSettings) -> Result<Store> {
+    /// A handle that connects on first use and reconnects on its own after Redis goes away: while it
+    /// is away every call fails fast with a retryable error (a 503 at the api, a requeue in a
+    /// consumer), and the first call after its return reconnects. Fails only on a malformed URL.
+    pub fn connect_lazy(settings: &RedisSettings) -> Result<Store> {
         let client = redis::Client::open(settings.url.expose_secret())
             .map_err(|e| Error::internal(format!("bad redis url: {e}")))?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            // Generous: a light-fire script over a large batch may take a while.
+            .set_response_timeout(Some(std::time::Duration::from_secs(15)))
+            .set_number_of_retries(2)
+            .set_min_delay(std::time::Duration::from_millis(100))
+            .set_max_delay(std::time::Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Store {
             conn,
             prefix: settings.key_prefix.clone(),
         })
+    }
+
+    /// [`Store::connect_lazy`], for callers in async code.
+    pub async fn connect(settings: &RedisSettings) -> Result<Store> {
+        Store::connect_lazy(settings)
     }
 
     fn key(&self, parts: &str) -> String {
@@ -498,14 +524,7 @@ return due
             .chunks(2)
             .filter_map(|pair| {
                 let [member, score] = pair else { return None };
-                let (job_id, generation) = member.rsplit_once('|')?;
-                Some(UnarmedTimer {
-                    job_id: job_id.to_string(),
-                    generation: generation.parse().ok()?,
-                    due: Utc
-                        .timestamp_millis_opt(score.parse::<f64>().ok()? as i64)
-                        .single()?,
-                })
+                delayed::parse_timer_member(member, score)
             })
             .collect())
     }
@@ -518,12 +537,7 @@ return due
         let mut conn = self.conn.clone();
         let items: Vec<(i64, String)> = timers
             .iter()
-            .map(|t| {
-                (
-                    t.due.timestamp_millis(),
-                    unarmed_member(&t.job_id, t.generation),
-                )
-            })
+            .map(|t| (t.due.timestamp_millis(), delayed::timer_member(&t.fire)))
             .collect();
         let _: () = conn.zadd_multiple(self.key(UNARMED), &items).await?;
         Ok(())
@@ -558,6 +572,7 @@ return due
             .key(self.key(&format!("run:{run_id}")))
             .key(self.key(&format!("job:{}:runs", job.id)))
             .key(self.key(&format!("job:{}", job.id)))
+            .key(self.key(LIVE_RUNS))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
@@ -661,8 +676,7 @@ return due
         to: RunState,
         fields: &[(&str, String)],
     ) -> Result<Moved<RunState>> {
-        let key = self.key(&format!("run:{id}"));
-        self.advance_hash(&key, "run", id, to, fields).await
+        self.end_run(id, to, fields, None).await
     }
 
     /// Sets fields of a run without changing its state.
@@ -711,6 +725,22 @@ return due
             .query_async(&mut conn)
             .await?;
         Ok(taken.map(|_| token))
+    }
+
+    /// Takes this period's turn at a periodic task (a sweep, a reconcile) unless another process took
+    /// it: the lease is held for most of the period and never released, so the task runs once per
+    /// period however many processes try. `true` when the turn is ours.
+    pub async fn take_turn(&self, task: &str, period: std::time::Duration) -> Result<bool> {
+        Ok(self
+            .try_lease(&format!("turn:{task}"), period.mul_f64(0.9))
+            .await?
+            .is_some())
+    }
+
+    /// Whether someone holds the named lease now.
+    pub async fn lease_held(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(conn.exists(self.key(&format!("lease:{name}"))).await?)
     }
 
     /// Releases a lease if it is still ours.
@@ -834,7 +864,9 @@ return due
         fields: &[(&str, String)],
     ) -> Result<Moved<InstanceState>> {
         let key = self.key(&format!("instance:{id}"));
-        let moved = self.advance_hash(&key, "instance", id, to, fields).await?;
+        let moved = self
+            .advance_hash(&CAS_STATE_SCRIPT, &[key], &[], "instance", id, to, fields)
+            .await?;
         if to == InstanceState::Terminated {
             let mut conn = self.conn.clone();
             let _: () = conn.srem(self.key("instances:live"), id).await?;
@@ -851,9 +883,14 @@ return due
     }
 
     /// The compare-and-set loop behind every state change: read, check legality, swap if unchanged.
+    /// `script` is [`CAS_STATE`] or one that does more on a swap: it takes `keys` (the hash first),
+    /// then ARGV expected, new, the `extra` arguments, then the field/value pairs to set.
+    #[allow(clippy::too_many_arguments)]
     async fn advance_hash<S: HashState>(
         &self,
-        key: &str,
+        script: &Script,
+        keys: &[String],
+        extra: &[String],
         kind: &str,
         id: &str,
         to: S,
@@ -862,6 +899,7 @@ return due
         let mut conn = self.conn.clone();
         let stamp = Utc::now().to_rfc3339();
         let time_field = format!("t:{to}");
+        let key = &keys[0];
         for _ in 0..8 {
             let current: Option<String> = conn.hget(key, "state").await?;
             let current: S = current
@@ -871,13 +909,15 @@ return due
                 return Ok(Moved::AlreadyThere);
             }
             current.check_move(to)?;
-            let mut invocation = CAS_STATE_SCRIPT.prepare_invoke();
-            invocation
-                .key(key)
-                .arg(current.to_string())
-                .arg(to.to_string())
-                .arg(&time_field)
-                .arg(&stamp);
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation.arg(current.to_string()).arg(to.to_string());
+            for arg in extra {
+                invocation.arg(arg);
+            }
+            invocation.arg(&time_field).arg(&stamp);
             for (field, value) in fields {
                 invocation.arg(*field).arg(value);
             }

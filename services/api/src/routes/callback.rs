@@ -95,13 +95,11 @@ pub async fn callback(
             if let Some(container_id) = &callback.container_id {
                 fields.push(("container_id", container_id.clone()));
             }
-            match state.store.advance_run(&run.id, end_state, &fields).await {
+            let job = state.store.get_job(&run.job_id).await?;
+            match policy::end_run(&state.store, job.as_ref(), &run, end_state, &fields).await {
                 Ok(Moved::From(_)) => {
                     if end_state == RunState::Interrupted {
                         state.store.note_event("spot_interruption", 1).await;
-                    }
-                    if let Some(job) = state.store.get_job(&run.job_id).await? {
-                        policy::retry_if_allowed(&state.broker, &job, &run, end_state).await?;
                     }
                 }
                 Ok(Moved::AlreadyThere) => {}

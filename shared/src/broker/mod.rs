@@ -1,0 +1,413 @@
+//! RabbitMQ: a self-healing handle on the broker, confirmed publishing, and consumers that resume.
+//!
+//! [`Broker`] owns a supervisor task that connects (with exponential backoff and jitter), declares the
+//! [`Topology`], and watches the link; when the connection or its publishing channel dies, or a
+//! publish finds the topology gone, it reconnects and declares everything again. Meanwhile every
+//! publish fails at once with a retryable [`ErrorCode::Unavailable`](crate::ErrorCode) (a 503 at the
+//! api, a requeue in a consumer), and [`Subscription`]s wait and then consume again. A service never
+//! exits because RabbitMQ went away.
+
+mod subscription;
+mod topology;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use crate::config::RabbitSettings;
+use crate::error::{Error, Result};
+use crate::messages::{FireMessage, TerminateRequest};
+
+pub use subscription::{serve, Subscription};
+pub use topology::Topology;
+
+/// Heartbeats every this many seconds (unless the URL says otherwise), so that a silent network
+/// failure is noticed in seconds rather than the broker's default minute.
+const HEARTBEAT_SECS: u16 = 10;
+/// How often the supervisor looks at the link's health.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One live connection with its confirm-mode publishing channel.
+pub(crate) struct Link {
+    connection: Connection,
+    publisher: Channel,
+}
+
+impl Link {
+    fn alive(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// A consumer of `queue` on a channel of its own with `prefetch` unacknowledged messages at most.
+    async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        Ok(channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?)
+    }
+}
+
+/// What the handle and its supervisor share.
+struct Shared {
+    settings: RabbitSettings,
+    topology: Topology,
+    /// The current link; `None` while (re)connecting.
+    link: watch::Sender<Option<Arc<Link>>>,
+    /// Asks the supervisor to drop the link and connect afresh (the topology was found missing).
+    reset: Notify,
+    closed: AtomicBool,
+}
+
+/// The handle every service holds on RabbitMQ. Cheap to share behind an `Arc`; dropping it stops the
+/// supervisor.
+pub struct Broker {
+    shared: Arc<Shared>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// The backoff between connection attempts: 100 ms doubling to 5 s, with jitter, for ever.
+pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The URL with a heartbeat and a connection timeout added where it sets none.
+fn with_defaults(url: &str) -> String {
+    let mut url = url.to_string();
+    for (key, value) in [
+        ("heartbeat", HEARTBEAT_SECS.to_string()),
+        (
+            "connection_timeout",
+            CONNECT_TIMEOUT.as_millis().to_string(),
+        ),
+    ] {
+        if !url.contains(&format!("{key}=")) {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{separator}{key}={value}");
+        }
+    }
+    url
+}
+
+impl Shared {
+    /// One attempt: connect, open the publisher, declare the topology.
+    async fn open_link(&self) -> Result<Link> {
+        let url = with_defaults(self.settings.url.expose_secret());
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| Error::unavailable("rabbitmq: connecting timed out"))??;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&publisher).await?;
+        Ok(Link {
+            connection,
+            publisher,
+        })
+    }
+
+    /// Keeps a link up for as long as the handle lives.
+    async fn supervise(self: Arc<Self>) {
+        let mut backoff = reconnect_backoff();
+        let mut attempt: u64 = 0;
+        while !self.closed.load(Ordering::Relaxed) {
+            let link = match self.open_link().await {
+                Ok(link) => Arc::new(link),
+                Err(err) => {
+                    attempt += 1;
+                    let pause = backoff.next().unwrap_or(Duration::from_secs(5));
+                    // The first failures are routine during a restart; say so once, then now and then.
+                    if attempt == 1 || attempt.is_multiple_of(20) {
+                        tracing::warn!(error = %err, attempt, ?pause, "RabbitMQ unreachable; retrying");
+                    }
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            if attempt > 0 {
+                tracing::info!(
+                    attempts = attempt,
+                    "RabbitMQ reconnected; topology declared"
+                );
+            }
+            attempt = 0;
+            backoff = reconnect_backoff();
+            self.link.send_replace(Some(link.clone()));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => if !link.alive() { break },
+                    _ = self.reset.notified() => break,
+                }
+            }
+            self.link.send_replace(None);
+            if self.closed.load(Ordering::Relaxed) {
+                break;
+            }
+            tracing::warn!("RabbitMQ link lost; reconnecting");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                link.connection.close(200, "reconnecting".into()),
+            )
+            .await;
+        }
+    }
+}
+
+impl Broker {
+    /// Starts the handle: it connects in the background and keeps reconnecting. Never fails.
+    pub fn start(settings: &RabbitSettings) -> Broker {
+        let (link, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            topology: Topology::new(settings),
+            link,
+            reset: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let supervisor = tokio::spawn(shared.clone().supervise());
+        Broker { shared, supervisor }
+    }
+
+    /// Starts the handle and waits (up to 30 s) for the first link, topology declared: for tools and
+    /// tests that want a broker now.
+    pub async fn connect(settings: &RabbitSettings) -> Result<Broker> {
+        let broker = Broker::start(settings);
+        broker.wait_connected(Duration::from_secs(30)).await?;
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.shared.topology
+    }
+
+    /// Whether a link is up now (what `/healthcheck` reports).
+    pub fn is_connected(&self) -> bool {
+        self.shared
+            .link
+            .borrow()
+            .as_ref()
+            .is_some_and(|link| link.alive())
+    }
+
+    /// Waits up to `limit` for a link.
+    pub async fn wait_connected(&self, limit: Duration) -> Result<()> {
+        tokio::time::timeout(limit, self.wait_link())
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::unavailable("rabbitmq: not connected"))
+    }
+
+    /// The current link, or a retryable error while there is none.
+    fn link(&self) -> Result<Arc<Link>> {
+        self.shared
+            .link
+            .borrow()
+            .clone()
+            .filter(|link| link.alive())
+            .ok_or_else(|| Error::unavailable("rabbitmq: not connected (reconnecting)"))
+    }
+
+    /// Waits until a link is up.
+    pub(crate) async fn wait_link(&self) -> Arc<Link> {
+        let mut changes = self.shared.link.subscribe();
+        loop {
+            if let Some(link) = changes.borrow_and_update().clone() {
+                if link.alive() {
+                    return link;
+                }
+            }
+            if changes.changed().await.is_err() {
+                // The supervisor is gone; poll rather than spin.
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        }
+    }
+
+    /// Drops the current link and connects afresh, declaring the topology again: for a consumer that
+    /// found its queue gone, or a publish that found nothing bound.
+    pub fn reset(&self, why: &str) {
+        tracing::warn!(
+            why,
+            "RabbitMQ topology looks incomplete; reconnecting to declare it"
+        );
+        self.shared.reset.notify_one();
+    }
+
+    /// Declares the topology again on the current link.
+    pub async fn declare_topology(&self) -> Result<()> {
+        let link = self.link()?;
+        self.shared.topology.declare(&link.publisher).await
+    }
+
+    /// A consumer of `queue` that survives reconnections: see [`Subscription`].
+    pub fn subscribe(self: &Arc<Self>, queue: &str, prefetch: u16, tag: &str) -> Subscription {
+        Subscription::new(self.clone(), queue, prefetch, tag)
+    }
+
+    /// Arms a timer that delivers `fire` to the fires queue at `due_at` (at once if it has passed).
+    pub async fn arm_timer(&self, fire: &FireMessage, due_at: DateTime<Utc>) -> Result<()> {
+        let delay = (due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let units = self.topology().timers.units_of(delay);
+        self.arm_timer_units(fire, units).await
+    }
+
+    /// Arms a timer (a [`FireMessage`] or a [`crate::messages::FireBatch`]) that waits exactly `units`
+    /// in the levels (then the consumer holds the rest).
+    pub async fn arm_timer_units<T: Serialize>(&self, fires: &T, units: u64) -> Result<()> {
+        let routing_key = self.topology().timers.routing_key_for_units(units);
+        let exchange = self.topology().timers.exchange_for(units);
+        self.publish(&exchange, &routing_key, fires).await
+    }
+
+    /// Asks the reaper to terminate an instance.
+    pub async fn request_terminate(&self, request: &TerminateRequest) -> Result<()> {
+        self.publish("", &self.topology().terminate_queue(), request)
+            .await
+    }
+
+    /// Publishes a persistent JSON message and waits for the broker's confirm.
+    pub async fn publish<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+    ) -> Result<()> {
+        let payload = serde_json::to_vec(message)?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let link = self.link()?;
+        let confirm = link
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => {
+                // Every destination the system publishes to is bound to a queue it owns: one that is
+                // unroutable means queues were deleted under us. Declare them again; the caller retries.
+                self.reset("a message was unroutable");
+                Err(Error::unavailable(format!(
+                    "rabbitmq: message to {exchange:?}/{routing_key:?} was unroutable"
+                )))
+            }
+            Confirmation::Nack(_) => Err(Error::unavailable(format!(
+                "rabbitmq: broker refused message to {exchange:?}/{routing_key:?}"
+            ))),
+            Confirmation::NotRequested => Err(Error::internal("publisher confirms are off")),
+        }
+    }
+
+    /// A consumer of `queue` on the current link (it ends with the link; services use
+    /// [`Broker::subscribe`], which resumes).
+    pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer> {
+        self.link()?.consume(queue, prefetch, tag).await
+    }
+
+    /// A plain channel, for tests and tools that fetch messages one at a time.
+    pub async fn channel(&self) -> Result<Channel> {
+        Ok(self.link()?.connection.create_channel().await?)
+    }
+
+    /// Stops reconnecting and closes the connection politely, without waiting long for a broker that
+    /// does not answer.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.supervisor.abort();
+        let link = self.shared.link.send_replace(None);
+        if let Some(link) = link {
+            let close = link.connection.close(200, "bye".into());
+            if tokio::time::timeout(Duration::from_secs(2), close)
+                .await
+                .is_err()
+            {
+                tracing::debug!("the broker did not confirm the close in time");
+            }
+        }
+    }
+}
+
+/// Settles a delivery by what handling it gave: ack on success; requeue after a pause when the error
+/// is retryable (a dependency is down); dead-letter otherwise (malformed or a bug: retrying won't help).
+pub async fn settle<T: std::fmt::Debug>(delivery: &Delivery, outcome: Result<T>, what: &str) {
+    match outcome {
+        Ok(value) => {
+            tracing::debug!(what, ?value, "message handled");
+            if let Err(err) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(what, error = %err, "ack failed; the message will be redelivered");
+            }
+        }
+        Err(err) if err.is_retryable() => {
+            tracing::warn!(what, error = %err, "handling failed; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+        Err(err) => {
+            tracing::error!(what, error = %err, "handling failed for good; dead-lettering");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+}
+
+/// Decodes a JSON message body, mapping a malformed one to a non-retryable error.
+pub fn decode<T: serde::de::DeserializeOwned>(delivery: &Delivery) -> Result<T> {
+    serde_json::from_slice(&delivery.data).map_err(|err| {
+        Error::new(
+            crate::ErrorCode::InvalidInput,
+            format!("malformed message: {err}"),
+        )
+    })
+}

@@ -1,0 +1,319 @@
+//! Durable delayed work and what the reconciler heals from.
+//!
+//! A scheduled fire's truth is its job's entry in `timers`. A retry or a run-now has no such entry, so
+//! it gets one of its own in `timers:delayed`, written in the same Redis step that ends the run it
+//! retries (see [`Store::end_run`]) or that asks for the run ([`Store::schedule_fire`]); the pump hands
+//! it to RabbitMQ from `timers:unarmed` like any timer, and it leaves `timers:delayed` once its run is
+//! recorded. A crash between two steps, or a wiped broker, therefore delays such work and loses none:
+//! [`Store::requeue_overdue`] puts whatever is overdue and unfired back in the pump's hands.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::{AsyncCommands, Script};
+
+use super::{Moved, Store, UnarmedTimer, LIVE_RUNS, UNARMED};
+use crate::error::Result;
+use crate::messages::FireMessage;
+use crate::model::RunState;
+
+/// Retries and run-nows not yet recorded as runs, scored by due time (ms).
+const DELAYED: &str = "timers:delayed";
+
+/// Reads a job's `enabled` and `generation` from the head of its JSON, where the store puts them
+/// (decoded in full for a job stored before they were put there). Shared by the scripts that check
+/// whether a fire is still wanted.
+pub(super) const JOB_STATE_LUA: &str = r#"
+local function job_state(raw)
+  local enabled, generation = string.match(raw, '^{"enabled":(%a+),"generation":(%d+)')
+  if enabled then return enabled == 'true', generation end
+  local job = cjson.decode(raw)
+  return job.enabled, tostring(job.generation)
+end
+"#;
+
+/// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
+/// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
+/// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{r or m}`.
+pub(super) fn timer_member(fire: &FireMessage) -> String {
+    if is_delayed(fire) {
+        format!(
+            "{}|{}|{}|{}|{}",
+            fire.job_id,
+            fire.generation,
+            fire.scheduled_at.timestamp_millis(),
+            fire.attempt,
+            if fire.manual { 'm' } else { 'r' }
+        )
+    } else {
+        format!("{}|{}", fire.job_id, fire.generation)
+    }
+}
+
+/// Whether a fire is a retry or a run-now (kept in `timers:delayed`) rather than a scheduled one.
+pub fn is_delayed(fire: &FireMessage) -> bool {
+    fire.attempt > 1 || fire.manual
+}
+
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// Reads a member of `timers:unarmed` back, with its score (the due time, ms).
+pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTimer> {
+    let due = millis(score.parse::<f64>().ok()? as i64)?;
+    let parts: Vec<&str> = member.split('|').collect();
+    let fire = match parts.as_slice() {
+        [job_id, generation] => FireMessage::scheduled(job_id, generation.parse().ok()?, due),
+        [job_id, generation, instant, attempt, kind] => FireMessage {
+            job_id: job_id.to_string(),
+            generation: generation.parse().ok()?,
+            scheduled_at: millis(instant.parse().ok()?)?,
+            attempt: attempt.parse().ok()?,
+            manual: *kind == "m",
+        },
+        _ => return None,
+    };
+    Some(UnarmedTimer { fire, due })
+}
+
+/// Compare-and-set of a run's state that also keeps the live-run index and arms a retry, in one step.
+/// KEYS: run, live runs, delayed, unarmed. ARGV: expected, new, run id, '1' if the new state ends the
+/// run, the retry's member ('' for none), its due time (ms), then field/value pairs.
+const RUN_CAS: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {0, ''} end
+if current ~= ARGV[1] then return {0, current} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 7))
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
+end
+return {1, current}
+"#;
+
+static RUN_CAS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_CAS));
+
+/// One page of the reconciler's scan. KEYS: the set scanned (`timers` or `timers:delayed`), unarmed.
+/// ARGV: key prefix, overdue bound (ms), offset, page size, 'scheduled' or 'delayed'.
+/// Returns {scanned, requeued, dropped}: fires still wanted go back to unarmed; those of jobs gone,
+/// disabled or changed leave the set.
+const REQUEUE_OVERDUE: &str = r#"
+local prefix, mode = ARGV[1], ARGV[5]
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
+local requeued, dropped = 0, 0
+for i = 1, #rows, 2 do
+  local member, score = rows[i], rows[i + 1]
+  local job_id, wanted = member, nil
+  if mode == 'delayed' then job_id, wanted = string.match(member, '^([^|]+)|(%d+)|') end
+  local raw = job_id and redis.call('GET', prefix .. ':job:' .. job_id)
+  local enabled, generation = false, nil
+  if raw then enabled, generation = job_state(raw) end
+  if not enabled or (wanted and wanted ~= generation) then
+    if mode == 'delayed' or not raw then
+      redis.call('ZREM', KEYS[1], member)
+      dropped = dropped + 1
+    end
+  else
+    local unarmed = member
+    if mode == 'scheduled' then unarmed = member .. '|' .. generation end
+    redis.call('ZADD', KEYS[2], score, unarmed)
+    requeued = requeued + 1
+  end
+end
+return {#rows / 2, requeued, dropped}
+"#;
+
+static REQUEUE_OVERDUE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{REQUEUE_OVERDUE}")));
+
+/// What one reconcile pass found overdue and put back in the pump's hands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Scheduled fires overdue and unfired.
+    pub scheduled: usize,
+    /// Retries and run-nows overdue and unrecorded.
+    pub delayed: usize,
+    /// Entries of jobs since deleted, disabled or changed, removed.
+    pub dropped: usize,
+}
+
+/// A run not yet ended, as the live-run index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckRun {
+    pub run_id: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Moves a run to `to` like [`Store::advance_run`] and, in the same step, arms `retry` (its next
+    /// attempt, due at the given time) durably: a crash just after the move cannot lose the retry.
+    pub async fn end_run(
+        &self,
+        id: &str,
+        to: RunState,
+        fields: &[(&str, String)],
+        retry: Option<(&FireMessage, DateTime<Utc>)>,
+    ) -> Result<Moved<RunState>> {
+        let keys = [
+            self.key(&format!("run:{id}")),
+            self.key(LIVE_RUNS),
+            self.key(DELAYED),
+            self.key(UNARMED),
+        ];
+        let (member, due) = match retry {
+            Some((fire, due)) => (timer_member(fire), due.timestamp_millis().to_string()),
+            None => (String::new(), String::new()),
+        };
+        let extra = [
+            id.to_string(),
+            if to.is_terminal() { "1" } else { "0" }.to_string(),
+            member,
+            due,
+        ];
+        self.advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
+            .await
+    }
+
+    /// Records a fire outside the schedule (a run-now) for the pump to hand over at `due`.
+    pub async fn schedule_fire(&self, fire: &FireMessage, due: DateTime<Utc>) -> Result<()> {
+        let member = timer_member(fire);
+        let score = due.timestamp_millis();
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .zadd(self.key(DELAYED), &member, score)
+            .ignore()
+            .zadd(self.key(UNARMED), &member, score)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Lets go of a retry or run-now once its run is recorded (or it turned out stale).
+    pub async fn forget_fire(&self, fire: &FireMessage) -> Result<()> {
+        if !is_delayed(fire) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: () = conn.zrem(self.key(DELAYED), timer_member(fire)).await?;
+        Ok(())
+    }
+
+    /// The retries and run-nows waiting, with their due times (soonest first).
+    pub async fn delayed_fires(&self, limit: usize) -> Result<Vec<UnarmedTimer>> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, String)> = conn
+            .zrange_withscores(self.key(DELAYED), 0, limit as isize - 1)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|(member, score)| parse_timer_member(member, score))
+            .collect())
+    }
+
+    /// Puts every fire due before `before` and not yet fired (scheduled timers, retries, run-nows)
+    /// back in `timers:unarmed` for the pump, `page` at a time (each page one script, so Redis is
+    /// never held for long). A fire handed over twice is still recorded once.
+    pub async fn requeue_overdue(
+        &self,
+        before: DateTime<Utc>,
+        page: usize,
+    ) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let page = page.max(1);
+        for (set, mode) in [("timers", "scheduled"), (DELAYED, "delayed")] {
+            let mut offset = 0usize;
+            loop {
+                let mut conn = self.conn.clone();
+                let (scanned, requeued, dropped): (usize, usize, usize) = REQUEUE_OVERDUE_SCRIPT
+                    .key(self.key(set))
+                    .key(self.key(UNARMED))
+                    .arg(&self.prefix)
+                    .arg(before.timestamp_millis())
+                    .arg(offset)
+                    .arg(page)
+                    .arg(mode)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match mode {
+                    "scheduled" => report.scheduled += requeued,
+                    _ => report.delayed += requeued,
+                }
+                report.dropped += dropped;
+                if scanned < page {
+                    break;
+                }
+                // Dropped entries left the set: the next page starts that much earlier.
+                offset += scanned - dropped;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs not yet ended, oldest first, as the live-run index holds them (it may still hold a few
+    /// that ended: check each run's state).
+    pub async fn live_runs(&self, limit: usize) -> Result<Vec<StuckRun>> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, f64)> = conn
+            .zrange_withscores(self.key(LIVE_RUNS), 0, limit as isize - 1)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(run_id, ms)| {
+                Some(StuckRun {
+                    run_id,
+                    recorded_at: millis(ms as i64)?,
+                })
+            })
+            .collect())
+    }
+
+    /// Takes a run out of the live-run index (it ended, or is gone).
+    pub async fn forget_live_run(&self, run_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.zrem(self.key(LIVE_RUNS), run_id).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_read_back_as_the_fires_they_name() {
+        let at = millis(1_800_000_000_123).unwrap();
+        let scheduled = FireMessage::scheduled("job1", 4, at);
+        let member = timer_member(&scheduled);
+        assert_eq!(member, "job1|4");
+        let back = parse_timer_member(&member, "1800000000123").unwrap();
+        assert_eq!((back.fire, back.due), (scheduled, at));
+
+        let retry = FireMessage {
+            attempt: 3,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        let due = millis(1_800_000_060_000).unwrap();
+        let member = timer_member(&retry);
+        assert_eq!(member, "job1|4|1800000000123|3|r");
+        let back = parse_timer_member(&member, "1800000060000").unwrap();
+        assert_eq!((back.fire, back.due), (retry, due));
+
+        let manual = FireMessage {
+            manual: true,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        assert!(timer_member(&manual).ends_with("|1|m"));
+        assert_eq!(
+            parse_timer_member(&timer_member(&manual), "1800000000123")
+                .unwrap()
+                .fire,
+            manual
+        );
+        assert!(parse_timer_member("job1|x", "1").is_none());
+        assert!(parse_timer_member("a|1|2", "1").is_none());
+    }
+}

@@ -1,0 +1,368 @@
+//! Every service heals itself: RabbitMQ restarted, a node replaced by an empty one, queues wiped after
+//! the timers were handed over, Redis killed and restarted. Each test breaks a real dependency on
+//! purpose and checks that the services keep running, report the fault, refuse what needs the missing
+//! dependency with 503 and change nothing, come back on their own, and lose no fire.
+//!
+//! A test binary of its own: the broker restart touches every vhost, and cargo runs test binaries
+//! one after another. Inside it, the restart takes [`BROKER`] for writing; every other test, which
+//! only breaks its own vhost or its own Redis, takes it for reading.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use spot_shared::config::Settings;
+use spot_shared::messages::FireMessage;
+use spot_shared::model::RunState;
+use spot_shared::policy;
+use spot_shared::store::Store;
+use spot_tests::redis_server::RedisServer;
+use spot_tests::*;
+use tokio::sync::RwLock;
+
+static BROKER: RwLock<()> = RwLock::const_new(());
+
+fn dummy(schedule: &str) -> Value {
+    json!({"schedule": schedule, "runner": {"type": "dummy", "template": "hi {{.Account}}"}})
+}
+
+fn in_secs(secs: i64) -> String {
+    (Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339()
+}
+
+async fn health(app: &TestApp) -> (u16, Value) {
+    let response = app.get("/healthcheck", "").await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The api, a provisioner and a reaper in the test's env, with the reconciler on its default period.
+struct Stack {
+    app: TestApp,
+    provisioner: Running,
+    reaper: Running,
+}
+
+async fn spawn_stack(env: &TestEnv) -> Stack {
+    let mut settings = env.settings.clone();
+    let defaults = Settings::defaults().provisioner;
+    settings.provisioner.reconcile_interval_secs = defaults.reconcile_interval_secs;
+    settings.provisioner.reconcile_grace_secs = defaults.reconcile_grace_secs;
+    let app = spawn_app_with(settings.clone()).await;
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let reaper = spawn_reaper(env).await;
+    Stack {
+        app,
+        provisioner,
+        reaper,
+    }
+}
+
+impl Stack {
+    fn all_running(&self) -> bool {
+        self.app.service.is_running() && self.provisioner.is_running() && self.reaper.is_running()
+    }
+
+    async fn wait_healthy(&self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        eventually(limit, "/healthcheck to be live again", || async {
+            (health(&self.app).await.0 == 200).then_some(())
+        })
+        .await;
+        start.elapsed()
+    }
+
+    async fn wait_runs(&self, job_id: &str, count: usize, limit: Duration) -> Vec<Value> {
+        eventually(
+            limit,
+            &format!("{count} ended run(s) of {job_id}"),
+            || async {
+                let runs = self.app.runs(job_id).await;
+                let ended = runs
+                    .iter()
+                    .filter(|run| run["state"] == "succeeded")
+                    .count();
+                (ended >= count).then_some(runs)
+            },
+        )
+        .await
+    }
+}
+
+/// What a broker outage must look like from outside: services up, health degraded naming RabbitMQ,
+/// then live again; a run-now asked for during the outage is kept (it is written to Redis) and fires
+/// after; a job scheduled after the outage fires.
+async fn outage_and_recovery(env: &TestEnv, stack: &Stack, recover: impl FnOnce()) {
+    let job = stack.app.create_job(ACCOUNT_KEY, dummy("0 0 1 1 *")).await;
+    eventually(
+        Duration::from_secs(20),
+        "health to show RabbitMQ gone",
+        || async {
+            let (status, body) = health(&stack.app).await;
+            (status == 503 && body["rabbitmq"] != "ok").then_some(())
+        },
+    )
+    .await;
+    let asked = stack
+        .app
+        .post_raw(&format!("/v1/jobs/{job}/run"), ACCOUNT_KEY, "")
+        .await;
+    assert_eq!(asked.status(), 202, "a run-now needs only Redis");
+
+    recover();
+    let healed = stack.wait_healthy(Duration::from_secs(30)).await;
+    eprintln!(
+        "{}: healthy again {healed:?} after the broker's return",
+        env.name
+    );
+    let runs = stack.wait_runs(&job, 1, Duration::from_secs(30)).await;
+    assert_eq!(runs.len(), 1, "the run-now fired once: {runs:?}");
+
+    let later = stack.app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
+    stack.wait_runs(&later, 1, Duration::from_secs(30)).await;
+    assert!(stack.all_running(), "no service exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_heals_after_a_rabbitmq_restart() {
+    let _broker = BROKER.write().await;
+    let env = TestEnv::new();
+    let stack = spawn_stack(&env).await;
+    stack.wait_healthy(Duration::from_secs(10)).await;
+
+    rabbitmqctl(&["stop_app"]);
+    outage_and_recovery(&env, &stack, || {
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_heals_when_its_node_is_replaced_by_an_empty_one() {
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let stack = spawn_stack(&env).await;
+    stack.wait_healthy(Duration::from_secs(10)).await;
+
+    // Every connection closed, every exchange, queue and binding gone; refused until it is back.
+    env.delete_vhost();
+    outage_and_recovery(&env, &stack, || env.make_vhost()).await;
+}
+
+/// Timers handed to RabbitMQ, then the queues holding them deleted: the reconciler, on its default
+/// period, finds them overdue in Redis and hands them over again; every job fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fires_lost_with_wiped_queues_after_the_handover_are_healed_by_the_reconciler() {
+    const JOBS: usize = 1000;
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let due = Utc::now() + chrono::Duration::seconds(15);
+    let due_text = due.to_rfc3339();
+    let jobs: Vec<String> = futures::stream::iter(0..JOBS)
+        .map(|_| app.create_job(ACCOUNT_KEY, dummy(&due_text)))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+
+    // A provisioner's pump hands every timer over in its last second; nobody consumes yet.
+    let pump = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    let horizon = pump.pump_horizon().0;
+    tokio::time::sleep(
+        (due - horizon - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+    .await;
+    let mut handed = 0;
+    while handed < JOBS {
+        handed += pump.pump_once().await.unwrap();
+    }
+    drop(pump);
+    assert!(env.queue_depth("spot.fires").is_some());
+    assert!(env.wipe_queues() > 0, "the queues existed");
+
+    // Now a whole provisioner, on the default reconcile period and grace.
+    let wiped_at = Instant::now();
+    let mut settings = env.settings.clone();
+    let defaults = Settings::defaults().provisioner;
+    settings.provisioner.reconcile_interval_secs = defaults.reconcile_interval_secs;
+    settings.provisioner.reconcile_grace_secs = defaults.reconcile_grace_secs;
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let limit = Duration::from_secs(defaults.reconcile_grace_secs + 45);
+    eventually(limit, "every lost fire to be healed", || async {
+        let mut fired = 0;
+        for job in &jobs {
+            fired += store.job_run_ids(job, 0).await.ok()?.len();
+        }
+        (fired >= JOBS).then_some(())
+    })
+    .await;
+    eprintln!(
+        "{}: {JOBS} lost fires healed {:?} after the wipe",
+        env.name,
+        wiped_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for job in &jobs {
+        assert_eq!(
+            store.job_run_ids(job, 0).await.unwrap().len(),
+            1,
+            "{job} fired once"
+        );
+    }
+    assert!(provisioner.is_running());
+}
+
+/// A job with a fire recorded as a pending run, as the provisioner records one.
+async fn recorded_run(store: &Store, app: &TestApp, body: Value) -> (String, String) {
+    let job_id = app.create_job(ACCOUNT_KEY, body).await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    let record = store
+        .record_fire(&job, job.generation, Utc::now(), 1)
+        .await
+        .unwrap();
+    let spot_shared::store::FireRecord::New(run_id) = record else {
+        panic!("a new run: {record:?}");
+    };
+    (job_id, run_id)
+}
+
+/// A retry is written with the end of the run it retries, in one Redis step; the broker losing it
+/// after the handover delays it and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_is_recorded_with_its_run_and_survives_a_wiped_broker() {
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let mut body = dummy("0 0 1 1 *");
+    body["policies"] =
+        json!({"retries": {"max_attempts": 2, "backoff_secs": 1, "backoff_max_secs": 1}});
+    let (job_id, run_id) = recorded_run(&store, &app, body).await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    store
+        .advance_run(&run_id, RunState::Provisioning, &[])
+        .await
+        .unwrap();
+    policy::end_run(
+        &store,
+        Some(&job),
+        &run,
+        RunState::ProvisionFailed,
+        &[("error", "no capacity".into())],
+    )
+    .await
+    .unwrap();
+    let waiting = store.delayed_fires(10).await.unwrap();
+    assert_eq!(waiting.len(), 1, "the retry is in Redis: {waiting:?}");
+    assert_eq!(
+        waiting[0].fire,
+        FireMessage {
+            attempt: 2,
+            // Instants travel in milliseconds.
+            ..FireMessage::scheduled(
+                &job_id,
+                job.generation,
+                chrono::DateTime::from_timestamp_millis(run.scheduled_at.timestamp_millis())
+                    .unwrap()
+            )
+        }
+    );
+
+    // Handed to RabbitMQ, then lost with the queues.
+    let pump = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the retry to be handed over",
+        || async { (pump.pump_once().await.ok()? == 1).then_some(()) },
+    )
+    .await;
+    drop(pump);
+    env.wipe_queues();
+
+    let mut settings = env.settings.clone();
+    settings.provisioner.reconcile_interval_secs = 1;
+    settings.provisioner.reconcile_grace_secs = 2;
+    let _provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let runs = eventually(Duration::from_secs(30), "the retry to run", || async {
+        let runs = app.runs(&job_id).await;
+        (runs.len() == 2).then_some(runs)
+    })
+    .await;
+    assert_eq!(runs[0]["attempt"], 2);
+    assert_eq!(runs[0]["state"], "succeeded");
+    eventually(
+        Duration::from_secs(10),
+        "the retry to leave Redis",
+        || async { store.delayed_fires(10).await.ok()?.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+/// Redis killed and started again (its append-only file keeps what was written): the services stay
+/// up, answer 503 naming Redis meanwhile without storing anything, and work again on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_heals_after_a_redis_restart() {
+    let _broker = BROKER.read().await;
+    let mut redis = RedisServer::start().await;
+    let mut env = TestEnv::new();
+    env.settings.redis.url = secrecy::SecretString::from(redis.url());
+    let stack = spawn_stack(&env).await;
+    stack.wait_healthy(Duration::from_secs(10)).await;
+    let before = stack.app.create_job(ACCOUNT_KEY, dummy("0 0 1 1 *")).await;
+
+    redis.kill();
+    let (status, body) = health(&stack.app).await;
+    assert_eq!(status, 503);
+    assert_ne!(body["redis"], "ok", "{body}");
+    let refused = stack
+        .app
+        .post_raw("/v1/jobs", ACCOUNT_KEY, &dummy(&in_secs(1)).to_string())
+        .await;
+    assert_eq!(refused.status(), 503);
+    let reply: Value = refused.json().await.unwrap();
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unavailable"),
+        "{reply}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stack.all_running(),
+        "no service exited while Redis was down"
+    );
+
+    redis.restart().await;
+    let healed = stack.wait_healthy(Duration::from_secs(20)).await;
+    eprintln!(
+        "{}: healthy again {healed:?} after Redis's return",
+        env.name
+    );
+    let jobs = stack.app.get("/v1/jobs", ACCOUNT_KEY).await;
+    let listed: Value = jobs.json().await.unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|job| job["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [before.as_str()],
+        "the job kept, the refused one not stored"
+    );
+    let later = stack.app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
+    stack.wait_runs(&later, 1, Duration::from_secs(30)).await;
+    assert!(stack.all_running());
+}

@@ -3,11 +3,23 @@
 //! across a window (one-shot and cron dummy jobs, container jobs, container jobs that fail and retry,
 //! HTTP tasks, run-nows), breaks things on a schedule (kill -9 of each service, restarted as a
 //! supervisor would; a RabbitMQ restart; its queues deleted; Redis killed and restarted), waits for
-//! the system to heal, and prints one JSON line of counts that must all be 0 but `seconds_to_heal`.
-//! It exits 1 when one is not. `scripts/chaos` builds it in release and runs it; `scripts/test` runs
+//! the system to heal, and prints one JSON line: the counts `lost`, `duplicated`, `runs_not_ended`,
+//! `instances_left`, `containers_left`, `agents_left` and `unexpected_exits` must all be 0 (it exits 1
+//! when one is not); `seconds_to_heal` runs from the last fault until all work due before it is done,
+//! `max_fire_lateness_secs` is the worst hold-up any fault caused. Cron jobs are checked for
+//! duplicates and for still firing at the window's end; instants they skipped while a fault held
+//! them up are counted (`cron_instants_collapsed`), since a recurring job fires once for what it
+//! missed. `scripts/chaos` builds it in release and runs it; `scripts/test` runs
 //! the short scenario.
 //!
-//! Usage: spot-chaos [--short] [--window SECONDS]
+//! `--wipe JOBS` runs another scenario: JOBS dummy jobs all due at one instant; once the pump has
+//! handed their timers to RabbitMQ both provisioners are killed and every queue deleted, then the
+//! provisioners start again; it prints how long the reconciler took to fire them all, and whether
+//! each fired exactly once.
+//!
+//! Redis runs as `scripts/up` runs it, `appendfsync everysec`; `--fsync always` syncs every write.
+//!
+//! Usage: spot-chaos [--short] [--window SECONDS] [--wipe JOBS] [--fsync always|everysec]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use spot_shared::cloud::local::LocalCloud;
 use spot_shared::model::Run;
@@ -120,6 +133,28 @@ impl Supervisor {
                 process.kill();
             }
             service.killed_at = Some(Instant::now());
+        }
+    }
+
+    /// Kills a service and keeps it down until [`Supervisor::resume`].
+    fn hold_down(&self, label: &str) {
+        let Ok(mut services) = self.services.lock() else {
+            return;
+        };
+        if let Some(service) = services.iter_mut().find(|s| s.label == label) {
+            if let Some(process) = service.process.take() {
+                process.kill();
+            }
+            service.killed_at = None;
+        }
+    }
+
+    /// Lets the supervisor start a held-down service again.
+    fn resume(&self, label: &str) {
+        if let Ok(mut services) = self.services.lock() {
+            if let Some(service) = services.iter_mut().find(|s| s.label == label) {
+                service.killed_at = Some(Instant::now() - RESTART_DELAY);
+            }
         }
     }
 
@@ -269,11 +304,21 @@ fn at(start: DateTime<Utc>, secs: f64) -> DateTime<Utc> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut window = 180.0;
+    let mut wipe: Option<usize> = None;
+    let mut fsync = "everysec";
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--short" => window = 45.0,
             "--window" => window = iter.next().context("--window SECONDS")?.parse()?,
+            "--fsync" => {
+                fsync = match iter.next().map(String::as_str) {
+                    Some("always") => "always",
+                    Some("everysec") => "everysec",
+                    _ => bail!("--fsync always|everysec"),
+                }
+            }
+            "--wipe" => wipe = Some(iter.next().context("--wipe JOBS")?.parse()?),
             other => {
                 bail!("unknown argument {other:?}; usage: spot-chaos [--short] [--window SECONDS]")
             }
@@ -282,7 +327,8 @@ async fn main() -> anyhow::Result<()> {
     let short = window < 90.0;
     let scale = |long: usize, brief: usize| if short { brief } else { long };
 
-    let mut redis = RedisServer::start().await;
+    // Redis as `scripts/up` runs it (`--fsync always` for every write on disk before its answer).
+    let mut redis = RedisServer::start_with_fsync(fsync).await;
     let mut env = TestEnv::new();
     env.settings.redis.url = secrecy::SecretString::from(redis.url());
     let image = image::busybox_image().await;
@@ -342,6 +388,21 @@ async fn main() -> anyhow::Result<()> {
     });
     for api in &apis {
         spot_tests::wait_until_healthy(api, Duration::from_secs(60)).await?;
+    }
+
+    if let Some(jobs) = wipe {
+        let outcome = wipe_scenario(jobs, &env, &supervisor, &client).await;
+        tending.abort();
+        supervisor.stop_all().await;
+        let outcome = outcome?;
+        println!("{outcome}");
+        let failed = outcome["lost"] != 0 || outcome["duplicated"] != 0;
+        drop(env);
+        drop(redis);
+        if failed {
+            std::process::exit(1);
+        }
+        return Ok(());
     }
 
     // The work, its instants spread over the window.
@@ -554,13 +615,14 @@ async fn main() -> anyhow::Result<()> {
         "agents_left": agents_left,
         "unexpected_exits": supervisor.unexpected_exits.load(Ordering::Relaxed),
         "seconds_to_heal": healed_at.map(|at| (at - last_fault).num_milliseconds().max(0) as f64 / 1000.0),
+        "max_fire_lateness_secs": report.max_fire_lateness_secs,
+        "cron_runs": report.cron_runs,
         "cron_instants_collapsed": report.collapsed,
         "runs_failed_lost": report.lost_runs,
         "faults": FAULTS.len(),
+        "redis_fsync": fsync,
     });
     println!("{outcome}");
-    drop(env);
-    drop(redis);
     let zero = [
         "lost",
         "duplicated",
@@ -570,7 +632,18 @@ async fn main() -> anyhow::Result<()> {
         "agents_left",
         "unexpected_exits",
     ];
-    if zero.iter().any(|k| outcome[k] != 0) || outcome["seconds_to_heal"].is_null() {
+    let failed = zero.iter().any(|k| outcome[k] != 0) || outcome["seconds_to_heal"].is_null();
+    if failed {
+        // Keep the services' logs for a look.
+        std::env::set_var("SPOT_TEST_KEEP_FILES", "1");
+        eprintln!(
+            "[chaos] FAILED; service logs kept in {}",
+            env.dir().display()
+        );
+    }
+    drop(env);
+    drop(redis);
+    if failed {
         std::process::exit(1);
     }
     Ok(())
@@ -589,6 +662,11 @@ struct Tally {
     collapsed: usize,
     /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
     lost_runs: usize,
+    /// Runs of cron jobs (not in `runs`: how many a cron job gets depends on what it missed).
+    cron_runs: usize,
+    /// The latest first fire of any one-shot, from its instant to its run's record, in seconds: how
+    /// long the worst fault held work up.
+    max_fire_lateness_secs: f64,
     /// Whether all work due before the last fault is done.
     due_before_fault_done: bool,
     run_ids: HashSet<String>,
@@ -616,7 +694,15 @@ async fn tally(
     };
     for (job_id, expect, due) in jobs {
         let runs = runs_of(store, job_id).await?;
-        tally.runs += runs.len();
+        if !matches!(expect, Expect::Cron { .. }) {
+            tally.runs += runs.len();
+        }
+        for run in runs.iter().filter(|r| r.attempt == 1) {
+            if let Some(recorded) = run.transitions.values().min() {
+                let late = (*recorded - run.scheduled_at).num_milliseconds() as f64 / 1000.0;
+                tally.max_fire_lateness_secs = tally.max_fire_lateness_secs.max(late);
+            }
+        }
         tally.runs_not_ended += runs.iter().filter(|r| !r.state.is_terminal()).count();
         tally.lost_runs += runs
             .iter()
@@ -637,11 +723,11 @@ async fn tally(
                 (n, runs.len().saturating_sub(n))
             }
             Expect::Cron { last } => {
-                let fired_last = runs.iter().any(|r| r.scheduled_at == *last);
-                if !fired_last {
+                // Lost: the schedule stopped (its last instant in the window never fired).
+                if !runs.iter().any(|r| r.scheduled_at == *last) {
                     tally.lost += 1;
                 }
-                tally.expected += 1;
+                tally.cron_runs += runs.len();
                 // Instants every 5 s from the first run to the last one expected.
                 if let Some(first) = runs.iter().map(|r| r.scheduled_at).min() {
                     let instants = ((*last - first).num_seconds() / 5 + 1).max(0) as usize;
@@ -682,4 +768,82 @@ async fn containers_of(run_ids: &HashSet<String>) -> usize {
                 .is_some_and(|run| run_ids.contains(run))
         })
         .count()
+}
+
+/// The `--wipe` scenario (see the module doc).
+async fn wipe_scenario(
+    jobs: usize,
+    env: &TestEnv,
+    supervisor: &Supervisor,
+    client: &Client,
+) -> anyhow::Result<Value> {
+    use futures::StreamExt;
+    let store = Store::connect(&env.settings.redis).await?;
+    let created = Instant::now();
+    // Time to create them all (about 10,000 a second in release), then a margin.
+    let due = Utc::now() + chrono::Duration::seconds(20 + (jobs / 4000) as i64);
+    let body = json!({"schedule": due.to_rfc3339(), "runner": {"type": "dummy", "template": "x"}});
+    let ids: Vec<String> = futures::stream::iter(0..jobs)
+        .map(|_| client.create(body.clone()))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!(
+        "[chaos] {jobs} jobs created in {:?}, due {due}",
+        created.elapsed()
+    );
+    if Utc::now() > due - chrono::Duration::seconds(2) {
+        bail!("creating the jobs took too long for their instant");
+    }
+    // The pump hands timers over in their last second: just before the instant all are in RabbitMQ.
+    tokio::time::sleep((due - chrono::Duration::milliseconds(300) - Utc::now()).to_std()?).await;
+    for label in ["provisioner-1", "provisioner-2"] {
+        supervisor.hold_down(label);
+    }
+    let redis = redis::Client::open(env.settings.redis.url.expose_secret())?;
+    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let unarmed: usize = redis::cmd("ZCARD")
+        .arg(format!("{}:timers:unarmed", env.name))
+        .query_async(&mut conn)
+        .await?;
+    let deleted = env.wipe_queues();
+    eprintln!("[chaos] provisioners killed, {deleted} queues deleted; {unarmed} timers were still in Redis");
+    let returned = Instant::now();
+    for label in ["provisioner-1", "provisioner-2"] {
+        supervisor.resume(label);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last_count = 0;
+    while last_count < jobs as u64 && Instant::now() < deadline {
+        last_count = store
+            .fire_lateness()
+            .await
+            .map(|h| h.count)
+            .unwrap_or(last_count);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = returned.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Exactly once: every job's run count.
+    let (mut lost, mut duplicated) = (0, 0);
+    for chunk in ids.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.zcard(format!("{}:job:{id}:runs", env.name));
+        }
+        let counts: Vec<usize> = pipe.query_async(&mut conn).await?;
+        lost += counts.iter().filter(|&&n| n == 0).count();
+        duplicated += counts.iter().map(|&n| n.saturating_sub(1)).sum::<usize>();
+    }
+    Ok(json!({
+        "scenario": "wipe",
+        "jobs": jobs,
+        "queues_deleted": deleted,
+        "timers_in_redis_at_the_wipe": unarmed,
+        "seconds_to_fire_all_after_return": healed.as_secs_f64(),
+        "lost": lost,
+        "duplicated": duplicated,
+    }))
 }

@@ -325,7 +325,10 @@ impl ServiceProcess {
         let path = agent_binary().with_file_name(binary);
         std::fs::create_dir_all(env.dir()).expect("test dir");
         let config = env.dir().join("config.toml");
-        std::fs::write(&config, &env.toml).expect("config written");
+        // Written whole, then renamed: a service starting meanwhile never reads a half-written file.
+        let staged = env.dir().join(format!("config.toml.{label}"));
+        std::fs::write(&staged, &env.toml).expect("config written");
+        std::fs::rename(&staged, &config).expect("config in place");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

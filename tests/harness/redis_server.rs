@@ -9,12 +9,21 @@ use std::time::Duration;
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// `appendfsync`: `always` (every write on disk before it is answered) or `everysec`.
+    fsync: &'static str,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    /// Starts one, durable by its append-only file as `scripts/up` runs Redis, and waits for it.
+    /// Starts one, durable by its append-only file with every write synced (so a kill loses
+    /// nothing it answered), and waits for it.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with_fsync("always").await
+    }
+
+    /// [`RedisServer::start`] with another `appendfsync` policy (`everysec` is what `scripts/up` and
+    /// the compose file run).
+    pub async fn start_with_fsync(fsync: &'static str) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
@@ -24,6 +33,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir,
+            fsync,
             child: None,
         };
         server.restart().await;
@@ -52,7 +62,7 @@ impl RedisServer {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                self.fsync,
                 "--save",
                 "",
             ])

@@ -500,3 +500,58 @@ async fn an_interrupted_spot_instance_is_replaced_by_a_new_attempt_on_a_new_inst
 
     stack.finish().await;
 }
+
+/// A spot instance reclaimed while its agent could not say so (the agent died with it): the sweep
+/// finds the run silent and the instance gone, and ends the run `interrupted`, not `failed`, with a
+/// new attempt armed as for any interruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
+    let mut stack = Ec2Stack::start(false).await;
+    let mut settings = stack.env.settings.clone();
+    settings.reaper.heartbeat_timeout_secs = 2;
+    let reaper = spot_reaper::Reaper::build(settings).await.unwrap();
+    stack
+        .services
+        .push(spawn_provisioner(&stack.env, &stack.app.address).await);
+    let job = stack.job("sleep 300", json!({})).await;
+    let run = stack.run_in(&job, 1, &["running"]).await;
+    let instance_id = run["instance_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        stack.instance(&instance_id).await.unwrap()["lifecycle"],
+        "spot"
+    );
+    // The reclaim: the instance goes away, and its agent with it, without a word.
+    stack.player.kill_agent(&instance_id);
+    stack
+        .moto
+        .ec2()
+        .await
+        .client()
+        .terminate_instances()
+        .instance_ids(&instance_id)
+        .send()
+        .await
+        .unwrap();
+
+    let interrupted = eventually(Duration::from_secs(30), "the sweep to see it", || async {
+        let report = reaper.sweep_once().await.ok()?;
+        (report.interrupted == 1).then_some(report)
+    })
+    .await;
+    assert_eq!(interrupted.lost, 0);
+    let run = stack.run_in(&job, 1, &["interrupted"]).await;
+    assert!(
+        run["error"].as_str().unwrap().starts_with("interrupted"),
+        "{run}"
+    );
+    assert_legal_history(&run);
+    // Interruptions are retried: attempt 2 is armed in Redis with the run's end.
+    let waiting = stack.env.store().await.delayed_fires(10).await.unwrap();
+    assert!(
+        waiting
+            .iter()
+            .any(|t| t.fire.job_id == job && t.fire.attempt == 2),
+        "{waiting:?}"
+    );
+    stack.finish().await;
+}

@@ -329,12 +329,13 @@ async fn every_service_heals_after_a_redis_restart() {
         .post_raw("/v1/jobs", ACCOUNT_KEY, &dummy(&in_secs(1)).to_string())
         .await;
     assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
     let reply: Value = refused.json().await.unwrap();
     assert!(
         reply["message"]
             .as_str()
             .unwrap_or("")
-            .contains("unavailable"),
+            .starts_with("Redis is unavailable"),
         "{reply}"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -36,11 +36,23 @@ impl ResponseError for ApiError {
             }
             ErrorCode::Unavailable => {
                 tracing::warn!(error = %err, "dependency unavailable");
-                "a backing service is unavailable; try again".to_string()
+                // Name the dependency (the store and broker errors start with it), not its details.
+                let dependency = match err.message.split(':').next() {
+                    Some("redis") => "Redis",
+                    Some("rabbitmq") => "RabbitMQ",
+                    Some("docker") => "Docker",
+                    _ => "a backing service",
+                };
+                format!("{dependency} is unavailable; nothing was changed; try again shortly")
             }
             _ => err.message.clone(),
         };
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut response = HttpResponse::build(self.status_code());
+        if err.code == ErrorCode::Unavailable {
+            // Dependencies come back within seconds: the services reconnect on their own.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(json!({
             "status": "error",
             "error": err.code.as_str(),
             "message": match &err.field {

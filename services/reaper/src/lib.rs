@@ -8,6 +8,7 @@
 //! crashed provisioner (lost, retried if allowed); spot requests left open. One reaper sweeps per period (a lease), and every step is
 //! idempotent, so reapers racing each other or the api do no harm.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -36,6 +37,8 @@ pub struct SweepReport {
     pub orphans: usize,
     pub timed_out: usize,
     pub lost: usize,
+    /// Spot instances reclaimed without their agent's word.
+    pub interrupted: usize,
     pub stale_requests: usize,
 }
 
@@ -67,16 +70,19 @@ impl Reaper {
     pub async fn sweep_once(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = chrono::Utc::now();
+        // Listed before the recorded instances are looked at: one the cloud no longer lists is gone.
+        let in_cloud = self.cloud.instances().await?;
+        let alive: HashSet<&str> = in_cloud.iter().map(|i| i.id.as_str()).collect();
         for instance_id in self.store.live_instance_ids().await? {
             if let Err(err) = self
-                .sweep_recorded_instance(&instance_id, now, &mut report)
+                .sweep_recorded_instance(&instance_id, &alive, now, &mut report)
                 .await
             {
                 tracing::warn!(instance_id, error = %err, "sweep: instance skipped");
             }
         }
-        for instance in self.cloud.instances().await? {
-            if let Err(err) = self.sweep_cloud_instance(&instance, now, &mut report).await {
+        for instance in &in_cloud {
+            if let Err(err) = self.sweep_cloud_instance(instance, now, &mut report).await {
                 tracing::warn!(instance_id = %instance.id, error = %err, "sweep: instance skipped");
             }
         }
@@ -92,6 +98,7 @@ impl Reaper {
             ("swept_orphan", report.orphans),
             ("swept_timed_out", report.timed_out),
             ("swept_lost", report.lost),
+            ("swept_interrupted", report.interrupted),
             ("stale_request_cancelled", report.stale_requests),
         ] {
             self.store.note_event(event, count as u64).await;
@@ -104,10 +111,13 @@ impl Reaper {
     }
 
     /// An instance Redis holds live: terminated if no live run owns it, and its run ended if it is
-    /// past its timeout or its agent went silent.
+    /// past its timeout or its agent went silent. A silent spot instance the cloud no longer lists
+    /// was reclaimed without its agent seeing the notice: its run ends `interrupted` (and is retried
+    /// as interruptions are), not `failed`.
     async fn sweep_recorded_instance(
         &self,
         instance_id: &str,
+        alive: &HashSet<&str>,
         now: chrono::DateTime<chrono::Utc>,
         report: &mut SweepReport,
     ) -> Result<()> {
@@ -140,10 +150,18 @@ impl Reaper {
             Some(job) => job.policies.timeout_secs,
             None => spot_shared::model::Policies::default().timeout_secs,
         };
-        if let Some((state, why)) = overdue(&self.settings, &run, timeout_secs, now) {
+        if let Some((mut state, mut why)) = overdue(&self.settings, &run, timeout_secs, now) {
+            let spot = instance.lifecycle.as_deref() == Some("spot");
+            if state == RunState::Failed && spot && !alive.contains(instance_id) {
+                state = RunState::Interrupted;
+                why = format!(
+                    "interrupted: the spot instance is gone and its agent never said ({why})"
+                );
+            }
             if self.end_run(&run, state, &why).await? {
                 match state {
                     RunState::TimedOut => report.timed_out += 1,
+                    RunState::Interrupted => report.interrupted += 1,
                     _ => report.lost += 1,
                 }
             }

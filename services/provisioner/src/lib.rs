@@ -142,6 +142,8 @@ impl Provisioner {
             FireRecord::Existing(run_id) => (run_id, false),
             FireRecord::Stale | FireRecord::Passed => return Ok(FireOutcome::Stale),
         };
+        // Recorded: a retry or run-now is no longer the reconciler's to heal, however long the launch.
+        self.store.forget_fire(fire).await?;
         if new {
             self.note_lateness(fire.scheduled_at).await;
             tracing::info!(job_id = %job.id, run_id = %run_id, scheduled_at = %fire.scheduled_at,

@@ -21,21 +21,26 @@
 //!
 //! Usage: spot-chaos [--short] [--window SECONDS] [--wipe JOBS] [--fsync always|everysec]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use spot_shared::cloud::local::LocalCloud;
-use spot_shared::model::Run;
 use spot_shared::store::Store;
 use spot_tests::redis_server::RedisServer;
-use spot_tests::{image, rabbitmqctl, ServiceProcess, TestEnv, ACCOUNT_KEY};
+
+mod supervisor;
+mod tally;
+mod wipe;
+
+use spot_tests::{image, rabbitmqctl, TestEnv, ACCOUNT_KEY};
+use supervisor::{Supervised, Supervisor};
+use tally::{containers_of, tally, Expect};
 
 /// The services run, two of each, with the label each runs under.
 const SERVICES: [(&str, &str); 6] = [
@@ -46,9 +51,6 @@ const SERVICES: [(&str, &str); 6] = [
     ("reaper-1", "spot-reaper"),
     ("reaper-2", "spot-reaper"),
 ];
-
-/// How long a killed service stays down before its supervisor starts it again.
-const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The faults, in order, at these fractions of the window.
 const FAULTS: [(f64, Fault); 9] = [
@@ -69,127 +71,6 @@ enum Fault {
     RabbitRestart,
     WipeQueues,
     RedisRestart,
-}
-
-/// A service under a supervisor that restarts it when it dies.
-struct Supervised {
-    label: &'static str,
-    binary: &'static str,
-    env: Vec<(String, String)>,
-    process: Option<ServiceProcess>,
-    /// When the chaos killed it (it is then restarted after [`RESTART_DELAY`]).
-    killed_at: Option<Instant>,
-}
-
-#[derive(Default)]
-struct Supervisor {
-    services: Mutex<Vec<Supervised>>,
-    unexpected_exits: AtomicUsize,
-}
-
-impl Supervisor {
-    fn start(&self, env: &TestEnv, service: &mut Supervised) {
-        let vars: Vec<(&str, &str)> = service
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        service.process = Some(ServiceProcess::start_as(
-            env,
-            service.binary,
-            service.label,
-            &vars,
-        ));
-        service.killed_at = None;
-    }
-
-    /// One look: restarts what the chaos killed (after the delay) and what died by itself (counted).
-    fn tend(&self, env: &TestEnv) {
-        let Ok(mut services) = self.services.lock() else {
-            return;
-        };
-        for service in services.iter_mut() {
-            if let Some(process) = service.process.as_mut() {
-                if let Some(status) = process.exited() {
-                    eprintln!("[chaos] {} exited by itself: {status}", service.label);
-                    self.unexpected_exits.fetch_add(1, Ordering::Relaxed);
-                    self.start(env, service);
-                }
-            } else if service
-                .killed_at
-                .is_some_and(|at| at.elapsed() >= RESTART_DELAY)
-            {
-                self.start(env, service);
-            }
-        }
-    }
-
-    fn kill(&self, label: &str) {
-        let Ok(mut services) = self.services.lock() else {
-            return;
-        };
-        if let Some(service) = services.iter_mut().find(|s| s.label == label) {
-            if let Some(process) = service.process.take() {
-                process.kill();
-            }
-            service.killed_at = Some(Instant::now());
-        }
-    }
-
-    /// Kills a service and keeps it down until [`Supervisor::resume`].
-    fn hold_down(&self, label: &str) {
-        let Ok(mut services) = self.services.lock() else {
-            return;
-        };
-        if let Some(service) = services.iter_mut().find(|s| s.label == label) {
-            if let Some(process) = service.process.take() {
-                process.kill();
-            }
-            service.killed_at = None;
-        }
-    }
-
-    /// Lets the supervisor start a held-down service again.
-    fn resume(&self, label: &str) {
-        if let Ok(mut services) = self.services.lock() {
-            if let Some(service) = services.iter_mut().find(|s| s.label == label) {
-                service.killed_at = Some(Instant::now() - RESTART_DELAY);
-            }
-        }
-    }
-
-    /// SIGTERM to every service; each must exit 0 within its grace (plus a margin), else it counts
-    /// as an unexpected exit.
-    async fn stop_all(&self) {
-        let mut pending: Vec<(&'static str, ServiceProcess)> = match self.services.lock() {
-            Ok(mut services) => services
-                .iter_mut()
-                .filter_map(|s| s.process.take().map(|p| (s.label, p)))
-                .collect(),
-            Err(_) => return,
-        };
-        for (_, process) in &pending {
-            let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pending.is_empty() && Instant::now() < deadline {
-            pending.retain_mut(|(label, process)| match process.exited() {
-                Some(status) if status.success() => false,
-                Some(status) => {
-                    eprintln!("[chaos] {label} stopped badly: {status}");
-                    self.unexpected_exits.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                None => true,
-            });
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for (label, _) in &pending {
-            eprintln!("[chaos] {label} did not stop within 20 s of SIGTERM");
-            self.unexpected_exits.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// The two apis, tried in turn: a client of a replicated service retries on the other.
@@ -250,17 +131,6 @@ impl Client {
 
 /// An HTTP task accepted, with when it was.
 type Task = (String, DateTime<Utc>);
-
-/// What each job must show at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Exactly this many runs, attempts 1..=n.
-    Runs(usize),
-    /// A cron job: no instant twice, and its last instant in the window fired.
-    Cron { last: DateTime<Utc> },
-    /// As many runs as run-nows were accepted (counted in `accepted`).
-    RunNows,
-}
 
 struct Job {
     id: String,
@@ -391,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if let Some(jobs) = wipe {
-        let outcome = wipe_scenario(jobs, &env, &supervisor, &client).await;
+        let outcome = wipe::wipe_scenario(jobs, &env, &supervisor, &client).await;
         tending.abort();
         supervisor.stop_all().await;
         let outcome = outcome?;
@@ -647,203 +517,4 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-/// The counts at one moment.
-#[derive(Debug, Default, Clone)]
-struct Tally {
-    expected: usize,
-    runs: usize,
-    lost: usize,
-    duplicated: usize,
-    runs_not_ended: usize,
-    /// Cron instants skipped because a fault delayed them (a recurring job fires once for what it
-    /// missed): reported, not a failure.
-    collapsed: usize,
-    /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
-    lost_runs: usize,
-    /// Runs of cron jobs (not in `runs`: how many a cron job gets depends on what it missed).
-    cron_runs: usize,
-    /// The latest first fire of any one-shot, from its instant to its run's record, in seconds: how
-    /// long the worst fault held work up.
-    max_fire_lateness_secs: f64,
-    /// Whether all work due before the last fault is done.
-    due_before_fault_done: bool,
-    run_ids: HashSet<String>,
-}
-
-async fn runs_of(store: &Store, job_id: &str) -> anyhow::Result<Vec<Run>> {
-    let mut runs = Vec::new();
-    for id in store.job_run_ids(job_id, 0).await? {
-        if let Some(run) = store.get_run(&id).await? {
-            runs.push(run);
-        }
-    }
-    Ok(runs)
-}
-
-async fn tally(
-    store: &Store,
-    jobs: &[(String, Expect, Option<DateTime<Utc>>)],
-    accepted: &HashMap<String, usize>,
-    last_fault: DateTime<Utc>,
-) -> anyhow::Result<Tally> {
-    let mut tally = Tally {
-        due_before_fault_done: true,
-        ..Tally::default()
-    };
-    for (job_id, expect, due) in jobs {
-        let runs = runs_of(store, job_id).await?;
-        if !matches!(expect, Expect::Cron { .. }) {
-            tally.runs += runs.len();
-        }
-        for run in runs.iter().filter(|r| r.attempt == 1) {
-            if let Some(recorded) = run.transitions.values().min() {
-                let late = (*recorded - run.scheduled_at).num_milliseconds() as f64 / 1000.0;
-                tally.max_fire_lateness_secs = tally.max_fire_lateness_secs.max(late);
-            }
-        }
-        tally.runs_not_ended += runs.iter().filter(|r| !r.state.is_terminal()).count();
-        tally.lost_runs += runs
-            .iter()
-            .filter(|r| r.error.as_deref().is_some_and(|e| e.starts_with("lost")))
-            .count();
-        tally.run_ids.extend(runs.iter().map(|r| r.id.clone()));
-        let mut seen: BTreeMap<(i64, u32), usize> = BTreeMap::new();
-        for run in &runs {
-            *seen
-                .entry((run.scheduled_at.timestamp_millis(), run.attempt))
-                .or_default() += 1;
-        }
-        let twice: usize = seen.values().map(|n| n - 1).sum();
-        let (wanted, extra) = match expect {
-            Expect::Runs(n) => (*n, runs.len().saturating_sub(*n)),
-            Expect::RunNows => {
-                let n = accepted.get(job_id).copied().unwrap_or(0);
-                (n, runs.len().saturating_sub(n))
-            }
-            Expect::Cron { last } => {
-                // Lost: the schedule stopped (its last instant in the window never fired).
-                if !runs.iter().any(|r| r.scheduled_at == *last) {
-                    tally.lost += 1;
-                }
-                tally.cron_runs += runs.len();
-                // Instants every 5 s from the first run to the last one expected.
-                if let Some(first) = runs.iter().map(|r| r.scheduled_at).min() {
-                    let instants = ((*last - first).num_seconds() / 5 + 1).max(0) as usize;
-                    tally.collapsed += instants.saturating_sub(seen.len());
-                }
-                tally.duplicated += twice;
-                continue;
-            }
-        };
-        tally.expected += wanted;
-        tally.lost += wanted.saturating_sub(runs.len());
-        tally.duplicated += extra.max(twice);
-        if due.is_some_and(|due| due < last_fault) && runs.len() < wanted {
-            tally.due_before_fault_done = false;
-        }
-    }
-    Ok(tally)
-}
-
-/// Containers, running or not, left by this scenario's runs.
-async fn containers_of(run_ids: &HashSet<String>) -> usize {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
-    let docker = image::docker().await;
-    let filters = HashMap::from([("label", vec![spot_shared::cloud::RUN_LABEL])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let Ok(containers) = docker.list_containers(Some(options)).await else {
-        return usize::MAX;
-    };
-    containers
-        .iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(spot_shared::cloud::RUN_LABEL))
-                .is_some_and(|run| run_ids.contains(run))
-        })
-        .count()
-}
-
-/// The `--wipe` scenario (see the module doc).
-async fn wipe_scenario(
-    jobs: usize,
-    env: &TestEnv,
-    supervisor: &Supervisor,
-    client: &Client,
-) -> anyhow::Result<Value> {
-    use futures::StreamExt;
-    let store = Store::connect(&env.settings.redis).await?;
-    let created = Instant::now();
-    // Time to create them all (about 10,000 a second in release), then a margin.
-    let due = Utc::now() + chrono::Duration::seconds(20 + (jobs / 4000) as i64);
-    let body = json!({"schedule": due.to_rfc3339(), "runner": {"type": "dummy", "template": "x"}});
-    let ids: Vec<String> = futures::stream::iter(0..jobs)
-        .map(|_| client.create(body.clone()))
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    eprintln!(
-        "[chaos] {jobs} jobs created in {:?}, due {due}",
-        created.elapsed()
-    );
-    if Utc::now() > due - chrono::Duration::seconds(2) {
-        bail!("creating the jobs took too long for their instant");
-    }
-    // The pump hands timers over in their last second: just before the instant all are in RabbitMQ.
-    tokio::time::sleep((due - chrono::Duration::milliseconds(300) - Utc::now()).to_std()?).await;
-    for label in ["provisioner-1", "provisioner-2"] {
-        supervisor.hold_down(label);
-    }
-    let redis = redis::Client::open(env.settings.redis.url.expose_secret())?;
-    let mut conn = redis.get_multiplexed_async_connection().await?;
-    let unarmed: usize = redis::cmd("ZCARD")
-        .arg(format!("{}:timers:unarmed", env.name))
-        .query_async(&mut conn)
-        .await?;
-    let deleted = env.wipe_queues();
-    eprintln!("[chaos] provisioners killed, {deleted} queues deleted; {unarmed} timers were still in Redis");
-    let returned = Instant::now();
-    for label in ["provisioner-1", "provisioner-2"] {
-        supervisor.resume(label);
-    }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last_count = 0;
-    while last_count < jobs as u64 && Instant::now() < deadline {
-        last_count = store
-            .fire_lateness()
-            .await
-            .map(|h| h.count)
-            .unwrap_or(last_count);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let healed = returned.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Exactly once: every job's run count.
-    let (mut lost, mut duplicated) = (0, 0);
-    for chunk in ids.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.zcard(format!("{}:job:{id}:runs", env.name));
-        }
-        let counts: Vec<usize> = pipe.query_async(&mut conn).await?;
-        lost += counts.iter().filter(|&&n| n == 0).count();
-        duplicated += counts.iter().map(|&n| n.saturating_sub(1)).sum::<usize>();
-    }
-    Ok(json!({
-        "scenario": "wipe",
-        "jobs": jobs,
-        "queues_deleted": deleted,
-        "timers_in_redis_at_the_wipe": unarmed,
-        "seconds_to_fire_all_after_return": healed.as_secs_f64(),
-        "lost": lost,
-        "duplicated": duplicated,
-    }))
 }

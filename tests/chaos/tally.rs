@@ -1,0 +1,140 @@
+//! What the chaos harness counts at the end: each job's runs against what it must show.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use spot_shared::model::Run;
+use spot_shared::store::Store;
+use spot_tests::image;
+
+/// What each job must show at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this many runs, attempts 1..=n.
+    Runs(usize),
+    /// A cron job: no instant twice, and its last instant in the window fired.
+    Cron { last: DateTime<Utc> },
+    /// As many runs as run-nows were accepted (counted in `accepted`).
+    RunNows,
+}
+
+/// The counts at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub expected: usize,
+    pub runs: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub runs_not_ended: usize,
+    /// Cron instants skipped because a fault delayed them (a recurring job fires once for what it
+    /// missed): reported, not a failure.
+    pub collapsed: usize,
+    /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
+    pub lost_runs: usize,
+    /// Runs of cron jobs (not in `runs`: how many a cron job gets depends on what it missed).
+    pub cron_runs: usize,
+    /// The latest first fire of any one-shot, from its instant to its run's record, in seconds: how
+    /// long the worst fault held work up.
+    pub max_fire_lateness_secs: f64,
+    /// Whether all work due before the last fault is done.
+    pub due_before_fault_done: bool,
+    pub run_ids: HashSet<String>,
+}
+
+async fn runs_of(store: &Store, job_id: &str) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for id in store.job_run_ids(job_id, 0).await? {
+        if let Some(run) = store.get_run(&id).await? {
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+pub async fn tally(
+    store: &Store,
+    jobs: &[(String, Expect, Option<DateTime<Utc>>)],
+    accepted: &HashMap<String, usize>,
+    last_fault: DateTime<Utc>,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally {
+        due_before_fault_done: true,
+        ..Tally::default()
+    };
+    for (job_id, expect, due) in jobs {
+        let runs = runs_of(store, job_id).await?;
+        if !matches!(expect, Expect::Cron { .. }) {
+            tally.runs += runs.len();
+        }
+        for run in runs.iter().filter(|r| r.attempt == 1) {
+            if let Some(recorded) = run.transitions.values().min() {
+                let late = (*recorded - run.scheduled_at).num_milliseconds() as f64 / 1000.0;
+                tally.max_fire_lateness_secs = tally.max_fire_lateness_secs.max(late);
+            }
+        }
+        tally.runs_not_ended += runs.iter().filter(|r| !r.state.is_terminal()).count();
+        tally.lost_runs += runs
+            .iter()
+            .filter(|r| r.error.as_deref().is_some_and(|e| e.starts_with("lost")))
+            .count();
+        tally.run_ids.extend(runs.iter().map(|r| r.id.clone()));
+        let mut seen: BTreeMap<(i64, u32), usize> = BTreeMap::new();
+        for run in &runs {
+            *seen
+                .entry((run.scheduled_at.timestamp_millis(), run.attempt))
+                .or_default() += 1;
+        }
+        let twice: usize = seen.values().map(|n| n - 1).sum();
+        let (wanted, extra) = match expect {
+            Expect::Runs(n) => (*n, runs.len().saturating_sub(*n)),
+            Expect::RunNows => {
+                let n = accepted.get(job_id).copied().unwrap_or(0);
+                (n, runs.len().saturating_sub(n))
+            }
+            Expect::Cron { last } => {
+                // Lost: the schedule stopped (its last instant in the window never fired).
+                if !runs.iter().any(|r| r.scheduled_at == *last) {
+                    tally.lost += 1;
+                }
+                tally.cron_runs += runs.len();
+                // Instants every 5 s from the first run to the last one expected.
+                if let Some(first) = runs.iter().map(|r| r.scheduled_at).min() {
+                    let instants = ((*last - first).num_seconds() / 5 + 1).max(0) as usize;
+                    tally.collapsed += instants.saturating_sub(seen.len());
+                }
+                tally.duplicated += twice;
+                continue;
+            }
+        };
+        tally.expected += wanted;
+        tally.lost += wanted.saturating_sub(runs.len());
+        tally.duplicated += extra.max(twice);
+        if due.is_some_and(|due| due < last_fault) && runs.len() < wanted {
+            tally.due_before_fault_done = false;
+        }
+    }
+    Ok(tally)
+}
+
+/// Containers, running or not, left by this scenario's runs.
+pub async fn containers_of(run_ids: &HashSet<String>) -> usize {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let docker = image::docker().await;
+    let filters = HashMap::from([("label", vec![spot_shared::cloud::RUN_LABEL])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(containers) = docker.list_containers(Some(options)).await else {
+        return usize::MAX;
+    };
+    containers
+        .iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(spot_shared::cloud::RUN_LABEL))
+                .is_some_and(|run| run_ids.contains(run))
+        })
+        .count()
+}

@@ -368,3 +368,49 @@ async fn a_tasks_instance_is_started_named_and_stopped_when_idle() {
     provisioner.stop().await;
     worker.server.stop(false).await;
 }
+
+/// The provisioner holding a task dies (kill -9): the task's heartbeats stop, the reaper's sweep ends
+/// it `error` (lost), and the instance it started is stopped, since no live task needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_whose_provisioner_died_ends_and_its_instance_is_stopped() {
+    let moto = Moto::start().await;
+    let mut env = TestEnv::new();
+    env.settings.ec2.endpoint_url = moto.endpoint.clone();
+    env.overrides
+        .push(("SPOT__EC2__ENDPOINT_URL".into(), moto.endpoint.clone()));
+    let ec2 = moto.ec2().await;
+    let stopped = moto.instance("acme", true).await;
+    let worker = spawn_worker().await;
+    let app = spawn_app(&env).await;
+    env.overrides
+        .push(("SPOT__API__PUBLIC_URL".into(), app.address.clone()));
+    let provisioner = spot_tests::ServiceProcess::start(&env, "spot-provisioner", &[]);
+    let keys = "access_key_id=AKIDEXAMPLE&access_key_secret=SECRETEXAMPLE";
+    let form = format!(
+        "action_url={}/slow&instance_id={stopped}&timeout=600&{keys}",
+        worker.address
+    );
+    let (status, id) = post_form(&app, &form).await;
+    assert_eq!(status, 200, "{id}");
+    eventually(Duration::from_secs(30), "the action to be held", || async {
+        let calls = worker.calls.lock().unwrap().clone();
+        calls.iter().any(|c| c.starts_with("/slow")).then_some(())
+    })
+    .await;
+    provisioner.kill();
+
+    let mut settings = env.settings.clone();
+    settings.reaper.heartbeat_timeout_secs = 1;
+    let reaper = spot_reaper::Reaper::build(settings).await.unwrap();
+    eventually(Duration::from_secs(30), "the sweep to end it", || async {
+        (reaper.sweep_once().await.ok()?.lost == 1).then_some(())
+    })
+    .await;
+    let ended = task(&app, &id).await;
+    assert_eq!(ended["status"], "error", "{ended}");
+    let state = ec2.describe(&stopped).await.unwrap().unwrap().state;
+    assert!(matches!(state.as_str(), "stopped" | "stopping"), "{state}");
+    let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(status["controlled_instances"], json!([]), "{status}");
+    worker.server.stop(false).await;
+}

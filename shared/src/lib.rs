@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod policy;
 pub mod schedule;
 pub mod store;
+pub mod task_instances;
 pub mod telemetry;
 pub mod timer;
 pub mod userdata;

@@ -9,6 +9,7 @@ use spot_shared::ec2::{InstanceInfo, PowerAction};
 use spot_shared::model::{HttpSpec, Job, Run, RunState};
 use spot_shared::outbound::{check_target, check_url};
 use spot_shared::store::Store;
+use spot_shared::task_instances;
 use spot_shared::Result;
 
 use crate::launch::LaunchOutcome;
@@ -110,8 +111,7 @@ impl Provisioner {
                         .await
                 }
             };
-        self.store.set_remove(&users, &run.id).await?;
-        self.release_instance(instance_id, &run.account).await?;
+        task_instances::release(&self.store, &self.ec2, &run.id, instance_id, &run.account).await?;
         outcome
     }
 
@@ -158,31 +158,6 @@ impl Provisioner {
             }
             tokio::time::sleep(INSTANCE_POLL).await;
         }
-    }
-
-    /// Stops an instance we started once no active task needs it.
-    async fn release_instance(&self, instance_id: &str, account: &str) -> Result<()> {
-        let controlled = self
-            .store
-            .set_members(&HttpSpec::controlled_set(account))
-            .await?
-            .iter()
-            .any(|id| id == instance_id);
-        let users = self
-            .store
-            .set_members(&HttpSpec::users_set(instance_id))
-            .await?;
-        if !controlled || !users.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .power(instance_id, account, PowerAction::Stop)
-            .await?;
-        self.store
-            .set_remove(&HttpSpec::controlled_set(account), instance_id)
-            .await?;
-        tracing::info!(instance_id, "stopped the idle instance");
-        Ok(())
     }
 
     async fn run_http_action(

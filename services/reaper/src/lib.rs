@@ -17,16 +17,19 @@ use spot_shared::broker::{decode, serve, settle, Broker};
 use spot_shared::cloud::{Cloud, CloudInstance};
 use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
+use spot_shared::ec2::Ec2;
 use spot_shared::messages::TerminateRequest;
-use spot_shared::model::{InstanceState, Run, RunState};
+use spot_shared::model::{HttpSpec, InstanceState, Run, RunState, Runner};
 use spot_shared::store::{Moved, Store};
-use spot_shared::{policy, ErrorCode, Result};
+use spot_shared::{policy, task_instances, ErrorCode, Result};
 
 #[derive(Clone)]
 pub struct Reaper {
     store: Store,
     broker: Arc<Broker>,
     cloud: Arc<Cloud>,
+    /// For the instances HRM tasks run on (see [`task_instances`]).
+    ec2: Arc<Ec2>,
     settings: Arc<ReaperSettings>,
 }
 
@@ -48,10 +51,12 @@ impl Reaper {
         let cloud = Cloud::from_settings(&settings)
             .await
             .context("setting up the cloud provider")?;
+        let ec2 = Ec2::from_settings(&settings.ec2).await;
         Ok(Reaper {
             store,
             broker: Arc::new(broker),
             cloud: Arc::new(cloud),
+            ec2: Arc::new(ec2),
             settings: Arc::new(settings.reaper.clone()),
         })
     }
@@ -199,9 +204,27 @@ impl Reaper {
             if let Some(why) = stuck(&self.settings, &run, launching, now) {
                 if self.end_run(&run, RunState::Failed, &why).await? {
                     report.lost += 1;
+                    self.release_task_instance(&run).await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// An HTTP task the sweep ended may have held an instance it started: stop it if no other live
+    /// task needs it, as the task's own end would have.
+    async fn release_task_instance(&self, run: &Run) -> Result<()> {
+        let Some(job) = self.store.get_job(&run.job_id).await? else {
+            return Ok(());
+        };
+        let Runner::Http(HttpSpec {
+            instance_id: Some(instance_id),
+            ..
+        }) = &job.runner
+        else {
+            return Ok(());
+        };
+        task_instances::release(&self.store, &self.ec2, &run.id, instance_id, &run.account).await?;
         Ok(())
     }
 

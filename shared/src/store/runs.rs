@@ -1,0 +1,238 @@
+//! Runs: recording a fire once as a run, reading runs back, trimming a job's history, and the
+//! capped container output.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use redis::{AsyncCommands, Script};
+
+use super::{
+    optional, parse_time, required, state_time_field, transitions, FireRecord, Moved, Store,
+    FIRE_MARKER_TTL_SECS, LIVE_RUNS,
+};
+use crate::error::{Error, Result};
+use crate::model::{Job, Run, RunState};
+
+/// Records a fire once. KEYS: fire marker, run hash, job runs, job, live runs. ARGV: run id,
+/// generation, score, marker TTL (seconds), then the run's field/value pairs.
+const RECORD_FIRE: &str = r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then return {1, existing} end
+local raw = redis.call('GET', KEYS[4])
+if not raw then return {2, ''} end
+local job = cjson.decode(raw)
+if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+return {0, ARGV[1]}
+"#;
+
+/// Appends to a capped string. KEYS[1] log; ARGV[1] chunk, ARGV[2] cap in bytes.
+const APPEND_CAPPED: &str = r#"
+local len = redis.call('STRLEN', KEYS[1])
+local cap = tonumber(ARGV[2])
+if len >= cap then return len end
+local chunk = ARGV[1]
+if len + #chunk > cap then chunk = string.sub(chunk, 1, cap - len) end
+return redis.call('APPEND', KEYS[1], chunk)
+"#;
+
+static RECORD_FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_FIRE));
+static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_CAPPED));
+
+impl Store {
+    /// Records the fire of `job_id` at `scheduled_at` (its `attempt`) exactly once, creating its run
+    /// in `pending`.
+    pub async fn record_fire(
+        &self,
+        job: &Job,
+        generation: u64,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<FireRecord> {
+        let mut conn = self.conn.clone();
+        let run_id = crate::ids::new_id();
+        let now = Utc::now();
+        let fields = [
+            ("id", run_id.clone()),
+            ("job_id", job.id.clone()),
+            ("account", job.account.clone()),
+            ("attempt", attempt.to_string()),
+            ("scheduled_at", scheduled_at.to_rfc3339()),
+            ("state", RunState::Pending.to_string()),
+        ];
+        let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
+        let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
+        script
+            .key(self.fire_key(&job.id, scheduled_at, attempt))
+            .key(self.key(&format!("run:{run_id}")))
+            .key(self.key(&format!("job:{}:runs", job.id)))
+            .key(self.key(&format!("job:{}", job.id)))
+            .key(self.key(LIVE_RUNS))
+            .arg(&run_id)
+            .arg(generation)
+            .arg(now.timestamp_millis())
+            .arg(FIRE_MARKER_TTL_SECS);
+        for (field, value) in &fields {
+            script.arg(*field).arg(value);
+        }
+        script.arg(&pending_at.0).arg(&pending_at.1);
+        let (status, id): (i64, String) = script.invoke_async(&mut conn).await?;
+        Ok(match status {
+            0 => FireRecord::New(id),
+            1 => FireRecord::Existing(id),
+            _ => FireRecord::Stale,
+        })
+    }
+
+    pub(super) fn fire_key(
+        &self,
+        job_id: &str,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> String {
+        self.key(&format!(
+            "fire:{job_id}:{}:{attempt}",
+            scheduled_at.timestamp_millis()
+        ))
+    }
+
+    /// The run recorded for a fire, if it was recorded.
+    pub async fn fire_run(
+        &self,
+        job_id: &str,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .get(self.fire_key(job_id, scheduled_at, attempt))
+            .await?)
+    }
+
+    /// The job's runs that have not ended (among its newest few hundred).
+    pub async fn active_runs(&self, job_id: &str) -> Result<Vec<Run>> {
+        let mut active = Vec::new();
+        for run_id in self.job_run_ids(job_id, 200).await? {
+            if let Some(run) = self.get_run(&run_id).await? {
+                if !run.state.is_terminal() {
+                    active.push(run);
+                }
+            }
+        }
+        Ok(active)
+    }
+
+    /// Deletes all but the newest `keep` runs of a job, with their logs.
+    pub async fn trim_runs(&self, job_id: &str, keep: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let index = self.key(&format!("job:{job_id}:runs"));
+        let old: Vec<String> = conn.zrevrange(&index, keep as isize, -1).await?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for run_id in &old {
+            pipe.zrem(&index, run_id)
+                .ignore()
+                .del(self.key(&format!("run:{run_id}")))
+                .ignore()
+                .del(self.key(&format!("run:{run_id}:log")))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(old.len())
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let mut conn = self.conn.clone();
+        let map: BTreeMap<String, String> = conn.hgetall(self.key(&format!("run:{id}"))).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        run_from_hash(&map).map(Some)
+    }
+
+    /// A job's run ids, newest first.
+    pub async fn job_run_ids(&self, job_id: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let stop = if limit == 0 { -1 } else { limit as isize - 1 };
+        Ok(conn
+            .zrevrange(self.key(&format!("job:{job_id}:runs")), 0, stop)
+            .await?)
+    }
+
+    /// The newest run of a job.
+    pub async fn latest_run(&self, job_id: &str) -> Result<Option<Run>> {
+        match self.job_run_ids(job_id, 1).await?.first() {
+            Some(id) => self.get_run(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a run to `to` (timestamped) and sets `fields`, if the move is legal from where it is.
+    pub async fn advance_run(
+        &self,
+        id: &str,
+        to: RunState,
+        fields: &[(&str, String)],
+    ) -> Result<Moved<RunState>> {
+        self.end_run(id, to, fields, None).await
+    }
+
+    /// Sets fields of a run without changing its state.
+    pub async fn set_run_fields(&self, id: &str, fields: &[(&str, String)]) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("run:{id}"));
+        let _: () = conn.hset_multiple(key, fields).await?;
+        Ok(())
+    }
+
+    pub async fn append_log(&self, run_id: &str, chunk: &[u8], cap: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let len: usize = APPEND_CAPPED_SCRIPT
+            .key(self.key(&format!("run:{run_id}:log")))
+            .arg(chunk)
+            .arg(cap)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(len)
+    }
+
+    /// A run's output: its log, or for a light run the output kept in its hash.
+    pub async fn get_log(&self, run_id: &str) -> Result<Vec<u8>> {
+        let mut conn = self.conn.clone();
+        let (log, output): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
+            .get(self.key(&format!("run:{run_id}:log")))
+            .hget(self.key(&format!("run:{run_id}")), "output")
+            .query_async(&mut conn)
+            .await?;
+        Ok(log.or(output).unwrap_or_default())
+    }
+}
+
+fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
+    Ok(Run {
+        id: required(map, "id")?.clone(),
+        job_id: required(map, "job_id")?.clone(),
+        account: required(map, "account")?.clone(),
+        attempt: required(map, "attempt")?
+            .parse()
+            .map_err(|_| Error::internal("bad stored attempt"))?,
+        scheduled_at: parse_time(required(map, "scheduled_at")?)?,
+        state: required(map, "state")?.parse()?,
+        transitions: transitions(map),
+        instance_id: optional(map, "instance_id"),
+        container_id: optional(map, "container_id"),
+        exit_code: optional(map, "exit_code").and_then(|v| v.parse().ok()),
+        error: optional(map, "error"),
+        heartbeat_at: optional(map, "heartbeat_at").and_then(|v| parse_time(&v).ok()),
+        meta: optional(map, "meta"),
+        callback_status: optional(map, "callback_status"),
+        launch_errors: optional(map, "launch_errors"),
+        secret_hash: optional(map, "secret_hash").unwrap_or_default(),
+    })
+}

@@ -110,7 +110,7 @@ pub struct Policies {
     pub retries: RetryPolicy,
     /// How long a run may take before it is timed out.
     pub timeout_secs: u64,
-    /// How many runs are kept; older ones are deleted with their logs.
+    /// How many runs are kept; older ended ones are deleted with their logs (a run under way never).
     pub history_limit: usize,
     /// No fire before this instant.
     pub start_at: Option<DateTime<Utc>>,

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::delayed::JOB_STATE_LUA;
+use super::runs::TRIM_ENDED_LUA;
 use super::{state_time_field, FireRecord, Store, FIRE_MARKER_TTL_SECS, UNARMED};
 use crate::error::Result;
 use crate::model::RunState;
@@ -91,13 +92,7 @@ for i = 0, fires - 1 do
       -- the member as `unarmed_member` names it
       redis.call('ZADD', KEYS[2], move, job_id .. '|' .. generation)
     end
-    local excess = redis.call('ZCARD', runs) - tonumber(ARGV[a + 9])
-    if excess > 0 then
-      for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
-        redis.call('DEL', prefix .. ':run:' .. old, prefix .. ':run:' .. old .. ':log')
-      end
-      redis.call('ZREMRANGEBYRANK', runs, 0, excess - 1)
-    end
+    trim_ended(runs, prefix, tonumber(ARGV[a + 9]))
   end
   results[#results + 1] = status
   results[#results + 1] = id
@@ -106,7 +101,7 @@ return results
 "#;
 
 static FIRE_LIGHT_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{FIRE_LIGHT}")));
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}")));
 
 impl Store {
     /// Records light fires due together, each once, as runs that succeeded at `now` with their

@@ -30,6 +30,33 @@ redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return {0, ARGV[1]}
 "#;
 
+/// Deletes a job's ended runs beyond the newest `keep`, skipping runs still under way: a Lua function
+/// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
+/// are only known inside).
+pub(super) const TRIM_ENDED_LUA: &str = r#"
+local live_states = {pending = true, provisioning = true, booting = true, running = true}
+local function trim_ended(runs, prefix, keep)
+  local excess = redis.call('ZCARD', runs) - keep
+  if excess <= 0 then return 0 end
+  local deleted = 0
+  for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
+    local run = prefix .. ':run:' .. old
+    if not live_states[redis.call('HGET', run, 'state') or ''] then
+      redis.call('DEL', run, run .. ':log')
+      redis.call('ZREM', runs, old)
+      deleted = deleted + 1
+    end
+  end
+  return deleted
+end
+"#;
+
+/// KEYS[1] the job's runs; ARGV[1] key prefix, ARGV[2] runs to keep.
+const TRIM_RUNS: &str = r#"return trim_ended(KEYS[1], ARGV[1], tonumber(ARGV[2]))"#;
+
+static TRIM_RUNS_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{TRIM_RUNS}")));
+
 /// Appends to a capped string. KEYS[1] log; ARGV[1] chunk, ARGV[2] cap in bytes.
 const APPEND_CAPPED: &str = r#"
 local len = redis.call('STRLEN', KEYS[1])
@@ -126,25 +153,18 @@ impl Store {
         Ok(active)
     }
 
-    /// Deletes all but the newest `keep` runs of a job, with their logs.
+    /// Deletes the job's ended runs beyond its newest `keep`, with their logs. A run still under way
+    /// (pending, provisioning, booting, running) is never deleted, however old: it keeps its record,
+    /// its instance and its log until it ends, and a later trim takes it then.
     pub async fn trim_runs(&self, job_id: &str, keep: usize) -> Result<usize> {
         let mut conn = self.conn.clone();
-        let index = self.key(&format!("job:{job_id}:runs"));
-        let old: Vec<String> = conn.zrevrange(&index, keep as isize, -1).await?;
-        if old.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        for run_id in &old {
-            pipe.zrem(&index, run_id)
-                .ignore()
-                .del(self.key(&format!("run:{run_id}")))
-                .ignore()
-                .del(self.key(&format!("run:{run_id}:log")))
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(old.len())
+        let deleted: usize = TRIM_RUNS_SCRIPT
+            .key(self.key(&format!("job:{job_id}:runs")))
+            .arg(&self.prefix)
+            .arg(keep)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(deleted)
     }
 
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {

@@ -104,7 +104,9 @@ impl Provisioner {
                             self.launch_run(&run_id).await?;
                             outcome.recorded_before += 1;
                         }
-                        FireRecord::Passed => outcome.recorded_before += 1,
+                        FireRecord::Passed | FireRecord::Forbidden(_) => {
+                            outcome.recorded_before += 1
+                        }
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }

@@ -22,9 +22,11 @@ use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
 use spot_shared::ec2::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
-use spot_shared::model::{Concurrency, Job, Run, RunState};
-use spot_shared::store::{FireRecord, LatenessHistogram, LightFire, ReconcileReport, Store};
-use spot_shared::{ErrorCode, Result};
+use spot_shared::model::{Concurrency, Job};
+use spot_shared::store::{
+    CancelledRun, FireRecord, LatenessHistogram, LightFire, ReconcileReport, Store,
+};
+use spot_shared::Result;
 
 pub use batch::BatchOutcome;
 pub use launch::LaunchOutcome;
@@ -128,20 +130,28 @@ impl Provisioner {
             self.advance_schedule(&job, fire.scheduled_at).await?;
         }
         if policies_apply && recorded.is_none() {
-            if let Some(skip) = self.policy_skips(&job, fire).await? {
+            if let Some(skip) = self.misfire_skips(&job, fire) {
                 return Ok(skip);
             }
         }
 
-        let (run_id, new) = match self
+        let recorded = self
             .store
-            .record_fire(&job, fire.generation, fire.scheduled_at, fire.attempt)
-            .await?
-        {
+            .record_fire_deciding(&job, fire.generation, fire.scheduled_at, fire.attempt)
+            .await?;
+        let (run_id, new) = match recorded.record {
             FireRecord::New(run_id) => (run_id, true),
             FireRecord::Existing(run_id) => (run_id, false),
+            FireRecord::Forbidden(active) => {
+                tracing::info!(job_id = %job.id, active_run = %active,
+                    "a run is under way: fire skipped (concurrency forbid)");
+                return Ok(FireOutcome::Skipped {
+                    reason: "concurrency",
+                });
+            }
             FireRecord::Stale | FireRecord::Passed => return Ok(FireOutcome::Stale),
         };
+        self.terminate_cancelled(&recorded.cancelled).await;
         // Recorded: a retry or run-now is no longer the reconciler's to heal, however long the launch.
         self.store.forget_fire(fire).await?;
         if new {
@@ -187,6 +197,10 @@ impl Provisioner {
                 _ => FireOutcome::Launched { run_id, new: false },
             },
             Some(FireRecord::Passed) => FireOutcome::Passed,
+            // Light fires have no concurrency policy; kept for completeness.
+            Some(FireRecord::Forbidden(_)) => FireOutcome::Skipped {
+                reason: "concurrency",
+            },
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
     }
@@ -208,61 +222,39 @@ impl Provisioner {
             .await
     }
 
-    /// Applies the misfire and concurrency policies to a fire not yet recorded: `Some` when it is
-    /// skipped. `replace` cancels the active runs and lets the fire through.
-    async fn policy_skips(&self, job: &Job, fire: &FireMessage) -> Result<Option<FireOutcome>> {
-        if fire.attempt > 1 {
-            return Ok(None);
+    /// Applies the misfire policy to a fire not yet recorded: `Some` when it is skipped. (The
+    /// concurrency policy is decided where the fire is recorded: [`Store::record_fire_deciding`].)
+    fn misfire_skips(&self, job: &Job, fire: &FireMessage) -> Option<FireOutcome> {
+        if fire.attempt > 1 || fire.manual {
+            return None;
         }
+        let grace = job.policies.misfire_grace_secs?;
         let late = Utc::now() - fire.scheduled_at;
-        if let Some(grace) = job.policies.misfire_grace_secs {
-            if !fire.manual && late > chrono::Duration::seconds(grace as i64) {
-                tracing::warn!(job_id = %job.id, late_ms = late.num_milliseconds(), "misfire: skipped");
-                return Ok(Some(FireOutcome::Skipped { reason: "misfire" }));
-            }
+        if late > chrono::Duration::seconds(grace as i64) {
+            tracing::warn!(job_id = %job.id, late_ms = late.num_milliseconds(), "misfire: skipped");
+            return Some(FireOutcome::Skipped { reason: "misfire" });
         }
-        if job.policies.concurrency == Concurrency::Allow {
-            return Ok(None);
-        }
-        let active = self.store.active_runs(&job.id).await?;
-        if active.is_empty() {
-            return Ok(None);
-        }
-        if job.policies.concurrency == Concurrency::Forbid {
-            tracing::info!(job_id = %job.id, "a run is active: fire skipped (concurrency forbid)");
-            return Ok(Some(FireOutcome::Skipped {
-                reason: "concurrency",
-            }));
-        }
-        for run in active {
-            self.cancel_run(&run).await?;
-        }
-        Ok(None)
+        None
     }
 
-    /// Cancels a run and asks the reaper to terminate its instance.
-    pub async fn cancel_run(&self, run: &Run) -> Result<()> {
-        match self
-            .store
-            .advance_run(&run.id, RunState::Cancelled, &[])
-            .await
-        {
-            Ok(_) => {}
-            // It ended meanwhile: nothing to cancel.
-            Err(err) if err.code == ErrorCode::Conflict => return Ok(()),
-            Err(err) => return Err(err),
+    /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled. A request that
+    /// cannot be sent now is left to the sweep, which terminates any instance whose run has ended.
+    async fn terminate_cancelled(&self, cancelled: &[CancelledRun]) {
+        for run in cancelled {
+            tracing::info!(run_id = %run.run_id, "run cancelled (concurrency replace)");
+            let Some(instance_id) = &run.instance_id else {
+                continue;
+            };
+            let request = TerminateRequest {
+                instance_id: instance_id.clone(),
+                run_id: run.run_id.clone(),
+                reason: "run cancelled (concurrency replace)".into(),
+            };
+            if let Err(err) = self.broker.request_terminate(&request).await {
+                tracing::warn!(run_id = %run.run_id, error = %err,
+                    "termination not requested; the sweep will end the instance");
+            }
         }
-        if let Some(instance_id) = &run.instance_id {
-            self.broker
-                .request_terminate(&TerminateRequest {
-                    instance_id: instance_id.clone(),
-                    run_id: run.id.clone(),
-                    reason: "run cancelled (concurrency replace)".into(),
-                })
-                .await?;
-        }
-        tracing::info!(run_id = %run.id, "run cancelled");
-        Ok(())
     }
 
     /// Hands every fire Redis says is due and unfired (scheduled timers, retries, run-nows), overdue

@@ -39,6 +39,7 @@ mod runs;
 pub use delayed::{is_delayed, ReconcileReport, StuckRun};
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
+pub use runs::{CancelledRun, RecordedFire};
 
 /// A state machine whose current state lives in the `state` field of a Redis hash.
 pub trait HashState: Copy + PartialEq + Display + FromStr<Err = Error> {
@@ -142,6 +143,8 @@ pub enum FireRecord {
     Stale,
     /// The job's timer has moved past this (scheduled) fire: it was fired before.
     Passed,
+    /// The job's concurrency policy is `forbid` and this run of it is under way: not recorded.
+    Forbidden(String),
 }
 
 /// Compare-and-set on a hash's `state`: KEYS[1] hash; ARGV[1] expected, ARGV[2] new, then field/value pairs.

@@ -7,28 +7,63 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::delayed::JOB_STATE_LUA;
 use super::{
     optional, parse_time, required, state_time_field, transitions, FireRecord, Moved, Store,
     FIRE_MARKER_TTL_SECS, LIVE_RUNS,
 };
 use crate::error::{Error, Result};
-use crate::model::{Job, Run, RunState};
+use crate::model::{Concurrency, Job, Run, RunState};
 
-/// Records a fire once. KEYS: fire marker, run hash, job runs, job, live runs. ARGV: run id,
-/// generation, score, marker TTL (seconds), then the run's field/value pairs.
+/// Records a fire once and decides the job's concurrency policy in the same step. KEYS: fire
+/// marker, run hash, job runs, job, live runs. ARGV: run id, generation, score, marker TTL (seconds),
+/// policy (`allow`, `forbid`, `replace`), key prefix, now (RFC 3339), then the run's field/value
+/// pairs. Returns {status, run id, then (cancelled run, its instance or '') pairs}: status 0 new,
+/// 1 recorded before (its run, and nothing cancelled: a duplicate never cancels its own fire's run),
+/// 2 stale, 3 forbidden (a run of the job is under way).
 const RECORD_FIRE: &str = r#"
 local existing = redis.call('GET', KEYS[1])
-if existing then return {1, existing} end
+if existing then return {'1', existing} end
 local raw = redis.call('GET', KEYS[4])
-if not raw then return {2, ''} end
-local job = cjson.decode(raw)
-if tostring(job.generation) ~= ARGV[2] or not job.enabled then return {2, ''} end
+if not raw then return {'2', ''} end
+local enabled, generation = job_state(raw)
+if generation ~= ARGV[2] or not enabled then return {'2', ''} end
+local policy, prefix, now = ARGV[5], ARGV[6], ARGV[7]
+local cancelled = {}
+if policy ~= 'allow' then
+  for _, id in ipairs(redis.call('ZREVRANGE', KEYS[3], 0, 199)) do
+    local run = prefix .. ':run:' .. id
+    if live_states[redis.call('HGET', run, 'state') or ''] then
+      if policy == 'forbid' then return {'3', id} end
+      redis.call('HSET', run, 'state', 'cancelled', 't:cancelled', now)
+      redis.call('ZREM', KEYS[5], id)
+      cancelled[#cancelled + 1] = id
+      cancelled[#cancelled + 1] = redis.call('HGET', run, 'instance_id') or ''
+    end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-return {0, ARGV[1]}
+local out = {'0', ARGV[1]}
+for _, value in ipairs(cancelled) do out[#out + 1] = value end
+return out
 "#;
+
+/// What recording a fire did: the record, and the runs its `replace` policy cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFire {
+    pub record: FireRecord,
+    pub cancelled: Vec<CancelledRun>,
+}
+
+/// A run cancelled by a newer fire under `replace`; its instance, if any, is to be terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledRun {
+    pub run_id: String,
+    pub instance_id: Option<String>,
+}
 
 /// Deletes a job's ended runs beyond the newest `keep`, skipping runs still under way: a Lua function
 /// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
@@ -67,19 +102,23 @@ if len + #chunk > cap then chunk = string.sub(chunk, 1, cap - len) end
 return redis.call('APPEND', KEYS[1], chunk)
 "#;
 
-static RECORD_FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_FIRE));
+static RECORD_FIRE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TRIM_ENDED_LUA}{RECORD_FIRE}")));
 static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_CAPPED));
 
 impl Store {
-    /// Records the fire of `job_id` at `scheduled_at` (its `attempt`) exactly once, creating its run
-    /// in `pending`.
-    pub async fn record_fire(
+    /// Records the fire of `job` at `scheduled_at` (its `attempt`) exactly once, creating its run in
+    /// `pending`. What its concurrency policy says of the runs under way is decided in the same
+    /// script, so no two fires, provisioners or deliveries can race it: under `forbid` the fire is
+    /// [`FireRecord::Forbidden`] while a run is under way; under `replace` the runs under way are
+    /// cancelled (returned, for their instances to be terminated). Retries obey it too.
+    pub async fn record_fire_deciding(
         &self,
         job: &Job,
         generation: u64,
         scheduled_at: DateTime<Utc>,
         attempt: u32,
-    ) -> Result<FireRecord> {
+    ) -> Result<RecordedFire> {
         let mut conn = self.conn.clone();
         let run_id = crate::ids::new_id();
         let now = Utc::now();
@@ -92,6 +131,11 @@ impl Store {
             ("state", RunState::Pending.to_string()),
         ];
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
+        let policy = match job.policies.concurrency {
+            Concurrency::Allow => "allow",
+            Concurrency::Forbid => "forbid",
+            Concurrency::Replace => "replace",
+        };
         let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
         script
             .key(self.fire_key(&job.id, scheduled_at, attempt))
@@ -102,17 +146,50 @@ impl Store {
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
-            .arg(FIRE_MARKER_TTL_SECS);
+            .arg(FIRE_MARKER_TTL_SECS)
+            .arg(policy)
+            .arg(&self.prefix)
+            .arg(now.to_rfc3339());
         for (field, value) in &fields {
             script.arg(*field).arg(value);
         }
         script.arg(&pending_at.0).arg(&pending_at.1);
-        let (status, id): (i64, String) = script.invoke_async(&mut conn).await?;
-        Ok(match status {
-            0 => FireRecord::New(id),
-            1 => FireRecord::Existing(id),
+        let reply: Vec<String> = script.invoke_async(&mut conn).await?;
+        let status = reply.first().map(String::as_str).unwrap_or("");
+        let id = reply.get(1).cloned().unwrap_or_default();
+        let record = match status {
+            "0" => FireRecord::New(id),
+            "1" => FireRecord::Existing(id),
+            "3" => FireRecord::Forbidden(id),
             _ => FireRecord::Stale,
-        })
+        };
+        let cancelled = reply
+            .get(2..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [run_id, instance_id] => Some(CancelledRun {
+                    run_id: run_id.clone(),
+                    instance_id: Some(instance_id.clone()).filter(|id| !id.is_empty()),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(RecordedFire { record, cancelled })
+    }
+
+    /// [`Store::record_fire_deciding`] for callers that need only what became of the fire.
+    pub async fn record_fire(
+        &self,
+        job: &Job,
+        generation: u64,
+        scheduled_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<FireRecord> {
+        Ok(self
+            .record_fire_deciding(job, generation, scheduled_at, attempt)
+            .await?
+            .record)
     }
 
     pub(super) fn fire_key(
@@ -138,19 +215,6 @@ impl Store {
         Ok(conn
             .get(self.fire_key(job_id, scheduled_at, attempt))
             .await?)
-    }
-
-    /// The job's runs that have not ended (among its newest few hundred).
-    pub async fn active_runs(&self, job_id: &str) -> Result<Vec<Run>> {
-        let mut active = Vec::new();
-        for run_id in self.job_run_ids(job_id, 200).await? {
-            if let Some(run) = self.get_run(&run_id).await? {
-                if !run.state.is_terminal() {
-                    active.push(run);
-                }
-            }
-        }
-        Ok(active)
     }
 
     /// Deletes the job's ended runs beyond its newest `keep`, with their logs. A run still under way

@@ -2,6 +2,7 @@
 //! nothing stored, unknown ids 404, keys and run secrets enforced.
 
 use chrono::Utc;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use spot_shared::store::FireRecord;
 use spot_tests::*;
@@ -478,4 +479,62 @@ async fn the_openapi_document_describes_routes_the_api_serves() {
     assert!(operations >= 17, "{operations} operations documented");
     assert!(doc["components"]["schemas"]["JobRequest"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
+
+/// Instants outside the years 1970–9999 are refused at the door, naming the field; a stored job or
+/// run that cannot be read back is left out of listings instead of failing them.
+#[tokio::test]
+async fn instants_are_bounded_and_one_unreadable_record_never_fails_a_listing() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    for (path, body, field) in [
+        (
+            "/schedule",
+            json!({"schedule": "-0001-01-01T00:00:00", "docker_image": "busybox"}),
+            "schedule",
+        ),
+        (
+            "/v1/jobs",
+            json!({"schedule": "0100-01-01T00:00:00Z", "runner": {"type": "dummy", "template": "x"}}),
+            "schedule",
+        ),
+        (
+            "/v1/jobs",
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"},
+                   "policies": {"end_at": "0001-01-01T00:00:00Z"}}),
+            "policies.end_at",
+        ),
+    ] {
+        let response = app.post_raw(path, ACCOUNT_KEY, &body.to_string()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(reply["field"], field, "{reply}");
+    }
+
+    let good = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    // A record that cannot be read back, as a bug or a hand edit could leave one.
+    let client = redis::Client::open(env.settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:job:broken", env.name))
+        .arg("{not json")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{}:account:acme:jobs", env.name))
+        .arg(Utc::now().timestamp_millis() + 1000)
+        .arg("broken")
+        .query(&mut conn)
+        .unwrap();
+    for path in ["/list", "/v1/jobs"] {
+        let response = app.get(path, ACCOUNT_KEY).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(&good), "{path}: {text}");
+    }
 }

@@ -158,6 +158,11 @@ impl Policies {
         if !(1..=10_000).contains(&self.history_limit) {
             return Err(Error::invalid(field("history_limit"), "must be 1..=10000"));
         }
+        for (name, at) in [("start_at", self.start_at), ("end_at", self.end_at)] {
+            if let Some(at) = at {
+                crate::schedule::check_instant(at, &field(name))?;
+            }
+        }
         if let (Some(start), Some(end)) = (self.start_at, self.end_at) {
             if end <= start {
                 return Err(Error::invalid(field("end_at"), "must be after start_at"));

@@ -103,6 +103,9 @@ impl Schedule {
                  (*/10 * * * *, @hourly, @every 90s, cron(0 12 * * ? *), rate(5 minutes))"
             )));
         };
+        if let Schedule::Once(at) = &schedule {
+            check_instant(*at, field)?;
+        }
         if schedule.is_recurring() && schedule.next_after(anchor.min(Utc::now())).is_none() {
             return Err(invalid(format!("{text:?} never fires")));
         }
@@ -266,6 +269,27 @@ fn parse_every(text: &str) -> Result<chrono::Duration, String> {
     chrono::Duration::from_std(std).map_err(|_| "the period is too long".into())
 }
 
+/// The years an instant may fall in: what every store, message and client reads back.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+/// Refuses an instant outside [`YEARS`], naming `field`.
+pub fn check_instant(at: DateTime<Utc>, field: &str) -> Result<()> {
+    use chrono::Datelike;
+    if YEARS.contains(&at.year()) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "{} is outside the years {} to {}",
+                at.to_rfc3339(),
+                YEARS.start(),
+                YEARS.end()
+            ),
+        ))
+    }
+}
+
 /// An RFC 3339 instant, or an ISO 8601 local date-time (read as UTC), or a bare date (midnight UTC).
 pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
@@ -295,6 +319,19 @@ pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_outside_1970_to_9999_are_refused_naming_the_field() {
+        let now = Utc::now();
+        for text in ["-0001-01-01T00:00:00", "1969-12-31T23:59:59Z", "0100-01-01"] {
+            let err = Schedule::parse(text, Tz::UTC, now, "schedule").unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("schedule"), "{text}");
+            assert!(err.message.contains("1970 to 9999"), "{text}: {err}");
+        }
+        assert!(Schedule::parse("at(0001-01-01T00:00:00)", Tz::UTC, now, "schedule").is_err());
+        assert!(Schedule::parse("9999-12-31T23:59:59Z", Tz::UTC, now, "schedule").is_ok());
+        assert!(Schedule::parse("1970-01-01T00:00:00Z", Tz::UTC, now, "schedule").is_ok());
+    }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()

@@ -102,7 +102,7 @@ impl JobSpec {
                 }
             }
         }
-        self.policies.validate(prefix)
+        self.policies.validate(&format!("{prefix}policies."))
     }
 }
 

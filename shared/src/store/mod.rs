@@ -321,10 +321,35 @@ impl Store {
             .collect();
         let raws: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        raws.into_iter()
-            .map(|raw| raw.map(|raw| serde_json::from_str(&raw)).transpose())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(Into::into)
+        // One job that cannot be read back (written by a bug, or by hand) must not fail a listing:
+        // it is logged and left out.
+        Ok(ids
+            .iter()
+            .zip(raws)
+            .map(|(id, raw)| {
+                let raw = raw?;
+                serde_json::from_str(&raw)
+                    .inspect_err(|err| tracing::error!(job_id = %id, error = %err, "stored job unreadable; left out"))
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// An account's jobs (of one group, if given), newest first, `limit` at most (0: all), read in
+    /// batches; a job that cannot be read back is left out (see [`Store::get_jobs`]).
+    pub async fn list_jobs(
+        &self,
+        account: &str,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        let ids = self.list_job_ids(account, group, limit).await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            jobs.extend(self.get_jobs(&refs).await?.into_iter().flatten());
+        }
+        Ok(jobs)
     }
 
     /// An account's job ids (of one group, if given), newest first.

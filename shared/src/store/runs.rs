@@ -231,6 +231,23 @@ impl Store {
         Ok(deleted)
     }
 
+    /// A job's newest `limit` runs, newest first, for listings: a run that cannot be read back is
+    /// logged and left out rather than failing the listing.
+    pub async fn job_runs(&self, job_id: &str, limit: usize) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for id in self.job_run_ids(job_id, limit).await? {
+            match self.get_run(&id).await {
+                Ok(Some(run)) => runs.push(run),
+                Ok(None) => {}
+                Err(err) if !err.is_retryable() => {
+                    tracing::error!(run_id = %id, error = %err, "stored run unreadable; left out");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(runs)
+    }
+
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
         let mut conn = self.conn.clone();
         let map: BTreeMap<String, String> = conn.hgetall(self.key(&format!("run:{id}"))).await?;
@@ -249,12 +266,9 @@ impl Store {
             .await?)
     }
 
-    /// The newest run of a job.
+    /// The newest run of a job (one that cannot be read back counts as none).
     pub async fn latest_run(&self, job_id: &str) -> Result<Option<Run>> {
-        match self.job_run_ids(job_id, 1).await?.first() {
-            Some(id) => self.get_run(id).await,
-            None => Ok(None),
-        }
+        Ok(self.job_runs(job_id, 1).await?.into_iter().next())
     }
 
     /// Moves a run to `to` (timestamped) and sets `fields`, if the move is legal from where it is.

@@ -119,14 +119,12 @@ fn shlex_quote(text: &str) -> String {
 
 async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let mut jobs = Vec::new();
-    for id in state
+    for job in state
         .store
-        .list_job_ids(&caller.0.account, Some(GROUP), 0)
+        .list_jobs(&caller.0.account, Some(GROUP), 0)
         .await?
     {
-        if let Some(job) = state.store.get_job(&id).await? {
-            jobs.push(view(&state, &job).await?);
-        }
+        jobs.push(view(&state, &job).await?);
     }
     Ok(HttpResponse::Ok().json(jobs))
 }
@@ -146,16 +144,14 @@ async fn show(
 /// The seed's job document, with the status of the newest ended run.
 async fn view(state: &AppState, job: &Job) -> Result<Value, Error> {
     let mut status = "scheduled";
-    for run_id in state.store.job_run_ids(&job.id, 20).await? {
-        if let Some(run) = state.store.get_run(&run_id).await? {
-            if run.state.is_terminal() {
-                status = if run.state == RunState::Succeeded {
-                    "finished"
-                } else {
-                    "error"
-                };
-                break;
-            }
+    for run in state.store.job_runs(&job.id, 20).await? {
+        if run.state.is_terminal() {
+            status = if run.state == RunState::Succeeded {
+                "finished"
+            } else {
+                "error"
+            };
+            break;
         }
     }
     let container = job.container();

@@ -249,14 +249,11 @@ async fn delete(
 
 async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let mut pending = Map::new();
-    for id in state
+    for job in state
         .store
-        .list_job_ids(&caller.0.account, Some(GROUP), 0)
+        .list_jobs(&caller.0.account, Some(GROUP), 0)
         .await?
     {
-        let Some(job) = state.store.get_job(&id).await? else {
-            continue;
-        };
         let run = state.store.latest_run(&job.id).await?;
         if task_status(run.as_ref()) == "pending" {
             let instance = match &job.runner {

@@ -154,14 +154,7 @@ async fn list_group(
 }
 
 async fn list(state: &AppState, account: &str, group: Option<&str>) -> Result<Vec<Job>, Error> {
-    let ids = state.store.list_job_ids(account, group, 0).await?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(job) = state.store.get_job(&id).await? {
-            jobs.push(job);
-        }
-    }
-    Ok(jobs)
+    state.store.list_jobs(account, group, 0).await
 }
 
 async fn create(

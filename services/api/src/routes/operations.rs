@@ -60,10 +60,8 @@ pub async fn operation(
         }
         "list" => {
             let mut items = Vec::new();
-            for id in state.store.list_job_ids(&account, Some(GROUP), 0).await? {
-                if let Some(job) = state.store.get_job(&id).await? {
-                    items.push(item(&state, &job).await?);
-                }
+            for job in state.store.list_jobs(&account, Some(GROUP), 0).await? {
+                items.push(item(&state, &job).await?);
             }
             Ok(HttpResponse::Ok().json(items))
         }

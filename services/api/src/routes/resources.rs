@@ -199,16 +199,13 @@ pub async fn list_jobs(
 ) -> ApiResult<HttpResponse> {
     let account = account_for(&caller, query.account.as_deref())?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let ids = state
+    let jobs: Vec<_> = state
         .store
-        .list_job_ids(&account, query.group.as_deref(), limit)
-        .await?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(job) = state.store.get_job(&id).await? {
-            jobs.push(view(&job));
-        }
-    }
+        .list_jobs(&account, query.group.as_deref(), limit)
+        .await?
+        .iter()
+        .map(view)
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
 }
 
@@ -326,12 +323,7 @@ pub async fn list_runs(
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let mut runs = Vec::new();
-    for id in state.store.job_run_ids(&job.id, limit).await? {
-        if let Some(run) = state.store.get_run(&id).await? {
-            runs.push(run);
-        }
-    }
+    let runs = state.store.job_runs(&job.id, limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
 }
 

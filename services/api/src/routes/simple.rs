@@ -106,15 +106,12 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
-    let ids = state
+    let listed = state
         .store
-        .list_job_ids(&caller.0.account, None, limit)
+        .list_jobs(&caller.0.account, None, limit)
         .await?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(job) = state.store.get_job(&id).await? else {
-            continue;
-        };
+    let mut jobs = Vec::with_capacity(listed.len());
+    for job in listed {
         let run = state.store.latest_run(&job.id).await?;
         jobs.push(json!({
             "status": simple_status(run.as_ref()),

@@ -191,6 +191,14 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
     } else {
         None
     };
+    // An edit never re-fires the past: a one-shot whose instant has come is armed again only if the
+    // job never fired (a past instant runs at once for a job that has not run).
+    if let Some(next) = job.next_fire_at {
+        let once = !job.parsed_schedule()?.is_recurring();
+        if once && next <= now && !state.store.job_run_ids(&job.id, 1).await?.is_empty() {
+            job.next_fire_at = None;
+        }
+    }
     if job.group != current.group {
         // Leave the old group's index.
         state.store.delete_group_entry(&current).await?;

@@ -9,25 +9,30 @@
 //! - descriptors `@yearly @annually @monthly @weekly @daily @midnight @hourly` and `@every <duration>`;
 //! - the AWS forms `cron(min hour dom month dow year)`, `rate(5 minutes)` and `at(2030-01-01T10:00:00)`.
 //!
-//! Cron maths is the `croner` crate's: across DST a local time skipped by the change fires once at the
-//! first instant after the gap, and a local time that occurs twice fires once.
+//! Patterns are matched by the `croner` crate on the zone's wall clock; [`wall_clock`] decides what a
+//! wall time fires at on the days the clock changes.
+
+#[cfg(test)]
+mod dst_tests;
+mod wall_clock;
 
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
-use croner::Cron;
 
 use crate::error::{Error, Result};
+pub use wall_clock::HourField;
+use wall_clock::ZonedCron;
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
 pub enum Schedule {
     /// Runs once, at this instant (at once if it has passed).
     Once(DateTime<Utc>),
-    /// Runs at every match of a cron pattern, read in a time zone.
-    Cron { cron: Box<Cron>, tz: Tz },
+    /// Runs at every match of a cron pattern, read on a time zone's wall clock.
+    Cron(Box<ZonedCron>),
     /// Runs every `period`, counted from `anchor` (the job's creation): `@every`, `rate(...)`.
     Every {
         period: chrono::Duration,
@@ -61,22 +66,16 @@ impl Schedule {
         }
         let invalid = |message: String| Error::invalid(field, message);
         let schedule = if let Some(inner) = wrapped(text, "cron(") {
-            let cron = parse_aws_cron(inner).map_err(|e| invalid(format!("{text:?}: {e}")))?;
-            Schedule::Cron {
-                cron: Box::new(cron),
-                tz,
-            }
+            let cron = parse_aws_cron(inner, tz).map_err(|e| invalid(format!("{text:?}: {e}")))?;
+            Schedule::Cron(Box::new(cron))
         } else if let Some(inner) = wrapped(text, "rate(") {
             let period = parse_rate(inner).map_err(|e| invalid(format!("{text:?}: {e}")))?;
             Schedule::Every { period, anchor }
         } else if let Some(inner) = wrapped(text, "at(") {
             let local = NaiveDateTime::parse_from_str(inner.trim(), "%Y-%m-%dT%H:%M:%S")
                 .map_err(|_| invalid(format!("{text:?}: at() takes yyyy-mm-ddThh:mm:ss")))?;
-            let at = tz
-                .from_local_datetime(&local)
-                .earliest()
-                .ok_or_else(|| invalid(format!("{text:?} does not exist in {tz} (a DST gap)")))?;
-            Schedule::Once(truncate_to_millis(at.with_timezone(&Utc)))
+            // A local time the clock skips means the first instant after the gap.
+            Schedule::Once(wall_clock::instant_of(tz, local))
         } else if let Some(duration) = text.strip_prefix("@every") {
             let period = parse_every(duration).map_err(|e| invalid(format!("{text:?}: {e}")))?;
             Schedule::Every { period, anchor }
@@ -86,15 +85,9 @@ impl Schedule {
                     "{text:?} is not one of @yearly @annually @monthly @weekly @daily @midnight @hourly @every"
                 ))
             })?;
-            Schedule::Cron {
-                cron: Box::new(parse_unix_cron(pattern).map_err(invalid)?),
-                tz,
-            }
+            Schedule::Cron(Box::new(parse_unix_cron(pattern, tz).map_err(invalid)?))
         } else if text.split_whitespace().count() >= 5 {
-            Schedule::Cron {
-                cron: Box::new(parse_unix_cron(text).map_err(invalid)?),
-                tz,
-            }
+            Schedule::Cron(Box::new(parse_unix_cron(text, tz).map_err(invalid)?))
         } else if let Some(at) = parse_instant(text) {
             Schedule::Once(truncate_to_millis(at))
         } else {
@@ -120,11 +113,9 @@ impl Schedule {
     pub fn first_at_or_after(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Once(at) => Some(*at),
-            Schedule::Cron { cron, tz } => cron
-                .find_next_occurrence(&from.with_timezone(tz), true)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
-            Schedule::Every { .. } => self.next_after(from - chrono::Duration::milliseconds(1)),
+            Schedule::Cron(_) | Schedule::Every { .. } => {
+                self.next_after(from - chrono::Duration::milliseconds(1))
+            }
         }
     }
 
@@ -132,10 +123,7 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Once(at) => (*at > after).then_some(*at),
-            Schedule::Cron { cron, tz } => cron
-                .find_next_occurrence(&after.with_timezone(tz), false)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
+            Schedule::Cron(cron) => cron.next_after(after),
             Schedule::Every { period, anchor } => {
                 let period_ms = period.num_milliseconds();
                 let elapsed = (after - *anchor).num_milliseconds();
@@ -193,7 +181,7 @@ fn descriptor(text: &str) -> Option<&'static str> {
 }
 
 /// 5 fields (minute first) or 6 (seconds first); `?` means `*` in every field.
-fn parse_unix_cron(text: &str) -> Result<Cron, String> {
+fn parse_unix_cron(text: &str, tz: Tz) -> Result<ZonedCron, String> {
     let fields: Vec<String> = text
         .split_whitespace()
         .map(|f| f.replace('?', "*"))
@@ -204,16 +192,31 @@ fn parse_unix_cron(text: &str) -> Result<Cron, String> {
             fields.len()
         ));
     }
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
+        .dom_and_dow(vixie_and(
+            &fields[fields.len() - 3],
+            &fields[fields.len() - 1],
+        ))
         .build()
         .parse(&fields.join(" "))
-        .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))
+        .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))?;
+    Ok(ZonedCron::new(
+        cron,
+        tz,
+        HourField::of(&fields[fields.len() - 4]),
+    ))
+}
+
+/// The Vixie day rule: a day of the month and a day of the week both restricted match either (OR);
+/// a day field that starts with `*` (`*`, `*/2`) counts as unrestricted, and then both must match.
+fn vixie_and(day_of_month: &str, day_of_week: &str) -> bool {
+    day_of_month.starts_with('*') || day_of_week.starts_with('*')
 }
 
 /// AWS `cron(minutes hours day-of-month month day-of-week year)`: weekdays 1-7 are SUN-SAT.
-fn parse_aws_cron(inner: &str) -> Result<Cron, String> {
+fn parse_aws_cron(inner: &str, tz: Tz) -> Result<ZonedCron, String> {
     let fields: Vec<&str> = inner.split_whitespace().collect();
     if fields.len() != 6 {
         return Err(format!(
@@ -221,14 +224,16 @@ fn parse_aws_cron(inner: &str) -> Result<Cron, String> {
             fields.len()
         ));
     }
-    let pattern = format!("0 {}", fields.join(" ").replace('?', "*"));
-    CronParser::builder()
+    let fields: Vec<String> = fields.iter().map(|f| f.replace('?', "*")).collect();
+    let cron = CronParser::builder()
         .seconds(Seconds::Required)
         .year(Year::Required)
         .alternative_weekdays(true)
+        .dom_and_dow(vixie_and(&fields[2], &fields[4]))
         .build()
-        .parse(&pattern)
-        .map_err(|e| format!("not a valid AWS cron expression: {e}"))
+        .parse(&format!("0 {}", fields.join(" ")))
+        .map_err(|e| format!("not a valid AWS cron expression: {e}"))?;
+    Ok(ZonedCron::new(cron, tz, HourField::of(&fields[1])))
 }
 
 /// `rate(value unit)`, unit minute(s), hour(s) or day(s).
@@ -319,6 +324,7 @@ pub fn parse_instant(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn instants_outside_1970_to_9999_are_refused_naming_the_field() {

@@ -63,3 +63,66 @@ async fn replacing_a_fired_one_shot_does_not_fire_it_again() {
     )
     .await;
 }
+
+/// An edit that lands between a fire's record and the move of its job's timer, and arms the very
+/// instant that fired for its new generation: the old fire's move must not carry the new timer off
+/// (it would delay the job's next fire to the old schedule's, or lose it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_move_compares_the_generation_as_well_as_the_time() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let body = json!({"schedule": "0 * * * *", "runner": {"type": "dummy", "template": "once"}});
+    let id = app.create_job(ACCOUNT_KEY, body.clone()).await;
+    let first = store.get_job(&id).await.unwrap().unwrap();
+    let fired = first.next_fire_at.expect("a timer");
+
+    // The edit: the same schedule (so the same next instant), a new generation.
+    let mut edited = body.clone();
+    edited["name"] = json!("edited");
+    let response = app
+        .send(
+            Method::PUT,
+            &format!("/v1/jobs/{id}"),
+            ACCOUNT_KEY,
+            Some(edited),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let second = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(second.generation, first.generation + 1);
+    assert_eq!(second.next_fire_at, Some(fired));
+
+    // The first generation's fire now moves the timer on from the instant it fired.
+    let moved = store
+        .advance_timer(
+            &id,
+            first.generation,
+            fired,
+            Some(fired + chrono::Duration::hours(1)),
+        )
+        .await
+        .unwrap();
+    assert!(!moved, "a stale generation moved the timer");
+    let far = fired + chrono::Duration::days(1);
+    assert_eq!(
+        store.due_timers(far, 10).await.unwrap(),
+        vec![(id.clone(), fired)]
+    );
+    let unarmed = store.claim_unarmed(far, 10).await.unwrap();
+    assert_eq!(unarmed.len(), 1, "{unarmed:?}");
+    assert_eq!(unarmed[0].fire.generation, second.generation);
+    assert_eq!(unarmed[0].due, fired);
+
+    // The current generation's fire moves it.
+    store.unclaim(&unarmed).await.unwrap();
+    let next = fired + chrono::Duration::hours(1);
+    assert!(store
+        .advance_timer(&id, second.generation, fired, Some(next))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.due_timers(far, 10).await.unwrap(),
+        vec![(id.clone(), next)]
+    );
+}

@@ -217,9 +217,14 @@ impl Provisioner {
         let after = fired.max(Utc::now());
         let next = job.next_fire_after(after)?;
         // The pump arms the next timer when it comes near.
-        self.store
+        let moved = self
+            .store
             .advance_timer(&job.id, job.generation, fired, next)
-            .await
+            .await?;
+        if !moved {
+            tracing::debug!(job_id = %job.id, "timer already moved on (by an edit or another fire)");
+        }
+        Ok(())
     }
 
     /// Applies the misfire policy to a fire not yet recorded: `Some` when it is skipped. (The

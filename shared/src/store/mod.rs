@@ -457,16 +457,22 @@ impl Store {
             .collect())
     }
 
-    /// Sets or clears a job's next fire time, but only if it is still `expected` (so a slow worker
-    /// never overwrites a newer schedule), and leaves the new time for the pump to arm.
+    /// Sets or clears a job's next fire time, but only if it is still `expected` and the job is still
+    /// at `generation` (so a slow worker never overwrites a newer schedule: an edit landing between a
+    /// fire's record and this move may have armed the very same instant for its new generation), and
+    /// leaves the new time for the pump to arm.
     pub async fn advance_timer(
         &self,
         job_id: &str,
         generation: u64,
         expected: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         const SCRIPT: &str = r#"
+local raw = redis.call('GET', KEYS[3])
+if not raw then return 0 end
+local _, stored_generation = job_state(raw)
+if stored_generation ~= ARGV[5] then return 0 end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
@@ -476,21 +482,24 @@ else
 end
 return 1
 "#;
+        static ADVANCE_TIMER: LazyLock<Script> =
+            LazyLock::new(|| Script::new(&format!("{}{SCRIPT}", delayed::JOB_STATE_LUA)));
         let mut conn = self.conn.clone();
         let next = next
             .map(|t| t.timestamp_millis().to_string())
             .unwrap_or_default();
-        static ADVANCE_TIMER: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
-        let _: i64 = ADVANCE_TIMER
+        let moved: i64 = ADVANCE_TIMER
             .key(self.key("timers"))
             .key(self.key(UNARMED))
+            .key(self.key(&format!("job:{job_id}")))
             .arg(job_id)
             .arg(expected.timestamp_millis())
             .arg(next)
             .arg(unarmed_member(job_id, generation))
+            .arg(generation)
             .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(moved == 1)
     }
 
     /// Takes up to `limit` timers due at or before `bound` off the unarmed set, for the pump to arm.

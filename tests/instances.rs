@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use spot_tests::*;
 
-async fn state(ec2: &spot_shared::ec2::Ec2, id: &str) -> String {
+async fn state(ec2: &spot_shared::instance_power::Ec2, id: &str) -> String {
     ec2.describe(id).await.unwrap().unwrap().state
 }
 

@@ -25,7 +25,7 @@ pub struct Settings {
     pub cronjob: CronjobSettings,
     #[serde(default)]
     pub outbound: crate::outbound::OutboundSettings,
-    pub ec2: crate::ec2::Ec2Settings,
+    pub ec2: Ec2Settings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
@@ -165,7 +165,7 @@ pub enum ProviderKind {
 pub struct CloudSettings {
     pub provider: ProviderKind,
     pub local: LocalCloudSettings,
-    pub ec2: crate::cloud::ec2::Ec2CloudSettings,
+    pub ec2: Ec2CloudSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +173,43 @@ pub struct CloudSettings {
 pub struct LocalCloudSettings {
     pub agent_bin: String,
     pub log_dir: PathBuf,
+}
+
+/// `[cloud.ec2]`: where and how instances are launched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2CloudSettings {
+    /// Names this deployment in the tags of everything it launches; sweeps touch only these.
+    pub cluster: String,
+    /// The AMI: ideally with Docker and `spot-agent` installed.
+    pub image_id: String,
+    /// Instance profile name or ARN (the agent needs no AWS permissions; empty for none).
+    pub instance_profile: String,
+    pub security_group_ids: Vec<String>,
+    pub key_name: String,
+    /// Subnets to spread over when a job names none; empty lets EC2 pick the default VPC's.
+    pub subnet_ids: Vec<String>,
+    /// Instance types when a job names none; several make spot capacity likely.
+    pub instance_types: Vec<String>,
+    /// The root device of the AMI, for jobs that ask for a disk size.
+    pub root_device_name: String,
+    /// Where the boot script downloads the agent when the AMI lacks it; empty when it has it.
+    pub agent_download_url: String,
+}
+
+/// `[ec2]`: the EC2 API (the `ec2` provider and the instance runner both use it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Settings {
+    /// Empty: the standard endpoint of the region.
+    pub endpoint_url: String,
+    pub region: String,
+    /// The tag whose value names the account an instance belongs to.
+    pub account_tag: String,
+    /// Let accounts act on instances that carry no account tag (never on another account's).
+    pub allow_untagged: bool,
+    /// Attempts per call; throttling and 5xx answers are retried with exponential backoff and jitter.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -6,9 +6,9 @@ pub mod auth;
 pub mod broker;
 pub mod cloud;
 pub mod config;
-pub mod ec2;
 pub mod error;
 pub mod ids;
+pub mod instance_power;
 pub mod messages;
 pub mod model;
 pub mod outbound;
@@ -18,7 +18,6 @@ pub mod store;
 pub mod task_instances;
 pub mod telemetry;
 pub mod timer;
-pub mod userdata;
 
 pub use error::{Error, ErrorCode, Result};
 

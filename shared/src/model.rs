@@ -190,7 +190,7 @@ pub enum Runner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceSpec {
     pub instance_id: String,
-    pub action: crate::ec2::PowerAction,
+    pub action: crate::instance_power::PowerAction,
     /// The configured runner this came from (minion's `details.runner`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_name: Option<String>,

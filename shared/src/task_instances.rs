@@ -3,8 +3,8 @@
 //! more, if the system started it. Used by the provisioner when a task ends, and by the reaper's sweep
 //! when it ends a task whose provisioner went away.
 
-use crate::ec2::{Ec2, PowerAction};
 use crate::error::Result;
+use crate::instance_power::{Ec2, PowerAction};
 use crate::model::HttpSpec;
 use crate::store::Store;
 

@@ -19,7 +19,7 @@ use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use spot_shared::cloud::ec2::{CLUSTER_TAG, RUN_TAG};
+use spot_shared::cloud::ec2_fleet::{CLUSTER_TAG, RUN_TAG};
 
 use crate::{agent_binary, eventually, Moto};
 
@@ -182,7 +182,8 @@ async fn boot(
     let user_data = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
-    let boot = spot_shared::userdata::boot_from_user_data(&String::from_utf8(user_data).ok()?)?;
+    let boot =
+        spot_shared::cloud::user_data::boot_from_user_data(&String::from_utf8(user_data).ok()?)?;
     let boot_file = log_dir.join(format!("{instance_id}.boot.json"));
     std::fs::write(&boot_file, serde_json::to_vec(&boot).ok()?).ok()?;
     let log = std::fs::File::create(log_dir.join(format!("{instance_id}.log"))).ok()?;

@@ -647,10 +647,10 @@ impl Moto {
     }
 
     /// An EC2 client on this moto.
-    pub async fn ec2(&self) -> spot_shared::ec2::Ec2 {
+    pub async fn ec2(&self) -> spot_shared::instance_power::Ec2 {
         let mut settings = Settings::defaults().ec2;
         settings.endpoint_url = self.endpoint.clone();
-        spot_shared::ec2::Ec2::from_settings(&settings).await
+        spot_shared::instance_power::Ec2::from_settings(&settings).await
     }
 }
 

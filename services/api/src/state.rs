@@ -9,7 +9,7 @@ use spot_shared::store::Store;
 
 pub struct AppState {
     pub store: Store,
-    pub ec2: spot_shared::ec2::Ec2,
+    pub ec2: spot_shared::instance_power::Ec2,
     pub broker: Arc<Broker>,
     pub keyring: Keyring,
     pub settings: Settings,

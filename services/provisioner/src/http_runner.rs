@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use spot_shared::ec2::{InstanceInfo, PowerAction};
+use spot_shared::instance_power::{InstanceInfo, PowerAction};
 use spot_shared::model::{HttpSpec, Job, Run, RunState};
 use spot_shared::outbound::{check_target, check_url};
 use spot_shared::store::Store;

@@ -20,7 +20,7 @@ use chrono::Utc;
 use spot_shared::broker::Broker;
 use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
-use spot_shared::ec2::Ec2;
+use spot_shared::instance_power::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job};
 use spot_shared::store::{

@@ -17,7 +17,7 @@ use spot_shared::broker::{decode, serve, settle, Broker};
 use spot_shared::cloud::{Cloud, CloudInstance};
 use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
-use spot_shared::ec2::Ec2;
+use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{HttpSpec, InstanceState, Run, RunState, Runner};
 use spot_shared::store::{Moved, Store};

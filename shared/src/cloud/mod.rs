@@ -1,13 +1,14 @@
 //! Cloud providers: how an instance for a run is launched, found again, listed, and terminated.
 //!
 //! - [`local`]: the default; an "instance" is an agent process on this host.
-//! - [`ec2`]: EC2 spot capacity through an `instant` EC2 Fleet, booted by user data.
+//! - [`ec2_fleet`] (provider `ec2`): EC2 spot capacity through an `instant` EC2 Fleet, booted by user data.
 //!
 //! Every launch is keyed by the run and its attempt, so a repeated launch (a redelivered message, a
 //! provisioner that crashed after calling the cloud) finds the instance instead of starting another.
 
-pub mod ec2;
+pub mod ec2_fleet;
 pub mod local;
+pub mod user_data;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -87,7 +88,7 @@ pub struct CloudInstance {
 /// The configured provider.
 pub enum Cloud {
     Local(local::LocalCloud),
-    Ec2(ec2::Ec2Cloud),
+    Ec2(ec2_fleet::Ec2Cloud),
 }
 
 impl Cloud {
@@ -98,7 +99,7 @@ impl Cloud {
                 &settings.redis.key_prefix,
             )?)),
             ProviderKind::Ec2 => Ok(Cloud::Ec2(
-                ec2::Ec2Cloud::new(&settings.ec2, &settings.cloud.ec2).await?,
+                ec2_fleet::Ec2Cloud::new(&settings.ec2, &settings.cloud.ec2).await?,
             )),
         }
     }

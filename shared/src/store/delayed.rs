@@ -12,7 +12,9 @@ use std::sync::LazyLock;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::{Moved, Store, UnarmedTimer, LIVE_RUNS, UNARMED};
+use super::runs::LIVE_RUNS;
+use super::timers::UNARMED;
+use super::{Moved, Store, UnarmedTimer};
 use crate::error::Result;
 use crate::messages::FireMessage;
 use crate::model::RunState;

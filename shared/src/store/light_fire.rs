@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::delayed::JOB_STATE_LUA;
+use super::runs::FIRE_MARKER_TTL_SECS;
 use super::runs::TRIM_ENDED_LUA;
-use super::{state_time_field, FireRecord, Store, FIRE_MARKER_TTL_SECS, UNARMED};
+use super::timers::UNARMED;
+use super::{state_time_field, FireRecord, Store};
 use crate::error::Result;
 use crate::model::RunState;
 

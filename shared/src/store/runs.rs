@@ -1,5 +1,12 @@
 //! Runs: recording a fire once as a run, reading runs back, trimming a job's history, and the
 //! capped container output.
+//!
+//! Keys, under the prefix `p`:
+//! - `p:fire:{job}:{ms}:{attempt}`: the run recorded for that fire, so a fire is recorded once
+//! - `p:run:{id}`: the run as a hash (its state moves only by compare-and-set); `p:job:{id}:runs` the
+//!   job's runs scored by creation time
+//! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash)
+//! - `p:runs:live`: runs not yet ended, scored by creation time (the stuck-run sweep walks it)
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -8,12 +15,32 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
 use super::delayed::JOB_STATE_LUA;
-use super::{
-    optional, parse_time, required, state_time_field, transitions, FireRecord, Moved, Store,
-    FIRE_MARKER_TTL_SECS, LIVE_RUNS,
-};
+use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::model::{Concurrency, Job, Run, RunState};
+
+/// The sorted set of runs not yet ended, scored by when they were recorded: what the stuck-run sweep
+/// walks. A hint kept up by the scripts that create and end runs; the sweep drops what has ended.
+pub(super) const LIVE_RUNS: &str = "runs:live";
+
+/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
+/// redelivery of its timer.
+pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// What recording a fire found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireRecord {
+    /// This delivery recorded the fire; the run id is new.
+    New(String),
+    /// The fire was recorded before (a redelivery); this is its run.
+    Existing(String),
+    /// The job is gone, or changed since the timer was armed.
+    Stale,
+    /// The job's timer has moved past this (scheduled) fire: it was fired before.
+    Passed,
+    /// The job's concurrency policy is `forbid` and this run of it is under way: not recorded.
+    Forbidden(String),
+}
 
 /// Records a fire once and decides the job's concurrency policy in the same step. KEYS: fire
 /// marker, run hash, job runs, job, live runs. ARGV: run id, generation, score, marker TTL (seconds),

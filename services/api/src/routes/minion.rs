@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use spot_shared::config::MinionRunner;
-use spot_shared::ec2::PowerAction;
+use spot_shared::instance_power::PowerAction;
 use spot_shared::model::{DummySpec, InstanceSpec, Job, Policies, Runner, Tag};
 use spot_shared::{Error, ErrorCode};
 

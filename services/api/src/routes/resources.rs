@@ -64,7 +64,7 @@ pub enum RunnerRequest {
     /// Start, stop or reboot an instance tagged as the account's.
     Instance {
         instance_id: String,
-        action: spot_shared::ec2::PowerAction,
+        action: spot_shared::instance_power::PowerAction,
     },
     Container {
         image: String,

@@ -1,8 +1,8 @@
-//! The EC2 API, through aws-sdk-ec2 with the standard AWS configuration chain (environment, profile,
-//! instance role) and an optional endpoint override (moto's server in tests). It serves the instance
-//! runner (minion's `instanceRunner`: start, stop or reboot an existing instance, only on instances
-//! tagged as the account's own unless configuration allows more) and, through its client, the `ec2`
-//! cloud provider ([`crate::cloud::ec2`]).
+//! The instance-power API: instances that exist already, through aws-sdk-ec2 with the standard AWS
+//! configuration chain (environment, profile, instance role) and an optional endpoint override (moto's
+//! server in tests). It serves the instance runner (minion's `instanceRunner`: start, stop or reboot an
+//! existing instance, only on instances tagged as the account's own unless configuration allows more),
+//! and hands its client to the `ec2` provider ([`crate::cloud::ec2_fleet`]), which launches.
 
 use std::collections::HashMap;
 
@@ -10,21 +10,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Filter;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Ec2Settings;
 use crate::error::{Error, ErrorCode, Result};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ec2Settings {
-    /// Empty: the standard endpoint of the region.
-    pub endpoint_url: String,
-    pub region: String,
-    /// The tag whose value names the account an instance belongs to.
-    pub account_tag: String,
-    /// Let accounts act on instances that carry no account tag (never on another account's).
-    pub allow_untagged: bool,
-    /// Attempts per call; throttling and 5xx answers are retried with exponential backoff and jitter.
-    pub max_attempts: u32,
-}
 
 /// What the instance runner can do to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

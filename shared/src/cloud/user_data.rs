@@ -13,7 +13,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
-use crate::cloud::AgentBoot;
+use super::AgentBoot;
 
 /// Where cloud-init writes the boot file.
 pub const BOOT_FILE: &str = "/etc/spot-agent/boot.json";

@@ -24,12 +24,12 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{CloudInstance, LaunchFailure, LaunchRequest, Launched};
-use crate::ec2::{non_empty, sdk_error, Ec2, Ec2Settings};
+pub use crate::config::Ec2CloudSettings;
 use crate::error::{Error, Result};
+use crate::instance_power::{non_empty, sdk_error, Ec2, Ec2Settings};
 
 /// Tag naming the deployment an instance belongs to.
 pub const CLUSTER_TAG: &str = "spot-scheduler:cluster";
@@ -40,28 +40,6 @@ pub const LAUNCH_TAG: &str = "spot-scheduler:launch";
 
 /// States of an instance that still costs money or may still run a job.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
-
-/// `[cloud.ec2]`: where and how instances are launched.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ec2CloudSettings {
-    /// Names this deployment in the tags of everything it launches; sweeps touch only these.
-    pub cluster: String,
-    /// The AMI: ideally with Docker and `spot-agent` installed.
-    pub image_id: String,
-    /// Instance profile name or ARN (the agent needs no AWS permissions; empty for none).
-    pub instance_profile: String,
-    pub security_group_ids: Vec<String>,
-    pub key_name: String,
-    /// Subnets to spread over when a job names none; empty lets EC2 pick the default VPC's.
-    pub subnet_ids: Vec<String>,
-    /// Instance types when a job names none; several make spot capacity likely.
-    pub instance_types: Vec<String>,
-    /// The root device of the AMI, for jobs that ask for a disk size.
-    pub root_device_name: String,
-    /// Where the boot script downloads the agent when the AMI lacks it; empty when it has it.
-    pub agent_download_url: String,
-}
 
 pub struct Ec2Cloud {
     client: aws_sdk_ec2::Client,
@@ -253,7 +231,7 @@ impl Ec2Cloud {
             self.settings.cluster,
             Self::launch_key(request.run_id, request.attempt)
         );
-        let user_data = crate::userdata::render(request.boot, &self.settings.agent_download_url);
+        let user_data = super::user_data::render(request.boot, &self.settings.agent_download_url);
         let mut data = RequestLaunchTemplateData::builder()
             .image_id(&self.settings.image_id)
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)

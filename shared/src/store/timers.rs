@@ -1,0 +1,144 @@
+//! Timers: when each job fires next, and the fires the pump has yet to hand to RabbitMQ.
+//!
+//! Keys, under the prefix `p`:
+//! - `p:timers`: job ids scored by their next fire time (ms): what a fire moves on and the reconciler
+//!   re-arms from
+//! - `p:timers:unarmed`: fires the pump has yet to hand over (it does so shortly before they are due),
+//!   scored by due time: `{job}|{generation}` for a scheduled fire, the longer member of
+//!   `p:timers:delayed` ([`super::delayed`]) for a retry or a run-now
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::{AsyncCommands, Script};
+
+use super::{delayed, Store};
+use crate::error::Result;
+
+/// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
+/// instant in milliseconds.
+pub(super) const UNARMED: &str = "timers:unarmed";
+
+pub(super) fn unarmed_member(job_id: &str, generation: u64) -> String {
+    format!("{job_id}|{generation}")
+}
+
+/// A timer the pump took to arm: the fire it delivers, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnarmedTimer {
+    pub fire: crate::messages::FireMessage,
+    /// When to deliver it: the scheduled instant, or a retry's time after its backoff.
+    pub due: DateTime<Utc>,
+}
+
+impl Store {
+    /// Jobs whose next fire time is at or before `before`, oldest first.
+    pub async fn due_timers(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, f64)> = conn
+            .zrangebyscore_limit_withscores(
+                self.key("timers"),
+                "-inf",
+                before.timestamp_millis(),
+                0,
+                limit as isize,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, ms)| Some((id, Utc.timestamp_millis_opt(ms as i64).single()?)))
+            .collect())
+    }
+
+    /// Sets or clears a job's next fire time, but only if it is still `expected` and the job is still
+    /// at `generation` (so a slow worker never overwrites a newer schedule: an edit landing between a
+    /// fire's record and this move may have armed the very same instant for its new generation), and
+    /// leaves the new time for the pump to arm.
+    pub async fn advance_timer(
+        &self,
+        job_id: &str,
+        generation: u64,
+        expected: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        const SCRIPT: &str = r#"
+local raw = redis.call('GET', KEYS[3])
+if not raw then return 0 end
+local _, stored_generation = job_state(raw)
+if stored_generation ~= ARGV[5] then return 0 end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
+return 1
+"#;
+        static ADVANCE_TIMER: LazyLock<Script> =
+            LazyLock::new(|| Script::new(&format!("{}{SCRIPT}", delayed::JOB_STATE_LUA)));
+        let mut conn = self.conn.clone();
+        let next = next
+            .map(|t| t.timestamp_millis().to_string())
+            .unwrap_or_default();
+        let moved: i64 = ADVANCE_TIMER
+            .key(self.key("timers"))
+            .key(self.key(UNARMED))
+            .key(self.key(&format!("job:{job_id}")))
+            .arg(job_id)
+            .arg(expected.timestamp_millis())
+            .arg(next)
+            .arg(unarmed_member(job_id, generation))
+            .arg(generation)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Takes up to `limit` timers due at or before `bound` off the unarmed set, for the pump to arm.
+    /// Atomic, so several pumps never take the same timer.
+    pub async fn claim_unarmed(
+        &self,
+        bound: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<UnarmedTimer>> {
+        const SCRIPT: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+return due
+"#;
+        static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
+        let mut conn = self.conn.clone();
+        let rows: Vec<String> = CLAIM
+            .key(self.key(UNARMED))
+            .arg(bound.timestamp_millis())
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(rows
+            .chunks(2)
+            .filter_map(|pair| {
+                let [member, score] = pair else { return None };
+                delayed::parse_timer_member(member, score)
+            })
+            .collect())
+    }
+
+    /// Puts timers the pump could not arm back, for its next round.
+    pub async fn unclaim(&self, timers: &[UnarmedTimer]) -> Result<()> {
+        if timers.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let items: Vec<(i64, String)> = timers
+            .iter()
+            .map(|t| (t.due.timestamp_millis(), delayed::timer_member(&t.fire)))
+            .collect();
+        let _: () = conn.zadd_multiple(self.key(UNARMED), &items).await?;
+        Ok(())
+    }
+}

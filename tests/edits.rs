@@ -126,3 +126,50 @@ async fn a_timer_move_compares_the_generation_as_well_as_the_time() {
         vec![(id.clone(), next)]
     );
 }
+
+/// Minion's PUT edits through the same path: a fired one-shot replaced as it is stays done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minions_put_of_a_fired_one_shot_does_not_fire_it_again() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let due = (Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
+    let body = json!({"job": {
+        "details": {"runner": "dummyRunner"},
+        "group": "edits",
+        "name": "once",
+        "schedule_expression": due,
+        "enabled": true
+    }});
+    let response = app
+        .send(
+            Method::POST,
+            "/v1/minion/acme/jobs/edits",
+            ACCOUNT_KEY,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let created: Value = response.json().await.unwrap();
+    let id = created["job"]["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), "the fire", || async {
+        (app.runs(&id).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let response = app
+        .send(
+            Method::PUT,
+            &format!("/v1/minion/acme/jobs/edits/{id}"),
+            ACCOUNT_KEY,
+            Some(body),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.runs(&id).await.len(),
+        1,
+        "minion's PUT re-fired the past"
+    );
+}

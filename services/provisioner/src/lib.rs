@@ -233,9 +233,12 @@ impl Provisioner {
         if fire.attempt > 1 || fire.manual {
             return None;
         }
-        let grace = job.policies.misfire_grace_secs?;
+        // Bounded at the door; a grace too long to count in (stored before the bound) means none.
+        let grace = i64::try_from(job.policies.misfire_grace_secs?)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)?;
         let late = Utc::now() - fire.scheduled_at;
-        if late > chrono::Duration::seconds(grace as i64) {
+        if late > grace {
             tracing::warn!(job_id = %job.id, late_ms = late.num_milliseconds(), "misfire: skipped");
             return Some(FireOutcome::Skipped { reason: "misfire" });
         }

@@ -314,6 +314,36 @@ impl Broker {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        self.publish_bytes(exchange, routing_key, &payload, properties)
+            .await
+    }
+
+    /// Puts a message whose handling failed for good into the dead letters, saying why in its headers
+    /// (`x-spot-error`, and `x-spot-queue` for where it came from), so that "Get messages" on
+    /// `ns.dead` tells what went wrong without the logs.
+    pub async fn dead_letter(&self, queue: &str, payload: &[u8], reason: &str) -> Result<()> {
+        let mut headers = FieldTable::default();
+        for (key, value) in [("x-spot-error", reason), ("x-spot-queue", queue)] {
+            headers.insert(
+                key.into(),
+                lapin::types::AMQPValue::LongString(value.into()),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let dead = self.topology().dead_letters();
+        self.publish_bytes(&dead, queue, payload, properties).await
+    }
+
+    async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
         let link = self.link()?;
         let confirm = link
             .publisher
@@ -324,7 +354,7 @@ impl Broker {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &payload,
+                payload,
                 properties,
             )
             .await?

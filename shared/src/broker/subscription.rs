@@ -6,9 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::Consumer;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::{Acker, Consumer};
 
 use super::{reconnect_backoff, Broker};
 
@@ -81,6 +84,11 @@ impl Subscription {
 /// `shutdown` resolves; then takes no more and gives those in hand up to `grace` to finish. Any still
 /// running then are dropped unacknowledged, and RabbitMQ gives them to another consumer once this
 /// connection closes: a stop hands back what it holds and loses nothing.
+///
+/// A handler that panics (a bug, or a value nothing foresaw) costs only its own message: the panic is
+/// caught, the message goes to the dead letters with the panic's text, and the consumer goes on.
+/// Left unacknowledged instead, each such message would hold one of the consumer's prefetch slots
+/// until the connection closed, and enough of them would stop every account's fires.
 pub async fn serve<H, F>(
     subscription: &mut Subscription,
     shutdown: impl std::future::Future<Output = ()>,
@@ -91,6 +99,7 @@ pub async fn serve<H, F>(
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut in_flight = tokio::task::JoinSet::new();
+    let (broker, queue) = (subscription.broker.clone(), subscription.queue.clone());
     tokio::pin!(shutdown);
     'taking: loop {
         // Kept across finished tasks: `next` is never dropped half-way except to stop.
@@ -103,7 +112,13 @@ pub async fn serve<H, F>(
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         };
-        in_flight.spawn(handle(delivery));
+        in_flight.spawn(dead_letter_on_panic(
+            broker.clone(),
+            queue.clone(),
+            delivery.acker.clone(),
+            delivery.data.clone(),
+            handle(delivery),
+        ));
     }
     let in_hand = in_flight.len();
     let drained = tokio::time::timeout(grace, async {
@@ -120,4 +135,43 @@ pub async fn serve<H, F>(
     } else if in_hand > 0 {
         tracing::info!(in_hand, "stop: every delivery in hand finished");
     }
+}
+
+/// Runs `work` (the handling of one delivery); if it panics, dead-letters the delivery with the
+/// panic's text. If the handler had settled the delivery before panicking, the acker is used already
+/// and nothing more is sent.
+async fn dead_letter_on_panic(
+    broker: Arc<Broker>,
+    queue: String,
+    acker: Acker,
+    payload: Vec<u8>,
+    work: impl std::future::Future<Output = ()> + Send,
+) {
+    let Err(panic) = AssertUnwindSafe(work).catch_unwind().await else {
+        return;
+    };
+    let reason = format!("handler panicked: {}", panic_text(panic.as_ref()));
+    tracing::error!(queue, reason, "dead-lettering the message");
+    if !acker.usable() {
+        return;
+    }
+    match broker.dead_letter(&queue, &payload, &reason).await {
+        Ok(()) => {
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(err) => {
+            // Without the copy, RabbitMQ's own dead-lettering keeps the message (without the reason).
+            tracing::warn!(queue, error = %err, "dead letter not published; rejecting instead");
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+}
+
+/// The message a panic carries (`panic!("...")` gives a `&str` or a `String`).
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }

@@ -9,6 +9,16 @@ pub fn new_id() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
+/// Whether `text` can be an id of a job, run or instance: 1 to 128 of `A-Z a-z 0-9 - _`. What a
+/// request names in a path is checked against this before it reaches a key, so an id like `x:runs`
+/// finds nothing (404) instead of another record's key.
+pub fn is_id(text: &str) -> bool {
+    (1..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A fresh 256-bit secret, hex-encoded.
 pub fn new_secret() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -39,6 +49,25 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ids_are_only_of_the_id_alphabet() {
+        assert!(is_id(&new_id()));
+        assert!(is_id("local-abc-1"));
+        assert!(is_id("i-0123456789abcdef0"));
+        for bad in [
+            "",
+            "x:runs",
+            "a b",
+            "a/b",
+            "é",
+            &"a".repeat(129),
+            "*",
+            "job\n",
+        ] {
+            assert!(!is_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -134,6 +136,9 @@ impl Default for Policies {
 
 impl Policies {
     pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+    /// A grace longer than a year means none: larger values are refused rather than overflowing
+    /// the time arithmetic they feed.
+    pub const MAX_MISFIRE_GRACE_SECS: u64 = 366 * 24 * 3600;
 
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
@@ -143,17 +148,31 @@ impl Policies {
                 format!("must be 1..={}", Self::MAX_TIMEOUT_SECS),
             ));
         }
+        if self
+            .misfire_grace_secs
+            .is_some_and(|grace| grace > Self::MAX_MISFIRE_GRACE_SECS)
+        {
+            return Err(Error::invalid(
+                field("misfire_grace_secs"),
+                format!("must be 0..={}", Self::MAX_MISFIRE_GRACE_SECS),
+            ));
+        }
         if !(1..=20).contains(&self.retries.max_attempts) {
             return Err(Error::invalid(
                 field("retries.max_attempts"),
                 "must be 1..=20",
             ));
         }
-        if self.retries.backoff_secs > 86_400 || self.retries.backoff_max_secs > 86_400 {
-            return Err(Error::invalid(
-                field("retries"),
-                "backoffs must be at most a day",
-            ));
+        for (name, secs) in [
+            ("backoff_secs", self.retries.backoff_secs),
+            ("backoff_max_secs", self.retries.backoff_max_secs),
+        ] {
+            if secs > 86_400 {
+                return Err(Error::invalid(
+                    field(&format!("retries.{name}")),
+                    "must be at most 86400 (a day)",
+                ));
+            }
         }
         if !(1..=10_000).contains(&self.history_limit) {
             return Err(Error::invalid(field("history_limit"), "must be 1..=10000"));
@@ -236,6 +255,12 @@ impl DummySpec {
             return Err(Error::invalid(
                 format!("{prefix}template"),
                 "template cannot be empty",
+            ));
+        }
+        if self.template.len() > limits::TEMPLATE_LEN {
+            return Err(Error::invalid(
+                format!("{prefix}template"),
+                format!("longer than {} bytes", limits::TEMPLATE_LEN),
             ));
         }
         if self.template.len() > 64 * 1024 {
@@ -358,6 +383,9 @@ pub mod limits {
     pub const ENV_ITEM_LEN: usize = 32 * 1024;
     pub const INSTANCE_TYPES: usize = 16;
     pub const SUBNETS: usize = 16;
+    pub const TEMPLATE_LEN: usize = 16 * 1024;
+    /// A file's content, base64 as sent (the api's default body limit).
+    pub const FILE_BASE64_LEN: usize = 256 * 1024;
 }
 
 impl ContainerSpec {
@@ -430,11 +458,20 @@ impl ContainerSpec {
         for (i, file) in self.files.iter().enumerate() {
             let ok_path = file.path.starts_with('/')
                 && !file.path.split('/').any(|part| part == "..")
-                && file.path.len() <= 256;
+                && file.path.len() <= 256
+                && !file.path.chars().any(char::is_control);
             if !ok_path || file.mode > 0o7777 {
                 return Err(Error::invalid(
                     field(&format!("files[{i}]")),
                     "needs an absolute path without '..' and a mode up to 0o7777",
+                ));
+            }
+            let content_ok = file.content_base64.len() <= limits::FILE_BASE64_LEN
+                && BASE64.decode(file.content_base64.as_bytes()).is_ok();
+            if !content_ok {
+                return Err(Error::invalid(
+                    field(&format!("files[{i}].content_base64")),
+                    format!("must be base64, at most {} bytes", limits::FILE_BASE64_LEN),
                 ));
             }
         }

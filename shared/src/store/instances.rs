@@ -78,6 +78,9 @@ impl Store {
     }
 
     pub async fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
+        if !crate::ids::is_id(id) {
+            return Ok(None);
+        }
         let mut conn = self.conn.clone();
         let map: BTreeMap<String, String> =
             conn.hgetall(self.key(&format!("instance:{id}"))).await?;

@@ -15,6 +15,7 @@ use redis::AsyncCommands;
 use super::timers::{unarmed_member, UNARMED};
 use super::Store;
 use crate::error::Result;
+use crate::ids::is_id;
 use crate::model::Job;
 
 /// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
@@ -155,6 +156,9 @@ impl Store {
 
     /// A job with its next fire time, or `None`.
     pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        if !is_id(id) {
+            return Ok(None);
+        }
         let mut conn = self.conn.clone();
         let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
             .get(self.key(&format!("job:{id}")))
@@ -173,9 +177,13 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
+        // An id outside the alphabet names no job (and never another record's key).
         let keys: Vec<String> = ids
             .iter()
-            .map(|id| self.key(&format!("job:{id}")))
+            .map(|id| match is_id(id) {
+                true => self.key(&format!("job:{id}")),
+                false => self.key("job:"),
+            })
             .collect();
         let raws: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;

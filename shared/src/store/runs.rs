@@ -17,6 +17,7 @@ use redis::{AsyncCommands, Script};
 use super::delayed::JOB_STATE_LUA;
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
+use crate::ids::is_id;
 use crate::model::{Concurrency, Job, Run, RunState};
 
 /// The sorted set of runs not yet ended, scored by when they were recorded: what the stuck-run sweep
@@ -276,6 +277,9 @@ impl Store {
     }
 
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        if !is_id(id) {
+            return Ok(None);
+        }
         let mut conn = self.conn.clone();
         let map: BTreeMap<String, String> = conn.hgetall(self.key(&format!("run:{id}"))).await?;
         if map.is_empty() {
@@ -286,6 +290,9 @@ impl Store {
 
     /// A job's run ids, newest first.
     pub async fn job_run_ids(&self, job_id: &str, limit: usize) -> Result<Vec<String>> {
+        if !is_id(job_id) {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         let stop = if limit == 0 { -1 } else { limit as isize - 1 };
         Ok(conn
@@ -329,6 +336,9 @@ impl Store {
 
     /// A run's output: its log, or for a light run the output kept in its hash.
     pub async fn get_log(&self, run_id: &str) -> Result<Vec<u8>> {
+        if !is_id(run_id) {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         let (log, output): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
             .get(self.key(&format!("run:{run_id}:log")))

@@ -1,0 +1,200 @@
+//! Hostile inputs (issue 17): values at and past every bound are refused at the door naming the field,
+//! ids outside the id alphabet find nothing, and a panic in one message's handling costs only that
+//! message (dead-lettered with the reason) while the consumer goes on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
+use reqwest::Method;
+use serde_json::{json, Value};
+use spot_shared::broker::serve;
+use spot_shared::model::Policies;
+use spot_tests::*;
+
+/// The request quoted in the issue: a misfire grace of 10^16 seconds was accepted, and each of its
+/// fires then panicked a provisioner task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_policies_are_refused_naming_the_field() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let job = |policies: Value| json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}, "policies": policies});
+    for (policies, field) in [
+        (
+            json!({"misfire_grace_secs": 10_000_000_000_000_000u64}),
+            "policies.misfire_grace_secs",
+        ),
+        (json!({"timeout_secs": 0}), "policies.timeout_secs"),
+        (
+            json!({"retries": {"max_attempts": 2, "backoff_secs": 100_000}}),
+            "policies.retries.backoff_secs",
+        ),
+        (json!({"history_limit": 0}), "policies.history_limit"),
+        (
+            json!({"start_at": "-0001-01-01T00:00:00Z"}),
+            "policies.start_at",
+        ),
+    ] {
+        let response = app
+            .post_raw("/v1/jobs", ACCOUNT_KEY, &job(policies.clone()).to_string())
+            .await;
+        assert_eq!(response.status(), 400, "{policies}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], field, "{policies}: {error}");
+    }
+    let container = |spec: Value| json!({"schedule": "@hourly", "runner": spec});
+    for (runner, field) in [
+        (
+            json!({"type": "dummy", "template": "x".repeat(20_000)}),
+            "template",
+        ),
+        (
+            json!({"type": "container", "image": "busybox", "disk_gb": 100_000}),
+            "disk_gb",
+        ),
+    ] {
+        let response = app
+            .post_raw("/v1/jobs", ACCOUNT_KEY, &container(runner).to_string())
+            .await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], field, "{error}");
+    }
+    // Nothing was stored.
+    let listed: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+/// An id with `:` named another record's key (`job:{id}:runs` is a sorted set): a Redis type error,
+/// a 500. Ids outside the alphabet now find nothing, on every surface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_outside_the_id_alphabet_are_404() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": Utc::now().to_rfc3339(), "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    // With a run, `job:{id}:runs` exists (a sorted set): what `{id}:runs` as a job id would read.
+    eventually(Duration::from_secs(10), "the run", || async {
+        (!app.runs(&id).await.is_empty()).then_some(())
+    })
+    .await;
+    let odd = format!("{id}:runs");
+    for path in [
+        format!("/v1/jobs/{odd}"),
+        format!("/v1/jobs/{odd}/runs"),
+        format!("/v1/runs/{odd}"),
+        format!("/v1/instances/{odd}"),
+        format!("/status/{odd}"),
+        format!("/tasks/{odd}"),
+    ] {
+        let response = app.send(Method::GET, &path, ACCOUNT_KEY, None).await;
+        assert_eq!(response.status(), 404, "{path}");
+    }
+}
+
+/// A job stored before the bounds existed (written here past the api) still fires: the provisioner
+/// reads an impossible grace as none instead of panicking on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_value_past_the_bounds_does_not_panic_the_provisioner() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let store = env.store().await;
+    let mut job = store.get_job(&id).await.unwrap().unwrap();
+    job.policies = Policies {
+        misfire_grace_secs: Some(u64::MAX),
+        ..Policies::default()
+    };
+    job.next_fire_at = Some(Utc::now());
+    store.save_job(&job).await.unwrap();
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    eventually(Duration::from_secs(15), "the fire", || async {
+        (!app.runs(&id).await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// A handler that panics on one message: that message lands in the dead letters with the panic's
+/// text, and the consumer goes on to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_dead_letters_its_message_and_the_consumer_goes_on() {
+    let env = TestEnv::new();
+    let broker = Arc::new(env.broker().await);
+    let queue = broker.topology().fires_queue();
+    broker.publish("", &queue, &json!("boom")).await.unwrap();
+    broker.publish("", &queue, &json!("fine")).await.unwrap();
+
+    let (handled, mut handled_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut subscription = broker.subscribe(&queue, 4, "hostile-test");
+    let consumer = tokio::spawn(async move {
+        serve(
+            &mut subscription,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(2),
+            move |delivery| {
+                let handled = handled.clone();
+                async move {
+                    let body: String = serde_json::from_slice(&delivery.data).unwrap();
+                    if body == "boom" {
+                        panic!("a value nothing foresaw: {body}");
+                    }
+                    delivery
+                        .ack(lapin::options::BasicAckOptions::default())
+                        .await
+                        .unwrap();
+                    handled.send(body).unwrap();
+                }
+            },
+        )
+        .await;
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), handled_rx.recv())
+        .await
+        .expect("the consumer went on past the panic");
+    assert_eq!(first.as_deref(), Some("fine"));
+
+    let channel = broker.channel().await.unwrap();
+    let dead = broker.topology().dead_letters();
+    let letter = eventually(Duration::from_secs(10), "the dead letter", || async {
+        channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(letter.data, br#""boom""#);
+    let headers = letter.properties.headers().clone().unwrap_or_default();
+    let header = |name: &str| match headers.inner().get(name) {
+        Some(AMQPValue::LongString(text)) => text.to_string(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert!(
+        header("x-spot-error").contains("a value nothing foresaw: boom"),
+        "{}",
+        header("x-spot-error")
+    );
+    assert_eq!(header("x-spot-queue"), queue);
+
+    let _ = stop.send(());
+    consumer.await.unwrap();
+    // Nothing left behind unacknowledged: the queue is empty once the consumer has gone.
+    eventually(Duration::from_secs(20), "an empty fires queue", || async {
+        (env.queue_depth(&queue) == Some(0)).then_some(())
+    })
+    .await;
+}

@@ -198,3 +198,32 @@ async fn a_panicking_handler_dead_letters_its_message_and_the_consumer_goes_on()
     })
     .await;
 }
+
+/// bcrypt-hashed keys: one costlier than allowed is refused without being tried (a cost-12 hash made
+/// cheaply at cost 4 and relabelled), and an address whose tokens failed so many times a minute gets
+/// 429 without more being tried; plain keys are never held up by either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_tokens_are_bounded_in_cost_and_throttled_per_address() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let relabelled = bcrypt::hash("no such key", 4)
+        .unwrap()
+        .replacen("$04$", "$12$", 1);
+    let response = app.get("/v1/jobs", &relabelled).await;
+    assert_eq!(response.status(), 403);
+
+    let limit = env.settings.auth.bcrypt_failures_per_minute as usize;
+    // `limit` failures a minute are allowed; the one past them blocks the address.
+    let mut statuses = Vec::new();
+    for i in 0..limit + 3 {
+        let bogus = bcrypt::hash(format!("guess {i}"), 4).unwrap();
+        statuses.push(app.get("/v1/jobs", &bogus).await.status().as_u16());
+    }
+    assert!(statuses[..=limit].iter().all(|s| *s == 403), "{statuses:?}");
+    assert!(
+        statuses[limit + 1..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    // The key itself still gets in.
+    assert_eq!(app.get("/v1/jobs", ACCOUNT_KEY).await.status(), 200);
+}

@@ -244,24 +244,46 @@ async fn bad_tasks_get_hrms_errors() {
 async fn metadata_and_loopback_targets_are_refused_unless_allowed() {
     let env = TestEnv::new();
     let worker = spawn_worker().await;
+    let port = worker.address.rsplit(':').next().unwrap().to_string();
     let mut strict = env.settings.clone();
     strict.outbound.allow_loopback = false;
-    let app = spawn_app_with(strict.clone()).await;
-    let provisioner = spawn_provisioner_with(strict, &app.address).await;
-    let (_, loopback) = post_form(&app, &format!("action_url={}/work", worker.address)).await;
-    let (_, metadata) =
-        post_form(&app, "action_url=http://169.254.169.254/latest/meta-data/").await;
-    for id in [&loopback, &metadata] {
-        let task = settled(&app, id).await;
-        assert_eq!(task["status"], "error", "{task}");
+
+    // At the door: an address, a name that resolves to loopback, IPv4 wrapped in IPv6, the
+    // metadata services of EC2 (IPv4 and IPv6) and Alibaba: 400 naming the field.
+    let strict_app = spawn_app_with(strict.clone()).await;
+    for url in [
+        format!("{}/work", worker.address),
+        format!("http://localhost:{port}/work"),
+        format!("http://[::ffff:127.0.0.1]:{port}/work"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00:ec2::254]/latest/meta-data/".to_string(),
+        "http://100.100.100.200/latest/meta-data/".to_string(),
+    ] {
+        let (status, body) = post_form(&strict_app, &format!("action_url={url}")).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
         assert!(
-            task["meta"]
+            body["errors"]["action_url"]
                 .as_str()
-                .unwrap()
-                .contains("not an allowed target"),
-            "{task}"
+                .is_some_and(|m| m.contains("not an allowed target")),
+            "{url}: {body}"
         );
     }
+
+    // At call time: accepted by an api that allowed loopback when it was submitted, refused by the
+    // provisioner that calls it now, on the address it would connect to.
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner_with(strict, &app.address).await;
+    let (_, loopback) = post_form(&app, &format!("action_url={}/work", worker.address)).await;
+    let task = settled(&app, &loopback).await;
+    assert_eq!(task["status"], "error", "{task}");
+    assert!(
+        task["meta"]
+            .as_str()
+            .unwrap()
+            .contains("not an allowed target"),
+        "{task}"
+    );
     assert!(
         worker.calls.lock().unwrap().is_empty(),
         "the worker on loopback was never called"

@@ -72,15 +72,31 @@ async fn public_endpoints_cors_and_keys() {
         "X-Auth-Token"
     );
 
-    // No key, a wrong key, another account's key: 403 with an empty body.
-    for key in [None, Some("wrong"), Some(OTHER_ACCOUNT_KEY)] {
-        let (status, body) = call(&app, Method::GET, "/v1/minion/acme/jobs", key, None).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::FORBIDDEN, ""),
-            "key {key:?}"
-        );
+    // No key, a wrong key: 403 with an empty body, whether the account exists or not.
+    for key in [None, Some("wrong")] {
+        for account in ["acme", "nobody"] {
+            let path = format!("/v1/minion/{account}/jobs");
+            let (status, body) = call(&app, Method::GET, &path, key, None).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::FORBIDDEN, ""),
+                "key {key:?}"
+            );
+        }
     }
+    // Another account's key: answered as if the account did not exist (nothing is revealed).
+    let (status, body) = call(
+        &app,
+        Method::GET,
+        "/v1/minion/acme/jobs",
+        Some(OTHER_ACCOUNT_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "account not found: acme")
+    );
     // The bcrypt hash of the key, as minion's clients send it.
     let hashed = bcrypt::hash(ACCOUNT_KEY, 4).unwrap();
     let (status, body) = call(

@@ -2,7 +2,11 @@
 //! constant time so that timing reveals nothing about the keys.
 //!
 //! A token may also be a bcrypt hash of a key, as minion's clients send (`bcrypt(PSK)`); it is verified
-//! against each key once and the result cached, since bcrypt is slow on purpose.
+//! against each key once and the result cached, since bcrypt is slow on purpose. Only hashes of cost
+//! `auth.max_bcrypt_cost` (10) or less are tried: a cost-12 hash costs four times a cost-10 one, and
+//! anyone can make one cheaply (hash at cost 4, relabel it). [`Keyring::check`] answers at once from
+//! the keys and the cache; [`Keyring::verify_bcrypt`] is the slow part, which the api runs off its
+//! request threads, a bounded number at a time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,14 +32,22 @@ struct KeyEntry {
     principal: Principal,
 }
 
-/// Bcrypt costs above this are refused: each verification would cost too much CPU.
-const MAX_BCRYPT_COST: u32 = 12;
 /// Verified bcrypt tokens remembered at most (then the cache starts over).
 const BCRYPT_CACHE_SIZE: usize = 10_000;
+
+/// What a token is, as far as can be told without bcrypt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Known(Principal),
+    Unknown,
+    /// A bcrypt hash not seen before, of an allowed cost: [`Keyring::verify_bcrypt`] tells.
+    NeedsBcrypt,
+}
 
 /// The configured keys.
 pub struct Keyring {
     entries: Vec<KeyEntry>,
+    max_bcrypt_cost: u32,
     /// SHA-256 of a bcrypt token → who it proved to be (or `None`: it matched no key).
     bcrypt_cache: Mutex<HashMap<[u8; 64], Option<Principal>>>,
 }
@@ -53,22 +65,37 @@ impl Keyring {
         }
         Keyring {
             entries,
+            max_bcrypt_cost: settings.max_bcrypt_cost,
             bcrypt_cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The principal a token belongs to: a key, or a bcrypt hash of one.
+    /// The principal a token belongs to: a key, or a bcrypt hash of one (verified here, on the
+    /// calling thread: for tools and tests; the api uses [`Keyring::check`]).
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        match self.check(token) {
+            Check::Known(principal) => Some(principal),
+            Check::Unknown => None,
+            Check::NeedsBcrypt => self.verify_bcrypt(token),
+        }
+    }
+
+    /// What a token is, without bcrypt: a key, a bcrypt hash seen before, or one to verify.
+    pub fn check(&self, token: &str) -> Check {
         if token.is_empty() || token.len() > 1024 {
-            return None;
+            return Check::Unknown;
         }
         if let Some(principal) = self.match_key(token) {
-            return Some(principal);
+            return Check::Known(principal);
         }
-        if is_bcrypt_hash(token) {
-            return self.match_bcrypt(token);
+        if !is_bcrypt_hash(token) || bcrypt_cost(token).is_none_or(|c| c > self.max_bcrypt_cost) {
+            return Check::Unknown;
         }
-        None
+        match self.cached(token) {
+            Some(Some(principal)) => Check::Known(principal),
+            Some(None) => Check::Unknown,
+            None => Check::NeedsBcrypt,
+        }
     }
 
     /// Every entry is compared, whatever matches first.
@@ -84,25 +111,26 @@ impl Keyring {
         found.cloned()
     }
 
-    fn match_bcrypt(&self, token: &str) -> Option<Principal> {
-        let cache_key = hash_bytes(token);
-        if let Ok(cache) = self.bcrypt_cache.lock() {
-            if let Some(known) = cache.get(&cache_key) {
-                return known.clone();
-            }
+    fn cached(&self, token: &str) -> Option<Option<Principal>> {
+        let cache = self.bcrypt_cache.lock().ok()?;
+        cache.get(&hash_bytes(token)).cloned()
+    }
+
+    /// Verifies a bcrypt token against every key (slow on purpose: tens of milliseconds per key at
+    /// cost 10) and remembers the answer. Refuses hashes costlier than allowed without trying.
+    pub fn verify_bcrypt(&self, token: &str) -> Option<Principal> {
+        if let Some(known) = self.cached(token) {
+            return known;
         }
-        let cost_ok = token
-            .get(4..6)
-            .and_then(|cost| cost.parse::<u32>().ok())
-            .is_some_and(|cost| cost <= MAX_BCRYPT_COST);
-        let found = if cost_ok {
-            self.entries
-                .iter()
-                .find(|entry| bcrypt::verify(entry.key.expose_secret(), token).unwrap_or(false))
-                .map(|entry| entry.principal.clone())
-        } else {
-            None
-        };
+        if !is_bcrypt_hash(token) || bcrypt_cost(token).is_none_or(|c| c > self.max_bcrypt_cost) {
+            return None;
+        }
+        let found = self
+            .entries
+            .iter()
+            .find(|entry| bcrypt::verify(entry.key.expose_secret(), token).unwrap_or(false))
+            .map(|entry| entry.principal.clone());
+        let cache_key = hash_bytes(token);
         if let Ok(mut cache) = self.bcrypt_cache.lock() {
             if cache.len() >= BCRYPT_CACHE_SIZE {
                 cache.clear();
@@ -123,6 +151,11 @@ fn is_bcrypt_hash(token: &str) -> bool {
     bytes.len() == 60
         && (token.starts_with("$2a$") || token.starts_with("$2b$") || token.starts_with("$2y$"))
         && bytes[6] == b'$'
+}
+
+/// The cost a bcrypt hash says it has (`$2b$10$...` → 10).
+fn bcrypt_cost(token: &str) -> Option<u32> {
+    token.get(4..6)?.parse().ok()
 }
 
 fn hash_bytes(key: &str) -> [u8; 64] {
@@ -182,9 +215,19 @@ mod tests {
         assert_eq!(keys.authenticate(&token).unwrap().account, "globex");
         let wrong = bcrypt::hash("globex-2", 4).unwrap();
         assert_eq!(keys.authenticate(&wrong), None);
-        // Too costly to check: refused without trying.
-        let costly = token.replacen("$04$", "$31$", 1);
-        assert_eq!(keys.authenticate(&costly), None);
+        // Too costly to check: refused without trying (a cost-12 hash made cheaply, relabelled).
+        for cost in ["$11$", "$12$", "$31$"] {
+            let costly = bcrypt::hash("globex-1", 4)
+                .unwrap()
+                .replacen("$04$", cost, 1);
+            assert_eq!(keys.check(&costly), Check::Unknown, "{cost}");
+            assert_eq!(keys.authenticate(&costly), None);
+        }
+        // A new hash needs bcrypt; once verified, it is known at once.
+        let fresh = bcrypt::hash("acme-1", 4).unwrap();
+        assert_eq!(keys.check(&fresh), Check::NeedsBcrypt);
+        assert_eq!(keys.verify_bcrypt(&fresh).unwrap().account, "acme");
+        assert!(matches!(keys.check(&fresh), Check::Known(p) if p.account == "acme"));
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub struct ApiSettings {
 pub struct AuthSettings {
     pub accounts: Vec<AccountSettings>,
     pub admin_keys: Vec<SecretString>,
+    /// bcrypt-hashed keys (minion's clients) of a higher cost are refused without being tried.
+    pub max_bcrypt_cost: u32,
+    /// bcrypt verifications at once, off the request threads; more wait their turn.
+    pub bcrypt_concurrency: usize,
+    /// Failed bcrypt tokens per client address per minute; past it, 429 without trying more.
+    pub bcrypt_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,7 +250,33 @@ impl Settings {
                     .try_parsing(true),
             )
             .build()?
-            .try_deserialize()
+            .try_deserialize::<Settings>()?
+            .checked()
+    }
+
+    /// Rules one field cannot say alone: account names are unique and none is `admin` (the name
+    /// admin keys act under), and the bcrypt knobs are in range.
+    fn checked(self) -> Result<Settings, config::ConfigError> {
+        let refuse = |message: String| Err(config::ConfigError::Message(message));
+        let mut names = std::collections::HashSet::new();
+        for account in &self.auth.accounts {
+            let name = account.name.to_ascii_lowercase();
+            if name == "admin" {
+                return refuse("auth.accounts: `admin` is reserved for admin keys".into());
+            }
+            if !names.insert(name) {
+                return refuse(format!("auth.accounts: {:?} is named twice", account.name));
+            }
+        }
+        if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
+            return refuse("auth.max_bcrypt_cost must be 4 to 31".into());
+        }
+        if self.auth.bcrypt_concurrency == 0 || self.auth.bcrypt_failures_per_minute == 0 {
+            return refuse(
+                "auth.bcrypt_concurrency and bcrypt_failures_per_minute must be at least 1".into(),
+            );
+        }
+        Ok(self)
     }
 
     /// The built-in defaults alone, ignoring files and environment (for tests).
@@ -262,7 +294,8 @@ impl Settings {
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()?
-            .try_deserialize()
+            .try_deserialize::<Settings>()?
+            .checked()
     }
 
     pub fn timer_levels(&self) -> crate::timer::TimerLevels {
@@ -293,6 +326,18 @@ pub fn config_path_from_args() -> Option<PathBuf> {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn admin_is_no_account_name_and_names_are_unique() {
+        for accounts in [
+            r#"[{name = "Admin", keys = ["k1"]}]"#,
+            r#"[{name = "acme", keys = ["k1"]}, {name = "acme", keys = ["k2"]}]"#,
+        ] {
+            let err = Settings::from_toml(&format!("[auth]\naccounts = {accounts}")).unwrap_err();
+            assert!(err.to_string().contains("auth.accounts"), "{err}");
+        }
+        assert!(Settings::from_toml("[auth]\nmax_bcrypt_cost = 40").is_err());
+    }
 
     #[test]
     fn defaults_load() {

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     /// The resource is not in a state that allows the operation (an illegal transition, a duplicate).
     Conflict,
     PayloadTooLarge,
+    /// The caller asked for more than it may now (a throttle or a quota); it may ask again later.
+    TooManyRequests,
     /// A dependency (Redis, RabbitMQ, Docker, the cloud) failed or timed out; trying again may succeed.
     Unavailable,
     /// A bug or an unexpected state; retrying will not help.
@@ -32,6 +34,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

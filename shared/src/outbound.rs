@@ -1,8 +1,19 @@
 //! Which outbound URLs the system may call on a user's behalf (the http runner's action and callback
-//! URLs). Loopback, link-local (which holds the cloud metadata service) and unspecified addresses are
-//! refused unless configuration allows them, so a job cannot make the scheduler attack its own host.
+//! URLs), so that a job cannot make the scheduler reach inside its own host or network.
+//!
+//! Blocked unless `[outbound]` allows them: loopback, private ranges (10/8, 172.16/12, 192.168/16) and
+//! link-local (169.254/16 and fe80::/10: the cloud metadata services). Blocked always: unspecified,
+//! "this network" (0/8), carrier-grade NAT (100.64/10, which holds Alibaba Cloud's metadata address),
+//! IETF protocol assignments (192.0.0/24, Oracle Cloud's metadata address), benchmarking, reserved and
+//! multicast ranges, unique-local IPv6 (fc00::/7, EC2's IPv6 metadata address fd00:ec2::254 among
+//! them), and IPv4 addresses wrapped in IPv6 (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64
+//! `64:ff9b::a.b.c.d`), which are judged as the IPv4 address they carry.
+//!
+//! A name is resolved once, here; the caller connects to the addresses that were checked
+//! ([`checked_addresses`]), never resolving again, so a name that answers differently the second time
+//! (DNS rebinding) gains nothing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Deserialize;
 
@@ -17,6 +28,9 @@ pub struct OutboundSettings {
     /// Allow 169.254.0.0/16 and fe80::/10, the cloud metadata service among them. Rarely wise.
     #[serde(default)]
     pub allow_link_local: bool,
+    /// Allow 10.0.0.0/8, 172.16.0.0/12 and 192.168.0.0/16 (workers on the same private network).
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 /// Checks the form of a URL: http or https with a host. The reason is seed 001's word.
@@ -28,87 +42,206 @@ pub fn check_url(url: &str) -> std::result::Result<url::Url, &'static str> {
     Ok(parsed)
 }
 
-/// Whether an address may be called.
-pub fn address_allowed(address: IpAddr, settings: &OutboundSettings) -> bool {
-    let (loopback, link_local, unspecified) = match address {
-        IpAddr::V4(v4) => (
-            v4.is_loopback(),
-            v4.is_link_local(),
-            v4.is_unspecified() || v4.is_broadcast(),
-        ),
-        IpAddr::V6(v6) => {
-            let mapped = v6.to_ipv4_mapped();
-            (
-                v6.is_loopback() || mapped.is_some_and(|v4| v4.is_loopback()),
-                (v6.segments()[0] & 0xffc0) == 0xfe80
-                    || mapped.is_some_and(|v4| v4.is_link_local()),
-                v6.is_unspecified(),
-            )
-        }
-    };
-    !unspecified
-        && (!loopback || settings.allow_loopback)
-        && (!link_local || settings.allow_link_local)
+/// Why an address may not be called, or `None` when it may.
+pub fn blocked_because(address: IpAddr, settings: &OutboundSettings) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(v4) => blocked_v4(v4, settings),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => blocked_v4(v4, settings),
+            None => blocked_v6(v6, settings),
+        },
+    }
 }
 
-/// Resolves the URL's host and refuses it if any address it names is not allowed.
-pub async fn check_target(url: &url::Url, settings: &OutboundSettings) -> Result<()> {
+/// Whether an address may be called.
+pub fn address_allowed(address: IpAddr, settings: &OutboundSettings) -> bool {
+    blocked_because(address, settings).is_none()
+}
+
+fn blocked_v4(v4: Ipv4Addr, settings: &OutboundSettings) -> Option<&'static str> {
+    let [a, b, c, _] = v4.octets();
+    if v4.is_loopback() {
+        return (!settings.allow_loopback).then_some("loopback");
+    }
+    if v4.is_link_local() {
+        return (!settings.allow_link_local).then_some("link-local (cloud metadata)");
+    }
+    if v4.is_private() {
+        return (!settings.allow_private).then_some("private");
+    }
+    if a == 0 || v4.is_broadcast() {
+        return Some("unspecified");
+    }
+    if a == 100 && (64..128).contains(&b) {
+        return Some("carrier-grade NAT (cloud metadata)");
+    }
+    if a == 192 && b == 0 && c == 0 {
+        return Some("IETF protocol assignments (cloud metadata)");
+    }
+    if a == 198 && (18..20).contains(&b) {
+        return Some("benchmarking");
+    }
+    if v4.is_multicast() || a >= 240 {
+        return Some("multicast or reserved");
+    }
+    None
+}
+
+fn blocked_v6(v6: Ipv6Addr, settings: &OutboundSettings) -> Option<&'static str> {
+    let first = v6.segments()[0];
+    if v6.is_loopback() {
+        return (!settings.allow_loopback).then_some("loopback");
+    }
+    if v6.is_unspecified() {
+        return Some("unspecified");
+    }
+    if first & 0xffc0 == 0xfe80 {
+        return (!settings.allow_link_local).then_some("link-local (cloud metadata)");
+    }
+    if first & 0xfe00 == 0xfc00 {
+        return Some("unique-local (cloud metadata)");
+    }
+    if first & 0xff00 == 0xff00 {
+        return Some("multicast");
+    }
+    None
+}
+
+/// The IPv4 address an IPv6 address carries: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`,
+/// deprecated but still routed by some stacks) or NAT64 (`64:ff9b::a.b.c.d`).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let compatible = s[..6].iter().all(|x| *x == 0) && !v6.is_loopback() && !v6.is_unspecified();
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|x| *x == 0);
+    (compatible || nat64).then_some(low)
+}
+
+/// Resolves the URL's host once and returns the addresses to connect to, refusing the URL if any
+/// address it names is blocked (a name with one inside address is not half-allowed). The error says
+/// only that the target is not allowed and why, naming the host as the caller gave it.
+pub async fn checked_addresses(
+    url: &url::Url,
+    settings: &OutboundSettings,
+) -> Result<Vec<SocketAddr>> {
     let host = url
         .host_str()
         .ok_or_else(|| Error::invalid("url", "has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| Error::invalid("url", format!("cannot resolve {host}: {e}")))?
-            .map(|a| a.ip())
+            .map_err(|_| Error::invalid("url", format!("cannot resolve {host}")))?
             .collect(),
     };
-    if addresses.is_empty() || addresses.iter().any(|a| !address_allowed(*a, settings)) {
-        return Err(Error::forbidden(format!(
-            "{host} is not an allowed target (loopback, link-local or metadata)"
-        )));
+    if addresses.is_empty() {
+        return Err(Error::invalid("url", format!("cannot resolve {host}")));
     }
-    Ok(())
+    for address in &addresses {
+        if let Some(reason) = blocked_because(address.ip(), settings) {
+            return Err(Error::forbidden(format!(
+                "{host} is not an allowed target ({reason} addresses are blocked)"
+            )));
+        }
+    }
+    Ok(addresses)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn blocked(address: &str, settings: &OutboundSettings) -> bool {
+        !address_allowed(address.parse().unwrap(), settings)
+    }
+
     #[test]
-    fn metadata_loopback_and_link_local_are_refused_by_default() {
+    fn inside_addresses_are_refused_by_default() {
         let strict = OutboundSettings::default();
         for address in [
             "169.254.169.254",
             "127.0.0.1",
+            "127.1.2.3",
             "::1",
             "fe80::1",
             "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "255.255.255.255",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.100.100.200",
+            "100.64.0.1",
+            "192.0.0.192",
+            "fd00:ec2::254",
+            "fc00::1",
+            "224.0.0.1",
+            "ff02::1",
+            "240.0.0.1",
+            "198.18.0.1",
+            // IPv4 inside IPv6: mapped, compatible, NAT64.
             "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:0.0.0.0",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
         ] {
-            assert!(
-                !address_allowed(address.parse().unwrap(), &strict),
-                "{address}"
-            );
+            assert!(blocked(address, &strict), "{address}");
         }
-        for address in ["10.1.2.3", "93.184.216.34", "2001:db8::1"] {
-            assert!(
-                address_allowed(address.parse().unwrap(), &strict),
-                "{address}"
-            );
+        for address in [
+            "93.184.216.34",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+            "100.128.0.1",
+            "172.32.0.1",
+        ] {
+            assert!(!blocked(address, &strict), "{address}");
         }
+    }
+
+    #[test]
+    fn settings_open_only_what_they_name() {
         let loopback = OutboundSettings {
             allow_loopback: true,
             ..Default::default()
         };
-        assert!(address_allowed("127.0.0.1".parse().unwrap(), &loopback));
-        assert!(!address_allowed(
-            "169.254.169.254".parse().unwrap(),
-            &loopback
-        ));
+        assert!(!blocked("127.0.0.1", &loopback));
+        assert!(!blocked("::ffff:127.0.0.1", &loopback));
+        assert!(blocked("169.254.169.254", &loopback));
+        assert!(blocked("10.0.0.1", &loopback));
+        let private = OutboundSettings {
+            allow_private: true,
+            ..Default::default()
+        };
+        assert!(!blocked("10.0.0.1", &private));
+        assert!(!blocked("192.168.1.1", &private));
+        assert!(blocked("100.100.100.200", &private));
+        assert!(blocked("fd00:ec2::254", &private));
+    }
+
+    #[tokio::test]
+    async fn a_name_is_judged_by_every_address_it_resolves_to() {
+        let strict = OutboundSettings::default();
+        let url = check_url("http://localhost:8080/x").unwrap();
+        let err = checked_addresses(&url, &strict).await.unwrap_err();
+        assert!(err.message.contains("loopback"), "{err}");
+        let allowed = OutboundSettings {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        let addresses = checked_addresses(&url, &allowed).await.unwrap();
+        assert!(addresses
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8080));
     }
 
     #[test]

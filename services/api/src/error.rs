@@ -52,6 +52,9 @@ impl ResponseError for ApiError {
             // Dependencies come back within seconds: the services reconnect on their own.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
+        if err.code == ErrorCode::TooManyRequests {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "60"));
+        }
         response.json(json!({
             "status": "error",
             "error": err.code.as_str(),

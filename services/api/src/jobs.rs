@@ -122,6 +122,38 @@ fn check_name(value: &str, field: &str) -> Result<()> {
     }
 }
 
+/// Refuses, at the door, an HTTP runner whose URLs name an address the outbound policy blocks (an
+/// IP, or a name resolving to one). The provisioner checks again at call time, on the addresses it
+/// connects to: a name may resolve differently then, and one that does not resolve yet is left to it.
+/// URLs naming the task's instance (`{dns_name}`) are checked when the instance is known.
+async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()> {
+    let Runner::Http(spec) = runner else {
+        return Ok(());
+    };
+    for (field, url) in [
+        ("action_url", Some(&spec.action_url)),
+        ("callback_url", spec.callback_url.as_ref()),
+    ] {
+        let Some(url) = url else { continue };
+        let filled = fill_placeholders(url);
+        let Ok(parsed) = spot_shared::outbound::check_url(&filled) else {
+            continue;
+        };
+        if parsed.host_str() == Some(PLACEHOLDER_HOST) {
+            continue;
+        }
+        match spot_shared::outbound::checked_addresses(&parsed, &state.settings.outbound).await {
+            Ok(_) => {}
+            Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
+                return Err(Error::invalid(field, err.message));
+            }
+            // Not resolvable from here now: the provisioner resolves and checks it at call time.
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// A job the caller owns, or 404 (also for jobs of other accounts: their existence is not revealed).
 pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<Job> {
     state
@@ -135,6 +167,7 @@ pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<J
 /// Creates a job for `account` and arms its first timer.
 pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
+    check_outbound_targets(state, &spec.runner).await?;
     let now = Utc::now();
     let mut job = Job {
         id: ids::new_id(),
@@ -169,6 +202,7 @@ pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Jo
 /// Replaces a job's specification, keeping its id, account and history.
 pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
+    check_outbound_targets(state, &spec.runner).await?;
     let now = Utc::now();
     let mut job = Job {
         group: spec.group,
@@ -269,10 +303,13 @@ fn first_fire(job: &Job, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
 /// An HRM URL with its instance placeholders (`{dns_name}`, `{private_dns_name}`) filled with a
 /// stand-in host, so that its form can be checked before the instance is known.
 pub fn fill_placeholders(url: &str) -> String {
-    url.replace("{dns_name}", "instance.invalid")
-        .replace("{private_dns_name}", "instance.invalid")
-        .replace("{ip_address}", "instance.invalid")
+    url.replace("{dns_name}", PLACEHOLDER_HOST)
+        .replace("{private_dns_name}", PLACEHOLDER_HOST)
+        .replace("{ip_address}", PLACEHOLDER_HOST)
 }
+
+/// What an instance placeholder stands for when a URL is checked before its instance is known.
+const PLACEHOLDER_HOST: &str = "instance.invalid";
 
 /// Marks a run's instance terminating and asks the reaper to terminate it.
 pub async fn terminate_instance(

@@ -36,7 +36,8 @@ impl Application {
             store,
             ec2,
             broker: Arc::new(broker),
-            keyring,
+            keyring: Arc::new(keyring),
+            bcrypt: crate::auth::BcryptGate::new(&settings.auth),
             settings,
         });
         let server = HttpServer::new(move || {

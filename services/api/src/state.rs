@@ -11,6 +11,7 @@ pub struct AppState {
     pub store: Store,
     pub ec2: spot_shared::instance_power::Ec2,
     pub broker: Arc<Broker>,
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
+    pub bcrypt: crate::auth::BcryptGate,
     pub settings: Settings,
 }

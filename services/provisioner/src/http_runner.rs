@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use spot_shared::instance_power::{InstanceInfo, PowerAction};
 use spot_shared::model::{HttpSpec, Job, Run, RunState};
-use spot_shared::outbound::{check_target, check_url};
+use spot_shared::outbound::{check_url, checked_addresses, OutboundSettings};
 use spot_shared::store::Store;
 use spot_shared::task_instances;
 use spot_shared::Result;
@@ -23,6 +23,8 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Body bytes kept of an action's or callback's answer.
 const KEPT_BODY: usize = 4096;
+/// How long a task's callback may take.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Provisioner {
     pub(crate) async fn start_http(&self, run: &Run, job: &Job) -> Result<LaunchOutcome> {
@@ -80,8 +82,9 @@ impl Provisioner {
         timeout: Duration,
     ) -> Result<()> {
         let Some(instance_id) = &spec.instance_id else {
+            let outbound = &self.settings.outbound;
             return self
-                .run_http_action(run, spec, &spec.action_url, task_id, timeout)
+                .run_http_action(run, spec, &spec.action_url, outbound, task_id, timeout)
                 .await;
         };
         // The instance is needed from now until the task ends, whatever happens in between.
@@ -92,6 +95,15 @@ impl Provisioner {
                 .await
             {
                 Ok(Ok(info)) => {
+                    // A URL naming the task's own instance (the account's, checked by its tag)
+                    // reaches it at its address in the VPC: private ranges are allowed for it.
+                    let names_instance = ["{dns_name}", "{private_dns_name}"]
+                        .iter()
+                        .any(|p| spec.action_url.contains(p));
+                    let outbound = OutboundSettings {
+                        allow_private: self.settings.outbound.allow_private || names_instance,
+                        ..self.settings.outbound.clone()
+                    };
                     let url = spec
                         .action_url
                         .replace("{dns_name}", info.dns_name.as_deref().unwrap_or(""))
@@ -99,7 +111,7 @@ impl Provisioner {
                             "{private_dns_name}",
                             info.private_dns_name.as_deref().unwrap_or(""),
                         );
-                    self.run_http_action(run, spec, &url, task_id, timeout)
+                    self.run_http_action(run, spec, &url, &outbound, task_id, timeout)
                         .await
                 }
                 Ok(Err(err)) => {
@@ -165,15 +177,11 @@ impl Provisioner {
         run: &Run,
         spec: &HttpSpec,
         action_url: &str,
+        outbound: &OutboundSettings,
         task_id: &str,
         timeout: Duration,
     ) -> Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| spot_shared::Error::internal(format!("http client: {e}")))?;
-        let (end, meta) = match self.call(&client, action_url, task_id).await {
+        let (end, meta) = match self.call(action_url, outbound, task_id, timeout).await {
             Ok((200, body)) => (RunState::Succeeded, format!("[200] {body}")),
             Ok((status, body)) => (RunState::Failed, format!("[{status}] {body}")),
             Err(CallFailure::TimedOut) => (RunState::TimedOut, "timeout".to_string()),
@@ -193,12 +201,11 @@ impl Provisioner {
     /// GETs the task's callback URL, if it has one, and records how that went.
     async fn callback(&self, run: &Run, spec: &HttpSpec, task_id: &str) -> Result<()> {
         if let Some(callback) = &spec.callback_url {
-            let callback_client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| spot_shared::Error::internal(format!("http client: {e}")))?;
-            let status = match self.call(&callback_client, callback, task_id).await {
+            let outbound = &self.settings.outbound;
+            let status = match self
+                .call(callback, outbound, task_id, CALLBACK_TIMEOUT)
+                .await
+            {
                 Ok((200, _)) => "complete".to_string(),
                 Ok((code, body)) => format!("[{code}] {body}"),
                 Err(CallFailure::TimedOut) => "timeout".to_string(),
@@ -209,34 +216,49 @@ impl Provisioner {
         Ok(())
     }
 
-    /// GETs `url` with `hrm_task_id` added, if the outbound policy allows its target.
+    /// GETs `url` with `hrm_task_id` added, if the outbound policy allows its target: the name is
+    /// resolved once, checked, and the request connects to the checked addresses only (redirects are
+    /// not followed). Reads at most the [`KEPT_BODY`] bytes it keeps. A failure to connect is told
+    /// without saying what (a refusal, a reset): that would map what listens where.
     async fn call(
         &self,
-        client: &reqwest::Client,
         url: &str,
+        outbound: &OutboundSettings,
         task_id: &str,
+        timeout: Duration,
     ) -> Result<(u16, String), CallFailure> {
         let mut url = check_url(url).map_err(|reason| CallFailure::Other(reason.to_string()))?;
         url.query_pairs_mut().append_pair("hrm_task_id", task_id);
-        check_target(&url, &self.settings.outbound)
+        let addresses = checked_addresses(&url, outbound)
             .await
             .map_err(|e| CallFailure::Other(e.message))?;
-        let response = client.get(url).send().await.map_err(|e| {
+        let mut client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(domain) = url.domain() {
+            client = client.resolve_to_addrs(domain, &addresses);
+        }
+        let client = client
+            .build()
+            .map_err(|e| CallFailure::Other(format!("http client: {e}")))?;
+        let failed = |e: reqwest::Error| {
             if e.is_timeout() {
                 CallFailure::TimedOut
             } else {
-                CallFailure::Other(e.to_string())
+                CallFailure::Other("could not reach the URL".to_string())
             }
-        })?;
+        };
+        let mut response = client.get(url).send().await.map_err(failed)?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| {
-            if e.is_timeout() {
-                CallFailure::TimedOut
-            } else {
-                CallFailure::Other(e.to_string())
+        let mut body = Vec::new();
+        while body.len() < KEPT_BODY {
+            match response.chunk().await.map_err(failed)? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => break,
             }
-        })?;
-        Ok((status, body.chars().take(KEPT_BODY).collect()))
+        }
+        body.truncate(KEPT_BODY);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 

@@ -139,7 +139,14 @@ async fn create(
             }),
         )
     };
-    let job = jobs::create(&state, &caller.0.account, spec).await?;
+    let job = match jobs::create(&state, &caller.0.account, spec).await {
+        Ok(job) => job,
+        Err(err) if err.code == spot_shared::ErrorCode::InvalidInput => {
+            let field = err.field.as_deref().unwrap_or("body");
+            return Ok(errors(field, &err.message));
+        }
+        Err(err) => return Err(err.into()),
+    };
     // HRM answers the bare id, labelled JSON.
     Ok(HttpResponse::Ok()
         .content_type("application/json")

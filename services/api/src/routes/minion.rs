@@ -61,6 +61,7 @@ fn from_error(err: Error) -> HttpResponse {
         ErrorCode::Unauthorized | ErrorCode::Forbidden => return forbidden(),
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable | ErrorCode::Internal => {
             tracing::error!(error = %err, "minion api error");
             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -95,26 +96,32 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::routes::metrics::exposition(&state).await
 }
 
-/// Checks the key and that minion knows the account. `Err` is the response to send.
-fn authorize<'a>(
+/// Checks the key and that minion knows the account. `Err` is the response to send. An account the
+/// caller may not act on is answered like one that does not exist, so a key reveals nothing about
+/// which other accounts there are.
+async fn authorize<'a>(
     req: &HttpRequest,
     state: &'a AppState,
     account: &str,
 ) -> Result<&'a spot_shared::config::MinionAccount, HttpResponse> {
-    let token = req
-        .headers()
-        .get(AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let principal = state.keyring.authenticate(token).ok_or_else(forbidden)?;
-    let settings = state.settings.minion.accounts.get(account).ok_or_else(|| {
+    let principal = match crate::auth::principal_of(req, state).await {
+        Ok(principal) => principal,
+        Err(err) => return Err(from_error(err)),
+    };
+    let not_found = || {
         text(
             StatusCode::NOT_FOUND,
             format!("account not found: {account}"),
         )
-    })?;
+    };
+    let settings = state
+        .settings
+        .minion
+        .accounts
+        .get(account)
+        .ok_or_else(not_found)?;
     if !(principal.admin || principal.account == account) {
-        return Err(forbidden());
+        return Err(not_found());
     }
     Ok(settings)
 }
@@ -125,7 +132,7 @@ async fn list_all(
     path: web::Path<String>,
 ) -> HttpResponse {
     let account = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account) {
+    if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
     match list(&state, &account, None).await {
@@ -144,7 +151,7 @@ async fn list_group(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account) {
+    if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
     match list(&state, &account, Some(&group)).await {
@@ -164,7 +171,7 @@ async fn create(
     body: web::Bytes,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account) {
+    let allowed = match authorize(&req, &state, &account).await {
         Ok(allowed) => allowed.clone(),
         Err(response) => return response,
     };
@@ -193,7 +200,7 @@ async fn show(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account) {
+    if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
     let job = match load(&state, &account, &group, &id).await {
@@ -211,7 +218,7 @@ async fn update(
     body: web::Bytes,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account) {
+    let allowed = match authorize(&req, &state, &account).await {
         Ok(allowed) => allowed.clone(),
         Err(response) => return response,
     };
@@ -244,7 +251,7 @@ async fn delete_one(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account) {
+    if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
     // As minion (and S3) do, deleting what is not there succeeds.
@@ -263,7 +270,7 @@ async fn delete_group(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account) {
+    if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
     let result = async {
@@ -285,7 +292,7 @@ async fn run_now(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account) {
+    let allowed = match authorize(&req, &state, &account).await {
         Ok(allowed) => allowed.clone(),
         Err(response) => return response,
     };

@@ -4,8 +4,8 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [--jobs N] [--clients N]
-//!        [--pump-level L]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [--jobs N]
+//!        [--clients N] [--pump-level L]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,9 +48,13 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+mod bcrypt_flood;
+
 /// Settings the bench run varies.
 #[derive(Debug, Clone, Default)]
 struct Options {
+    /// `auth.bcrypt_failures_per_minute`, when not the default.
+    bcrypt_failures_per_minute: Option<u32>,
     clients: usize,
     jobs: Option<usize>,
     /// `rabbitmq.timer_pump_level`, when not the default.
@@ -85,6 +89,8 @@ url = "amqp://guest:guest@127.0.0.1:5672/{name}"
 [api]
 port = {port}
 public_url = "{api}"
+[auth]
+{auth}
 [[auth.accounts]]
 name = "bench"
 keys = ["{KEY}"]
@@ -94,6 +100,10 @@ level = "warn"
                 pump_level = options
                     .pump_level
                     .map(|l| format!("timer_pump_level = {l}"))
+                    .unwrap_or_default(),
+                auth = options
+                    .bcrypt_failures_per_minute
+                    .map(|n| format!("bcrypt_failures_per_minute = {n}"))
                     .unwrap_or_default(),
             ),
         )?;
@@ -520,9 +530,10 @@ async fn main() -> anyhow::Result<()> {
             }
             "cron-10k" => cron(&bin_dir, jobs(10_000), 3, &options).await?,
             "pending-1m" => pending(&bin_dir, jobs(1_000_000), &options).await?,
-            other => {
-                bail!("unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m)")
-            }
+            "bcrypt-flood" => bcrypt_flood::run(&bin_dir, &options).await?,
+            other => bail!(
+                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood)"
+            ),
         };
         println!("{result}");
     }

@@ -135,7 +135,7 @@ impl Ec2Stack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {
-    let stack = Ec2Stack::start(false).await;
+    let stack = Ec2Stack::start(true).await;
     let stack = stack.with_services().await;
 
     // Seed 003's surface, verbatim plus instance types.
@@ -172,6 +172,26 @@ async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {
     assert_eq!(tags["spot-scheduler:account"], "acme");
     assert_eq!(tags["spot-scheduler:job"], job_id);
     assert_eq!(tags["spot-scheduler:launch"], format!("{run_id}-1"));
+    // IMDSv2 only, one hop: a container behind Docker's bridge cannot read the instance's role or
+    // user data. (Read from the request: moto does not apply a template's metadata options.)
+    let templates = stack
+        .proxy
+        .as_ref()
+        .unwrap()
+        .faults
+        .launch_templates
+        .lock()
+        .unwrap()
+        .clone();
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    let option =
+        |name: &str| templates[0].get(&format!("LaunchTemplateData.MetadataOptions.{name}"));
+    assert_eq!(option("HttpTokens").map(String::as_str), Some("required"));
+    assert_eq!(
+        option("HttpPutResponseHopLimit").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(option("HttpEndpoint").map(String::as_str), Some("enabled"));
     eventually(
         Duration::from_secs(30),
         "the instance terminated",

@@ -220,3 +220,59 @@ async fn a_fire_delivered_twice_at_once_launches_one_instance() {
     reaper.stop().await;
     app.service.stop().await;
 }
+
+/// Containers are bounded: a job's own limits, the deployment's defaults for the rest, and no swap
+/// beyond the memory limit (read back from the container's own cgroup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_runs_within_its_limits() {
+    let env = TestEnv::new();
+    let image = busybox_image().await;
+    let app = spawn_app(&env).await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let _reaper = spawn_reaper(&env).await;
+    let read_limits = "sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes \
+        /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes /sys/fs/cgroup/pids/pids.max \
+        /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max 2>/dev/null; true'";
+    let mut ids = Vec::new();
+    for limits in [json!({"memory_mb": 64, "pids": 64}), json!({})] {
+        let body = json!({
+            "schedule": Utc::now().to_rfc3339(),
+            "docker_image": image,
+            "cmd": read_limits,
+            "limits": limits,
+        });
+        let response = app
+            .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        let scheduled: Value = response.json().await.unwrap();
+        ids.push(scheduled["id"].as_str().unwrap().to_string());
+    }
+    let mut outputs = Vec::new();
+    for id in &ids {
+        let status = eventually(Duration::from_secs(90), "the run to end", || async {
+            let status = app.status(id).await;
+            (status["status"] == "finished").then_some(status)
+        })
+        .await;
+        outputs.push(status["output"].as_str().unwrap_or_default().to_string());
+    }
+    let lines = |output: &str| output.lines().map(str::to_string).collect::<Vec<_>>();
+    let own = lines(&outputs[0]);
+    assert!(own.contains(&(64u64 << 20).to_string()), "{own:?}");
+    assert!(own.contains(&"64".to_string()), "{own:?}");
+    let defaults = &env.settings.container_limits;
+    let default = lines(&outputs[1]);
+    let default_memory = (u64::from(defaults.memory_mb) << 20).to_string();
+    assert!(default.contains(&default_memory), "{default:?}");
+    assert!(default.contains(&defaults.pids.to_string()), "{default:?}");
+
+    // Out of range: refused at the door, naming the field.
+    let body = json!({"schedule": "@hourly", "docker_image": image, "limits": {"memory_mb": 1}});
+    let response = app
+        .post_raw("/schedule", ACCOUNT_KEY, &body.to_string())
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["field"], "limits.memory_mb", "{error}");
+}

@@ -47,7 +47,7 @@ async fn out_of_range_policies_are_refused_naming_the_field() {
     let container = |spec: Value| json!({"schedule": "@hourly", "runner": spec});
     for (runner, field) in [
         (
-            json!({"type": "dummy", "template": "x".repeat(20_000)}),
+            json!({"type": "dummy", "template": "x".repeat(70_000)}),
             "template",
         ),
         (

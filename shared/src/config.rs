@@ -26,6 +26,7 @@ pub struct Settings {
     #[serde(default)]
     pub outbound: crate::outbound::OutboundSettings,
     pub ec2: Ec2Settings,
+    pub container_limits: crate::container_limits::ContainerLimitSettings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broker;
 pub mod cloud;
 pub mod config;
+pub mod container_limits;
 pub mod error;
 pub mod ids;
 pub mod instance_power;

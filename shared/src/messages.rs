@@ -73,6 +73,9 @@ pub struct RunSpec {
     /// Files to place in the container before it starts.
     #[serde(default)]
     pub files: Vec<crate::model::FileSpec>,
+    /// What the container may use (zeros: no limit, as from an api older than limits).
+    #[serde(default)]
+    pub limits: crate::container_limits::AppliedLimits,
 }
 
 /// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::container_limits::ContainerLimits;
 use crate::error::{Error, Result};
 use crate::schedule::{parse_time_zone, Schedule};
 
@@ -263,12 +264,6 @@ impl DummySpec {
                 format!("longer than {} bytes", limits::TEMPLATE_LEN),
             ));
         }
-        if self.template.len() > 64 * 1024 {
-            return Err(Error::invalid(
-                format!("{prefix}template"),
-                "longer than 64 KiB",
-            ));
-        }
         Ok(())
     }
 
@@ -308,6 +303,9 @@ pub struct ContainerSpec {
     /// Launch on-demand when the fleet finds no spot capacity (costs more, but the job runs).
     #[serde(default)]
     pub on_demand_fallback: bool,
+    /// What the container may use; the deployment's `[container_limits]` for any unset.
+    #[serde(default, skip_serializing_if = "ContainerLimits::is_unset")]
+    pub limits: ContainerLimits,
 }
 
 /// A file for the container: absolute path, mode, content in base64.
@@ -383,7 +381,7 @@ pub mod limits {
     pub const ENV_ITEM_LEN: usize = 32 * 1024;
     pub const INSTANCE_TYPES: usize = 16;
     pub const SUBNETS: usize = 16;
-    pub const TEMPLATE_LEN: usize = 16 * 1024;
+    pub const TEMPLATE_LEN: usize = 64 * 1024;
     /// A file's content, base64 as sent (the api's default body limit).
     pub const FILE_BASE64_LEN: usize = 256 * 1024;
 }
@@ -514,7 +512,7 @@ impl ContainerSpec {
         if self.disk_gb.is_some_and(|gb| gb == 0 || gb > 16_384) {
             return Err(Error::invalid(field("disk_gb"), "must be 1 to 16384"));
         }
-        Ok(())
+        self.limits.validate(prefix)
     }
 
     /// The command split into arguments the way a shell would, without running a shell.

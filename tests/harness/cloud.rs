@@ -265,6 +265,8 @@ pub struct Faults {
     /// Counts, for assertions.
     pub throttled: AtomicUsize,
     pub fleets_forwarded: AtomicUsize,
+    /// Every CreateLaunchTemplate request's parameters (moto does not apply all of them).
+    pub launch_templates: std::sync::Mutex<Vec<HashMap<String, String>>>,
 }
 
 /// A fault-injecting proxy in front of moto's EC2 API.
@@ -317,6 +319,11 @@ async fn proxy(req: HttpRequest, body: web::Bytes, state: web::Data<ProxyState>)
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let action = form.get("Action").map(String::as_str).unwrap_or("");
     let faults = &state.faults;
+    if action == "CreateLaunchTemplate" {
+        if let Ok(mut seen) = faults.launch_templates.lock() {
+            seen.push(form.clone());
+        }
+    }
     if faults
         .throttle_calls
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

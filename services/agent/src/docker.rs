@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -12,6 +12,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 use spot_shared::cloud::{INSTANCE_LABEL, RUN_LABEL};
+use spot_shared::container_limits::AppliedLimits;
 use spot_shared::messages::{CallbackRequest, RunSpec};
 
 use crate::{AgentSettings, ApiClient, Outcome, LOG_FLUSH_BYTES, LOG_FLUSH_EVERY};
@@ -113,6 +114,7 @@ impl Engine {
             cmd: spec.argv.clone(),
             env: Some(spec.env.clone()),
             labels: Some(labels),
+            host_config: Some(host_config(&spec.limits)),
             ..ContainerCreateBody::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
@@ -229,4 +231,18 @@ fn files_archive(files: &[spot_shared::model::FileSpec]) -> std::io::Result<Vec<
         )?;
     }
     archive.into_inner()
+}
+
+/// The container's bounds: its limits (zero means none, from an api older than limits; memory
+/// without swap beyond it), and no privileges gained through setuid binaries.
+fn host_config(limits: &AppliedLimits) -> HostConfig {
+    let set = |value: i64| (value > 0).then_some(value);
+    HostConfig {
+        memory: set(limits.memory_bytes),
+        memory_swap: set(limits.memory_bytes),
+        nano_cpus: set(limits.nano_cpus),
+        pids_limit: set(limits.pids),
+        security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+        ..HostConfig::default()
+    }
 }

@@ -17,10 +17,11 @@ use aws_sdk_ec2::types::{
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
     FleetOnDemandAllocationStrategy, FleetType, InstanceType,
     LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
-    LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateTagSpecificationRequest,
-    OnDemandOptionsRequest, RequestLaunchTemplateData, ResourceType, ShutdownBehavior,
-    SpotAllocationStrategy, SpotOptionsRequest, Tag, TagSpecification,
-    TargetCapacitySpecificationRequest, VolumeType,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateTagSpecificationRequest, OnDemandOptionsRequest, RequestLaunchTemplateData,
+    ResourceType, ShutdownBehavior, SpotAllocationStrategy, SpotOptionsRequest, Tag,
+    TagSpecification, TargetCapacitySpecificationRequest, VolumeType,
 };
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -232,8 +233,16 @@ impl Ec2Cloud {
             Self::launch_key(request.run_id, request.attempt)
         );
         let user_data = super::user_data::render(request.boot, &self.settings.agent_download_url);
+        // IMDSv2 only, one hop: the agent on the instance reads its metadata, a container behind
+        // Docker's bridge (one hop more) cannot reach the instance's role or its user data.
+        let metadata = LaunchTemplateInstanceMetadataOptionsRequest::builder()
+            .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+            .http_tokens(LaunchTemplateHttpTokensState::Required)
+            .http_put_response_hop_limit(1)
+            .build();
         let mut data = RequestLaunchTemplateData::builder()
             .image_id(&self.settings.image_id)
+            .metadata_options(metadata)
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
             .tag_specifications(

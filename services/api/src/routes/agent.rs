@@ -34,6 +34,7 @@ pub async fn spec(
         env: container.env.clone(),
         timeout_secs: job.policies.timeout_secs,
         files: container.files.clone(),
+        limits: container.limits.applied(&state.settings.container_limits),
     };
     Ok(HttpResponse::Ok().json(spec))
 }

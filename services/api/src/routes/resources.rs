@@ -81,6 +81,9 @@ pub enum RunnerRequest {
         /// Launch on-demand when there is no spot capacity.
         #[serde(default)]
         on_demand_fallback: bool,
+        /// What the container may use; the deployment's defaults for any unset.
+        #[serde(default)]
+        limits: spot_shared::model::ContainerLimits,
     },
 }
 
@@ -120,6 +123,7 @@ impl From<JobRequest> for JobSpec {
                 subnets,
                 disk_gb,
                 on_demand_fallback,
+                limits,
             } => Runner::Container(ContainerSpec {
                 image: image.trim().to_string(),
                 cmd,
@@ -130,6 +134,7 @@ impl From<JobRequest> for JobSpec {
                 subnets,
                 disk_gb,
                 on_demand_fallback,
+                limits,
             }),
         };
         JobSpec {

@@ -36,6 +36,9 @@ pub struct ScheduleRequest {
     timeout_secs: Option<u64>,
     /// IANA time zone for cron schedules (default UTC).
     timezone: Option<String>,
+    /// What the container may use (memory_mb, cpus, pids); the deployment's defaults for any unset.
+    #[serde(default)]
+    limits: spot_shared::model::ContainerLimits,
 }
 
 #[utoipa::path(post, path = "/schedule", tag = "simple", summary = "Schedule a container job (seed 003)", security(("api_key" = [])), request_body = ScheduleRequest, responses((status = 200, description = "`{status: scheduled, message, id}`"), (status = 400), (status = 403)))]
@@ -75,6 +78,7 @@ pub async fn schedule(
             subnets: request.subnets,
             disk_gb: request.disk_gb,
             on_demand_fallback: request.on_demand_fallback,
+            limits: request.limits,
         }),
         enabled: true,
         policies: Policies {

@@ -227,3 +227,63 @@ async fn bcrypt_tokens_are_bounded_in_cost_and_throttled_per_address() {
     // The key itself still gets in.
     assert_eq!(app.get("/v1/jobs", ACCOUNT_KEY).await.status(), 200);
 }
+
+/// What a caller learns from the open and the shared routes: no tenant's name in `/metrics`, and
+/// the same answer from `/callback` for an instance that does not exist and for a wrong secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_told_about_other_tenants_or_instances() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let metrics = app
+        .get("/metrics", OTHER_ACCOUNT_KEY)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for account in &env.settings.auth.accounts {
+        assert!(
+            !metrics.contains(&format!("\"{}\"", account.name)),
+            "{metrics}"
+        );
+    }
+    assert!(metrics.contains("spot_scheduler_jobs "), "{metrics}");
+
+    // A real instance (a container job's, on the local provider) and one that does not exist.
+    let image = spot_tests::image::busybox_image().await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let _reaper = spawn_reaper(&env).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": Utc::now().to_rfc3339(), "policies": {"timeout_secs": 10},
+                   "runner": {"type": "container", "image": image, "cmd": "sleep 5"}}),
+        )
+        .await;
+    let (run_id, instance_id) = eventually(Duration::from_secs(30), "an instance", || async {
+        let run = app.runs(&id).await.into_iter().next()?;
+        Some((
+            run["id"].as_str()?.to_string(),
+            run["instance_id"].as_str()?.to_string(),
+        ))
+    })
+    .await;
+    let mut answers = Vec::new();
+    for (instance, run) in [
+        (instance_id.as_str(), run_id.as_str()),
+        ("local-nosuchrun-1", "nosuchrun"),
+    ] {
+        let body = json!({"action": "update", "instance_id": instance, "run_id": run});
+        let response = app
+            .client
+            .post(app.url("/callback"))
+            .header("X-Run-Secret", "a guess")
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        answers.push((response.status().as_u16(), response.text().await.unwrap()));
+    }
+    assert_eq!(answers[0].0, 403, "{answers:?}");
+    assert_eq!(answers[0], answers[1]);
+}

@@ -92,6 +92,9 @@ pub struct ApiSettings {
     pub public_url: String,
     pub max_body_bytes: usize,
     pub max_log_bytes: usize,
+    /// Label `/metrics` series with account names (every caller with a key sees them); off, the
+    /// series are totals.
+    pub metrics_by_account: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

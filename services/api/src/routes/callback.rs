@@ -32,7 +32,9 @@ pub async fn callback(
         .ok_or_else(|| Error::invalid("instance_id", "is required"))?;
 
     // The instance names the run; the secret must be that run's, and every id given must agree.
-    let refused = || Error::forbidden("this run's secret does not cover that instance");
+    // Worded as `authorize_run` words a wrong secret: an unknown instance and a wrong secret are
+    // answered alike, so the answer tells nothing about which instances exist.
+    let refused = || Error::forbidden("the run's secret is required and must match");
     let Some(instance) = state.store.get_instance(instance_id).await? else {
         // An agent may report in before the provisioner has recorded its instance (EC2 answered the
         // launch, the record is being written): its own run, still launching, is told to retry.

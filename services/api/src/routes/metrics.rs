@@ -20,19 +20,29 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
         "spot_scheduler_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    let _ = writeln!(out, "# HELP spot_scheduler_jobs Jobs stored, per account.");
+    let by_account = state.settings.api.metrics_by_account;
+    let _ = writeln!(
+        out,
+        "# HELP spot_scheduler_jobs Jobs stored{}.",
+        if by_account { ", per account" } else { "" }
+    );
     let _ = writeln!(out, "# TYPE spot_scheduler_jobs gauge");
+    let mut total = 0;
     for account in &state.settings.auth.accounts {
         match state.store.count_jobs(&account.name).await {
-            Ok(count) => {
+            Ok(count) if by_account => {
                 let _ = writeln!(
                     out,
                     "spot_scheduler_jobs{{account=\"{}\"}} {count}",
                     account.name.replace('\\', "\\\\").replace('"', "\\\"")
                 );
             }
+            Ok(count) => total += count,
             Err(err) => tracing::warn!(error = %err, "metrics: cannot count jobs"),
         }
+    }
+    if !by_account {
+        let _ = writeln!(out, "spot_scheduler_jobs {total}");
     }
     match state.store.live_instance_count().await {
         Ok(count) => {

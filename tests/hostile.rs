@@ -287,3 +287,72 @@ async fn nothing_is_told_about_other_tenants_or_instances() {
     assert_eq!(answers[0].0, 403, "{answers:?}");
     assert_eq!(answers[0], answers[1]);
 }
+
+/// Log follow streams are capped per account: past the cap, 429 naming it; a stream that ends (its
+/// run ended) gives its slot back. (A client that leaves early frees its slot at the next write the
+/// api attempts, or when the run ends: actix notices a closed connection only when writing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_streams_are_capped_per_account() {
+    let mut env = TestEnv::new();
+    env.settings.api.follow_streams_per_account = 2;
+    let app = spawn_app_with(env.settings.clone()).await;
+    let image = spot_tests::image::busybox_image().await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let _reaper = spawn_reaper(&env).await;
+    let mut runs = Vec::new();
+    for cmd in [
+        "sh -c 'echo started; sleep 4'",
+        "sh -c 'echo started; sleep 30'",
+    ] {
+        let id = app
+            .create_job(
+                ACCOUNT_KEY,
+                json!({"schedule": Utc::now().to_rfc3339(), "policies": {"timeout_secs": 40},
+                       "runner": {"type": "container", "image": image, "cmd": cmd}}),
+            )
+            .await;
+        let run_id = eventually(Duration::from_secs(30), "a running run", || async {
+            let run = app.runs(&id).await.into_iter().next()?;
+            (run["state"] == "running").then(|| run["id"].as_str().unwrap().to_string())
+        })
+        .await;
+        runs.push(format!("/v1/runs/{run_id}/logs?follow=true"));
+    }
+    let (short, long) = (&runs[0], &runs[1]);
+    let mut first = app.get(short, ACCOUNT_KEY).await;
+    let second = app.get(short, ACCOUNT_KEY).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = app.get(long, ACCOUNT_KEY).await;
+    assert_eq!(third.status(), 429);
+    let error: Value = third.json().await.unwrap();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.follow_streams_per_account"),
+        "{error}"
+    );
+    // The output comes through as it is written, and the stream ends with the run.
+    let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&chunk).contains("started"),
+        "{chunk:?}"
+    );
+    let rest = tokio::time::timeout(Duration::from_secs(30), second.text())
+        .await
+        .expect("the stream ends with its run")
+        .unwrap();
+    assert!(rest.contains("started"), "{rest:?}");
+    drop(first);
+    eventually(Duration::from_secs(10), "a slot given back", || async {
+        (app.get(long, ACCOUNT_KEY).await.status() == 200).then_some(())
+    })
+    .await;
+}

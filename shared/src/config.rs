@@ -95,6 +95,9 @@ pub struct ApiSettings {
     /// Label `/metrics` series with account names (every caller with a key sees them); off, the
     /// series are totals.
     pub metrics_by_account: bool,
+    /// Log follow streams open at once per account, and in all.
+    pub follow_streams_per_account: usize,
+    pub follow_streams_total: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

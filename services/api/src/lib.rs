@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod follow;
 pub mod jobs;
 pub mod routes;
 pub mod startup;

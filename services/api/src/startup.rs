@@ -38,6 +38,10 @@ impl Application {
             broker: Arc::new(broker),
             keyring: Arc::new(keyring),
             bcrypt: crate::auth::BcryptGate::new(&settings.auth),
+            follow_slots: Arc::new(crate::follow::FollowSlots::new(
+                settings.api.follow_streams_per_account,
+                settings.api.follow_streams_total,
+            )),
             settings,
         });
         let server = HttpServer::new(move || {

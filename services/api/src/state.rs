@@ -13,5 +13,6 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     pub keyring: Arc<Keyring>,
     pub bcrypt: crate::auth::BcryptGate,
+    pub follow_slots: Arc<crate::follow::FollowSlots>,
     pub settings: Settings,
 }

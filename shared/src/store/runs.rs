@@ -334,6 +334,23 @@ impl Store {
         Ok(len)
     }
 
+    /// A run's output from byte `offset` on (what a follower has not had yet): a range of the log,
+    /// never the whole of it again.
+    pub async fn log_since(&self, run_id: &str, offset: usize) -> Result<Vec<u8>> {
+        if !is_id(run_id) {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("run:{run_id}:log"));
+        let bytes: Vec<u8> = redis::cmd("GETRANGE")
+            .arg(&key)
+            .arg(offset)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(bytes)
+    }
+
     /// A run's output: its log, or for a light run the output kept in its hash.
     pub async fn get_log(&self, run_id: &str) -> Result<Vec<u8>> {
         if !is_id(run_id) {

@@ -1,11 +1,8 @@
 //! The project's own resource API under `/v1`: jobs per account and group, their runs, logs and
 //! upcoming fire times. The account is the caller's (admins may name another with `?account=`).
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
-use futures::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use spot_shared::model::{ContainerSpec, DummySpec, Job, Policies, Run, Runner, Tag};
@@ -391,46 +388,15 @@ pub async fn run_logs(
     query: web::Query<LogsQuery>,
 ) -> ApiResult<HttpResponse> {
     let run = load_run(&state, &caller, &path).await?;
-    let log = state.store.get_log(&run.id).await?;
     if !query.follow || run.state.is_terminal() {
+        let log = state.store.get_log(&run.id).await?;
         return Ok(HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(log));
     }
-    // Poll the stored output and send what is new until the run ends.
-    let store = state.store.clone();
-    let run_id = run.id.clone();
-    let body = stream::unfold(
-        (store, run_id, 0usize, false),
-        |(store, run_id, sent, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let log = match store.get_log(&run_id).await {
-                    Ok(log) => log,
-                    Err(err) => {
-                        return Some((
-                            Err(actix_web::error::ErrorServiceUnavailable(err.to_string())),
-                            (store, run_id, sent, true),
-                        ))
-                    }
-                };
-                let ended = match store.get_run(&run_id).await {
-                    Ok(Some(run)) => run.state.is_terminal(),
-                    _ => true,
-                };
-                if log.len() > sent || ended {
-                    let chunk = web::Bytes::copy_from_slice(&log[sent.min(log.len())..]);
-                    return Some((
-                        Ok::<_, actix_web::Error>(chunk),
-                        (store, run_id, log.len(), ended),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        },
-    );
+    // What was written so far, then what comes, until the run ends.
+    let slot = state.follow_slots.take(&run.account)?;
+    let body = crate::follow::output_stream(state.store.clone(), run.id.clone(), 0, slot);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .streaming(body))

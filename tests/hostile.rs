@@ -356,3 +356,78 @@ async fn follow_streams_are_capped_per_account() {
     })
     .await;
 }
+
+/// Per-account quotas: over one, 429 naming it, nothing stored, the refusal counted in `/metrics`;
+/// another account keeps the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_what_is_over_them_naming_the_quota() {
+    let mut env = TestEnv::new();
+    let account = env.settings.auth.accounts[0].name.clone();
+    env.settings.quotas.accounts.insert(
+        account,
+        spot_shared::quotas::AccountQuotas {
+            max_jobs: Some(2),
+            min_interval_secs: Some(60),
+            max_disk_gb: Some(50),
+            instance_types: Some(vec!["t3.micro".into()]),
+        },
+    );
+    let app = spawn_app_with(env.settings.clone()).await;
+    let dummy = |schedule: &str| json!({"schedule": schedule, "runner": {"type": "dummy", "template": "x"}});
+    let container = |extra: Value| {
+        let mut runner = json!({"type": "container", "image": "busybox"});
+        runner
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"schedule": "@daily", "runner": runner})
+    };
+    for (body, quota) in [
+        (dummy("*/10 * * * * *"), "quotas.min_interval_secs"),
+        (dummy("@every 30s"), "quotas.min_interval_secs"),
+        (container(json!({"disk_gb": 100})), "quotas.max_disk_gb"),
+        (
+            container(json!({"instance_types": ["p5.48xlarge"]})),
+            "quotas.instance_types",
+        ),
+    ] {
+        let response = app
+            .post_raw("/v1/jobs", ACCOUNT_KEY, &body.to_string())
+            .await;
+        assert_eq!(response.status(), 429, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], quota, "{error}");
+    }
+    for _ in 0..2 {
+        app.create_job(ACCOUNT_KEY, dummy("@hourly")).await;
+    }
+    let response = app
+        .post_raw("/v1/jobs", ACCOUNT_KEY, &dummy("@hourly").to_string())
+        .await;
+    assert_eq!(response.status(), 429);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["field"], "quotas.max_jobs", "{error}");
+    let listed: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2));
+
+    // Another account has the defaults.
+    let response = app
+        .post_raw(
+            "/v1/jobs",
+            OTHER_ACCOUNT_KEY,
+            &dummy("*/10 * * * * *").to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+
+    let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
+    for (quota, count) in [
+        ("min_interval_secs", 2),
+        ("max_jobs", 1),
+        ("max_disk_gb", 1),
+    ] {
+        let line =
+            format!("spot_scheduler_events_total{{event=\"refused_quotas_{quota}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}

@@ -27,6 +27,7 @@ pub struct Settings {
     pub outbound: crate::outbound::OutboundSettings,
     pub ec2: Ec2Settings,
     pub container_limits: crate::container_limits::ContainerLimitSettings,
+    pub quotas: crate::quotas::QuotaSettings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
@@ -273,6 +274,13 @@ impl Settings {
             }
             if !names.insert(name) {
                 return refuse(format!("auth.accounts: {:?} is named twice", account.name));
+            }
+        }
+        for name in self.quotas.accounts.keys() {
+            if !names.contains(&name.to_ascii_lowercase()) {
+                return refuse(format!(
+                    "quotas.accounts.{name}: no such account in auth.accounts"
+                ));
             }
         }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {

@@ -154,6 +154,31 @@ async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()>
     Ok(())
 }
 
+/// Refuses a job over its account's quotas (429 naming the quota), counting the refusal in
+/// `/metrics`. The job count is read before the write: creates racing at the limit may pass it by
+/// the number in flight.
+async fn enforce_quotas(
+    state: &AppState,
+    job: &Job,
+    creating: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let quotas = state.settings.quotas.for_account(&job.account);
+    let mut checked = quotas.check_schedule(&job.parsed_schedule()?, now);
+    if let (Ok(()), Runner::Container(spec)) = (&checked, &job.runner) {
+        checked = quotas.check_container(spec);
+    }
+    if checked.is_ok() && creating {
+        checked = quotas.check_job_count(state.store.count_jobs(&job.account).await?);
+    }
+    if let Err(err) = &checked {
+        let quota = err.field.as_deref().unwrap_or("quotas").replace('.', "_");
+        state.store.note_event(&format!("refused_{quota}"), 1).await;
+        tracing::info!(account = %job.account, quota, "over a quota");
+    }
+    checked
+}
+
 /// A job the caller owns, or 404 (also for jobs of other accounts: their existence is not revealed).
 pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<Job> {
     state
@@ -194,6 +219,7 @@ pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Jo
     } else {
         None
     };
+    enforce_quotas(state, &job, true, now).await?;
     state.store.save_job(&job).await?;
     tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
     Ok(job)
@@ -233,6 +259,7 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
             job.next_fire_at = None;
         }
     }
+    enforce_quotas(state, &job, false, now).await?;
     if job.group != current.group {
         // Leave the old group's index.
         state.store.delete_group_entry(&current).await?;

@@ -1,0 +1,215 @@
+//! Per-account quotas: what one tenant may hold and ask for, so that no tenant can fill the store or
+//! the cloud bill for everyone. `[quotas]` holds the defaults, `[quotas.accounts.NAME]` any account's
+//! own. Checked at the door: over a quota is 429 naming it (`quotas.max_jobs`), and nothing is stored.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::ContainerSpec;
+use crate::schedule::Schedule;
+
+/// `[quotas]`: the defaults, and each account's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Jobs stored.
+    pub max_jobs: u64,
+    /// The shortest time between two fires of a recurring job.
+    pub min_interval_secs: u64,
+    /// The largest disk a container job may ask for.
+    pub max_disk_gb: u32,
+    /// Instance types a job may name; empty: any.
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub accounts: HashMap<String, AccountQuotas>,
+}
+
+/// An account's own quotas; each unset one is the default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountQuotas {
+    pub max_jobs: Option<u64>,
+    pub min_interval_secs: Option<u64>,
+    pub max_disk_gb: Option<u32>,
+    pub instance_types: Option<Vec<String>>,
+}
+
+/// The quotas that hold for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    pub max_jobs: u64,
+    pub min_interval_secs: u64,
+    pub max_disk_gb: u32,
+    pub instance_types: Vec<String>,
+}
+
+/// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
+const FIRES_SAMPLED: usize = 64;
+
+impl QuotaSettings {
+    pub fn for_account(&self, account: &str) -> Quotas {
+        let own = self.accounts.get(account).cloned().unwrap_or_default();
+        Quotas {
+            max_jobs: own.max_jobs.unwrap_or(self.max_jobs),
+            min_interval_secs: own.min_interval_secs.unwrap_or(self.min_interval_secs),
+            max_disk_gb: own.max_disk_gb.unwrap_or(self.max_disk_gb),
+            instance_types: own
+                .instance_types
+                .unwrap_or_else(|| self.instance_types.clone()),
+        }
+    }
+}
+
+/// The refusal of a request over `quota`: 429, the quota named in the field and the message.
+pub fn over(quota: &str, message: String) -> Error {
+    let mut err = Error::new(ErrorCode::TooManyRequests, message);
+    err.field = Some(format!("quotas.{quota}"));
+    err
+}
+
+impl Quotas {
+    /// Whether the account may store one more job, holding `stored` now.
+    pub fn check_job_count(&self, stored: u64) -> Result<()> {
+        if stored >= self.max_jobs {
+            return Err(over(
+                "max_jobs",
+                format!("the account holds {stored} jobs, its quota"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a recurring schedule fires no more often than the quota allows.
+    pub fn check_schedule(&self, schedule: &Schedule, now: DateTime<Utc>) -> Result<()> {
+        if !schedule.is_recurring() || self.min_interval_secs == 0 {
+            return Ok(());
+        }
+        let fires = schedule.upcoming(now, FIRES_SAMPLED);
+        let shortest = fires.windows(2).map(|w| w[1] - w[0]).min();
+        if let Some(shortest) = shortest {
+            if shortest.num_milliseconds() < (self.min_interval_secs * 1000) as i64 {
+                return Err(over(
+                    "min_interval_secs",
+                    format!(
+                        "fires {} ms apart; the account's quota is {} s",
+                        shortest.num_milliseconds(),
+                        self.min_interval_secs
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a container job asks only for what the account may have.
+    pub fn check_container(&self, spec: &ContainerSpec) -> Result<()> {
+        if let Some(gb) = spec.disk_gb.filter(|gb| *gb > self.max_disk_gb) {
+            return Err(over(
+                "max_disk_gb",
+                format!("{gb} GB asked; the account's quota is {}", self.max_disk_gb),
+            ));
+        }
+        if !self.instance_types.is_empty() {
+            if let Some(other) = spec
+                .instance_types
+                .iter()
+                .find(|t| !self.instance_types.contains(t))
+            {
+                return Err(over(
+                    "instance_types",
+                    format!(
+                        "{other} is not among the account's instance types ({})",
+                        self.instance_types.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::parse_time_zone;
+
+    fn quotas() -> Quotas {
+        Quotas {
+            max_jobs: 2,
+            min_interval_secs: 60,
+            max_disk_gb: 100,
+            instance_types: vec!["t3.micro".into()],
+        }
+    }
+
+    fn schedule(text: &str) -> Schedule {
+        Schedule::parse(
+            text,
+            parse_time_zone("UTC", "tz").unwrap(),
+            Utc::now(),
+            "schedule",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_quota_names_itself() {
+        let q = quotas();
+        assert!(q.check_job_count(1).is_ok());
+        let err = q.check_job_count(2).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("quotas.max_jobs"));
+        assert_eq!(err.code.http_status(), 429);
+        assert!(q.check_schedule(&schedule("* * * * *"), Utc::now()).is_ok());
+        assert!(q.check_schedule(&schedule("@hourly"), Utc::now()).is_ok());
+        assert!(q
+            .check_schedule(&schedule("2030-01-01T00:00:00Z"), Utc::now())
+            .is_ok());
+        for fast in ["*/30 * * * * *", "@every 10s", "0,30 * * * * *"] {
+            let err = q.check_schedule(&schedule(fast), Utc::now()).unwrap_err();
+            assert_eq!(
+                err.field.as_deref(),
+                Some("quotas.min_interval_secs"),
+                "{fast}"
+            );
+        }
+        let mut spec = ContainerSpec {
+            disk_gb: Some(200),
+            ..ContainerSpec::default()
+        };
+        assert_eq!(
+            q.check_container(&spec).unwrap_err().field.as_deref(),
+            Some("quotas.max_disk_gb")
+        );
+        spec.disk_gb = None;
+        spec.instance_types = vec!["p5.48xlarge".into()];
+        assert_eq!(
+            q.check_container(&spec).unwrap_err().field.as_deref(),
+            Some("quotas.instance_types")
+        );
+        spec.instance_types = vec!["t3.micro".into()];
+        assert!(q.check_container(&spec).is_ok());
+    }
+
+    #[test]
+    fn an_account_overrides_only_what_it_names() {
+        let settings = QuotaSettings {
+            max_jobs: 10,
+            min_interval_secs: 1,
+            max_disk_gb: 100,
+            instance_types: Vec::new(),
+            accounts: HashMap::from([(
+                "acme".to_string(),
+                AccountQuotas {
+                    max_jobs: Some(3),
+                    ..AccountQuotas::default()
+                },
+            )]),
+        };
+        assert_eq!(settings.for_account("acme").max_jobs, 3);
+        assert_eq!(settings.for_account("acme").max_disk_gb, 100);
+        assert_eq!(settings.for_account("globex").max_jobs, 10);
+    }
+}

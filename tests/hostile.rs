@@ -54,6 +54,10 @@ async fn out_of_range_policies_are_refused_naming_the_field() {
             json!({"type": "container", "image": "busybox", "disk_gb": 100_000}),
             "disk_gb",
         ),
+        (
+            json!({"type": "container", "image": "Busy/Box:@latest"}),
+            "docker_image",
+        ),
     ] {
         let response = app
             .post_raw("/v1/jobs", ACCOUNT_KEY, &container(runner).to_string())
@@ -370,6 +374,7 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
             min_interval_secs: Some(60),
             max_disk_gb: Some(50),
             instance_types: Some(vec!["t3.micro".into()]),
+            registries: Some(vec!["docker.io".into()]),
         },
     );
     let app = spawn_app_with(env.settings.clone()).await;
@@ -389,6 +394,10 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
         (
             container(json!({"instance_types": ["p5.48xlarge"]})),
             "quotas.instance_types",
+        ),
+        (
+            json!({"schedule": "@daily", "runner": {"type": "container", "image": "ghcr.io/x/y:1"}}),
+            "quotas.registries",
         ),
     ] {
         let response = app

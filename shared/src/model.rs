@@ -406,6 +406,14 @@ impl ContainerSpec {
                 ),
             ));
         }
+        if let Err(err) = image.parse::<oci_spec::distribution::Reference>() {
+            return Err(Error::invalid(
+                field("docker_image"),
+                format!(
+                    "{image:?} is not an image reference ([registry/]name[:tag][@digest]): {err}"
+                ),
+            ));
+        }
         if let Some(cmd) = &self.cmd {
             if cmd.len() > limits::CMD_LEN {
                 return Err(Error::invalid(
@@ -513,6 +521,13 @@ impl ContainerSpec {
             return Err(Error::invalid(field("disk_gb"), "must be 1 to 16384"));
         }
         self.limits.validate(prefix)
+    }
+
+    /// The registry the image comes from, as Docker reads its reference (`busybox` is Docker Hub's,
+    /// `docker.io`); `None` for a reference that does not parse.
+    pub fn registry(&self) -> Option<String> {
+        let reference: oci_spec::distribution::Reference = self.image.trim().parse().ok()?;
+        Some(reference.registry().to_string())
     }
 
     /// The command split into arguments the way a shell would, without running a shell.

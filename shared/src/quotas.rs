@@ -23,6 +23,8 @@ pub struct QuotaSettings {
     pub max_disk_gb: u32,
     /// Instance types a job may name; empty: any.
     pub instance_types: Vec<String>,
+    /// Registries a job's image may come from (`docker.io` for Docker Hub); empty: any.
+    pub registries: Vec<String>,
     #[serde(default)]
     pub accounts: HashMap<String, AccountQuotas>,
 }
@@ -35,6 +37,7 @@ pub struct AccountQuotas {
     pub min_interval_secs: Option<u64>,
     pub max_disk_gb: Option<u32>,
     pub instance_types: Option<Vec<String>>,
+    pub registries: Option<Vec<String>>,
 }
 
 /// The quotas that hold for one account.
@@ -44,6 +47,7 @@ pub struct Quotas {
     pub min_interval_secs: u64,
     pub max_disk_gb: u32,
     pub instance_types: Vec<String>,
+    pub registries: Vec<String>,
 }
 
 /// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
@@ -59,6 +63,7 @@ impl QuotaSettings {
             instance_types: own
                 .instance_types
                 .unwrap_or_else(|| self.instance_types.clone()),
+            registries: own.registries.unwrap_or_else(|| self.registries.clone()),
         }
     }
 }
@@ -127,6 +132,18 @@ impl Quotas {
                 ));
             }
         }
+        if !self.registries.is_empty() {
+            let registry = spec.registry().unwrap_or_default();
+            if !self.registries.contains(&registry) {
+                return Err(over(
+                    "registries",
+                    format!(
+                        "images from {registry:?} are not among the account's registries ({})",
+                        self.registries.join(", ")
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -142,6 +159,7 @@ mod tests {
             min_interval_secs: 60,
             max_disk_gb: 100,
             instance_types: vec!["t3.micro".into()],
+            registries: vec!["registry.example.com".into()],
         }
     }
 
@@ -190,6 +208,12 @@ mod tests {
             Some("quotas.instance_types")
         );
         spec.instance_types = vec!["t3.micro".into()];
+        spec.image = "busybox:1.36".into();
+        assert_eq!(
+            q.check_container(&spec).unwrap_err().field.as_deref(),
+            Some("quotas.registries")
+        );
+        spec.image = "registry.example.com/team/tool:2".into();
         assert!(q.check_container(&spec).is_ok());
     }
 
@@ -200,6 +224,7 @@ mod tests {
             min_interval_secs: 1,
             max_disk_gb: 100,
             instance_types: Vec::new(),
+            registries: Vec::new(),
             accounts: HashMap::from([(
                 "acme".to_string(),
                 AccountQuotas {

@@ -440,3 +440,45 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 }
+
+/// Listings are paged: `limit` at most 1,000, and `next_offset` leads through the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_are_paged() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let mut created = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        created.insert(
+            app.create_job(
+                ACCOUNT_KEY,
+                json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+            )
+            .await,
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut offset = Some(0);
+    let mut pages = 0;
+    while let Some(at) = offset {
+        let page: Value = app
+            .get(&format!("/v1/jobs?limit=2&offset={at}"), ACCOUNT_KEY)
+            .await
+            .json()
+            .await
+            .unwrap();
+        for job in page["jobs"].as_array().unwrap() {
+            seen.insert(job["id"].as_str().unwrap().to_string());
+        }
+        offset = page["next_offset"].as_u64().map(|n| n as usize);
+        pages += 1;
+    }
+    assert_eq!((pages, seen), (3, created));
+    let huge: Value = app
+        .get("/v1/jobs?limit=1000000", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(huge["jobs"].as_array().map(Vec::len), Some(5));
+    assert!(huge["next_offset"].is_null());
+}

@@ -209,7 +209,20 @@ impl Store {
         group: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Job>> {
-        let ids = self.list_job_ids(account, group, limit).await?;
+        self.list_jobs_from(account, group, 0, limit).await
+    }
+
+    /// A page of an account's jobs, newest first: `limit` of them (0: all) after the first `offset`.
+    pub async fn list_jobs_from(
+        &self,
+        account: &str,
+        group: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        let ids = self
+            .list_job_ids_from(account, group, offset, limit)
+            .await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -225,13 +238,28 @@ impl Store {
         group: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
+        self.list_job_ids_from(account, group, 0, limit).await
+    }
+
+    async fn list_job_ids_from(
+        &self,
+        account: &str,
+        group: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        let stop = if limit == 0 { -1 } else { limit as isize - 1 };
+        let start = offset as isize;
+        let stop = if limit == 0 {
+            -1
+        } else {
+            start + limit as isize - 1
+        };
         let index = match group {
             Some(group) => self.key(&format!("account:{account}:group:{group}:jobs")),
             None => self.key(&format!("account:{account}:jobs")),
         };
-        Ok(conn.zrevrange(index, 0, stop).await?)
+        Ok(conn.zrevrange(index, start, stop).await?)
     }
 
     /// Names a job by a surface's own key (seed 004's image and date, say), unless the name is taken.

@@ -262,8 +262,18 @@ impl Store {
     /// A job's newest `limit` runs, newest first, for listings: a run that cannot be read back is
     /// logged and left out rather than failing the listing.
     pub async fn job_runs(&self, job_id: &str, limit: usize) -> Result<Vec<Run>> {
+        self.job_runs_from(job_id, 0, limit).await
+    }
+
+    /// A page of a job's runs, newest first: `limit` of them after the first `offset`.
+    pub async fn job_runs_from(
+        &self,
+        job_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Run>> {
         let mut runs = Vec::new();
-        for id in self.job_run_ids(job_id, limit).await? {
+        for id in self.job_run_ids_from(job_id, offset, limit).await? {
             match self.get_run(&id).await {
                 Ok(Some(run)) => runs.push(run),
                 Ok(None) => {}
@@ -290,13 +300,27 @@ impl Store {
 
     /// A job's run ids, newest first.
     pub async fn job_run_ids(&self, job_id: &str, limit: usize) -> Result<Vec<String>> {
+        self.job_run_ids_from(job_id, 0, limit).await
+    }
+
+    async fn job_run_ids_from(
+        &self,
+        job_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         if !is_id(job_id) {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        let stop = if limit == 0 { -1 } else { limit as isize - 1 };
+        let start = offset as isize;
+        let stop = if limit == 0 {
+            -1
+        } else {
+            start + limit as isize - 1
+        };
         Ok(conn
-            .zrevrange(self.key(&format!("job:{job_id}:runs")), 0, stop)
+            .zrevrange(self.key(&format!("job:{job_id}:runs")), start, stop)
             .await?)
     }
 

@@ -169,8 +169,23 @@ fn view(job: &Job) -> serde_json::Value {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     group: Option<String>,
+    /// At most this many (1 to 1000, default 100).
     limit: Option<usize>,
+    /// Skip this many, newest first: the `next_offset` of the page before.
+    offset: Option<usize>,
     account: Option<String>,
+}
+
+/// The most entries a listing skips: deeper pages cost Redis more, and nobody pages that far by hand.
+const MAX_OFFSET: usize = 10_000_000;
+
+/// One page of a listing: the entries of `limit` asked for (one more was read to know whether more
+/// follow), and where the next page starts, if there is one.
+fn page<T>(mut entries: Vec<T>, offset: usize, limit: usize) -> (Vec<T>, Option<usize>) {
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = more.then_some(offset + limit);
+    (entries, next)
 }
 
 /// The account a request acts for: the caller's, or any for an admin naming one.
@@ -201,14 +216,14 @@ pub async fn list_jobs(
 ) -> ApiResult<HttpResponse> {
     let account = account_for(&caller, query.account.as_deref())?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let jobs: Vec<_> = state
+    let offset = query.offset.unwrap_or(0).min(MAX_OFFSET);
+    let listed = state
         .store
-        .list_jobs(&account, query.group.as_deref(), limit)
-        .await?
-        .iter()
-        .map(view)
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+        .list_jobs_from(&account, query.group.as_deref(), offset, limit + 1)
+        .await?;
+    let (jobs, next_offset) = page(listed, offset, limit);
+    let jobs: Vec<_> = jobs.iter().map(view).collect();
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_offset": next_offset })))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", summary = "One job", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]
@@ -313,7 +328,10 @@ pub async fn next_fires(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RunsQuery {
+    /// At most this many (1 to 1000, default 50).
     limit: Option<usize>,
+    /// Skip this many, newest first: the `next_offset` of the page before.
+    offset: Option<usize>,
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/runs", tag = "jobs", summary = "A job's runs, newest first", security(("api_key" = [])), params(("id" = String, Path), RunsQuery), responses((status = 200, description = "`{\"runs\": [Run]}`"), (status = 404)))]
@@ -325,8 +343,13 @@ pub async fn list_runs(
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let runs = state.store.job_runs(&job.id, limit).await?;
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+    let offset = query.offset.unwrap_or(0).min(MAX_OFFSET);
+    let listed = state
+        .store
+        .job_runs_from(&job.id, offset, limit + 1)
+        .await?;
+    let (runs, next_offset) = page(listed, offset, limit);
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next_offset": next_offset })))
 }
 
 async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Error> {

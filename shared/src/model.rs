@@ -230,6 +230,16 @@ pub struct HttpSpec {
 }
 
 impl HttpSpec {
+    /// The URLs the task calls, each with the name of its field.
+    pub fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("action_url", Some(self.action_url.as_str())),
+            ("callback_url", self.callback_url.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, url)| Some((field, url?)))
+    }
+
     /// Name of the set of instances started for an account's tasks.
     pub fn controlled_set(account: &str) -> String {
         format!("hrm:controlled:{account}")

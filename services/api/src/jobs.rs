@@ -88,16 +88,11 @@ impl JobSpec {
                 }
             }
             Runner::Http(spec) => {
-                for (name, url) in [
-                    ("action_url", Some(&spec.action_url)),
-                    ("callback_url", spec.callback_url.as_ref()),
-                ] {
-                    if let Some(url) = url {
-                        if url.len() > 2048
-                            || spot_shared::outbound::check_url(&fill_placeholders(url)).is_err()
-                        {
-                            return Err(Error::invalid(field(name), "malformed_url"));
-                        }
+                for (name, url) in spec.urls() {
+                    if url.len() > 2048
+                        || spot_shared::outbound::check_url(&fill_placeholders(url)).is_err()
+                    {
+                        return Err(Error::invalid(field(name), "malformed_url"));
                     }
                 }
             }
@@ -130,11 +125,7 @@ async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()>
     let Runner::Http(spec) = runner else {
         return Ok(());
     };
-    for (field, url) in [
-        ("action_url", Some(&spec.action_url)),
-        ("callback_url", spec.callback_url.as_ref()),
-    ] {
-        let Some(url) = url else { continue };
+    for (field, url) in spec.urls() {
         let filled = fill_placeholders(url);
         let Ok(parsed) = spot_shared::outbound::check_url(&filled) else {
             continue;

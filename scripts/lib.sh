@@ -43,6 +43,12 @@ ensure_packages() {
         python3 -m pip install -q 'moto[server]'
         hash -r
     fi
+    # schemathesis fuzzes the api from its OpenAPI document (tests/fuzz.rs).
+    if ! command -v st >/dev/null; then
+        log "installing schemathesis"
+        python3 -m pip install -q 'schemathesis>=4,<5'
+        hash -r
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -q >/dev/null

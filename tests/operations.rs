@@ -61,7 +61,7 @@ async fn the_seeds_input_files_replay_as_written() {
         (status, reply),
         (
             400,
-            json!({"errorMessage": "Operação desconhecida: explode"})
+            json!({"errorMessage": "Operação desconhecida: explode", "field": "operation"})
         )
     );
     let (status, _) = operation(

@@ -33,7 +33,7 @@ pub struct ContainerLimitSettings {
 }
 
 /// The limits a container runs with, as Docker takes them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AppliedLimits {
     pub memory_bytes: i64,
     pub nano_cpus: i64,

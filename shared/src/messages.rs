@@ -59,7 +59,7 @@ pub struct TerminateRequest {
 }
 
 /// What an agent fetches from the api to run its job (`GET /agent/runs/{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSpec {
     pub run_id: String,
     pub job_id: String,

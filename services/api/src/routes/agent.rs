@@ -10,6 +10,7 @@ use crate::auth::authorize_run;
 use crate::error::ApiResult;
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/agent/runs/{run_id}", tag = "agents", summary = "The run's spec for its agent", params(("run_id" = String, Path), ("X-Run-Secret" = String, Header)), responses((status = 200, body = RunSpec), (status = 403), (status = 404)))]
 pub async fn spec(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -39,6 +40,7 @@ pub async fn spec(
     Ok(HttpResponse::Ok().json(spec))
 }
 
+#[utoipa::path(post, path = "/agent/runs/{run_id}/logs", tag = "agents", summary = "Append output to the run's log", params(("run_id" = String, Path), ("X-Run-Secret" = String, Header)), request_body(content = String, content_type = "application/octet-stream"), responses((status = 200, description = "`{stored_bytes}`"), (status = 403), (status = 404)))]
 pub async fn append_logs(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -53,6 +55,7 @@ pub async fn append_logs(
     Ok(HttpResponse::Ok().json(json!({ "stored_bytes": length })))
 }
 
+#[utoipa::path(post, path = "/agent/runs/{run_id}/heartbeat", tag = "agents", summary = "The agent is alive", params(("run_id" = String, Path), ("X-Run-Secret" = String, Header)), responses((status = 200, description = "`{state}`"), (status = 403), (status = 404)))]
 pub async fn heartbeat(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use spot_shared::model::{ContainerSpec, FileSpec, Job, RunState, Runner};
 use spot_shared::Error;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -36,23 +37,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/jobs/{id}", web::get().to(show));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub(super) struct CreateRequest {
+    #[schema(example = "echo hello")]
     executable: String,
+    #[schema(example = "*/30 * * * *")]
     schedule: String,
+    /// `command`, `script` or `binary` (the last two base64).
     #[serde(rename = "type")]
+    #[schema(example = "command")]
     kind: String,
     /// An addition to the seed: the image to run in (the configured one otherwise).
     image: Option<String>,
     /// The seed's documents carry these; they are the system's to set, so they are ignored.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     id: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     status: Option<Value>,
 }
 
-async fn create(
+#[utoipa::path(post, path = "/jobs", tag = "cronjob", summary = "Create a job (seed 002)", security(("api_key" = [])), request_body = CreateRequest, responses((status = 200, description = "The seed's job document `{id, executable, schedule, type, status}`"), (status = 400, description = "`{field, message}`"), (status = 403), (status = 429, description = "Over a quota")))]
+pub(super) async fn create(
     caller: Caller,
     state: web::Data<AppState>,
     body: web::Bytes,
@@ -117,7 +125,8 @@ fn shlex_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+#[utoipa::path(get, path = "/jobs", tag = "cronjob", summary = "The account's seed-002 jobs", security(("api_key" = [])), responses((status = 200, description = "`[job document]`"), (status = 403)))]
+pub(super) async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let mut jobs = Vec::new();
     for job in state
         .store
@@ -129,7 +138,8 @@ async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpRespo
     Ok(HttpResponse::Ok().json(jobs))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/jobs/{id}", tag = "cronjob", summary = "One seed-002 job", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "The job document"), (status = 404)))]
+pub(super) async fn show(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,

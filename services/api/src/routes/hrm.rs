@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use spot_shared::model::{HttpSpec, Job, Policies, Run, RunState, Runner};
 use spot_shared::outbound::check_url;
 use spot_shared::Error;
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -28,6 +29,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}", web::put().to(update_meta))
         .route("/tasks/{id}", web::delete().to(delete))
         .route("/status", web::get().to(status));
+}
+
+/// HRM's task parameters, form-encoded or JSON (read by [`params`]; strings or numbers).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents what `create` reads from the parameters.
+pub struct TaskForm {
+    /// Called with `GET` when the task runs; `{instance_ip}` and the like are filled in.
+    #[schema(example = "https://example.com/hook")]
+    action_url: String,
+    /// Called with the action's outcome.
+    callback_url: Option<String>,
+    /// An EC2 instance to start for the task; needs both keys below, which are never stored.
+    instance_id: Option<String>,
+    access_key_id: Option<String>,
+    access_key_secret: Option<String>,
+    /// Seconds, 1 to a week.
+    timeout: Option<u64>,
+}
+
+/// The parameters of `PUT /tasks/{id}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents what `update_meta` reads.
+pub struct MetaForm {
+    /// At most 64 KiB.
+    meta: String,
 }
 
 /// `{"errors": {field: reason}}` with 400.
@@ -59,7 +85,8 @@ fn params(req: &HttpRequest, body: &[u8]) -> Option<BTreeMap<String, String>> {
     Some(pairs.into_iter().collect())
 }
 
-async fn create_with_ignored_id(
+#[utoipa::path(post, path = "/tasks/{id}", tag = "hrm", summary = "As `POST /tasks`; HRM ignores the id", security(("api_key" = [])), params(("id" = String, Path)), request_body(content((TaskForm = "application/x-www-form-urlencoded"), (TaskForm = "application/json"))), responses((status = 200, description = "The bare id"), (status = 400), (status = 403)))]
+pub(super) async fn create_with_ignored_id(
     req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
@@ -68,7 +95,8 @@ async fn create_with_ignored_id(
     create(req, caller, state, body).await
 }
 
-async fn create(
+#[utoipa::path(post, path = "/tasks", tag = "hrm", summary = "Create an HTTP task that runs at once (seed 001)", security(("api_key" = [])), request_body(content((TaskForm = "application/x-www-form-urlencoded"), (TaskForm = "application/json"))), responses((status = 200, description = "The bare id"), (status = 400, description = "`{\"errors\": {field: reason}}`"), (status = 403)))]
+pub(super) async fn create(
     req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
@@ -184,7 +212,8 @@ fn task_status(run: Option<&Run>) -> &'static str {
     }
 }
 
-async fn show(
+#[utoipa::path(get, path = "/tasks/{id}", tag = "hrm", summary = "One task", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "`{id, action_url, callback_url, state, meta, ...}`"), (status = 404)))]
+pub(super) async fn show(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -213,7 +242,8 @@ async fn show(
     })))
 }
 
-async fn update_meta(
+#[utoipa::path(put, path = "/tasks/{id}", tag = "hrm", summary = "Set a task's `meta`", security(("api_key" = [])), params(("id" = String, Path)), request_body(content((MetaForm = "application/x-www-form-urlencoded"), (MetaForm = "application/json"))), responses((status = 204), (status = 400, description = "`{\"errors\": {\"meta\": reason}}`"), (status = 404), (status = 409, description = "The task has not started yet")))]
+pub(super) async fn update_meta(
     req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
@@ -242,7 +272,8 @@ async fn update_meta(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn delete(
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "hrm", summary = "Delete a task", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 204), (status = 404)))]
+pub(super) async fn delete(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -254,7 +285,8 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+#[utoipa::path(get, path = "/status", tag = "hrm", summary = "Counts of tasks and the instances they hold", security(("api_key" = [])), responses((status = 200), (status = 403)))]
+pub(super) async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let mut pending = Map::new();
     for job in state
         .store

@@ -96,6 +96,7 @@ fn write_lateness(out: &mut String, histogram: &LatenessHistogram) {
     let _ = writeln!(out, "{name}_count {}", histogram.count);
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics (open; totals only unless `api.metrics_by_account`)", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(state: actix_web::web::Data<AppState>) -> HttpResponse {
     exposition(&state).await
 }

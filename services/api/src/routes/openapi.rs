@@ -1,11 +1,14 @@
 //! The OpenAPI document of the api, generated from the handlers' annotations and served at
-//! `/openapi.json`.
+//! `/openapi.json`: every route of every surface (the compatibility surfaces, the agents' routes and
+//! the open ones too), so that a fuzzer driven by it reaches them all.
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{callback, health, resources, simple};
+use super::{
+    agent, callback, cronjob, health, hrm, metrics, minion, operations, resources, simple,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +35,32 @@ use super::{callback, health, resources, simple};
         resources::get_run,
         resources::run_logs,
         resources::get_instance,
+        agent::spec,
+        agent::append_logs,
+        agent::heartbeat,
+        metrics::metrics,
+        document,
+        minion::ping,
+        minion::version,
+        minion::metrics,
+        minion::list_all,
+        minion::list_group,
+        minion::create,
+        minion::delete_group,
+        minion::show,
+        minion::update,
+        minion::delete_one,
+        minion::run_now,
+        operations::operation,
+        cronjob::create,
+        cronjob::list,
+        cronjob::show,
+        hrm::create,
+        hrm::create_with_ignored_id,
+        hrm::show,
+        hrm::update_meta,
+        hrm::delete,
+        hrm::status,
     ),
     components(schemas(
         resources::JobRequest,
@@ -44,6 +73,14 @@ use super::{callback, health, resources, simple};
         spot_shared::model::RunState,
         spot_shared::model::Policies,
         spot_shared::messages::CallbackRequest,
+        spot_shared::messages::RunSpec,
+        minion::JobBody,
+        minion::JobFields,
+        operations::OperationRequest,
+        operations::JobKey,
+        cronjob::CreateRequest,
+        hrm::TaskForm,
+        hrm::MetaForm,
     )),
     modifiers(&ApiKeyScheme)
 )]
@@ -62,6 +99,7 @@ impl Modify for ApiKeyScheme {
     }
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document", responses((status = 200)))]
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }

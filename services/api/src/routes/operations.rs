@@ -11,6 +11,7 @@ use spot_shared::ids::{hash_secret, secret_matches};
 use spot_shared::model::{ContainerSpec, InstanceState, Job, RunState, Runner};
 use spot_shared::schedule::parse_instant;
 use spot_shared::Error;
+use utoipa::ToSchema;
 
 use crate::auth::{presented_secret, Caller};
 use crate::error::ApiResult;
@@ -21,18 +22,24 @@ use crate::state::AppState;
 /// Jobs of this surface live in this group, and their names in this alias scope.
 const GROUP: &str = "jobscheduler";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OperationRequest {
+pub(super) struct OperationRequest {
+    /// `schedule`, `list`, `status` or `callback`.
+    #[schema(example = "schedule")]
     operation: String,
+    /// The job's key; `list` takes none.
     #[serde(default)]
+    #[schema(value_type = Option<JobKey>)]
     payload: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct JobKey {
+pub(super) struct JobKey {
+    #[schema(example = "busybox:local")]
     image_name: String,
+    #[schema(example = "2030-01-01T10:00:00Z")]
     date_to_run: String,
     #[serde(default)]
     environment_variables_list: Vec<String>,
@@ -43,6 +50,7 @@ fn error_message(status: u16, message: impl Into<String>) -> HttpResponse {
         .json(json!({ "errorMessage": message.into() }))
 }
 
+#[utoipa::path(post, path = "/JobScheduler", tag = "jobscheduler", summary = "Seed 004's operations: schedule, list, status, callback", security(("api_key" = [])), params(("X-Run-Secret" = Option<String>, Header, description = "The run's secret (callback only)")), request_body = OperationRequest, responses((status = 200, description = "`{status, mensagem}`, a job item or a list of them"), (status = 400, description = "`{field, message}` or `{errorMessage}`"), (status = 403), (status = 404, description = "`{errorMessage}`"), (status = 429, description = "Over a quota")))]
 pub async fn operation(
     req: HttpRequest,
     caller: Caller,
@@ -90,10 +98,11 @@ pub async fn operation(
             Ok(HttpResponse::Ok()
                 .json(json!({"status": "OK", "mensagem": "Finalização do Job requisitada"})))
         }
-        other => Ok(error_message(
-            400,
-            format!("Operação desconhecida: {other}"),
-        )),
+        // The seed's body, with the field named as every other refusal of this api names it.
+        other => Ok(HttpResponse::BadRequest().json(json!({
+            "errorMessage": format!("Operação desconhecida: {other}"),
+            "field": "operation",
+        }))),
     }
 }
 

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
-use crate::routes::parse_json;
+use crate::routes::{parse_json, Query};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -43,8 +43,10 @@ pub struct JobRequest {
     pub tags: Vec<Tag>,
     #[serde(default = "default_group")]
     pub group: String,
+    #[schema(example = "30 2 * * mon-fri")]
     pub schedule: String,
     #[serde(default = "default_timezone")]
+    #[schema(example = "Europe/Berlin")]
     pub timezone: String,
     pub runner: RunnerRequest,
     #[serde(default = "enabled_by_default")]
@@ -64,7 +66,9 @@ pub enum RunnerRequest {
         action: spot_shared::instance_power::PowerAction,
     },
     Container {
+        #[schema(example = "busybox:local")]
         image: String,
+        #[schema(example = "sh -c 'echo hello'")]
         cmd: Option<String>,
         #[serde(default)]
         env: Vec<String>,
@@ -212,7 +216,7 @@ pub async fn create_job(
 pub async fn list_jobs(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    query: Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let account = account_for(&caller, query.account.as_deref())?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
@@ -305,7 +309,7 @@ pub async fn next_fires(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<NextQuery>,
+    query: Query<NextQuery>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
     let count = query.count.unwrap_or(10);
@@ -339,7 +343,7 @@ pub async fn list_runs(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<RunsQuery>,
+    query: Query<RunsQuery>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
@@ -408,7 +412,7 @@ pub async fn run_logs(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<LogsQuery>,
+    query: Query<LogsQuery>,
 ) -> ApiResult<HttpResponse> {
     let run = load_run(&state, &caller, &path).await?;
     if !query.follow || run.state.is_terminal() {

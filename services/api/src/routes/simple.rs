@@ -11,17 +11,20 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
-use crate::routes::parse_json;
+use crate::routes::{parse_json, Query};
 use crate::state::AppState;
 
 /// Seed 003's `POST /schedule` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
+    #[schema(example = "2030-01-01T10:00:00Z")]
     schedule: Option<String>,
+    #[schema(example = "busybox:local")]
     docker_image: Option<String>,
     #[serde(default)]
     env: Vec<String>,
+    #[schema(example = "echo hello")]
     cmd: Option<String>,
     #[serde(default)]
     instance_types: Vec<String>,
@@ -107,7 +110,7 @@ pub struct ListQuery {
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    query: Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
     let listed = state

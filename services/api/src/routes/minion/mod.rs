@@ -13,14 +13,17 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
-use spot_shared::config::MinionRunner;
-use spot_shared::instance_power::PowerAction;
-use spot_shared::model::{DummySpec, InstanceSpec, Job, Policies, Runner, Tag};
+use spot_shared::model::{DummySpec, InstanceSpec, Job, Runner};
 use spot_shared::{Error, ErrorCode};
 
 use crate::auth::AUTH_HEADER;
-use crate::jobs::{self, JobSpec};
+use crate::jobs;
 use crate::state::AppState;
+
+mod decode;
+
+use decode::decode;
+pub use decode::{JobBody, JobFields};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -77,14 +80,16 @@ async fn options() -> HttpResponse {
         .finish()
 }
 
-async fn ping() -> HttpResponse {
+#[utoipa::path(get, path = "/v1/minion/ping", tag = "minion", summary = "Liveness (open)", responses((status = 200, content_type = "text/plain", description = "`pong`")))]
+pub(super) async fn ping() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
         .content_type("text/plain; charset=utf-8")
         .body("pong")
 }
 
-async fn version() -> HttpResponse {
+#[utoipa::path(get, path = "/v1/minion/version", tag = "minion", summary = "Build version (open)", responses((status = 200, description = "`{version, githash, buildstamp}`")))]
+pub(super) async fn version() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "githash": option_env!("SPOT_GIT_HASH").unwrap_or("No Git Commit Provided"),
@@ -92,7 +97,8 @@ async fn version() -> HttpResponse {
     }))
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/v1/minion/metrics", tag = "minion", summary = "Prometheus metrics, as at `/metrics` (open)", responses((status = 200, content_type = "text/plain")))]
+pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::routes::metrics::exposition(&state).await
 }
 
@@ -126,7 +132,8 @@ async fn authorize<'a>(
     Ok(settings)
 }
 
-async fn list_all(
+#[utoipa::path(get, path = "/v1/minion/{account}/jobs", tag = "minion", summary = "The account's jobs as `group/id`", security(("api_key" = [])), params(("account" = String, Path)), responses((status = 200, description = "`[\"group/id\"]`"), (status = 403, description = "Missing or unknown key (empty body)"), (status = 404, content_type = "text/plain", description = "`account not found: X`")))]
+pub(super) async fn list_all(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -145,7 +152,8 @@ async fn list_all(
     }
 }
 
-async fn list_group(
+#[utoipa::path(get, path = "/v1/minion/{account}/jobs/{group}", tag = "minion", summary = "The ids of a group's jobs", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path)), responses((status = 200, description = "`[\"id\"]`"), (status = 403), (status = 404, content_type = "text/plain")))]
+pub(super) async fn list_group(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -164,7 +172,8 @@ async fn list(state: &AppState, account: &str, group: Option<&str>) -> Result<Ve
     state.store.list_jobs(account, group, 0).await
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/minion/{account}/jobs/{group}", tag = "minion", summary = "Create a job in a group", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path)), request_body = JobBody, responses((status = 200, description = "`{job, tags, log, next}`"), (status = 400, content_type = "text/plain", description = "Minion's error text"), (status = 403), (status = 404, content_type = "text/plain"), (status = 429, content_type = "text/plain", description = "Over a quota")))]
+pub(super) async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -194,7 +203,8 @@ async fn load(state: &AppState, account: &str, group: &str, id: &str) -> Result<
     }
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/minion/{account}/jobs/{group}/{id}", tag = "minion", summary = "One job with its log", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path), ("id" = String, Path)), responses((status = 200, description = "`{job, tags, log, next}`"), (status = 403), (status = 404, content_type = "text/plain")))]
+pub(super) async fn show(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
@@ -211,7 +221,8 @@ async fn show(
     HttpResponse::Ok().json(job_response(&state, &job, Some(log)))
 }
 
-async fn update(
+#[utoipa::path(put, path = "/v1/minion/{account}/jobs/{group}/{id}", tag = "minion", summary = "Replace a job", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path), ("id" = String, Path)), request_body = JobBody, responses((status = 202, description = "`{job, tags, log, next}`"), (status = 400, content_type = "text/plain"), (status = 403), (status = 404, content_type = "text/plain")))]
+pub(super) async fn update(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
@@ -245,7 +256,8 @@ fn ok_accepted() -> HttpResponse {
         .body("OK")
 }
 
-async fn delete_one(
+#[utoipa::path(delete, path = "/v1/minion/{account}/jobs/{group}/{id}", tag = "minion", summary = "Delete a job (deleting what is not there succeeds)", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path), ("id" = String, Path)), responses((status = 202, description = "`OK`"), (status = 403), (status = 404, content_type = "text/plain")))]
+pub(super) async fn delete_one(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
@@ -264,7 +276,8 @@ async fn delete_one(
     }
 }
 
-async fn delete_group(
+#[utoipa::path(delete, path = "/v1/minion/{account}/jobs/{group}", tag = "minion", summary = "Delete every job of a group", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path)), responses((status = 202, description = "`OK`"), (status = 403), (status = 404, content_type = "text/plain")))]
+pub(super) async fn delete_group(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -286,7 +299,8 @@ async fn delete_group(
     }
 }
 
-async fn run_now(
+#[utoipa::path(patch, path = "/v1/minion/{account}/jobs/{group}/{id}", tag = "minion", summary = "Run a job now", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path), ("id" = String, Path)), responses((status = 202, description = "`OK`"), (status = 400, content_type = "text/plain"), (status = 403), (status = 404, content_type = "text/plain"), (status = 409, content_type = "text/plain")))]
+pub(super) async fn run_now(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
@@ -377,149 +391,4 @@ async fn log_info(state: &AppState, job: &Job) -> Value {
         "retention": job.policies.history_limit,
         "bytes": bytes,
     })
-}
-
-/// Decodes minion's `{"job": {...}, "tags": [...]}` (keys case-insensitive, types strict) into a job.
-fn decode(
-    body: &[u8],
-    group: &str,
-    account: &spot_shared::config::MinionAccount,
-    state: &AppState,
-) -> Result<JobSpec, HttpResponse> {
-    let bad = |message: String| {
-        text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot decode body into create job input: {message}"),
-        )
-    };
-    let root: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let root = lowercase_keys(root).ok_or_else(|| bad("the body is not a JSON object".into()))?;
-    let job = match root.get("job") {
-        Some(Value::Object(job)) => lowercase_map(job.clone()),
-        Some(Value::Null) | None => return Err(text(StatusCode::BAD_REQUEST, "job cannot be nil")),
-        Some(other) => return Err(bad(format!("job is not an object: {other}"))),
-    };
-    let string = |key: &str| -> Result<String, HttpResponse> {
-        match job.get(key) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(bad(format!("{key} is not a string: {other}"))),
-        }
-    };
-    let description = string("description")?;
-    let name = string("name")?;
-    let modified_by = string("modified_by")?;
-    string("group")?;
-    string("id")?;
-    let modified_at = string("modified_at")?;
-    if !modified_at.is_empty() && DateTime::parse_from_rfc3339(&modified_at).is_err() {
-        return Err(bad(format!(
-            "modified_at is not an RFC3339 time: {modified_at}"
-        )));
-    }
-    let enabled = match job.get("enabled") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad(format!("enabled is not a bool: {other}"))),
-    };
-    let schedule = match job.get("schedule_expression") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => {
-            return Err(bad(
-                "schedule_expression is not a valid cron expression: '': Empty spec string".into(),
-            ))
-        }
-        None | Some(Value::Null) => return Err(bad("schedule_expression is required".into())),
-        Some(other) => return Err(bad(format!("schedule_expression is not a string: {other}"))),
-    };
-    let details = match job.get("details") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(map)) => map.clone(),
-        Some(other) => return Err(bad(format!("details is not a map: {other}"))),
-    };
-    for (key, value) in &details {
-        if !value.is_string() {
-            return Err(bad(format!(
-                "invalid type in details map, value of '{key}' is not a string {value}"
-            )));
-        }
-    }
-    let runner_name = details
-        .get("runner")
-        .and_then(Value::as_str)
-        .ok_or_else(|| text(StatusCode::BAD_REQUEST, "runner not found in job"))?;
-    if !account.runners.iter().any(|r| r == runner_name) {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            "runner not found for account",
-        ));
-    }
-    let runner = match state.settings.minion.runners.get(runner_name) {
-        Some(MinionRunner::Dummy { template }) => Runner::Dummy(DummySpec {
-            template: template.clone(),
-            runner_name: Some(runner_name.to_string()),
-        }),
-        Some(MinionRunner::Instance {}) => {
-            let instance_id = details
-                .get("instance_id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    text(
-                        StatusCode::BAD_REQUEST,
-                        "MissingDetails: missing instance_id",
-                    )
-                })?;
-            let action = details
-                .get("instance_action")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    text(
-                        StatusCode::BAD_REQUEST,
-                        "MissingDetails: missing instance_action",
-                    )
-                })?;
-            let action = PowerAction::parse(action).ok_or_else(|| {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    format!("unexpected action '{action}' for instance {instance_id}"),
-                )
-            })?;
-            Runner::Instance(InstanceSpec {
-                instance_id: instance_id.to_string(),
-                action,
-                runner_name: Some(runner_name.to_string()),
-            })
-        }
-        None => return Err(text(StatusCode::BAD_REQUEST, "runner not found in job")),
-    };
-    let tags = match root.get("tags") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(value) => serde_json::from_value::<Vec<Tag>>(value.clone())
-            .map_err(|e| bad(format!("tags: {e}")))?,
-    };
-    Ok(JobSpec {
-        name: name.chars().filter(|c| !c.is_control()).collect(),
-        description,
-        modified_by,
-        tags,
-        group: group.to_string(),
-        schedule,
-        timezone: "UTC".into(),
-        runner,
-        enabled,
-        policies: Policies::default(),
-    })
-}
-
-fn lowercase_keys(value: Value) -> Option<Map<String, Value>> {
-    match value {
-        Value::Object(map) => Some(lowercase_map(map)),
-        _ => None,
-    }
-}
-
-fn lowercase_map(map: Map<String, Value>) -> Map<String, Value> {
-    map.into_iter()
-        .map(|(k, v)| (k.to_lowercase(), v))
-        .collect()
 }

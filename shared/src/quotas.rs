@@ -1,6 +1,9 @@
 //! Per-account quotas: what one tenant may hold and ask for, so that no tenant can fill the store or
 //! the cloud bill for everyone. `[quotas]` holds the defaults, `[quotas.accounts.NAME]` any account's
-//! own. Checked at the door: over a quota is 429 naming it (`quotas.max_jobs`), and nothing is stored.
+//! own. What a job asks for is checked at the door: over a quota is 429 naming it
+//! (`quotas.max_jobs`), and nothing is stored. What its runs use (fires a minute, live instances,
+//! HTTP tasks held open) is checked by the provisioner at launch: over a quota, the run ends
+//! `provision_failed` with the quota named. Either way the refusal is counted in `/metrics`.
 
 use std::collections::HashMap;
 
@@ -25,6 +28,13 @@ pub struct QuotaSettings {
     pub instance_types: Vec<String>,
     /// Registries a job's image may come from (`docker.io` for Docker Hub); empty: any.
     pub registries: Vec<String>,
+    /// Fires that launch something (a container, an HTTP task, an instance action), counted by the
+    /// minute they are due in. Light (dummy) fires touch nothing but the store and are not counted.
+    pub max_fires_per_minute: u64,
+    /// Instances launched for the account's runs and not yet terminated.
+    pub max_live_instances: u64,
+    /// HTTP tasks whose call is held open, waiting for the worker's answer.
+    pub max_open_http_tasks: u64,
     #[serde(default)]
     pub accounts: HashMap<String, AccountQuotas>,
 }
@@ -38,6 +48,9 @@ pub struct AccountQuotas {
     pub max_disk_gb: Option<u32>,
     pub instance_types: Option<Vec<String>>,
     pub registries: Option<Vec<String>>,
+    pub max_fires_per_minute: Option<u64>,
+    pub max_live_instances: Option<u64>,
+    pub max_open_http_tasks: Option<u64>,
 }
 
 /// The quotas that hold for one account.
@@ -48,6 +61,9 @@ pub struct Quotas {
     pub max_disk_gb: u32,
     pub instance_types: Vec<String>,
     pub registries: Vec<String>,
+    pub max_fires_per_minute: u64,
+    pub max_live_instances: u64,
+    pub max_open_http_tasks: u64,
 }
 
 /// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
@@ -64,6 +80,11 @@ impl QuotaSettings {
                 .instance_types
                 .unwrap_or_else(|| self.instance_types.clone()),
             registries: own.registries.unwrap_or_else(|| self.registries.clone()),
+            max_fires_per_minute: own
+                .max_fires_per_minute
+                .unwrap_or(self.max_fires_per_minute),
+            max_live_instances: own.max_live_instances.unwrap_or(self.max_live_instances),
+            max_open_http_tasks: own.max_open_http_tasks.unwrap_or(self.max_open_http_tasks),
         }
     }
 }
@@ -105,6 +126,20 @@ impl Quotas {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a fire that came `place`-th among the account's fires of its minute may launch.
+    pub fn check_fire_place(&self, place: u64) -> Result<()> {
+        if place > self.max_fires_per_minute {
+            return Err(over(
+                "max_fires_per_minute",
+                format!(
+                    "fire {place} of its minute; the account's quota is {} a minute",
+                    self.max_fires_per_minute
+                ),
+            ));
         }
         Ok(())
     }
@@ -160,6 +195,9 @@ mod tests {
             max_disk_gb: 100,
             instance_types: vec!["t3.micro".into()],
             registries: vec!["registry.example.com".into()],
+            max_fires_per_minute: 3,
+            max_live_instances: 1,
+            max_open_http_tasks: 1,
         }
     }
 
@@ -176,6 +214,9 @@ mod tests {
     #[test]
     fn each_quota_names_itself() {
         let q = quotas();
+        assert!(q.check_fire_place(3).is_ok());
+        let err = q.check_fire_place(4).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("quotas.max_fires_per_minute"));
         assert!(q.check_job_count(1).is_ok());
         let err = q.check_job_count(2).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("quotas.max_jobs"));
@@ -225,15 +266,21 @@ mod tests {
             max_disk_gb: 100,
             instance_types: Vec::new(),
             registries: Vec::new(),
+            max_fires_per_minute: 60,
+            max_live_instances: 5,
+            max_open_http_tasks: 5,
             accounts: HashMap::from([(
                 "acme".to_string(),
                 AccountQuotas {
                     max_jobs: Some(3),
+                    max_live_instances: Some(1),
                     ..AccountQuotas::default()
                 },
             )]),
         };
         assert_eq!(settings.for_account("acme").max_jobs, 3);
+        assert_eq!(settings.for_account("acme").max_live_instances, 1);
+        assert_eq!(settings.for_account("acme").max_open_http_tasks, 5);
         assert_eq!(settings.for_account("acme").max_disk_gb, 100);
         assert_eq!(settings.for_account("globex").max_jobs, 10);
     }

@@ -163,8 +163,9 @@ async fn enforce_quotas(
         checked = quotas.check_job_count(state.store.count_jobs(&job.account).await?);
     }
     if let Err(err) = &checked {
-        let quota = err.field.as_deref().unwrap_or("quotas").replace('.', "_");
-        state.store.note_event(&format!("refused_{quota}"), 1).await;
+        let quota = err.field.as_deref().unwrap_or_default();
+        let quota = quota.strip_prefix("quotas.").unwrap_or(quota);
+        state.store.note_quota_refusal(quota, &job.account).await;
         tracing::info!(account = %job.account, quota, "over a quota");
     }
     checked

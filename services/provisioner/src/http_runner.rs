@@ -8,11 +8,12 @@ use std::time::Duration;
 use spot_shared::instance_power::{InstanceInfo, PowerAction};
 use spot_shared::model::{HttpSpec, Job, Run, RunState};
 use spot_shared::outbound::{check_url, checked_addresses, OutboundSettings};
-use spot_shared::store::Store;
+use spot_shared::store::{SlotKind, Store};
 use spot_shared::task_instances;
 use spot_shared::Result;
 
 use crate::launch::LaunchOutcome;
+use crate::run_quotas::HTTP_SLOT_HOLD;
 use crate::Provisioner;
 
 /// How often a starting or stopping instance is looked at.
@@ -52,24 +53,47 @@ impl Provisioner {
                 outcome = work => if let Err(err) = outcome {
                     tracing::error!(run_id = %run.id, error = %err, "http run failed to record");
                 },
-                _ = this.heartbeat(&run.id) => {}
+                _ = this.heartbeat(&run) => {}
+            }
+            // Held until now; if this fails, the slot's hold runs out on its own.
+            if let Err(err) = this
+                .store
+                .release_slot(SlotKind::HttpTask, &run.account, &run.id)
+                .await
+            {
+                tracing::warn!(run_id = %run.id, error = %err, "http task slot not released");
             }
         });
         Ok(LaunchOutcome::Launched)
     }
 
-    /// Marks the run alive every [`HEARTBEAT`] until dropped.
-    async fn heartbeat(&self, run_id: &str) {
+    /// Marks the run alive, and renews its slot among the account's open HTTP tasks, every
+    /// [`HEARTBEAT`] until dropped.
+    async fn heartbeat(&self, run: &Run) {
         let mut beats = tokio::time::interval(HEARTBEAT);
         loop {
             beats.tick().await;
             let now = chrono::Utc::now().to_rfc3339();
             if let Err(err) = self
                 .store
-                .set_run_fields(run_id, &[("heartbeat_at", now)])
+                .set_run_fields(&run.id, &[("heartbeat_at", now)])
                 .await
             {
-                tracing::warn!(run_id, error = %err, "heartbeat not recorded");
+                tracing::warn!(run_id = %run.id, error = %err, "heartbeat not recorded");
+            }
+            // The limit is not checked again: a slot taken is kept until the task ends.
+            let renewed = self
+                .store
+                .take_slot(
+                    SlotKind::HttpTask,
+                    &run.account,
+                    &run.id,
+                    u64::MAX,
+                    HTTP_SLOT_HOLD,
+                )
+                .await;
+            if let Err(err) = renewed {
+                tracing::warn!(run_id = %run.id, error = %err, "http task slot not renewed");
             }
         }
     }

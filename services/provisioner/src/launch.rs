@@ -6,7 +6,7 @@ use spot_shared::cloud::{AgentBoot, LaunchRequest, Launched};
 use spot_shared::model::{
     ContainerSpec, DummySpec, Instance, InstanceSpec, InstanceState, Job, Run, RunState, Runner,
 };
-use spot_shared::store::Moved;
+use spot_shared::store::{Moved, SlotKind};
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
 
@@ -64,6 +64,9 @@ impl Provisioner {
     }
 
     async fn launch_leased(&self, run: &Run, job: &Job) -> Result<LaunchOutcome> {
+        if let Some(refused) = self.admit(run, job).await? {
+            return Ok(refused);
+        }
         match &job.runner {
             Runner::Dummy(spec) => self.run_light(run, spec).await,
             Runner::Http(_) => self.start_http(run, job).await,
@@ -150,6 +153,9 @@ impl Provisioner {
             }
             Err(failure) => {
                 self.store.clear_launch_intent(&run.id, run.attempt).await?;
+                self.store
+                    .release_slot(SlotKind::Instance, &run.account, &run.id)
+                    .await?;
                 tracing::error!(run_id = %run.id, error = %failure.error, "launch failed");
                 self.store.note_event("provision_failed", 1).await;
                 self.store

@@ -9,6 +9,7 @@ mod batch;
 mod consumer;
 mod http_runner;
 mod launch;
+mod run_quotas;
 mod timer_pump;
 
 use std::sync::Arc;

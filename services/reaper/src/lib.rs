@@ -19,8 +19,8 @@ use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
-use spot_shared::model::{HttpSpec, InstanceState, Run, RunState, Runner};
-use spot_shared::store::{Moved, Store};
+use spot_shared::model::{HttpSpec, Instance, InstanceState, Run, RunState, Runner};
+use spot_shared::store::{Moved, SlotKind, Store};
 use spot_shared::{policy, task_instances, ErrorCode, Result};
 
 #[derive(Clone)]
@@ -294,14 +294,33 @@ impl Reaper {
                 .await?;
         }
         self.cloud.terminate(&request.instance_id).await?;
-        if instance.is_some() {
+        if let Some(instance) = &instance {
             self.record_instance(&request.instance_id, InstanceState::Terminated)
                 .await?;
+            self.release_instance_slot(instance).await?;
         }
         self.store.note_event("instance_terminated", 1).await;
         tracing::info!(instance_id = %request.instance_id, run_id = %request.run_id,
             reason = %request.reason, "instance terminated");
         Ok(())
+    }
+
+    /// Gives the run's slot among the account's live instances back, unless a later attempt of the run
+    /// has an instance of its own by now.
+    async fn release_instance_slot(&self, instance: &Instance) -> Result<()> {
+        let Some(run) = self.store.get_run(&instance.run_id).await? else {
+            return Ok(());
+        };
+        if run
+            .instance_id
+            .as_deref()
+            .is_some_and(|id| id != instance.id)
+        {
+            return Ok(());
+        }
+        self.store
+            .release_slot(SlotKind::Instance, &run.account, &run.id)
+            .await
     }
 
     /// Moves an instance's record on; a record another reaper moved further already is fine.

@@ -7,7 +7,8 @@
 //! - runs, in [`runs`]: `p:fire:*` markers, `p:run:{id}`, `p:job:{id}:runs`, logs, `p:runs:live`
 //!   ([`light_fire`] records many light runs in one script);
 //! - instances, in [`instances`]: `p:instance:{id}`, `p:instances:live`;
-//! - leases and turns that keep one worker on a task, in [`leases`]; metrics, in [`lateness`].
+//! - leases and turns that keep one worker on a task, in [`leases`]; metrics, in [`lateness`];
+//! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`].
 //!
 //! This file holds the handle and the compare-and-set every state change goes through.
 
@@ -31,11 +32,13 @@ mod jobs;
 mod lateness;
 mod leases;
 mod light_fire;
+mod quota_counts;
 mod runs;
 mod timers;
 pub use delayed::{is_delayed, ReconcileReport, StuckRun};
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
+pub use quota_counts::SlotKind;
 pub use runs::{CancelledRun, FireRecord, RecordedFire};
 pub use timers::UnarmedTimer;
 

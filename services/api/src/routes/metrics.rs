@@ -3,6 +3,7 @@
 //! service counts in Redis (launches by market, spot pool failures, provision failures, terminations,
 //! interruptions, runs ended by the sweep), and the firing lateness histogram.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use actix_web::HttpResponse;
@@ -34,7 +35,7 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
                 let _ = writeln!(
                     out,
                     "spot_scheduler_jobs{{account=\"{}\"}} {count}",
-                    account.name.replace('\\', "\\\\").replace('"', "\\\"")
+                    label_value(&account.name)
                 );
             }
             Ok(count) => total += count,
@@ -71,6 +72,10 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
         }
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read event counters"),
     }
+    match state.store.quota_refusals().await {
+        Ok(refusals) => write_quota_refusals(&mut out, &refusals, by_account),
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the quota refusals"),
+    }
     match state.store.fire_lateness().await {
         Ok(histogram) => write_lateness(&mut out, &histogram),
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read the lateness histogram"),
@@ -78,6 +83,43 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(out)
+}
+
+/// A Prometheus label value, escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Refusals over each quota; per account too if `api.metrics_by_account`.
+fn write_quota_refusals(
+    out: &mut String,
+    refusals: &BTreeMap<(String, String), u64>,
+    by_account: bool,
+) {
+    let name = "spot_scheduler_quota_refusals_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests and runs refused over a quota, by quota{}.",
+        if by_account { " and account" } else { "" }
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    if by_account {
+        for ((quota, account), count) in refusals {
+            let account = label_value(account);
+            let _ = writeln!(
+                out,
+                "{name}{{quota=\"{quota}\",account=\"{account}\"}} {count}"
+            );
+        }
+        return;
+    }
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((quota, _), count) in refusals {
+        *totals.entry(quota).or_default() += count;
+    }
+    for (quota, count) in totals {
+        let _ = writeln!(out, "{name}{{quota=\"{quota}\"}} {count}");
+    }
 }
 
 /// The firing lateness histogram, in seconds as Prometheus has it.

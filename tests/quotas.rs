@@ -291,3 +291,96 @@ async fn runs_over_a_run_time_quota_end_provision_failed_naming_it() {
     provisioner.stop().await;
     app.service.stop().await;
 }
+
+/// The output of a run, once it has ended.
+async fn output_of(app: &TestApp, job_id: &str) -> (Value, String) {
+    let run = ended_run(app, ACCOUNT_KEY, job_id).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let log = app
+        .get(&format!("/v1/runs/{id}/logs"), ACCOUNT_KEY)
+        .await
+        .text()
+        .await
+        .unwrap();
+    (run, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
+    let mut env = TestEnv::new();
+    let acme = env.settings.auth.accounts[0].name.clone();
+    env.settings.quotas.accounts.insert(
+        acme.clone(),
+        AccountQuotas {
+            max_history_bytes: Some(100),
+            ..Default::default()
+        },
+    );
+    let app = spawn_app_with(env.settings.clone()).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let store = env.store().await;
+    let image = spot_tests::image::busybox_image().await;
+    // 80 bytes of output, the job keeping one run.
+    let job = json!({
+        "schedule": "0 3 * * *",
+        "runner": {"type": "container", "image": image, "cmd": "sh -c 'printf %080d 0'"},
+        "policies": {"history_limit": 1},
+    });
+    let run_now = |id: String| {
+        let app = &app;
+        async move {
+            app.send(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{id}/run"),
+                ACCOUNT_KEY,
+                None,
+            )
+            .await;
+        }
+    };
+
+    let first = app.create_job(ACCOUNT_KEY, job.clone()).await;
+    run_now(first.clone()).await;
+    let (_, log) = output_of(&app, &first).await;
+    assert_eq!(log.len(), 80);
+    assert_eq!(store.history_bytes(&acme).await.unwrap(), 80);
+
+    // Run again: the first run is trimmed from the history, and its bytes with it.
+    let earlier = ended_run(&app, ACCOUNT_KEY, &first).await["id"].clone();
+    run_now(first.clone()).await;
+    let (run, log) = eventually(Duration::from_secs(60), "the second run", || async {
+        let (run, log) = output_of(&app, &first).await;
+        (run["id"] != earlier).then_some((run, log))
+    })
+    .await;
+    assert_eq!(log.len(), 80, "{run}");
+    assert_eq!(store.history_bytes(&acme).await.unwrap(), 80);
+
+    // Another job's output fits only in what is left, and the cut is counted.
+    let second = app.create_job(ACCOUNT_KEY, job.clone()).await;
+    run_now(second.clone()).await;
+    let (run, log) = output_of(&app, &second).await;
+    assert_eq!(log.len(), 20, "{run}");
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(store.history_bytes(&acme).await.unwrap(), 100);
+    let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
+    let line = "spot_scheduler_quota_refusals_total{quota=\"max_history_bytes\"} 1";
+    assert!(metrics.contains(line), "{line} in {metrics}");
+
+    // Deleting a job gives its runs' bytes back.
+    let deleted = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/jobs/{first}"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(store.history_bytes(&acme).await.unwrap(), 20);
+
+    reaper.stop().await;
+    provisioner.stop().await;
+    app.service.stop().await;
+}

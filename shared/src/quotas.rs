@@ -35,6 +35,8 @@ pub struct QuotaSettings {
     pub max_live_instances: u64,
     /// HTTP tasks whose call is held open, waiting for the worker's answer.
     pub max_open_http_tasks: u64,
+    /// Bytes of output over every kept run; past it, output is cut (and the cut counted).
+    pub max_history_bytes: u64,
     #[serde(default)]
     pub accounts: HashMap<String, AccountQuotas>,
 }
@@ -51,6 +53,7 @@ pub struct AccountQuotas {
     pub max_fires_per_minute: Option<u64>,
     pub max_live_instances: Option<u64>,
     pub max_open_http_tasks: Option<u64>,
+    pub max_history_bytes: Option<u64>,
 }
 
 /// The quotas that hold for one account.
@@ -64,6 +67,7 @@ pub struct Quotas {
     pub max_fires_per_minute: u64,
     pub max_live_instances: u64,
     pub max_open_http_tasks: u64,
+    pub max_history_bytes: u64,
 }
 
 /// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
@@ -85,7 +89,16 @@ impl QuotaSettings {
                 .unwrap_or(self.max_fires_per_minute),
             max_live_instances: own.max_live_instances.unwrap_or(self.max_live_instances),
             max_open_http_tasks: own.max_open_http_tasks.unwrap_or(self.max_open_http_tasks),
+            max_history_bytes: self.max_history_bytes(account),
         }
+    }
+
+    /// The account's history quota alone (read on every output append, so without the rest).
+    pub fn max_history_bytes(&self, account: &str) -> u64 {
+        self.accounts
+            .get(account)
+            .and_then(|own| own.max_history_bytes)
+            .unwrap_or(self.max_history_bytes)
     }
 }
 
@@ -198,6 +211,7 @@ mod tests {
             max_fires_per_minute: 3,
             max_live_instances: 1,
             max_open_http_tasks: 1,
+            max_history_bytes: 1024,
         }
     }
 
@@ -269,6 +283,7 @@ mod tests {
             max_fires_per_minute: 60,
             max_live_instances: 5,
             max_open_http_tasks: 5,
+            max_history_bytes: 1 << 20,
             accounts: HashMap::from([(
                 "acme".to_string(),
                 AccountQuotas {

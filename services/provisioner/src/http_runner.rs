@@ -160,9 +160,7 @@ impl Provisioner {
         end: RunState,
         meta: String,
     ) -> Result<()> {
-        self.store
-            .append_log(&run.id, meta.as_bytes(), self.settings.api.max_log_bytes)
-            .await?;
+        self.record_output(run, meta.as_bytes()).await?;
         self.store
             .advance_run(&run.id, end, &[("meta", meta)])
             .await?;
@@ -211,10 +209,7 @@ impl Provisioner {
             Err(CallFailure::TimedOut) => (RunState::TimedOut, "timeout".to_string()),
             Err(CallFailure::Other(reason)) => (RunState::Failed, reason),
         };
-        let max_log = self.settings.api.max_log_bytes;
-        self.store
-            .append_log(&run.id, meta.as_bytes(), max_log)
-            .await?;
+        self.record_output(run, meta.as_bytes()).await?;
         self.store
             .advance_run(&run.id, end, &[("meta", meta.clone())])
             .await?;

@@ -288,10 +288,17 @@ impl Provisioner {
         end: RunState,
         fields: &[(&str, String)],
     ) -> Result<()> {
-        self.store
-            .append_log(&run.id, output.as_bytes(), self.settings.api.max_log_bytes)
-            .await?;
+        self.record_output(run, output.as_bytes()).await?;
         self.store.advance_run(&run.id, end, fields).await?;
+        Ok(())
+    }
+
+    /// Adds to a run's output, within the run's cap and its account's history quota.
+    pub(crate) async fn record_output(&self, run: &Run, output: &[u8]) -> Result<()> {
+        let account_cap = self.settings.quotas.max_history_bytes(&run.account);
+        self.store
+            .append_log(run, output, self.settings.api.max_log_bytes, account_cap)
+            .await?;
         Ok(())
     }
 }

@@ -127,7 +127,21 @@ impl Store {
     pub async fn delete_job(&self, job: &Job) -> Result<()> {
         let run_ids = self.job_run_ids(&job.id, 0).await?;
         let mut conn = self.conn.clone();
+        // The logs' bytes come off the account's history total as they go.
+        let mut log_bytes: i64 = 0;
+        if !run_ids.is_empty() {
+            let mut lengths = redis::pipe();
+            for run_id in &run_ids {
+                lengths.strlen(self.key(&format!("run:{run_id}:log")));
+            }
+            let lengths: Vec<i64> = lengths.query_async(&mut conn).await?;
+            log_bytes = lengths.iter().sum();
+        }
         let mut pipe = redis::pipe();
+        if log_bytes > 0 {
+            pipe.decr(self.history_bytes_key(&job.account), log_bytes)
+                .ignore();
+        }
         pipe.atomic()
             .del(self.key(&format!("job:{}", job.id)))
             .ignore()

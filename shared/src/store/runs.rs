@@ -5,7 +5,8 @@
 //! - `p:fire:{job}:{ms}:{attempt}`: the run recorded for that fire, so a fire is recorded once
 //! - `p:run:{id}`: the run as a hash (its state moves only by compare-and-set); `p:job:{id}:runs` the
 //!   job's runs scored by creation time
-//! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash)
+//! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash);
+//!   `p:quota:history:{account}` the bytes of every kept run's log of the account
 //! - `p:runs:live`: runs not yet ended, scored by creation time (the stuck-run sweep walks it)
 
 use std::collections::BTreeMap;
@@ -97,6 +98,13 @@ pub struct CancelledRun {
 /// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
 /// are only known inside).
 pub(super) const TRIM_ENDED_LUA: &str = r#"
+-- A run's log is about to go: take its bytes off its account's history total.
+local function forget_log(prefix, run)
+  local bytes = redis.call('STRLEN', run .. ':log')
+  if bytes == 0 then return end
+  local account = redis.call('HGET', run, 'account')
+  if account then redis.call('DECRBY', prefix .. ':quota:history:' .. account, bytes) end
+end
 local live_states = {pending = true, provisioning = true, booting = true, running = true}
 local function trim_ended(runs, prefix, keep)
   local excess = redis.call('ZCARD', runs) - keep
@@ -105,6 +113,7 @@ local function trim_ended(runs, prefix, keep)
   for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
     local run = prefix .. ':run:' .. old
     if not live_states[redis.call('HGET', run, 'state') or ''] then
+      forget_log(prefix, run)
       redis.call('DEL', run, run .. ':log')
       redis.call('ZREM', runs, old)
       deleted = deleted + 1
@@ -120,14 +129,25 @@ const TRIM_RUNS: &str = r#"return trim_ended(KEYS[1], ARGV[1], tonumber(ARGV[2])
 static TRIM_RUNS_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{TRIM_RUNS}")));
 
-/// Appends to a capped string. KEYS[1] log; ARGV[1] chunk, ARGV[2] cap in bytes.
+/// Appends to a run's log, within its cap and its account's history quota. KEYS[1] the log, KEYS[2]
+/// the account's history bytes, KEYS[3] the run; ARGV[1] chunk, ARGV[2] the run's cap, ARGV[3] the
+/// account's. Returns the log's length and 1 the first time the account's quota cut the run's output.
 const APPEND_CAPPED: &str = r#"
 local len = redis.call('STRLEN', KEYS[1])
-local cap = tonumber(ARGV[2])
-if len >= cap then return len end
+local room = tonumber(ARGV[2]) - len
+local account_room = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[2]) or '0')
 local chunk = ARGV[1]
-if len + #chunk > cap then chunk = string.sub(chunk, 1, cap - len) end
-return redis.call('APPEND', KEYS[1], chunk)
+local cut_by_account = account_room < room and #chunk > account_room
+if account_room < room then room = account_room end
+local first_cut = 0
+if cut_by_account then first_cut = redis.call('HSETNX', KEYS[3], 'history_cut', '1') end
+if room <= 0 then return {len, first_cut} end
+if #chunk > room then chunk = string.sub(chunk, 1, room) end
+if #chunk > 0 then
+  len = redis.call('APPEND', KEYS[1], chunk)
+  redis.call('INCRBY', KEYS[2], #chunk)
+end
+return {len, first_cut}
 "#;
 
 static RECORD_FIRE_SCRIPT: LazyLock<Script> =
@@ -347,15 +367,44 @@ impl Store {
         Ok(())
     }
 
-    pub async fn append_log(&self, run_id: &str, chunk: &[u8], cap: usize) -> Result<usize> {
+    /// Appends to the run's output, at most `run_cap` bytes in all and no more than its account's
+    /// history quota (`account_cap` bytes over every kept run) allows; the first cut by the quota is
+    /// counted as a refusal. Returns the output's length.
+    pub async fn append_log(
+        &self,
+        run: &Run,
+        chunk: &[u8],
+        run_cap: usize,
+        account_cap: u64,
+    ) -> Result<usize> {
         let mut conn = self.conn.clone();
-        let len: usize = APPEND_CAPPED_SCRIPT
-            .key(self.key(&format!("run:{run_id}:log")))
+        let (len, first_cut): (usize, i64) = APPEND_CAPPED_SCRIPT
+            .key(self.key(&format!("run:{}:log", run.id)))
+            .key(self.history_bytes_key(&run.account))
+            .key(self.key(&format!("run:{}", run.id)))
             .arg(chunk)
-            .arg(cap)
+            .arg(run_cap)
+            .arg(account_cap)
             .invoke_async(&mut conn)
             .await?;
+        if first_cut == 1 {
+            tracing::warn!(run_id = %run.id, account = %run.account, "output cut: the account's history is full");
+            self.note_quota_refusal("max_history_bytes", &run.account)
+                .await;
+        }
         Ok(len)
+    }
+
+    /// Where the bytes of an account's kept output are counted.
+    pub(super) fn history_bytes_key(&self, account: &str) -> String {
+        self.key(&format!("quota:history:{account}"))
+    }
+
+    /// The bytes of output the account's kept runs hold.
+    pub async fn history_bytes(&self, account: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let bytes: Option<i64> = conn.get(self.history_bytes_key(account)).await?;
+        Ok(bytes.unwrap_or(0).max(0) as u64)
     }
 
     /// A run's output from byte `offset` on (what a follower has not had yet): a range of the log,

@@ -50,7 +50,12 @@ pub async fn append_logs(
     let run = authorize_run(&state, &req, &path).await?;
     let length = state
         .store
-        .append_log(&run.id, &body, state.settings.api.max_log_bytes)
+        .append_log(
+            &run,
+            &body,
+            state.settings.api.max_log_bytes,
+            state.settings.quotas.max_history_bytes(&run.account),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "stored_bytes": length })))
 }

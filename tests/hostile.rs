@@ -298,7 +298,7 @@ async fn nothing_is_told_about_other_tenants_or_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_streams_are_capped_per_account() {
     let mut env = TestEnv::new();
-    env.settings.api.follow_streams_per_account = 2;
+    env.settings.quotas.max_log_streams = 2;
     let app = spawn_app_with(env.settings.clone()).await;
     let image = spot_tests::image::busybox_image().await;
     let _provisioner = spawn_provisioner(&env, &app.address).await;
@@ -332,13 +332,7 @@ async fn follow_streams_are_capped_per_account() {
     let third = app.get(long, ACCOUNT_KEY).await;
     assert_eq!(third.status(), 429);
     let error: Value = third.json().await.unwrap();
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("api.follow_streams_per_account"),
-        "{error}"
-    );
+    assert_eq!(error["field"], "quotas.max_log_streams", "{error}");
     // The output comes through as it is written, and the stream ends with the run.
     let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
         .await

@@ -97,7 +97,6 @@ pub struct ApiSettings {
     /// series are totals.
     pub metrics_by_account: bool,
     /// Log follow streams open at once per account, and in all.
-    pub follow_streams_per_account: usize,
     pub follow_streams_total: usize,
 }
 

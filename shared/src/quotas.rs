@@ -37,6 +37,8 @@ pub struct QuotaSettings {
     pub max_open_http_tasks: u64,
     /// Bytes of output over every kept run; past it, output is cut (and the cut counted).
     pub max_history_bytes: u64,
+    /// Log follow streams held open.
+    pub max_log_streams: usize,
     #[serde(default)]
     pub accounts: HashMap<String, AccountQuotas>,
 }
@@ -54,6 +56,7 @@ pub struct AccountQuotas {
     pub max_live_instances: Option<u64>,
     pub max_open_http_tasks: Option<u64>,
     pub max_history_bytes: Option<u64>,
+    pub max_log_streams: Option<usize>,
 }
 
 /// The quotas that hold for one account.
@@ -68,6 +71,7 @@ pub struct Quotas {
     pub max_live_instances: u64,
     pub max_open_http_tasks: u64,
     pub max_history_bytes: u64,
+    pub max_log_streams: usize,
 }
 
 /// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
@@ -90,7 +94,16 @@ impl QuotaSettings {
             max_live_instances: own.max_live_instances.unwrap_or(self.max_live_instances),
             max_open_http_tasks: own.max_open_http_tasks.unwrap_or(self.max_open_http_tasks),
             max_history_bytes: self.max_history_bytes(account),
+            max_log_streams: self.max_log_streams(account),
         }
+    }
+
+    /// The account's cap on follow streams alone.
+    pub fn max_log_streams(&self, account: &str) -> usize {
+        self.accounts
+            .get(account)
+            .and_then(|own| own.max_log_streams)
+            .unwrap_or(self.max_log_streams)
     }
 
     /// The account's history quota alone (read on every output append, so without the rest).
@@ -212,6 +225,7 @@ mod tests {
             max_live_instances: 1,
             max_open_http_tasks: 1,
             max_history_bytes: 1024,
+            max_log_streams: 1,
         }
     }
 
@@ -284,6 +298,7 @@ mod tests {
             max_live_instances: 5,
             max_open_http_tasks: 5,
             max_history_bytes: 1 << 20,
+            max_log_streams: 8,
             accounts: HashMap::from([(
                 "acme".to_string(),
                 AccountQuotas {

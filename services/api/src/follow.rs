@@ -1,8 +1,9 @@
 //! Following a run's output as it is written (`GET /v1/runs/{id}/logs?follow=true`).
 //!
 //! A follow stream holds a connection open for as long as its run lasts, so the streams are capped,
-//! per account (`api.follow_streams_per_account`) and in total (`api.follow_streams_total`): one
-//! tenant cannot hold every slot, and all of them together cannot exhaust the api. Each tick reads
+//! per account (`quotas.max_log_streams`, an account may have its own) and in total
+//! (`api.follow_streams_total`): one tenant cannot hold every slot, and all of them together cannot
+//! exhaust the api. Each tick reads
 //! only the bytes written since the last (`GETRANGE`), never the whole log again.
 
 use std::collections::HashMap;
@@ -19,7 +20,6 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// The follow streams open now, by account.
 pub struct FollowSlots {
-    per_account: usize,
     total: usize,
     open: Mutex<HashMap<String, usize>>,
 }
@@ -31,16 +31,15 @@ pub struct Slot {
 }
 
 impl FollowSlots {
-    pub fn new(per_account: usize, total: usize) -> FollowSlots {
+    pub fn new(total: usize) -> FollowSlots {
         FollowSlots {
-            per_account,
             total,
             open: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot for `account`, or 429 naming the cap that is reached.
-    pub fn take(self: &Arc<Self>, account: &str) -> Result<Slot, Error> {
+    /// A slot for `account`, which may hold `per_account`, or 429 naming the cap that is reached.
+    pub fn take(self: &Arc<Self>, account: &str, per_account: usize) -> Result<Slot, Error> {
         let mut open = self
             .open
             .lock()
@@ -48,13 +47,15 @@ impl FollowSlots {
         let total: usize = open.values().sum();
         let mine = open.get(account).copied().unwrap_or(0);
         let full = |cap: &str, limit: usize| {
-            Err(Error::new(
+            let mut err = Error::new(
                 ErrorCode::TooManyRequests,
-                format!("{cap} ({limit}) follow streams are open; close one or try again later"),
-            ))
+                format!("{limit} follow streams are open; close one or try again later"),
+            );
+            err.field = Some(cap.to_string());
+            Err(err)
         };
-        if mine >= self.per_account {
-            return full("api.follow_streams_per_account", self.per_account);
+        if mine >= per_account {
+            return full("quotas.max_log_streams", per_account);
         }
         if total >= self.total {
             return full("api.follow_streams_total", self.total);

@@ -39,7 +39,6 @@ impl Application {
             keyring: Arc::new(keyring),
             bcrypt: crate::auth::BcryptGate::new(&settings.auth),
             follow_slots: Arc::new(crate::follow::FollowSlots::new(
-                settings.api.follow_streams_per_account,
                 settings.api.follow_streams_total,
             )),
             settings,

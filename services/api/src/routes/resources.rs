@@ -422,7 +422,19 @@ pub async fn run_logs(
             .body(log));
     }
     // What was written so far, then what comes, until the run ends.
-    let slot = state.follow_slots.take(&run.account)?;
+    let per_account = state.settings.quotas.max_log_streams(&run.account);
+    let slot = match state.follow_slots.take(&run.account, per_account) {
+        Ok(slot) => slot,
+        Err(err) => {
+            if err.field.as_deref() == Some("quotas.max_log_streams") {
+                state
+                    .store
+                    .note_quota_refusal("max_log_streams", &run.account)
+                    .await;
+            }
+            return Err(err.into());
+        }
+    };
     let body = crate::follow::output_stream(state.store.clone(), run.id.clone(), 0, slot);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")

@@ -398,3 +398,82 @@ async fn listings_are_paged() {
     assert_eq!(huge["jobs"].as_array().map(Vec::len), Some(5));
     assert!(huge["next_offset"].is_null());
 }
+
+/// The compatibility surfaces keep their seeds' bodies and page by `limit`/`offset`, leading on with
+/// `X-Next-Offset` and `Link`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatibility_listings_are_paged_in_headers() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    for n in 0..3 {
+        let minion = json!({"job": {"name": format!("m{n}"), "schedule_expression": "0 4 * * *",
+            "details": {"runner": "dummyRunner"}}});
+        let created = app
+            .send(
+                reqwest::Method::POST,
+                "/v1/minion/acme/jobs/g",
+                ACCOUNT_KEY,
+                Some(minion),
+            )
+            .await;
+        assert_eq!(created.status(), 200);
+        let cronjob = json!({"executable": "true", "schedule": "0 5 * * *", "type": "command"});
+        let created = app
+            .send(reqwest::Method::POST, "/jobs", ACCOUNT_KEY, Some(cronjob))
+            .await;
+        assert_eq!(created.status(), 200);
+        let at = format!("2030-01-0{}T00:00:00Z", n + 1);
+        let operation =
+            json!({"operation": "schedule", "payload": {"imageName": "busybox", "dateToRun": at}});
+        let created = app
+            .send(
+                reqwest::Method::POST,
+                "/JobScheduler",
+                ACCOUNT_KEY,
+                Some(operation),
+            )
+            .await;
+        assert_eq!(created.status(), 200);
+    }
+    // Each listing: (path, how to count its entries).
+    let entries = |body: &Value| -> usize {
+        body.as_array()
+            .or_else(|| body["jobs"].as_array())
+            .map(Vec::len)
+            .unwrap_or(0)
+    };
+    for path in [
+        "/list",
+        "/jobs",
+        "/v1/minion/acme/jobs",
+        "/v1/minion/acme/jobs/g",
+    ] {
+        let first = app.get(&format!("{path}?limit=2"), ACCOUNT_KEY).await;
+        assert_eq!(first.status(), 200, "{path}");
+        assert_eq!(first.headers()["x-next-offset"], "2", "{path}");
+        let link = first.headers()["link"].to_str().unwrap().to_string();
+        assert_eq!(link, format!("<{path}?offset=2&limit=2>; rel=\"next\""));
+        assert_eq!(entries(&first.json().await.unwrap()), 2, "{path}");
+        let rest = app.get(&format!("{path}?offset=2"), ACCOUNT_KEY).await;
+        assert!(rest.headers().get("x-next-offset").is_none(), "{path}");
+        assert!(entries(&rest.json().await.unwrap()) >= 1, "{path}");
+        let bad = app.get(&format!("{path}?limit=many"), ACCOUNT_KEY).await;
+        assert_eq!(bad.status(), 400, "{path}");
+    }
+    let list = |payload: Value| {
+        app.send(
+            reqwest::Method::POST,
+            "/JobScheduler",
+            ACCOUNT_KEY,
+            Some(json!({"operation": "list", "payload": payload})),
+        )
+    };
+    let first = list(json!({"limit": 2})).await;
+    assert_eq!(first.headers()["x-next-offset"], "2");
+    assert_eq!(entries(&first.json().await.unwrap()), 2);
+    let rest = list(json!({"limit": 2, "offset": 2})).await;
+    assert!(rest.headers().get("x-next-offset").is_none());
+    assert_eq!(entries(&rest.json().await.unwrap()), 1);
+    let all = list(Value::Null).await;
+    assert_eq!(entries(&all.json().await.unwrap()), 3);
+}

@@ -4,7 +4,7 @@
 //! ended yet), finished, error. Unlike the seed: a bad body gets 400, an unknown id 404, an empty list
 //! `[]`, and jobs really run.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
-use crate::routes::parse_json;
+use crate::routes::paging::{ok_paged, PageQuery};
+use crate::routes::{parse_json, Query};
 use crate::state::AppState;
 
 const GROUP: &str = "cronjob";
@@ -125,17 +126,29 @@ fn shlex_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-#[utoipa::path(get, path = "/jobs", tag = "cronjob", summary = "The account's seed-002 jobs", security(("api_key" = [])), responses((status = 200, description = "`[job document]`"), (status = 403)))]
-pub(super) async fn list(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let mut jobs = Vec::new();
-    for job in state
+#[utoipa::path(get, path = "/jobs", tag = "cronjob", summary = "The account's seed-002 jobs, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(PageQuery), responses((status = 200, description = "`[job document]`"), (status = 403)))]
+pub(super) async fn list(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let window = query.window();
+    let listed = state
         .store
-        .list_jobs(&caller.0.account, Some(GROUP), 0)
-        .await?
-    {
-        jobs.push(view(&state, &job).await?);
+        .list_jobs_from(
+            &caller.0.account,
+            Some(GROUP),
+            window.offset,
+            window.to_read(),
+        )
+        .await?;
+    let (listed, next) = window.cut(listed);
+    let mut jobs = Vec::with_capacity(listed.len());
+    for job in &listed {
+        jobs.push(view(&state, job).await?);
     }
-    Ok(HttpResponse::Ok().json(jobs))
+    Ok(ok_paged(&req, window, next).json(jobs))
 }
 
 #[utoipa::path(get, path = "/jobs/{id}", tag = "cronjob", summary = "One seed-002 job", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "The job document"), (status = 404)))]

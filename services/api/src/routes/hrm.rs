@@ -17,6 +17,8 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, fill_placeholders, JobSpec};
+use crate::routes::paging::{ok_paged, PageQuery};
+use crate::routes::Query;
 use crate::state::AppState;
 
 const GROUP: &str = "hrm";
@@ -285,14 +287,26 @@ pub(super) async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[utoipa::path(get, path = "/status", tag = "hrm", summary = "Counts of tasks and the instances they hold", security(("api_key" = [])), responses((status = 200), (status = 403)))]
-pub(super) async fn status(caller: Caller, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let mut pending = Map::new();
-    for job in state
+#[utoipa::path(get, path = "/status", tag = "hrm", summary = "The instances started for tasks, and the pending ones among the newest tasks, paged (`X-Next-Offset`)", security(("api_key" = [])), params(PageQuery), responses((status = 200), (status = 403)))]
+pub(super) async fn status(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let window = query.window();
+    let listed = state
         .store
-        .list_jobs(&caller.0.account, Some(GROUP), 0)
-        .await?
-    {
+        .list_jobs_from(
+            &caller.0.account,
+            Some(GROUP),
+            window.offset,
+            window.to_read(),
+        )
+        .await?;
+    let (listed, next) = window.cut(listed);
+    let mut pending = Map::new();
+    for job in listed {
         let run = state.store.latest_run(&job.id).await?;
         if task_status(run.as_ref()) == "pending" {
             let instance = match &job.runner {
@@ -306,7 +320,7 @@ pub(super) async fn status(caller: Caller, state: web::Data<AppState>) -> ApiRes
         .store
         .set_members(&controlled_set(&caller.0.account))
         .await?;
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(ok_paged(&req, window, next).json(json!({
         "controlled_instances": controlled,
         "pending_tasks": pending,
     })))

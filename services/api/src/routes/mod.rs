@@ -10,13 +10,14 @@ pub mod metrics;
 mod minion;
 pub mod openapi;
 mod operations;
+mod paging;
 mod resources;
 mod simple;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-pub(crate) use input::{parse_json, Query};
+pub(crate) use input::{parse_json, parse_query, Query};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthcheck", web::get().to(health::healthcheck))

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use crate::auth::{presented_secret, Caller};
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
+use crate::routes::paging::{ok_paged, PageQuery, Window};
 use crate::routes::parse_json;
 use crate::state::AppState;
 
@@ -28,7 +29,8 @@ pub(super) struct OperationRequest {
     /// `schedule`, `list`, `status` or `callback`.
     #[schema(example = "schedule")]
     operation: String,
-    /// The job's key; `list` takes none.
+    /// The job's key; `list` takes `{"limit", "offset"}` or nothing (the newest 1,000, the rest by
+    /// the `X-Next-Offset` header).
     #[serde(default)]
     #[schema(value_type = Option<JobKey>)]
     payload: Value,
@@ -67,11 +69,17 @@ pub async fn operation(
                 .json(json!({"status": "OK", "mensagem": "Job agendado com sucesso"})))
         }
         "list" => {
-            let mut items = Vec::new();
-            for job in state.store.list_jobs(&account, Some(GROUP), 0).await? {
-                items.push(item(&state, &job).await?);
+            let window = list_window(&request.payload)?;
+            let listed = state
+                .store
+                .list_jobs_from(&account, Some(GROUP), window.offset, window.to_read())
+                .await?;
+            let (listed, next) = window.cut(listed);
+            let mut items = Vec::with_capacity(listed.len());
+            for job in &listed {
+                items.push(item(&state, job).await?);
             }
-            Ok(HttpResponse::Ok().json(items))
+            Ok(ok_paged(&req, window, next).json(items))
         }
         "status" => {
             let key = job_key(&request.payload)?;
@@ -104,6 +112,16 @@ pub async fn operation(
             "field": "operation",
         }))),
     }
+}
+
+/// `list` pages by `{"limit", "offset"}` in its payload (none: the first 1,000).
+fn list_window(payload: &Value) -> Result<Window, Error> {
+    if payload.is_null() {
+        return Ok(PageQuery::default().window());
+    }
+    let query: PageQuery = serde_json::from_value(payload.clone())
+        .map_err(|e| Error::invalid("payload", format!("list takes limit and offset: {e}")))?;
+    Ok(query.window())
 }
 
 fn job_key(payload: &Value) -> Result<JobKey, Error> {

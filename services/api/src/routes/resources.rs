@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
+use crate::routes::paging::Window;
 use crate::routes::{parse_json, Query};
 use crate::state::AppState;
 
@@ -180,18 +181,6 @@ pub struct ListQuery {
     account: Option<String>,
 }
 
-/// The most entries a listing skips: deeper pages cost Redis more, and nobody pages that far by hand.
-const MAX_OFFSET: usize = 10_000_000;
-
-/// One page of a listing: the entries of `limit` asked for (one more was read to know whether more
-/// follow), and where the next page starts, if there is one.
-fn page<T>(mut entries: Vec<T>, offset: usize, limit: usize) -> (Vec<T>, Option<usize>) {
-    let more = entries.len() > limit;
-    entries.truncate(limit);
-    let next = more.then_some(offset + limit);
-    (entries, next)
-}
-
 /// The account a request acts for: the caller's, or any for an admin naming one.
 fn account_for(caller: &Caller, requested: Option<&str>) -> Result<String, Error> {
     match requested {
@@ -219,13 +208,17 @@ pub async fn list_jobs(
     query: Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let account = account_for(&caller, query.account.as_deref())?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let offset = query.offset.unwrap_or(0).min(MAX_OFFSET);
+    let window = Window::new(query.offset, query.limit.or(Some(100)), 1000);
     let listed = state
         .store
-        .list_jobs_from(&account, query.group.as_deref(), offset, limit + 1)
+        .list_jobs_from(
+            &account,
+            query.group.as_deref(),
+            window.offset,
+            window.to_read(),
+        )
         .await?;
-    let (jobs, next_offset) = page(listed, offset, limit);
+    let (jobs, next_offset) = window.cut(listed);
     let jobs: Vec<_> = jobs.iter().map(view).collect();
     Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_offset": next_offset })))
 }
@@ -346,13 +339,12 @@ pub async fn list_runs(
     query: Query<RunsQuery>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let offset = query.offset.unwrap_or(0).min(MAX_OFFSET);
+    let window = Window::new(query.offset, query.limit.or(Some(50)), 1000);
     let listed = state
         .store
-        .job_runs_from(&job.id, offset, limit + 1)
+        .job_runs_from(&job.id, window.offset, window.to_read())
         .await?;
-    let (runs, next_offset) = page(listed, offset, limit);
+    let (runs, next_offset) = window.cut(listed);
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next_offset": next_offset })))
 }
 

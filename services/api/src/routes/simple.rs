@@ -1,7 +1,7 @@
 //! Seed 003's simple API: `POST /schedule`, `GET /list`, `GET /status/{id}`.
 //! Its examples work as written; fields beyond the seed's are additions.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spot_shared::model::{ContainerSpec, Instance, Job, Policies, Run, Runner};
@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
+use crate::routes::paging::{ok_paged, PageQuery};
 use crate::routes::{parse_json, Query};
 use crate::state::AppState;
 
@@ -101,22 +102,19 @@ pub async fn schedule(
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/list", tag = "simple", summary = "The account's jobs and their status words", security(("api_key" = [])), responses((status = 200, description = "`{\"jobs\": [{status, id, schedule}]}`"), (status = 403)))]
+#[utoipa::path(get, path = "/list", tag = "simple", summary = "The account's jobs and their status words, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(PageQuery), responses((status = 200, description = "`{\"jobs\": [{status, id, schedule}]}`"), (status = 403)))]
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
-    query: Query<ListQuery>,
+    req: HttpRequest,
+    query: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
-    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let window = query.window();
     let listed = state
         .store
-        .list_jobs(&caller.0.account, None, limit)
+        .list_jobs_from(&caller.0.account, None, window.offset, window.to_read())
         .await?;
+    let (listed, next) = window.cut(listed);
     let mut jobs = Vec::with_capacity(listed.len());
     for job in listed {
         let run = state.store.latest_run(&job.id).await?;
@@ -126,7 +124,7 @@ pub async fn list(
             "schedule": job.schedule,
         }));
     }
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+    Ok(ok_paged(&req, window, next).json(json!({ "jobs": jobs })))
 }
 
 #[utoipa::path(get, path = "/status/{id}", tag = "simple", summary = "A job's status with its aws and docker objects", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "Seed 003's status document"), (status = 404)))]

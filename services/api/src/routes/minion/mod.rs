@@ -18,6 +18,7 @@ use spot_shared::{Error, ErrorCode};
 
 use crate::auth::AUTH_HEADER;
 use crate::jobs;
+use crate::routes::paging::{ok_paged, PageQuery, Window};
 use crate::state::AppState;
 
 mod decode;
@@ -132,7 +133,7 @@ async fn authorize<'a>(
     Ok(settings)
 }
 
-#[utoipa::path(get, path = "/v1/minion/{account}/jobs", tag = "minion", summary = "The account's jobs as `group/id`", security(("api_key" = [])), params(("account" = String, Path)), responses((status = 200, description = "`[\"group/id\"]`"), (status = 403, description = "Missing or unknown key (empty body)"), (status = 404, content_type = "text/plain", description = "`account not found: X`")))]
+#[utoipa::path(get, path = "/v1/minion/{account}/jobs", tag = "minion", summary = "The account's jobs as `group/id`, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(("account" = String, Path), PageQuery), responses((status = 200, description = "`[\"group/id\"]`"), (status = 403, description = "Missing or unknown key (empty body)"), (status = 404, content_type = "text/plain", description = "`account not found: X`")))]
 pub(super) async fn list_all(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -142,8 +143,12 @@ pub(super) async fn list_all(
     if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
-    match list(&state, &account, None).await {
-        Ok(jobs) => HttpResponse::Ok().json(
+    let window = match page_window(&req) {
+        Ok(window) => window,
+        Err(response) => return response,
+    };
+    match list_page(&state, &account, None, window).await {
+        Ok((jobs, next)) => ok_paged(&req, window, next).json(
             jobs.iter()
                 .map(|job| format!("{}/{}", job.group, job.id))
                 .collect::<Vec<_>>(),
@@ -152,7 +157,7 @@ pub(super) async fn list_all(
     }
 }
 
-#[utoipa::path(get, path = "/v1/minion/{account}/jobs/{group}", tag = "minion", summary = "The ids of a group's jobs", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path)), responses((status = 200, description = "`[\"id\"]`"), (status = 403), (status = 404, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/v1/minion/{account}/jobs/{group}", tag = "minion", summary = "The ids of a group's jobs, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(("account" = String, Path), ("group" = String, Path), PageQuery), responses((status = 200, description = "`[\"id\"]`"), (status = 403), (status = 404, content_type = "text/plain")))]
 pub(super) async fn list_group(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -162,10 +167,37 @@ pub(super) async fn list_group(
     if let Err(response) = authorize(&req, &state, &account).await {
         return response;
     }
-    match list(&state, &account, Some(&group)).await {
-        Ok(jobs) => HttpResponse::Ok().json(jobs.iter().map(|job| &job.id).collect::<Vec<_>>()),
+    let window = match page_window(&req) {
+        Ok(window) => window,
+        Err(response) => return response,
+    };
+    match list_page(&state, &account, Some(&group), window).await {
+        Ok((jobs, next)) => {
+            ok_paged(&req, window, next).json(jobs.iter().map(|job| &job.id).collect::<Vec<_>>())
+        }
         Err(err) => from_error(err),
     }
+}
+
+/// `?limit=&offset=`, or minion's 400 naming the parameter.
+fn page_window(req: &HttpRequest) -> Result<Window, HttpResponse> {
+    crate::routes::parse_query::<PageQuery>(req.query_string())
+        .map(|query| query.window())
+        .map_err(from_error)
+}
+
+/// A page of the account's jobs (of one group), and where the next starts.
+async fn list_page(
+    state: &AppState,
+    account: &str,
+    group: Option<&str>,
+    window: Window,
+) -> Result<(Vec<Job>, Option<usize>), Error> {
+    let listed = state
+        .store
+        .list_jobs_from(account, group, window.offset, window.to_read())
+        .await?;
+    Ok(window.cut(listed))
 }
 
 async fn list(state: &AppState, account: &str, group: Option<&str>) -> Result<Vec<Job>, Error> {

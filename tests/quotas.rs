@@ -342,8 +342,8 @@ async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
 
     let first = app.create_job(ACCOUNT_KEY, job.clone()).await;
     run_now(first.clone()).await;
-    let (_, log) = output_of(&app, &first).await;
-    assert_eq!(log.len(), 80);
+    let (run, log) = output_of(&app, &first).await;
+    assert_eq!(log.len(), 80, "{run}");
     assert_eq!(store.history_bytes(&acme).await.unwrap(), 80);
 
     // Run again: the first run is trimmed from the history, and its bytes with it.

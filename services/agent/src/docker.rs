@@ -73,8 +73,11 @@ impl Engine {
                 Outcome::TimedOut
             }
         };
-        // Let the output stream drain so the report comes after the last line.
-        let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+        // Let the output stream drain so the report comes after the last line, then send what it
+        // missed.
+        if let Ok(Ok(sent)) = tokio::time::timeout(Duration::from_secs(10), logs).await {
+            send_rest(&self.docker, api, &container_id, sent).await;
+        }
         outcome
     }
 
@@ -162,8 +165,9 @@ impl Engine {
     }
 }
 
-/// Streams the container's stdout and stderr to the api in batches until the container ends.
-async fn forward_logs(docker: Docker, api: ApiClient, container_id: String) {
+/// Streams the container's stdout and stderr to the api in batches until the container ends;
+/// returns how many bytes it read.
+async fn forward_logs(docker: Docker, api: ApiClient, container_id: String) -> usize {
     let options = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
@@ -171,12 +175,15 @@ async fn forward_logs(docker: Docker, api: ApiClient, container_id: String) {
         .build();
     let mut stream = docker.logs(&container_id, Some(options));
     let mut buffer = Vec::new();
+    let mut read = 0;
     let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
     loop {
         tokio::select! {
             item = stream.next() => match item {
                 Some(Ok(output)) => {
-                    buffer.extend_from_slice(&output.into_bytes());
+                    let bytes = output.into_bytes();
+                    read += bytes.len();
+                    buffer.extend_from_slice(&bytes);
                     if buffer.len() >= LOG_FLUSH_BYTES {
                         flush(&api, &mut buffer).await;
                     }
@@ -191,6 +198,41 @@ async fn forward_logs(docker: Docker, api: ApiClient, container_id: String) {
         }
     }
     flush(&api, &mut buffer).await;
+    read
+}
+
+/// The most output read again after the container ends (the api keeps no more of a run's output).
+const CATCH_UP_LIMIT: usize = 1 << 20;
+
+/// Sends what the following stream missed: the engine may end a follow of a container that exits at
+/// once before its last output (a short-lived container's whole output, even). The finished log is
+/// read again and sent from where the stream stopped, up to [`CATCH_UP_LIMIT`].
+async fn send_rest(docker: &Docker, api: &ApiClient, container_id: &str, sent: usize) {
+    if sent >= CATCH_UP_LIMIT {
+        return;
+    }
+    let options = LogsOptionsBuilder::new()
+        .follow(false)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(container_id, Some(options));
+    let mut seen = 0;
+    let mut rest = Vec::new();
+    while let Some(item) = stream.next().await {
+        let Ok(output) = item else { break };
+        let bytes = output.into_bytes();
+        let skip = sent.saturating_sub(seen).min(bytes.len());
+        seen += bytes.len();
+        rest.extend_from_slice(&bytes[skip..]);
+        if seen >= CATCH_UP_LIMIT {
+            break;
+        }
+    }
+    if !rest.is_empty() {
+        tracing::info!(bytes = rest.len(), "sending output the stream missed");
+        flush(api, &mut rest).await;
+    }
 }
 
 async fn flush(api: &ApiClient, buffer: &mut Vec<u8>) {

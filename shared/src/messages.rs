@@ -42,6 +42,65 @@ pub struct FireBatch {
     pub fires: Vec<FireMessage>,
 }
 
+/// A message that carries fires through the timer levels: one, or a batch.
+pub trait CarriesFires: Serialize {
+    fn fires(&self) -> &[FireMessage];
+}
+
+impl CarriesFires for FireMessage {
+    fn fires(&self) -> &[FireMessage] {
+        std::slice::from_ref(self)
+    }
+}
+
+impl CarriesFires for FireBatch {
+    fn fires(&self) -> &[FireMessage] {
+        &self.fires
+    }
+}
+
+/// What a timer message carries, said in its AMQP headers so that "Get messages" in the RabbitMQ
+/// management UI is readable without decoding the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FireLabel {
+    /// `scheduled`, `retry`, `run-now`, or `mixed` for a batch of several kinds.
+    pub kind: &'static str,
+    pub count: usize,
+    /// The earliest and the latest instant among the fires.
+    pub first_due: Option<DateTime<Utc>>,
+    pub last_due: Option<DateTime<Utc>>,
+    /// The jobs fired, comma-separated, in the body's order.
+    pub job_ids: String,
+}
+
+impl FireLabel {
+    pub fn of(fires: &[FireMessage]) -> FireLabel {
+        let kind_of = |fire: &FireMessage| match (fire.manual, fire.attempt) {
+            (true, _) => "run-now",
+            (false, 1) => "scheduled",
+            (false, _) => "retry",
+        };
+        let mut kinds = fires.iter().map(kind_of);
+        let first = kinds.next();
+        let kind = match first {
+            Some(first) if kinds.all(|k| k == first) => first,
+            Some(_) => "mixed",
+            None => "none",
+        };
+        FireLabel {
+            kind,
+            count: fires.len(),
+            first_due: fires.iter().map(|f| f.scheduled_at).min(),
+            last_due: fires.iter().map(|f| f.scheduled_at).max(),
+            job_ids: fires
+                .iter()
+                .map(|f| f.job_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
 /// What the fires queue carries: one fire, or a batch of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -106,3 +165,28 @@ pub struct CallbackRequest {
 
 /// The header an agent sends its run's secret in.
 pub const RUN_SECRET_HEADER: &str = "X-Run-Secret";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_says_what_a_timer_message_carries() {
+        let at = |s: i64| DateTime::from_timestamp(1_900_000_000 + s, 0).unwrap();
+        let mut retry = FireMessage::scheduled("b", 1, at(5));
+        retry.attempt = 2;
+        let batch = FireBatch {
+            fires: vec![FireMessage::scheduled("a", 3, at(9)), retry],
+        };
+        let label = FireLabel::of(batch.fires());
+        assert_eq!(label.kind, "mixed");
+        assert_eq!(label.count, 2);
+        assert_eq!(
+            (label.first_due, label.last_due),
+            (Some(at(5)), Some(at(9)))
+        );
+        assert_eq!(label.job_ids, "a,b");
+        let one = FireMessage::scheduled("c", 1, at(1));
+        assert_eq!(FireLabel::of(one.fires()).kind, "scheduled");
+    }
+}

@@ -219,6 +219,33 @@ impl TestEnv {
         );
     }
 
+    /// The queues of this test's vhost whose names start with `prefix`, with their message counts (as
+    /// the management API last sampled them).
+    pub fn queue_depths(&self, prefix: &str) -> Vec<(String, u64)> {
+        let listing = management_request("GET", &format!("/api/queues/{}", self.name), "");
+        let queues: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap_or_default();
+        queues
+            .iter()
+            .filter_map(|q| {
+                let name = q["name"].as_str()?;
+                name.starts_with(prefix)
+                    .then(|| (name.to_string(), q["messages"].as_u64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Up to `count` messages of a queue, looked at as "Get messages" in the management UI does
+    /// (requeued after).
+    pub fn peek_messages(&self, queue: &str, count: usize) -> Vec<serde_json::Value> {
+        let body = format!(r#"{{"count":{count},"ackmode":"ack_requeue_true","encoding":"auto"}}"#);
+        let answer = management_request(
+            "POST",
+            &format!("/api/queues/{}/{queue}/get", self.name),
+            &body,
+        );
+        serde_json::from_str(&answer).unwrap_or_default()
+    }
+
     /// Messages now in the named queue of this test's vhost (as the management API last sampled).
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
         let body = management_request("GET", &format!("/api/queues/{}/{queue}", self.name), "");

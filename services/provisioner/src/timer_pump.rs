@@ -1,11 +1,12 @@
 //! The timer pump: hands timers from Redis to RabbitMQ shortly before they are due.
 //!
 //! Redis holds every job's next fire time (`timers:unarmed` until armed), so the api answers after its
-//! Redis write alone and RabbitMQ never holds the millions of timers due next month. With
-//! `timer_pump_level = -1` (the default) a timer is handed over in its last unit straight to the fires
-//! queue: no dead-letter hop. With a level `k`, it is handed over `2^k + 1` units ahead and waits in
-//! that one TTL level (one hop, instead of one per set bit of a long delay); a timer taken too late for
-//! its level (a job due sooner than the horizon) takes the levels of its remaining delay, as any does.
+//! Redis write alone and RabbitMQ never holds the millions of timers due next month. With a level `k`
+//! (`timer_pump_level`, 5 by default) a timer is handed over `2^k + 1` units ahead and waits in that
+//! one TTL level (one hop, instead of one per set bit of a long delay), where the management UI shows
+//! it coming; a timer taken too late for its level (a job due sooner than the horizon) takes the levels
+//! of its remaining delay, as any does. With `-1` a timer is handed over in its last unit straight to
+//! the fires queue: no dead-letter hop.
 //!
 //! The timers of a round travel several to a message ([`FireBatch`], `pump_message_fires` each), in
 //! order of their instants: RabbitMQ's work is per message, and a busy second has thousands due.

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::RabbitSettings;
 use crate::error::{Error, Result};
-use crate::messages::{FireMessage, TerminateRequest};
+use crate::messages::{CarriesFires, FireLabel, FireMessage, TerminateRequest};
 
 pub use subscription::{serve, Subscription};
 pub use topology::Topology;
@@ -290,11 +290,15 @@ impl Broker {
     }
 
     /// Arms a timer (a [`FireMessage`] or a [`crate::messages::FireBatch`]) that waits exactly `units`
-    /// in the levels (then the consumer holds the rest).
-    pub async fn arm_timer_units<T: Serialize>(&self, fires: &T, units: u64) -> Result<()> {
+    /// in the levels (then the consumer holds the rest). Its properties and headers say what it
+    /// carries ([`timer_properties`]): the levels are where a user looks for what is coming.
+    pub async fn arm_timer_units<T: CarriesFires>(&self, fires: &T, units: u64) -> Result<()> {
         let routing_key = self.topology().timers.routing_key_for_units(units);
         let exchange = self.topology().timers.exchange_for(units);
-        self.publish(&exchange, &routing_key, fires).await
+        let payload = serde_json::to_vec(fires)?;
+        let properties = timer_properties(&FireLabel::of(fires.fires()), units);
+        self.publish_bytes(&exchange, &routing_key, &payload, properties)
+            .await
     }
 
     /// Asks the reaper to terminate an instance.
@@ -403,6 +407,39 @@ impl Broker {
             }
         }
     }
+}
+
+/// A timer message's properties: persistent JSON of type `spot.fires`, and headers saying what it
+/// carries: `x-spot-kind` (`scheduled`, `retry`, `run-now`, `mixed`), `x-spot-fires` (how many),
+/// `x-spot-first-due` and `x-spot-last-due` (RFC 3339), `x-spot-jobs` (their ids), and
+/// `x-spot-delay-units` (what it waits in the levels). RabbitMQ keeps them through every dead-letter
+/// hop, beside its own `x-death`.
+pub fn timer_properties(label: &FireLabel, units: u64) -> BasicProperties {
+    let text = |value: String| lapin::types::AMQPValue::LongString(value.into());
+    let instant = |at: Option<DateTime<Utc>>| {
+        at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    let mut headers = FieldTable::default();
+    headers.insert("x-spot-kind".into(), text(label.kind.to_string()));
+    headers.insert(
+        "x-spot-fires".into(),
+        lapin::types::AMQPValue::LongLongInt(label.count as i64),
+    );
+    headers.insert("x-spot-first-due".into(), text(instant(label.first_due)));
+    headers.insert("x-spot-last-due".into(), text(instant(label.last_due)));
+    headers.insert("x-spot-jobs".into(), text(label.job_ids.clone()));
+    headers.insert(
+        "x-spot-delay-units".into(),
+        lapin::types::AMQPValue::LongLongInt(units as i64),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_type("spot.fires".into())
+        .with_app_id("spot-scheduler".into())
+        .with_timestamp(Utc::now().timestamp().max(0) as u64)
+        .with_headers(headers)
 }
 
 /// Settles a delivery by what handling it gave: ack on success; requeue after a pause when the error

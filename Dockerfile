@@ -1,5 +1,9 @@
 # One image with every spot-scheduler binary; docker-compose.yml picks the service by command.
-FROM rust:1-bookworm AS build
+# The base images can come from a mirror: --build-arg RUST_IMAGE=... BASE_IMAGE=... (both bookworm).
+ARG RUST_IMAGE=rust:1-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --bins \
@@ -7,7 +11,7 @@ RUN cargo build --release --workspace --bins \
     && cp target/release/spot-api target/release/spot-provisioner target/release/spot-reaper \
           target/release/spot-agent /out/
 
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/

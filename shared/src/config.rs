@@ -240,22 +240,39 @@ pub struct LogSettings {
 }
 
 impl Settings {
-    /// Defaults, then `file` (or the file named by `SPOT_CONFIG`), then the environment.
+    /// Defaults, then `file` (or the file named by `SPOT_CONFIG`), then TOML text in
+    /// `SPOT_CONFIG_TOML`, then the environment. The text form is for places that can set variables
+    /// but not mount files, such as every Compose version (`configs.content` needs Compose 2.23).
     pub fn load(file: Option<&Path>) -> Result<Settings, config::ConfigError> {
         let env_file = std::env::var_os("SPOT_CONFIG").map(PathBuf::from);
         let file = file.map(Path::to_path_buf).or(env_file);
+        let text = std::env::var("SPOT_CONFIG_TOML").ok();
+        Self::layered(file.as_deref(), text.as_deref(), Self::environment())
+    }
+
+    /// `SPOT__SECTION__KEY` variables (`SPOT_CONFIG*` have one underscore and are not among them).
+    fn environment() -> config::Environment {
+        config::Environment::with_prefix("SPOT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+    }
+
+    fn layered(
+        file: Option<&Path>,
+        text: Option<&str>,
+        environment: config::Environment,
+    ) -> Result<Settings, config::ConfigError> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
+        if let Some(text) = text {
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+        }
         builder
-            .add_source(
-                config::Environment::with_prefix("SPOT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
+            .add_source(environment)
             .build()?
             .try_deserialize::<Settings>()?
             .checked()
@@ -371,6 +388,36 @@ mod tests {
         assert_eq!(settings.auth.accounts[0].keys[0].expose_secret(), "k1");
         let err = Settings::from_toml("[api]\nprot = 9090\n").unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn layers_apply_file_then_text_then_environment() {
+        let dir = std::env::temp_dir().join(format!("spot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("spot.toml");
+        std::fs::write(&file, "[api]\nport = 9001\nhost = \"0.0.0.0\"\n").unwrap();
+        let text = "[api]\nport = 9002\n[[auth.accounts]]\nname = \"acme\"\nkeys = [\"k1\"]\n";
+        let environment = |vars: &[(&str, &str)]| {
+            let map = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::environment().source(Some(map))
+        };
+
+        let settings = Settings::layered(Some(&file), Some(text), environment(&[])).unwrap();
+        assert_eq!(
+            (settings.api.host.as_str(), settings.api.port),
+            ("0.0.0.0", 9002)
+        );
+        assert_eq!(settings.auth.accounts[0].name, "acme");
+        let env = environment(&[("SPOT__API__PORT", "9003"), ("SPOT_CONFIG_TOML", "ignored")]);
+        let settings = Settings::layered(Some(&file), Some(text), env).unwrap();
+        assert_eq!(settings.api.port, 9003);
+        // The text is checked like a file: an unknown key is refused, by name.
+        let err = Settings::layered(None, Some("[api]\nprot = 1\n"), environment(&[])).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -431,7 +431,8 @@ impl ContainerSpec {
                     format!("longer than {} bytes", limits::CMD_LEN),
                 ));
             }
-            if self.argv().is_none() {
+            // Empty (or blank) means the image's default command.
+            if !cmd.trim().is_empty() && self.argv().is_none() {
                 return Err(Error::invalid(
                     field("cmd"),
                     "has an unterminated quote or escape",
@@ -858,6 +859,9 @@ mod tests {
             .validate("")
             .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("cmd"));
+        // An empty command is the image's default, as `argv` reads it.
+        assert!(spec(Some(""), &[]).validate("").is_ok());
+        assert!(spec(Some("  "), &[]).validate("").is_ok());
         let mut empty_image = spec(None, &[]);
         empty_image.image = "  ".into();
         assert_eq!(

@@ -94,6 +94,9 @@ public_url = "{api}"
 [[auth.accounts]]
 name = "bench"
 keys = ["{KEY}"]
+# pending-1m holds a million jobs in one account: ten times the default quota.
+[quotas]
+max_jobs = 10000000
 [log]
 level = "warn"
 "#,

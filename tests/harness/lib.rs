@@ -315,20 +315,26 @@ fn dechunk(body: &str) -> String {
 /// `spot-agent`, built beside the test binary (`scripts/test` builds it first) or beside a tool
 /// binary such as `spot-chaos`.
 pub fn agent_binary() -> PathBuf {
+    workspace_binary("spot-agent")
+}
+
+/// One of the workspace's binaries (`spot-agent`, `spotctl`), found beside the test binary or in the
+/// target directory above it.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let here = exe.parent().expect("the executable's dir");
-    let dir = if here.join("spot-agent").exists() {
+    let dir = if here.join(name).exists() {
         here
     } else {
         here.parent().expect("target dir")
     };
-    let agent = dir.join("spot-agent");
+    let binary = dir.join(name);
     assert!(
-        agent.exists(),
+        binary.exists(),
         "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        agent.display()
+        binary.display()
     );
-    agent
+    binary
 }
 
 /// A service binary (`spot-provisioner`, say) run as a process of its own with the test's settings,

@@ -1,0 +1,200 @@
+//! Jobs: schedule, list, show, edit, enable, disable, delete, and their next fire times.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use chrono_tz::Tz;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{Output, ScheduleArgs};
+use crate::client::{segment, ApiClient, Body, CtlError, CtlResult};
+use crate::output::{self, text, when};
+
+pub async fn schedule(api: &ApiClient, output: Output, args: ScheduleArgs) -> CtlResult<()> {
+    let answer = match &args.file {
+        Some(path) => {
+            let job = read_job_file(path)?;
+            api.json(Method::POST, "/v1/jobs", Some(Body::Json(job)))
+                .await?
+        }
+        None => {
+            let mut body = json!({
+                "docker_image": args.image.clone(),
+                "schedule": args.at.clone(),
+                "env": args.env.clone(),
+            });
+            if let Some(cmd) = &args.cmd {
+                body["cmd"] = json!(cmd);
+            }
+            if !args.instance_types.is_empty() {
+                body["instance_types"] = json!(args.instance_types.clone());
+            }
+            if let Some(timeout) = args.timeout {
+                body["timeout_secs"] = json!(timeout);
+            }
+            api.json(Method::POST, "/schedule", Some(Body::Json(body)))
+                .await?
+        }
+    };
+    let next = match &answer["next_fire_at"] {
+        Value::Null => json!(args.at),
+        next => next.clone(),
+    };
+    let row = vec![text(&answer["id"]), when(&next)];
+    output::print(output, &answer, &["ID", "NEXT FIRE"], vec![row]);
+    Ok(())
+}
+
+/// A job file: JSON, or TOML when its name ends in `.toml`.
+fn read_job_file(path: &Path) -> CtlResult<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| CtlError::Usage(format!("{}: {err}", path.display())))?;
+    let parsed = if path.extension().is_some_and(|ext| ext == "toml") {
+        toml::from_str::<Value>(&text).map_err(|err| err.to_string())
+    } else {
+        serde_json::from_str::<Value>(&text).map_err(|err| err.to_string())
+    };
+    parsed.map_err(|err| CtlError::Usage(format!("{}: {err}", path.display())))
+}
+
+pub async fn list(
+    api: &ApiClient,
+    output: Output,
+    group: Option<&str>,
+    limit: usize,
+) -> CtlResult<()> {
+    let mut path = format!("/v1/jobs?limit={limit}");
+    if let Some(group) = group {
+        path.push_str(&format!("&group={}", segment(group)));
+    }
+    let answer = api.get(&path).await?;
+    let rows = answer["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(job_row)
+        .collect();
+    output::print(output, &answer, JOB_HEADER, rows);
+    Ok(())
+}
+
+const JOB_HEADER: &[&str] = &[
+    "ID",
+    "NAME",
+    "GROUP",
+    "SCHEDULE",
+    "TIME ZONE",
+    "ENABLED",
+    "NEXT FIRE",
+];
+
+fn job_row(job: &Value) -> Vec<String> {
+    vec![
+        text(&job["id"]),
+        text(&job["name"]),
+        text(&job["group"]),
+        text(&job["schedule"]),
+        text(&job["timezone"]),
+        if job["enabled"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+        .into(),
+        when(&job["next_fire_at"]),
+    ]
+}
+
+pub async fn get(api: &ApiClient, output: Output, job: &str) -> CtlResult<()> {
+    let answer = api.get(&format!("/v1/jobs/{}", segment(job))).await?;
+    show_job(output, &answer);
+    Ok(())
+}
+
+/// One job: its row, then its runner, as the api holds it.
+fn show_job(output: Output, job: &Value) {
+    if output == Output::Json {
+        return output::print(output, job, &[], Vec::new());
+    }
+    println!("{}", output::table(JOB_HEADER, vec![job_row(job)]));
+    println!(
+        "runner: {}",
+        serde_json::to_string_pretty(&job["runner"]).unwrap_or_default()
+    );
+}
+
+pub async fn edit(api: &ApiClient, output: Output, job: &str, file: &Path) -> CtlResult<()> {
+    let body = read_job_file(file)?;
+    let path = format!("/v1/jobs/{}", segment(job));
+    let answer = api.json(Method::PUT, &path, Some(Body::Json(body))).await?;
+    show_job(output, &answer);
+    Ok(())
+}
+
+pub async fn set_enabled(
+    api: &ApiClient,
+    output: Output,
+    job: &str,
+    enabled: bool,
+) -> CtlResult<()> {
+    let verb = if enabled { "enable" } else { "disable" };
+    let path = format!("/v1/jobs/{}/{verb}", segment(job));
+    let answer = api.json(Method::POST, &path, None).await?;
+    show_job(output, &answer);
+    Ok(())
+}
+
+pub async fn delete(api: &ApiClient, job: &str, yes: bool) -> CtlResult<()> {
+    if !yes && !confirmed(&format!("delete job {job} and all its runs?"))? {
+        return Err(CtlError::Usage("not deleted".into()));
+    }
+    api.json(Method::DELETE, &format!("/v1/jobs/{}", segment(job)), None)
+        .await?;
+    eprintln!("deleted {job}");
+    Ok(())
+}
+
+/// Asks on the terminal; without one (a script), only `--yes` confirms.
+fn confirmed(question: &str) -> CtlResult<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CtlError::Usage(format!(
+            "{question} Not asked without a terminal: pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|err| CtlError::Other(err.to_string()))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub async fn next(api: &ApiClient, output: Output, job: &str, count: usize) -> CtlResult<()> {
+    let path = format!("/v1/jobs/{}/next?count={count}", segment(job));
+    let answer = api.get(&path).await?;
+    let zone: Option<Tz> = answer["timezone"].as_str().and_then(|tz| tz.parse().ok());
+    let rows = answer["next"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let local = match (output::instant(at), zone) {
+                (Some(at), Some(zone)) => at
+                    .with_timezone(&zone)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string(),
+                _ => "-".into(),
+            };
+            vec![(i + 1).to_string(), local, when(at)]
+        })
+        .collect();
+    let zone_header = format!("IN {}", text(&answer["timezone"]));
+    output::print(output, &answer, &["#", &zone_header, "UTC"], rows);
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Runs: a job's runs and instances, running a job now (and waiting for it), and a run's output.
+
+use std::io::Write;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::Output;
+use crate::client::{segment, ApiClient, CtlError, CtlResult};
+use crate::output::{self, instant, span, text, when};
+
+async fn runs_of(api: &ApiClient, job: &str, limit: usize) -> CtlResult<Value> {
+    api.get(&format!("/v1/jobs/{}/runs?limit={limit}", segment(job)))
+        .await
+}
+
+fn runs_in(answer: &Value) -> &[Value] {
+    answer["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+pub async fn list(api: &ApiClient, output: Output, job: &str, limit: usize) -> CtlResult<()> {
+    let answer = runs_of(api, job, limit).await?;
+    let rows = runs_in(&answer)
+        .iter()
+        .map(|run| {
+            let transitions = &run["transitions"];
+            let started = transitions["pending"].clone();
+            let ended = run_end(run);
+            vec![
+                text(&run["id"]),
+                text(&run["attempt"]),
+                when(&run["scheduled_at"]),
+                text(&run["state"]),
+                text(&run["exit_code"]),
+                span(instant(&started), ended),
+                text(&run["instance_id"]),
+                text(&run["error"]),
+            ]
+        })
+        .collect();
+    let header = [
+        "RUN",
+        "ATTEMPT",
+        "SCHEDULED",
+        "STATE",
+        "EXIT",
+        "TOOK",
+        "INSTANCE",
+        "ERROR",
+    ];
+    output::print(output, &answer, &header, rows);
+    Ok(())
+}
+
+/// When a run reached its terminal state, if it has.
+fn run_end(run: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let state = run["state"].as_str()?;
+    if is_terminal(state) {
+        instant(&run["transitions"][state])
+    } else {
+        None
+    }
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(
+        state,
+        "succeeded" | "failed" | "timed_out" | "interrupted" | "cancelled" | "provision_failed"
+    )
+}
+
+pub async fn instances(api: &ApiClient, output: Output, job: &str, limit: usize) -> CtlResult<()> {
+    let answer = runs_of(api, job, limit).await?;
+    let mut instances = Vec::new();
+    for run in runs_in(&answer) {
+        if let Some(id) = run["instance_id"].as_str() {
+            instances.push(api.get(&format!("/v1/instances/{}", segment(id))).await?);
+        }
+    }
+    let rows = instances
+        .iter()
+        .map(|instance| {
+            let transitions = &instance["transitions"];
+            let launched = instant(&transitions["requested"]);
+            let ended = instant(&transitions["terminated"]);
+            vec![
+                text(&instance["id"]),
+                text(&instance["run_id"]),
+                text(&instance["provider"]),
+                text(&instance["instance_type"]),
+                text(&instance["lifecycle"]),
+                text(&instance["state"]),
+                when(&transitions["requested"]),
+                span(launched, ended),
+            ]
+        })
+        .collect();
+    let header = [
+        "INSTANCE",
+        "RUN",
+        "PROVIDER",
+        "TYPE",
+        "LIFECYCLE",
+        "STATE",
+        "LAUNCHED",
+        "LIVED",
+    ];
+    output::print(output, &json!({ "instances": instances }), &header, rows);
+    Ok(())
+}
+
+/// Runs the job now. With `wait`, follows the run's states on stderr until it ends and returns the
+/// container's exit code.
+pub async fn run_now(
+    api: &ApiClient,
+    output: Output,
+    job: &str,
+    wait: bool,
+    timeout: Duration,
+) -> CtlResult<u8> {
+    let path = format!("/v1/jobs/{}/run", segment(job));
+    let answer = api.json(Method::POST, &path, None).await?;
+    if !wait {
+        let row = vec![text(&answer["job_id"]), when(&answer["scheduled_at"])];
+        output::print(output, &answer, &["JOB", "RUNS AT"], vec![row]);
+        return Ok(0);
+    }
+    let scheduled_at = instant(&answer["scheduled_at"])
+        .ok_or_else(|| CtlError::Other("the api gave no scheduled_at".into()))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown = 0;
+    loop {
+        // The run of that instant with the highest attempt (retries are new attempts of it).
+        let runs = runs_of(api, job, 20).await?;
+        let run = runs_in(&runs)
+            .iter()
+            .filter(|run| instant(&run["scheduled_at"]) == Some(scheduled_at))
+            .max_by_key(|run| run["attempt"].as_u64());
+        if let Some(run) = run {
+            shown = show_progress(run, shown);
+            let state = run["state"].as_str().unwrap_or_default();
+            if is_terminal(state) {
+                eprintln!();
+                if output == Output::Json {
+                    output::print(output, run, &[], Vec::new());
+                }
+                return Ok(exit_code_of(run));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError::Other(format!(
+                "gave up waiting after {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Prints the states the run has reached since the last call, in order: `pending → provisioning → ...`.
+fn show_progress(run: &Value, shown: usize) -> usize {
+    let mut states: Vec<(&str, &str)> = run["transitions"]
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(state, at)| Some((state.as_str(), at.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    states.sort_by_key(|(_, at)| *at);
+    let mut stderr = std::io::stderr().lock();
+    if shown == 0 && !states.is_empty() {
+        let _ = write!(stderr, "run {}: ", text(&run["id"]));
+    }
+    for (i, (state, _)) in states.iter().enumerate().skip(shown) {
+        let arrow = if i == 0 { "" } else { " → " };
+        let _ = write!(stderr, "{arrow}{state}");
+    }
+    let _ = stderr.flush();
+    states.len().max(shown)
+}
+
+/// The container's exit code as the process's (255 at most; 1 when the run ended without one).
+fn exit_code_of(run: &Value) -> u8 {
+    match run["exit_code"].as_i64() {
+        Some(code) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        None => {
+            eprintln!(
+                "the run ended {} without an exit code{}",
+                text(&run["state"]),
+                run["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            1
+        }
+    }
+}
+
+pub async fn logs(api: &ApiClient, run: &str, follow: bool) -> CtlResult<()> {
+    let path = format!("/v1/runs/{}/logs?follow={follow}", segment(run));
+    let mut response = api.send(Method::GET, &path, None).await?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| CtlError::Other(format!("the output stream broke: {err}")))?
+    {
+        stdout
+            .write_all(&chunk)
+            .and_then(|_| stdout.flush())
+            .map_err(|err| CtlError::Other(err.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_the_containers() {
+        assert_eq!(exit_code_of(&json!({"exit_code": 3, "state": "failed"})), 3);
+        assert_eq!(
+            exit_code_of(&json!({"exit_code": 0, "state": "succeeded"})),
+            0
+        );
+        assert_eq!(
+            exit_code_of(&json!({"exit_code": 300, "state": "failed"})),
+            255
+        );
+        assert_eq!(
+            exit_code_of(&json!({"exit_code": null, "state": "provision_failed"})),
+            1
+        );
+    }
+}

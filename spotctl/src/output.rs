@@ -1,0 +1,86 @@
+//! Printing answers: a table for people, or the api's JSON unchanged for programs.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::UTF8_HORIZONTAL_ONLY, ContentArrangement, Table};
+use serde_json::Value;
+
+use crate::cli::Output;
+
+/// Prints `value` as JSON, or as the table `rows` builds from it.
+pub fn print(output: Output, value: &Value, header: &[&str], rows: Vec<Vec<String>>) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => println!("{}", table(header, rows)),
+    }
+}
+
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_HORIZONTAL_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
+    for row in rows {
+        table.add_row(row);
+    }
+    table
+}
+
+/// A field as text: strings bare, null as `-`, the rest as JSON.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(text) if text.is_empty() => "-".into(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn instant(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_str()?.parse().ok()
+}
+
+/// An instant to the second, in UTC.
+pub fn when(value: &Value) -> String {
+    instant(value)
+        .map(|at| at.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| text(value))
+}
+
+/// How long from `from` to `to` (or to now), as `1h02m03s`.
+pub fn span(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> String {
+    let Some(from) = from else { return "-".into() };
+    let seconds = (to.unwrap_or_else(Utc::now) - from).num_seconds().max(0);
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s:02}s"),
+        _ => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_read_as_hours_minutes_seconds() {
+        let start: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let end = |secs| Some(start + chrono::Duration::seconds(secs));
+        assert_eq!(span(Some(start), end(7)), "7s");
+        assert_eq!(span(Some(start), end(125)), "2m05s");
+        assert_eq!(span(Some(start), end(3723)), "1h02m03s");
+        assert_eq!(span(None, end(1)), "-");
+    }
+
+    #[test]
+    fn fields_print_bare() {
+        assert_eq!(text(&Value::Null), "-");
+        assert_eq!(text(&Value::from("")), "-");
+        assert_eq!(text(&Value::from("x")), "x");
+        assert_eq!(text(&Value::from(3)), "3");
+    }
+}

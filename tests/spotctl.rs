@@ -32,21 +32,40 @@ impl Outcome {
     }
 }
 
-/// Runs `spotctl` with the account's key against `app`, with no config file of the user's.
-async fn spotctl(env: &TestEnv, app: &TestApp, key: &str, args: &[&str]) -> Outcome {
-    let output = tokio::process::Command::new(workspace_binary("spotctl"))
-        .args(args)
-        .env("SPOT_API_URL", &app.address)
-        .env("SPOT_API_KEY", key)
-        .env("XDG_CONFIG_HOME", env.dir())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("spotctl runs");
-    Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+/// `spotctl` pointed at the test's api with a key, and no config file of the user's.
+struct Ctl<'a> {
+    env: &'a TestEnv,
+    app: &'a TestApp,
+    key: &'a str,
+}
+
+impl Ctl<'_> {
+    async fn run(&self, args: &[&str]) -> Outcome {
+        let output = tokio::process::Command::new(workspace_binary("spotctl"))
+            .args(args)
+            .env("SPOT_API_URL", &self.app.address)
+            .env("SPOT_API_KEY", self.key)
+            .env("XDG_CONFIG_HOME", self.env.dir())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("spotctl runs");
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// A command that must succeed, printed as a table.
+    async fn table(&self, args: &[&str]) -> String {
+        self.run(args).await.ok().stdout
+    }
+
+    /// A command that must succeed, with `-o json`.
+    async fn json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+        self.run(&args).await.ok().json()
     }
 }
 
@@ -63,7 +82,11 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;
     let dir = env.dir();
-    let ctl = |args: &'static [&'static str]| spotctl(&env, &app, ACCOUNT_KEY, args);
+    let ctl = Ctl {
+        env: &env,
+        app: &app,
+        key: ACCOUNT_KEY,
+    };
 
     // schedule: a TOML job file; the table shows the id, the JSON is the api's.
     let job_file = write(
@@ -72,15 +95,7 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
         "name = \"nightly\"\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n\
          [runner]\ntype = \"dummy\"\ntemplate = \"hello {{.Account}}\"\n",
     );
-    let created = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["-o", "json", "schedule", "-f", &job_file],
-    )
-    .await
-    .ok()
-    .json();
+    let created = ctl.json(&["schedule", "-f", &job_file]).await;
     let id = created["id"].as_str().expect("an id").to_string();
     assert_eq!(created["timezone"], "Europe/Berlin");
 
@@ -90,43 +105,25 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
         "bad.json",
         r#"{"schedule": "every tuesday", "runner": {"type": "dummy", "template": "x"}}"#,
     );
-    let refused = spotctl(&env, &app, ACCOUNT_KEY, &["schedule", "--file", &bad_file]).await;
+    let refused = ctl.run(&["schedule", "--file", &bad_file]).await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.stderr.contains("schedule"), "{}", refused.stderr);
-    let listed = ctl(&["-o", "json", "jobs"]).await.ok().json();
+    let listed = ctl.json(&["jobs"]).await;
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "{listed}");
 
     // jobs, get: the table has the job's row.
-    let table = ctl(&["jobs"]).await.ok().stdout;
+    let table = ctl.table(&["jobs"]).await;
     for cell in [id.as_str(), "nightly", "30 2 * * *", "Europe/Berlin", "yes"] {
         assert!(table.contains(cell), "{cell} missing from\n{table}");
     }
-    let got = spotctl(&env, &app, ACCOUNT_KEY, &["-o", "json", "get", &id])
-        .await
-        .ok()
-        .json();
+    let got = ctl.json(&["get", &id]).await;
     assert_eq!(got["id"], id.as_str());
-    assert!(spotctl(&env, &app, ACCOUNT_KEY, &["get", &id])
-        .await
-        .ok()
-        .stdout
-        .contains("dummy"));
+    assert!(ctl.table(&["get", &id]).await.contains("dummy"));
 
     // next: in the job's zone and in UTC; 02:30 in Berlin is 01:30 UTC in winter.
-    let next = spotctl(&env, &app, ACCOUNT_KEY, &["next", &id, "-n", "3"])
-        .await
-        .ok()
-        .stdout;
+    let next = ctl.table(&["next", &id, "-n", "3"]).await;
     assert_eq!(next.matches("02:30:00 CE").count(), 3, "{next}");
-    let next = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["-o", "json", "next", &id, "-n", "3"],
-    )
-    .await
-    .ok()
-    .json();
+    let next = ctl.json(&["next", &id, "-n", "3"]).await;
     assert_eq!(next["next"].as_array().unwrap().len(), 3);
 
     // edit from a JSON file; disable, enable.
@@ -135,110 +132,79 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
         "edit.json",
         r#"{"name": "hourly", "schedule": "@hourly", "runner": {"type": "dummy", "template": "hello {{.Account}}"}}"#,
     );
-    let edited = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["-o", "json", "edit", &id, "-f", &edit_file],
-    )
-    .await
-    .ok()
-    .json();
+    let edited = ctl.json(&["edit", &id, "-f", &edit_file]).await;
     assert_eq!(
         (edited["name"].as_str(), edited["schedule"].as_str()),
         (Some("hourly"), Some("@hourly"))
     );
-    let disabled = spotctl(&env, &app, ACCOUNT_KEY, &["-o", "json", "disable", &id])
-        .await
-        .ok()
-        .json();
+    let disabled = ctl.json(&["disable", &id]).await;
     assert_eq!(disabled["enabled"], false);
-    let table = spotctl(&env, &app, ACCOUNT_KEY, &["enable", &id])
-        .await
-        .ok()
-        .stdout;
+    let table = ctl.table(&["enable", &id]).await;
     assert!(table.contains("yes"), "{table}");
 
     // run --wait on the dummy runner: it succeeds, so spotctl exits 0 and shows the states it passed.
-    let waited = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["run", &id, "--wait", "--timeout", "60"],
-    )
-    .await
-    .ok();
+    let waited = ctl
+        .run(&["run", &id, "--wait", "--timeout", "60"])
+        .await
+        .ok();
     assert!(
         waited.stderr.contains("pending") && waited.stderr.contains("succeeded"),
         "{}",
         waited.stderr
     );
-    let runs = spotctl(&env, &app, ACCOUNT_KEY, &["-o", "json", "runs", &id])
-        .await
-        .ok()
-        .json();
+    let runs = ctl.json(&["runs", &id]).await;
     let run_id = runs["runs"][0]["id"].as_str().expect("a run").to_string();
-    let table = spotctl(&env, &app, ACCOUNT_KEY, &["runs", &id])
-        .await
-        .ok()
-        .stdout;
+    let table = ctl.table(&["runs", &id]).await;
     assert!(
         table.contains(&run_id) && table.contains("succeeded"),
         "{table}"
     );
-    let logs = spotctl(&env, &app, ACCOUNT_KEY, &["logs", &run_id])
-        .await
-        .ok()
-        .stdout;
+    let logs = ctl.table(&["logs", &run_id]).await;
     assert!(logs.contains("hello acme"), "{logs:?}");
     // A dummy run has no instance: the table is empty, the JSON too.
-    let instances = spotctl(&env, &app, ACCOUNT_KEY, &["-o", "json", "instances", &id])
-        .await
-        .ok()
-        .json();
+    let instances = ctl.json(&["instances", &id]).await;
     assert_eq!(instances["instances"], json!([]));
 
     // status: health and the figures of /metrics.
-    let status = ctl(&["status"]).await.ok().stdout;
+    let status = ctl.table(&["status"]).await;
     for cell in ["redis", "rabbitmq", "fires recorded", "firing lateness p99"] {
         assert!(status.contains(cell), "{cell} missing from\n{status}");
     }
-    let status = ctl(&["-o", "json", "status"]).await.ok().json();
+    let status = ctl.json(&["status"]).await;
     assert_eq!(status["health"]["redis"], "ok");
     assert!(status["fires"].as_f64().unwrap_or(0.0) >= 1.0, "{status}");
 
     // Conventional exit codes: a wrong key 3, an unknown job 1, usage 2.
-    let wrong_key = spotctl(&env, &app, "not-a-key", &["jobs"]).await;
+    let stranger = Ctl {
+        key: "not-a-key",
+        ..ctl
+    };
+    let wrong_key = stranger.run(&["jobs"]).await;
     assert_eq!(wrong_key.code, 3, "{}", wrong_key.stderr);
-    let unknown = ctl(&["get", "no-such-job"]).await;
+    let unknown = ctl.run(&["get", "no-such-job"]).await;
     assert_eq!(unknown.code, 1, "{}", unknown.stderr);
     assert!(
         unknown.stderr.contains("no-such-job") || unknown.stderr.contains("404"),
         "{}",
         unknown.stderr
     );
-    assert_eq!(ctl(&["frobnicate"]).await.code, 2);
+    assert_eq!(ctl.run(&["frobnicate"]).await.code, 2);
     assert_eq!(
-        ctl(&["schedule", "--image", "x"]).await.code,
+        ctl.run(&["schedule", "--image", "x"]).await.code,
         2,
         "--at is required"
     );
 
     // delete: refused without a terminal unless --yes; then gone.
-    let asked = spotctl(&env, &app, ACCOUNT_KEY, &["delete", &id]).await;
+    let asked = ctl.run(&["delete", &id]).await;
     assert_eq!(asked.code, 2, "{}", asked.stderr);
     assert!(asked.stderr.contains("--yes"), "{}", asked.stderr);
-    spotctl(&env, &app, ACCOUNT_KEY, &["get", &id]).await.ok();
-    spotctl(&env, &app, ACCOUNT_KEY, &["delete", &id, "--yes"])
-        .await
-        .ok();
-    assert_eq!(
-        spotctl(&env, &app, ACCOUNT_KEY, &["get", &id]).await.code,
-        1
-    );
+    ctl.run(&["get", &id]).await.ok();
+    ctl.run(&["delete", &id, "--yes"]).await.ok();
+    assert_eq!(ctl.run(&["get", &id]).await.code, 1);
 
     // Completions for a shell.
-    let completions = ctl(&["completions", "bash"]).await.ok().stdout;
+    let completions = ctl.table(&["completions", "bash"]).await;
     assert!(completions.contains("spotctl") && completions.contains("schedule"));
 
     provisioner.stop().await;
@@ -252,6 +218,11 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;
     let reaper = spawn_reaper(&env).await;
+    let ctl = Ctl {
+        env: &env,
+        app: &app,
+        key: ACCOUNT_KEY,
+    };
 
     // A container job that never fires on its own (once a year), run by hand.
     let job = json!({
@@ -260,24 +231,10 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
         "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo from the container; exit 3'"},
     });
     let job_file = write(&env.dir(), "container.json", &job.to_string());
-    let created = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["-o", "json", "schedule", "-f", &job_file],
-    )
-    .await
-    .ok()
-    .json();
+    let created = ctl.json(&["schedule", "-f", &job_file]).await;
     let id = created["id"].as_str().unwrap().to_string();
 
-    let waited = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["run", &id, "--wait", "--timeout", "120"],
-    )
-    .await;
+    let waited = ctl.run(&["run", &id, "--wait", "--timeout", "120"]).await;
     assert_eq!(waited.code, 3, "stderr: {}", waited.stderr);
     for state in ["pending", "running", "failed"] {
         assert!(
@@ -288,10 +245,7 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
     }
     let run = &app.runs(&id).await[0];
     let run_id = run["id"].as_str().unwrap();
-    let logs = spotctl(&env, &app, ACCOUNT_KEY, &["logs", "-f", run_id])
-        .await
-        .ok()
-        .stdout;
+    let logs = ctl.table(&["logs", "-f", run_id]).await;
     assert_eq!(logs, "from the container\n");
 
     // Its instance: the local provider's, terminated once the reaper is done with it.
@@ -299,19 +253,13 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
         Duration::from_secs(60),
         "the instance to be terminated",
         || async {
-            let out = spotctl(&env, &app, ACCOUNT_KEY, &["-o", "json", "instances", &id])
-                .await
-                .ok()
-                .json();
+            let out = ctl.json(&["instances", &id]).await;
             (out["instances"][0]["state"] == "terminated").then_some(out)
         },
     )
     .await;
     assert_eq!(instances["instances"][0]["provider"], "local");
-    let table = spotctl(&env, &app, ACCOUNT_KEY, &["instances", &id])
-        .await
-        .ok()
-        .stdout;
+    let table = ctl.table(&["instances", &id]).await;
     assert!(
         table.contains("local") && table.contains("terminated"),
         "{table}"
@@ -321,25 +269,15 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
     let at = (chrono::Utc::now() + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let simple = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &[
-            "-o", "json", "schedule", "--image", image, "--at", &at, "--cmd", "true", "-e", "A=1",
-        ],
-    )
-    .await
-    .ok()
-    .json();
+    let simple = ctl
+        .json(&[
+            "schedule", "--image", image, "--at", &at, "--cmd", "true", "-e", "A=1",
+        ])
+        .await;
     assert_eq!(simple["status"], "scheduled");
-    let missing = spotctl(
-        &env,
-        &app,
-        ACCOUNT_KEY,
-        &["schedule", "--image", image, "--at", "not a time"],
-    )
-    .await;
+    let missing = ctl
+        .run(&["schedule", "--image", image, "--at", "not a time"])
+        .await;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
     assert!(missing.stderr.contains("schedule"), "{}", missing.stderr);
 

@@ -29,6 +29,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
     table
 }
 
+/// The array under `key` (empty if absent).
+pub fn items<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value[key].as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// A field as text: strings bare, null as `-`, the rest as JSON.
 pub fn text(value: &Value) -> String {
     match value {

@@ -69,13 +69,7 @@ pub async fn list(
         path.push_str(&format!("&group={}", segment(group)));
     }
     let answer = api.get(&path).await?;
-    let rows = answer["jobs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(job_row)
-        .collect();
+    let rows = output::items(&answer, "jobs").iter().map(job_row).collect();
     output::print(output, &answer, JOB_HEADER, rows);
     Ok(())
 }
@@ -177,10 +171,7 @@ pub async fn next(api: &ApiClient, output: Output, job: &str, count: usize) -> C
     let path = format!("/v1/jobs/{}/next?count={count}", segment(job));
     let answer = api.get(&path).await?;
     let zone: Option<Tz> = answer["timezone"].as_str().and_then(|tz| tz.parse().ok());
-    let rows = answer["next"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows = output::items(&answer, "next")
         .iter()
         .enumerate()
         .map(|(i, at)| {

@@ -16,10 +16,7 @@ async fn runs_of(api: &ApiClient, job: &str, limit: usize) -> CtlResult<Value> {
 }
 
 fn runs_in(answer: &Value) -> &[Value] {
-    answer["runs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    output::items(answer, "runs")
 }
 
 pub async fn list(api: &ApiClient, output: Output, job: &str, limit: usize) -> CtlResult<()> {

@@ -4,7 +4,7 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [--jobs N]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [--jobs N]
 //!        [--clients N] [--pump-level L]
 
 use std::collections::HashMap;
@@ -49,6 +49,7 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
 }
 
 mod bcrypt_flood;
+mod lifecycle;
 
 /// Settings the bench run varies.
 #[derive(Debug, Clone, Default)]
@@ -550,8 +551,9 @@ async fn main() -> anyhow::Result<()> {
             "cron-10k" => cron(&bin_dir, jobs(10_000), 3, options).await?,
             "pending-1m" => pending(&bin_dir, jobs(1_000_000), options).await?,
             "bcrypt-flood" => bcrypt_flood::run(&bin_dir, options).await?,
+            "lifecycle-200" => lifecycle::run(&bin_dir, jobs(200), options).await?,
             other => bail!(
-                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood)"
+                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200)"
             ),
         };
         let mut result = result;

@@ -41,8 +41,15 @@ struct Ctl<'a> {
 
 impl Ctl<'_> {
     async fn run(&self, args: &[&str]) -> Outcome {
+        self.run_with(args, &[]).await
+    }
+
+    /// With more environment variables (EDITOR, say).
+    async fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Outcome {
         let output = tokio::process::Command::new(workspace_binary("spotctl"))
             .args(args)
+            .envs(vars.iter().copied())
+            .env_remove("VISUAL")
             .env("SPOT_API_URL", &self.app.address)
             .env("SPOT_API_KEY", self.key)
             .env("XDG_CONFIG_HOME", self.env.dir())
@@ -136,6 +143,31 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
     assert_eq!(
         (edited["name"].as_str(), edited["schedule"].as_str()),
         (Some("hourly"), Some("@hourly"))
+    );
+    // edit in $EDITOR: here a script that changes the schedule; an editor that changes nothing
+    // leaves the job alone.
+    let editor = write(
+        &dir,
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/@hourly/@daily/' \"$1\"\n",
+    );
+    let edited = ctl
+        .run_with(
+            &["-o", "json", "edit", &id],
+            &[("EDITOR", &format!("sh {editor}"))],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(edited["schedule"], "@daily");
+    let untouched = ctl
+        .run_with(&["edit", &id], &[("EDITOR", "true")])
+        .await
+        .ok();
+    assert!(
+        untouched.stderr.contains("unchanged"),
+        "{}",
+        untouched.stderr
     );
     let disabled = ctl.json(&["disable", &id]).await;
     assert_eq!(disabled["enabled"], false);

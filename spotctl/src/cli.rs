@@ -49,11 +49,12 @@ pub enum Command {
     },
     /// One job, in full.
     Get { job: String },
-    /// Replace a job's specification with a JSON or TOML file (the fields of `schedule --file`).
+    /// Replace a job's specification: from a JSON or TOML file (the fields of `schedule --file`), or
+    /// by editing its current one in $VISUAL or $EDITOR.
     Edit {
         job: String,
         #[arg(long, short)]
-        file: PathBuf,
+        file: Option<PathBuf>,
     },
     /// Enable a job and arm its next fire.
     Enable { job: String },

@@ -34,7 +34,7 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Schedule(args) => jobs::schedule(&api, out, args).await?,
         Command::Jobs { group, limit } => jobs::list(&api, out, group.as_deref(), limit).await?,
         Command::Get { job } => jobs::get(&api, out, &job).await?,
-        Command::Edit { job, file } => jobs::edit(&api, out, &job, &file).await?,
+        Command::Edit { job, file } => jobs::edit(&api, out, &job, file.as_deref()).await?,
         Command::Enable { job } => jobs::set_enabled(&api, out, &job, true).await?,
         Command::Disable { job } => jobs::set_enabled(&api, out, &job, false).await?,
         Command::Delete { job, yes } => jobs::delete(&api, &job, yes).await?,

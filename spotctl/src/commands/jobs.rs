@@ -119,12 +119,73 @@ fn show_job(output: Output, job: &Value) {
     );
 }
 
-pub async fn edit(api: &ApiClient, output: Output, job: &str, file: &Path) -> CtlResult<()> {
-    let body = read_job_file(file)?;
+pub async fn edit(
+    api: &ApiClient,
+    output: Output,
+    job: &str,
+    file: Option<&Path>,
+) -> CtlResult<()> {
     let path = format!("/v1/jobs/{}", segment(job));
+    let body = match file {
+        Some(file) => read_job_file(file)?,
+        None => {
+            let current = editable(&api.get(&path).await?);
+            match edit_in_editor(job, &current)? {
+                Some(edited) => edited,
+                None => {
+                    eprintln!("{job} unchanged");
+                    return Ok(());
+                }
+            }
+        }
+    };
     let answer = api.json(Method::PUT, &path, Some(Body::Json(body))).await?;
     show_job(output, &answer);
     Ok(())
+}
+
+/// The fields of a job that `/v1/jobs` takes back, from the job as the api shows it.
+fn editable(job: &Value) -> Value {
+    const FIELDS: [&str; 9] = [
+        "name",
+        "description",
+        "tags",
+        "group",
+        "schedule",
+        "timezone",
+        "runner",
+        "enabled",
+        "policies",
+    ];
+    let fields = FIELDS
+        .iter()
+        .filter_map(|&field| Some((field.to_string(), job.get(field)?.clone())));
+    Value::Object(fields.collect())
+}
+
+/// Opens the job in the user's editor; the edited job, or `None` if it was left as it was.
+fn edit_in_editor(job: &str, current: &Value) -> CtlResult<Option<Value>> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let file = std::env::temp_dir().join(format!("spotctl-edit-{}.json", segment(job)));
+    let text = serde_json::to_string_pretty(current).unwrap_or_default() + "\n";
+    std::fs::write(&file, &text)
+        .map_err(|err| CtlError::Other(format!("{}: {err}", file.display())))?;
+    // Through the shell, so that EDITOR may carry arguments ("code --wait").
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("spotctl")
+        .arg(&file)
+        .status()
+        .map_err(|err| CtlError::Other(format!("starting {editor}: {err}")))?;
+    if !status.success() {
+        return Err(CtlError::Other(format!("{editor} exited with {status}")));
+    }
+    let edited = read_job_file(&file)?;
+    let _ = std::fs::remove_file(&file);
+    Ok((edited != *current).then_some(edited))
 }
 
 pub async fn set_enabled(

@@ -53,7 +53,7 @@ pub async fn status(api: &ApiClient, output: Output) -> CtlResult<u8> {
             bound("lateness_p99_le_seconds"),
         ],
     ];
-    output::print(output, &summary, &["", ""], rows);
+    output::print(output, &summary, &[], rows);
     // Degraded is a failure for scripts that check it.
     Ok(if summary["health"]["status"] == "live" {
         0

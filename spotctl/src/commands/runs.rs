@@ -63,6 +63,7 @@ fn run_end(run: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
     }
 }
 
+/// `RunState::is_terminal` of spot-shared, by name (spotctl does not link the services' crate).
 fn is_terminal(state: &str) -> bool {
     matches!(
         state,
@@ -202,12 +203,13 @@ fn exit_code_of(run: &Value) -> u8 {
 pub async fn logs(api: &ApiClient, run: &str, follow: bool) -> CtlResult<()> {
     let path = format!("/v1/runs/{}/logs?follow={follow}", segment(run));
     let mut response = api.send(Method::GET, &path, None).await?;
-    let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = response
         .chunk()
         .await
         .map_err(|err| CtlError::Other(format!("the output stream broke: {err}")))?
     {
+        // Written as it comes: a followed run's output shows while the run goes on.
+        let mut stdout = std::io::stdout().lock();
         stdout
             .write_all(&chunk)
             .and_then(|_| stdout.flush())

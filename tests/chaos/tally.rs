@@ -12,7 +12,8 @@ use spot_tests::image;
 pub enum Expect {
     /// Exactly this many runs, attempts 1..=n.
     Runs(usize),
-    /// A cron job: no instant twice, and its last instant in the window fired.
+    /// A cron job: no instant twice, and its last instant in the window fired (or a late fire,
+    /// written at or after it, caught up on it).
     Cron { last: DateTime<Utc> },
     /// As many runs as run-nows were accepted (counted in `accepted`).
     RunNows,
@@ -31,6 +32,8 @@ pub struct Tally {
     pub collapsed: usize,
     /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
     pub lost_runs: usize,
+    /// Cron jobs whose last instant was caught up on by a late fire rather than fired: reported.
+    pub cron_caught_up: usize,
     /// Runs of cron jobs (not in `runs`: how many a cron job gets depends on what it missed).
     pub cron_runs: usize,
     /// The latest first fire of any one-shot, from its instant to its run's record, in seconds: how
@@ -39,6 +42,9 @@ pub struct Tally {
     /// Whether all work due before the last fault is done.
     pub due_before_fault_done: bool,
     pub run_ids: HashSet<String>,
+    /// For each job counted lost or duplicated: its id, what it had to show and its runs (instant,
+    /// attempt, when recorded), printed when the scenario fails.
+    pub suspects: Vec<String>,
 }
 
 async fn runs_of(store: &Store, job_id: &str) -> anyhow::Result<Vec<Run>> {
@@ -92,9 +98,20 @@ pub async fn tally(
                 (n, runs.len().saturating_sub(n))
             }
             Expect::Cron { last } => {
-                // Lost: the schedule stopped (its last instant in the window never fired).
-                if !runs.iter().any(|r| r.scheduled_at == *last) {
+                // Lost: the schedule stopped: its last instant in the window never fired, and no
+                // fire written at or after it caught up on it. (A fire a fault held up past the
+                // last instant runs once for what it missed and moves on past the window's end.)
+                let caught_up = |r: &Run| r.transitions.values().min().is_some_and(|t| t >= last);
+                let fired_last = runs.iter().any(|r| r.scheduled_at == *last);
+                if !fired_last && runs.iter().any(caught_up) {
+                    tally.cron_caught_up += 1;
+                }
+                if !fired_last && !runs.iter().any(caught_up) {
                     tally.lost += 1;
+                    tally.suspects.push(describe(job_id, expect, &runs));
+                }
+                if twice > 0 {
+                    tally.suspects.push(describe(job_id, expect, &runs));
                 }
                 tally.cron_runs += runs.len();
                 // Instants every 5 s from the first run to the last one expected.
@@ -109,11 +126,38 @@ pub async fn tally(
         tally.expected += wanted;
         tally.lost += wanted.saturating_sub(runs.len());
         tally.duplicated += extra.max(twice);
+        if runs.len() != wanted || twice > 0 {
+            tally.suspects.push(describe(job_id, expect, &runs));
+        }
         if due.is_some_and(|due| due < last_fault) && runs.len() < wanted {
             tally.due_before_fault_done = false;
         }
     }
     Ok(tally)
+}
+
+/// One job's runs, for a look at what went wrong: instant, attempt, state and when recorded.
+fn describe(job_id: &str, expect: &Expect, runs: &[Run]) -> String {
+    let mut runs: Vec<&Run> = runs.iter().collect();
+    runs.sort_by_key(|r| (r.scheduled_at, r.attempt));
+    let shown: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let recorded = r
+                .transitions
+                .values()
+                .min()
+                .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                .unwrap_or_else(|| "-".into());
+            format!(
+                "{}#{} {} recorded {recorded}",
+                r.scheduled_at.format("%H:%M:%S%.3f"),
+                r.attempt,
+                r.state
+            )
+        })
+        .collect();
+    format!("{job_id} {expect:?}: [{}]", shown.join(", "))
 }
 
 /// Containers, running or not, left by this scenario's runs.

@@ -226,7 +226,8 @@ impl Store {
         self.list_jobs_from(account, group, 0, limit).await
     }
 
-    /// A page of an account's jobs, newest first: `limit` of them (0: all) after the first `offset`.
+    /// A page of an account's jobs, newest first, with their next fire times: `limit` of them (0:
+    /// all) after the first `offset`.
     pub async fn list_jobs_from(
         &self,
         account: &str,
@@ -240,9 +241,28 @@ impl Store {
         let mut jobs = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            jobs.extend(self.get_jobs(&refs).await?.into_iter().flatten());
+            let mut found: Vec<Job> = self.get_jobs(&refs).await?.into_iter().flatten().collect();
+            self.fill_next_fires(&mut found).await?;
+            jobs.extend(found);
         }
         Ok(jobs)
+    }
+
+    /// Sets each job's `next_fire_at` from its timer (one pipeline).
+    async fn fill_next_fires(&self, jobs: &mut [Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for job in jobs.iter() {
+            pipe.zscore(self.key("timers"), &job.id);
+        }
+        let mut conn = self.conn.clone();
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
+        for (job, score) in jobs.iter_mut().zip(scores) {
+            job.next_fire_at = score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+        }
+        Ok(())
     }
 
     /// An account's job ids (of one group, if given), newest first.

@@ -35,6 +35,9 @@ ensure_packages() {
     # The tests build their image from Debian's static busybox.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
     command -v curl >/dev/null || missing+=(curl)
+    # The dashboard's browser tests (tests/dashboard.rs) drive a headless Chromium over WebDriver.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     # jemalloc (the services' allocator) builds from C with make.
     command -v make >/dev/null || missing+=(make)
     # moto's EC2 server plays AWS in the tests.

@@ -386,6 +386,21 @@ impl Broker {
         self.link()?.consume(queue, prefetch, tag).await
     }
 
+    /// How many messages wait in `queue` (a passive declare, on a channel of its own: a queue that is
+    /// missing closes the channel it was asked on).
+    pub async fn message_count(&self, queue: &str) -> Result<u32> {
+        let channel = self.channel().await?;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared?.message_count())
+    }
+
     /// A plain channel, for tests and tools that fetch messages one at a time.
     pub async fn channel(&self) -> Result<Channel> {
         Ok(self.link()?.connection.create_channel().await?)

@@ -4,6 +4,9 @@
 //!
 //! Lateness is measured once the write is done, so it counts the whole way: timer, pump, queue, hold,
 //! and Redis itself.
+//!
+//! Beside it, fires per minute: one counter per wall-clock minute (`metrics:fires:{minute}`, kept two
+//! hours), for the dashboard's chart of the last hour.
 
 use std::collections::HashMap;
 
@@ -18,6 +21,14 @@ pub const LATENESS_BUCKETS_MS: [u64; 14] = [
 ];
 
 const HISTOGRAM_KEY: &str = "metrics:fire_lateness";
+
+/// How long a minute's fire counter is kept.
+const FIRES_PER_MINUTE_TTL_SECS: i64 = 2 * 3600;
+
+/// The minute an instant falls in, as minutes since the epoch.
+fn minute_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(60)
+}
 
 /// Observations per bucket (not cumulative), their count and their sum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,10 +105,42 @@ impl Store {
             .ignore()
             .hincr(&key, "sum_ms", histogram.sum_ms)
             .ignore();
+        // Counted in the minute they were written: the chart shows when the work happened.
+        let minute = self.key(&format!("metrics:fires:{}", minute_of(Utc::now())));
+        pipe.incr(&minute, histogram.count)
+            .ignore()
+            .expire(&minute, FIRES_PER_MINUTE_TTL_SECS)
+            .ignore();
         let mut conn = self.conn.clone();
         if let Err(err) = pipe.query_async::<()>(&mut conn).await {
             tracing::warn!(error = %err, "fire lateness not recorded");
         }
+    }
+
+    /// Fires written in each of the `minutes` whole minutes up to and including the current one,
+    /// oldest first: `(the minute's start, fires)`.
+    pub async fn fires_per_minute(&self, minutes: usize) -> Result<Vec<(DateTime<Utc>, u64)>> {
+        let now = minute_of(Utc::now());
+        let starts: Vec<i64> = (0..minutes as i64).rev().map(|back| now - back).collect();
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = starts
+            .iter()
+            .map(|minute| self.key(&format!("metrics:fires:{minute}")))
+            .collect();
+        let mut conn = self.conn.clone();
+        let counts: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(starts
+            .into_iter()
+            .zip(counts)
+            .filter_map(|(minute, count)| {
+                Some((
+                    DateTime::from_timestamp(minute * 60, 0)?,
+                    count.unwrap_or(0),
+                ))
+            })
+            .collect())
     }
 
     /// The shared histogram as it stands.

@@ -10,9 +10,11 @@ pub mod metrics;
 mod minion;
 pub mod openapi;
 mod operations;
+mod overview;
 mod paging;
 mod resources;
 mod simple;
+mod ui;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -36,6 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/openapi.json", web::get().to(openapi::document))
         .route("/metrics", web::get().to(metrics::metrics))
+        .route("/v1/overview", web::get().to(overview::overview))
+        .configure(ui::configure)
         .configure(minion::configure)
         .route("/JobScheduler", web::post().to(operations::operation))
         .configure(cronjob::configure)

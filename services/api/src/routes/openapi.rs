@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, callback, cronjob, health, hrm, metrics, minion, operations, resources, simple,
+    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, resources, simple,
 };
 
 #[derive(OpenApi)]
@@ -39,6 +39,7 @@ use super::{
         agent::append_logs,
         agent::heartbeat,
         metrics::metrics,
+        overview::overview,
         document,
         minion::ping,
         minion::version,

@@ -179,7 +179,12 @@ pub struct ListQuery {
     /// Skip this many, newest first: the `next_offset` of the page before.
     offset: Option<usize>,
     account: Option<String>,
+    /// Include each job's latest runs (newest first, up to 25) as `last_runs`: the dashboard's grid.
+    last_runs: Option<usize>,
 }
+
+/// The most runs of each job `GET /v1/jobs?last_runs=` includes.
+const MAX_LAST_RUNS: usize = 25;
 
 /// The account a request acts for: the caller's, or any for an admin naming one.
 fn account_for(caller: &Caller, requested: Option<&str>) -> Result<String, Error> {
@@ -218,9 +223,20 @@ pub async fn list_jobs(
             window.to_read(),
         )
         .await?;
+    let last_runs = query.last_runs.unwrap_or(0);
+    if last_runs > MAX_LAST_RUNS {
+        return Err(Error::invalid("last_runs", format!("must be 0..={MAX_LAST_RUNS}")).into());
+    }
     let (jobs, next_offset) = window.cut(listed);
-    let jobs: Vec<_> = jobs.iter().map(view).collect();
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs, "next_offset": next_offset })))
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        let mut shown = view(job);
+        if last_runs > 0 {
+            shown["last_runs"] = json!(state.store.job_runs_from(&job.id, 0, last_runs).await?);
+        }
+        views.push(shown);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "jobs": views, "next_offset": next_offset })))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", summary = "One job", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]

@@ -1,0 +1,481 @@
+//! The dashboard at `/ui` in a real headless Chromium (Debian's `chromium` and `chromedriver`, driven
+//! over WebDriver by fantoccini) against the real stack: api, provisioner and reaper over Redis,
+//! RabbitMQ and Docker. One walk through a user's path: sign in (a refused key first), a job with a
+//! bad schedule (the field's message shows), a good one, run it now, its run live to `succeeded` with
+//! its output and its instance, edit, disable, the overview's charts with data, phone width, delete.
+//! Each page's screenshot is written to `target/ui-screenshots/` (or `$SPOT_UI_SCREENSHOTS`).
+//!
+//! Also, without a browser: what `/ui` serves (versioned assets, the content security policy) and the
+//! bounds of `GET /v1/jobs?last_runs=`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{json, Value};
+use spot_tests::image::busybox_image;
+use spot_tests::*;
+
+/// A chromedriver process on a port of its own, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (apt-get install chromium chromium-driver)");
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        eventually(Duration::from_secs(20), "chromedriver answers", || async {
+            reqwest::get(&status)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        Driver { child, url }
+    }
+
+    /// A headless browser session at a desktop size.
+    async fn browser(&self) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-extensions", "--no-first-run",
+                    "--window-size=1280,900"],
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = std::env::var_os("SPOT_UI_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/dashboard-… → target/ui-screenshots
+            let exe = std::env::current_exe().expect("the test's path");
+            exe.ancestors()
+                .nth(3)
+                .map(|target| target.join("ui-screenshots"))
+                .unwrap_or_else(|| std::env::temp_dir().join("ui-screenshots"))
+        });
+    std::fs::create_dir_all(&dir).expect("the screenshot directory");
+    dir
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.expect("a screenshot");
+    let path = screenshot_dir().join(format!("{name}.png"));
+    std::fs::write(&path, png).expect("the screenshot written");
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Waits for an element, for up to `secs`.
+async fn wait_for(browser: &Client, css: &str, secs: u64) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(secs))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|err| panic!("{css} did not appear within {secs} s: {err}"))
+}
+
+/// Waits until the element's text contains `wanted`; returns the text.
+async fn wait_for_text(browser: &Client, css: &str, wanted: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(node) = browser.find(Locator::Css(css)).await {
+            if let Ok(text) = node.text().await {
+                if text.contains(wanted) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{css} never showed {wanted:?} within {secs} s; last: {last:?}");
+}
+
+/// Waits until no element matches.
+async fn wait_gone(browser: &Client, css: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while browser
+        .find_all(Locator::Css(css))
+        .await
+        .is_ok_and(|found| !found.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css} still there after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn fill(browser: &Client, css: &str, text: &str) {
+    let input = browser.find(Locator::Css(css)).await.expect(css);
+    input.clear().await.expect("cleared");
+    input.send_keys(text).await.expect("typed");
+}
+
+async fn click(browser: &Client, css: &str) {
+    wait_for(browser, css, 10)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|err| panic!("click {css}: {err}"));
+}
+
+async fn job_json(app: &TestApp, id: &str) -> (u16, Value) {
+    let response = app.get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_user_drives_a_job_through_the_dashboard() {
+    let env = TestEnv::new();
+    let image = busybox_image().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    // Neighbours for the grid and the charts: a job firing every second, one whose container fails.
+    app.create_job(
+        ACCOUNT_KEY,
+        json!({"name": "heartbeat", "group": "ops", "schedule": "* * * * * *",
+            "runner": {"type": "dummy", "template": "beat"}}),
+    )
+    .await;
+    let failing = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"name": "nightly-report", "group": "reports", "schedule": "0 3 * * *",
+                "timezone": "America/New_York",
+                "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo no data; exit 3'"}}),
+        )
+        .await;
+    let run_now = app.url(&format!("/v1/jobs/{failing}/run"));
+    let accepted = app
+        .client
+        .post(&run_now)
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+
+    // Sign in: a wrong key is refused on the form; the right one, typed and entered from the
+    // keyboard, opens the jobs page.
+    browser.goto(&app.url("/ui")).await.expect("the dashboard");
+    wait_for(&browser, "#sign-in #key", 10).await;
+    fill(&browser, "#key", "not-a-key\u{E007}").await;
+    wait_for_text(&browser, "#sign-in-error", "refused", 10).await;
+    screenshot(&browser, "01-sign-in-refused").await;
+    fill(&browser, "#key", &format!("{ACCOUNT_KEY}\u{E007}")).await;
+    wait_for_text(&browser, "#jobs", "heartbeat", 10).await;
+    let stored: Value = browser
+        .execute(
+            "return [sessionStorage.getItem('spot.key'), location.href]",
+            vec![],
+        )
+        .await
+        .expect("script runs");
+    assert_eq!(stored[0], ACCOUNT_KEY, "the key is kept for the tab");
+    assert!(
+        !stored[1].as_str().unwrap_or_default().contains(ACCOUNT_KEY),
+        "the key is never in the URL: {stored}"
+    );
+
+    // A job with a bad schedule: the api's message shows beside the schedule field.
+    click(&browser, "#new-job").await;
+    wait_for(&browser, "#job-form", 10).await;
+    fill(&browser, "#f-name", "ui-hello").await;
+    fill(&browser, "#f-schedule", "every full moon").await;
+    fill(&browser, "#f-runner\\.image", image).await;
+    fill(
+        &browser,
+        "#f-runner\\.cmd",
+        "sh -c 'echo hello from the dashboard; sleep 3; echo done'",
+    )
+    .await;
+    click(&browser, "#save-job").await;
+    let message = wait_for_text(&browser, "#f-schedule-error", "schedule", 10).await;
+    assert!(!message.is_empty());
+    let invalid = browser
+        .find(Locator::Css("#f-schedule"))
+        .await
+        .unwrap()
+        .attr("aria-invalid")
+        .await
+        .unwrap();
+    assert_eq!(
+        invalid.as_deref(),
+        Some("true"),
+        "the field is marked invalid"
+    );
+    screenshot(&browser, "02-job-form-bad-schedule").await;
+    let listed: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(
+        listed["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "a refused job changes nothing"
+    );
+
+    // A good one: yearly, so only run-now makes it run.
+    fill(&browser, "#f-schedule", "0 0 1 1 *").await;
+    fill(&browser, "#f-timezone", "Europe/Berlin").await;
+    click(&browser, "#save-job").await;
+    wait_for(&browser, "#next-fires", 10).await;
+    let url = browser.current_url().await.unwrap();
+    let job_id = url
+        .fragment()
+        .and_then(|f| f.strip_prefix("/jobs/"))
+        .expect("the job's page")
+        .to_string();
+    let next_rows = browser
+        .find_all(Locator::Css("#next-fires tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(next_rows.len(), 10, "the next 10 fires");
+    let first = next_rows[0].text().await.unwrap();
+    assert!(
+        first.contains("01-01 00:00:00") && first.contains("12-31 23:00:00Z"),
+        "a fire in Berlin's midnight and in UTC: {first}"
+    );
+    screenshot(&browser, "03-job").await;
+
+    // Run it now; its run appears on the job's page; its own page follows the output live.
+    click(&browser, ".run-now").await;
+    let run_link = wait_for(&browser, "#runs .timeline-head a", 20).await;
+    run_link.click().await.unwrap();
+    wait_for(&browser, "#run-summary", 10).await;
+    wait_for_text(&browser, "#output", "hello from the dashboard", 60).await;
+    screenshot(&browser, "04-run-live").await;
+    wait_for_text(&browser, "#run-summary", "succeeded", 60).await;
+    wait_for_text(&browser, "#output", "done", 10).await;
+    let exit_code = browser
+        .find(Locator::Css("#run-summary dd[data-term='Exit code']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(exit_code, "0");
+    let instance = wait_for_text(&browser, "#instance", "terminated", 60).await;
+    assert!(
+        instance.contains("local"),
+        "the instance's provider: {instance}"
+    );
+    assert!(
+        !instance.contains("not yet"),
+        "the lifetime runs to termination: {instance}"
+    );
+    screenshot(&browser, "05-run-ended").await;
+
+    // Edit: the new name shows on the job's page and in the api.
+    browser
+        .goto(&app.url(&format!("/ui#/jobs/{job_id}/edit")))
+        .await
+        .unwrap();
+    wait_for(&browser, "#job-form", 10).await;
+    fill(&browser, "#f-name", "ui-hello-edited").await;
+    click(&browser, "#save-job").await;
+    wait_for_text(&browser, "h1", "ui-hello-edited", 10).await;
+    assert_eq!(job_json(&app, &job_id).await.1["name"], "ui-hello-edited");
+
+    // The jobs list: the run as a grid cell told by its letter, the name filter.
+    browser.goto(&app.url("/ui#/jobs")).await.unwrap();
+    let row = format!("#jobs tr[data-job='{job_id}']");
+    let cell = wait_for(&browser, &format!("{row} .grid .cell"), 10).await;
+    assert_eq!(cell.text().await.unwrap(), "S");
+    wait_for_text(
+        &browser,
+        &format!("#jobs tr[data-job='{failing}'] .grid"),
+        "F",
+        60,
+    )
+    .await;
+    assert!(cell
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+        .contains("succeeded"));
+    screenshot(&browser, "06-jobs").await;
+    fill(&browser, "#filter-name", "no-such-job").await;
+    wait_for_text(&browser, "#jobs", "No jobs match", 10).await;
+    fill(&browser, "#filter-name", "edited").await;
+    wait_for(&browser, &row, 10).await;
+    // The name filter leaves the one job.
+    wait_gone(
+        &browser,
+        &format!("#jobs tr[data-job]:not([data-job='{job_id}'])"),
+        10,
+    )
+    .await;
+
+    // Disable from the list.
+    click(&browser, &format!("{row} .disable")).await;
+    wait_for(&browser, &format!("{row} .enable"), 10).await;
+    assert_eq!(job_json(&app, &job_id).await.1["enabled"], false);
+
+    // The overview draws its charts from data: this minute's fire, its lateness, the run's state.
+    browser.goto(&app.url("/ui#/overview")).await.unwrap();
+    for chart in ["#chart-fires", "#chart-lateness", "#chart-states"] {
+        wait_for(&browser, &format!("{chart} svg rect"), 15).await;
+    }
+    wait_for_text(&browser, ".tiles", "Dead letters", 10).await;
+    screenshot(&browser, "07-overview").await;
+
+    // Phone width: the jobs table turns into cards and nothing is cut off sideways.
+    browser.set_window_size(390, 844).await.unwrap();
+    browser.goto(&app.url("/ui#/jobs")).await.unwrap();
+    wait_for(&browser, &format!("{row} .grid .cell"), 10).await;
+    let overflow: Value = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "no sideways scroll: {overflow}"
+    );
+    screenshot(&browser, "08-jobs-phone").await;
+    browser.set_window_size(1280, 900).await.unwrap();
+
+    // Delete, confirming.
+    browser
+        .goto(&app.url(&format!("/ui#/jobs/{job_id}")))
+        .await
+        .unwrap();
+    click(&browser, ".delete").await;
+    let question = browser.get_alert_text().await.expect("a confirmation");
+    assert!(question.contains("Delete"), "{question}");
+    browser.accept_alert().await.unwrap();
+    wait_for(&browser, "#jobs", 10).await;
+    wait_gone(&browser, &row, 10).await;
+    assert_eq!(job_json(&app, &job_id).await.0, 404);
+
+    browser.close().await.ok();
+    drop(driver);
+    reaper.stop().await;
+    provisioner.stop().await;
+    app.service.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_with_versioned_assets_and_a_strict_policy() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let page = app.client.get(app.url("/ui")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    let html = page.text().await.unwrap();
+    let script = html
+        .split('"')
+        .find(|part| part.starts_with("/ui/assets/") && part.ends_with("/app.js"))
+        .expect("the script's versioned path")
+        .to_string();
+    let asset = app.client.get(app.url(&script)).send().await.unwrap();
+    assert_eq!(asset.status(), 200);
+    assert!(asset.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert!(asset.text().await.unwrap().contains("X-Auth-Token"));
+    let stale = app
+        .client
+        .get(app.url("/ui/assets/0.0.0-000000/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 404, "another version's asset is not served");
+    let unknown = script.replace("app.js", "secrets.txt");
+    assert_eq!(
+        app.client
+            .get(app.url(&unknown))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The grid's data: bounded, and the runs of each job newest first.
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"name": "grid", "schedule": "0 0 1 1 *", "runner": {"type": "dummy", "template": "hi"}}),
+        )
+        .await;
+    let too_many = app.get("/v1/jobs?last_runs=26", ACCOUNT_KEY).await;
+    assert_eq!(too_many.status(), 400);
+    let body: Value = too_many.json().await.unwrap();
+    assert_eq!(body["field"], "last_runs");
+    let listed: Value = app
+        .get("/v1/jobs?last_runs=5", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    assert_eq!(listed["jobs"][0]["last_runs"], json!([]));
+    assert!(
+        listed["jobs"][0]["next_fire_at"].is_string(),
+        "a listing shows each job's next fire: {listed}"
+    );
+    let plain: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert!(
+        plain["jobs"][0].get("last_runs").is_none(),
+        "only when asked"
+    );
+
+    // The overview's own data answers for a signed-in caller only.
+    assert_eq!(app.get("/v1/overview", "wrong").await.status(), 403);
+    let overview: Value = app
+        .get("/v1/overview", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overview["fires_per_minute"].as_array().unwrap().len(), 60);
+    assert_eq!(overview["dead_letters"], 0);
+    app.service.stop().await;
+}

@@ -268,6 +268,12 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
                 lifecycle: None,
                 ready: false,
                 transitions: Default::default(),
+                zone: None,
+                usd_per_hour: None,
+                price_source: None,
+                billed_secs: None,
+                cost_nano_usd: None,
+                leaked_secs: None,
             })
             .await
             .unwrap();

@@ -185,6 +185,15 @@ async fn a_user_drives_a_job_through_the_dashboard() {
                 "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo no data; exit 3'"}}),
         )
         .await;
+    // A name that would run script if it were ever parsed as HTML.
+    let hostile_name = "<img src=x onerror=\"document.title='pwned'\">";
+    let hostile = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"name": hostile_name, "schedule": "0 0 1 1 *",
+                "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
     let run_now = app.url(&format!("/v1/jobs/{failing}/run"));
     let accepted = app
         .client
@@ -248,7 +257,7 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     let listed: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
     assert_eq!(
         listed["jobs"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "a refused job changes nothing"
     );
 
@@ -332,6 +341,17 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .unwrap()
         .unwrap_or_default()
         .contains("succeeded"));
+    let shown = browser
+        .find(Locator::Css(&format!(
+            "#jobs tr[data-job='{hostile}'] td a"
+        )))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown, hostile_name, "a name is shown as text");
+    assert_ne!(browser.title().await.unwrap(), "pwned", "and never runs");
     screenshot(&browser, "06-jobs").await;
     fill(&browser, "#filter-name", "no-such-job").await;
     wait_for_text(&browser, "#jobs", "No jobs match", 10).await;

@@ -1,137 +1,17 @@
 //! The `ec2` provider end to end, on moto's EC2 server, RabbitMQ, Redis and the Docker engine. A
-//! [`CloudPlayer`] plays EC2's part (it boots an agent from each new instance's user data), and an
-//! [`Ec2Proxy`] in front of moto injects EC2's failures. After every test, moto has no running
+//! `CloudPlayer` plays EC2's part (it boots an agent from each new instance's user data), and an
+//! `Ec2Proxy` in front of moto injects EC2's failures (both in [`Ec2Stack`]). After every test, moto has no running
 //! instance of the test's cluster.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use spot_tests::cloud::{CloudPlayer, Ec2Proxy};
+use spot_tests::ec2_stack::Ec2Stack;
 use spot_tests::image::busybox_image;
 use spot_tests::{
-    assert_legal_history, eventually, spawn_app, spawn_provisioner, spawn_reaper, Moto, Running,
-    ServiceProcess, TestApp, TestEnv, ACCOUNT_KEY,
+    assert_legal_history, eventually, spawn_provisioner, spawn_reaper, ServiceProcess, ACCOUNT_KEY,
 };
-
-/// Everything a test of the ec2 provider runs: moto, optionally a proxy, the player and the services.
-struct Ec2Stack {
-    env: TestEnv,
-    moto: Moto,
-    proxy: Option<Ec2Proxy>,
-    player: CloudPlayer,
-    app: TestApp,
-    /// Provisioners and reapers the test started, stopped by [`Ec2Stack::finish`].
-    services: Vec<Running>,
-}
-
-impl Ec2Stack {
-    /// Starts moto (behind a fault proxy if `with_proxy`), the player and the api; the provisioner and
-    /// reaper are the test's to start ([`Ec2Stack::with_services`], or its own way).
-    async fn start(with_proxy: bool) -> Ec2Stack {
-        let moto = Moto::start().await;
-        let proxy = with_proxy.then(|| Ec2Proxy::start(&moto));
-        let endpoint = proxy
-            .as_ref()
-            .map_or(moto.endpoint.clone(), |p| p.endpoint.clone());
-        let mut env = TestEnv::new();
-        env.use_ec2(&endpoint, &moto.image_id().await);
-        let player = CloudPlayer::start(&moto, &env.name, env.dir().join("agents")).await;
-        let app = spawn_app(&env).await;
-        // Agents (and provisioners run as processes) reach this api.
-        env.settings.api.public_url = app.address.clone();
-        env.overrides
-            .push(("SPOT__API__PUBLIC_URL".into(), app.address.clone()));
-        Ec2Stack {
-            env,
-            moto,
-            proxy,
-            player,
-            app,
-            services: Vec::new(),
-        }
-    }
-
-    /// Starts a provisioner and a reaper, as deployed.
-    async fn with_services(mut self) -> Ec2Stack {
-        self.services
-            .push(spawn_provisioner(&self.env, &self.app.address).await);
-        self.services.push(spawn_reaper(&self.env).await);
-        self
-    }
-
-    fn faults(&self) -> &spot_tests::cloud::Faults {
-        &self.proxy.as_ref().expect("a proxy").faults
-    }
-
-    /// Schedules a container job to run now through `/v1/jobs`; returns its id.
-    async fn job(&self, cmd: &str, extra: Value) -> String {
-        let mut body = json!({
-            "schedule": chrono::Utc::now().to_rfc3339(),
-            "runner": {"type": "container", "image": busybox_image().await, "cmd": cmd,
-                       "instance_types": ["t3.micro", "t3a.micro"]},
-        });
-        if let (Some(runner), Some(extra)) = (body["runner"].as_object_mut(), extra.as_object()) {
-            for (key, value) in extra {
-                runner.insert(key.clone(), value.clone());
-            }
-        }
-        self.app.create_job(ACCOUNT_KEY, body).await
-    }
-
-    async fn job_with_policies(&self, cmd: &str, policies: Value) -> String {
-        let body = json!({
-            "schedule": chrono::Utc::now().to_rfc3339(),
-            "runner": {"type": "container", "image": busybox_image().await, "cmd": cmd},
-            "policies": policies,
-        });
-        self.app.create_job(ACCOUNT_KEY, body).await
-    }
-
-    /// Waits for the job's run of `attempt` to reach one of `states`.
-    async fn run_in(&self, job_id: &str, attempt: u64, states: &[&str]) -> Value {
-        eventually(
-            Duration::from_secs(90),
-            &format!("attempt {attempt} of {job_id} to be {states:?}"),
-            || async {
-                self.app.runs(job_id).await.into_iter().find(|run| {
-                    run["attempt"] == attempt
-                        && states.contains(&run["state"].as_str().unwrap_or(""))
-                })
-            },
-        )
-        .await
-    }
-
-    /// `GET /v1/instances/{id}`, if it answers JSON.
-    async fn instance(&self, instance_id: &str) -> Option<Value> {
-        self.app
-            .get(&format!("/v1/instances/{instance_id}"), ACCOUNT_KEY)
-            .await
-            .json()
-            .await
-            .ok()
-    }
-
-    async fn log(&self, run_id: &str) -> String {
-        let response = self
-            .app
-            .get(&format!("/v1/runs/{run_id}/logs"), ACCOUNT_KEY)
-            .await;
-        response.text().await.unwrap_or_default()
-    }
-
-    async fn finish(self) {
-        self.moto.assert_none_running(&self.env.name).await;
-        for service in self.services {
-            service.stop().await;
-        }
-        self.player.stop().await;
-        if let Some(proxy) = self.proxy {
-            proxy.stop().await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {

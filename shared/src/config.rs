@@ -28,6 +28,7 @@ pub struct Settings {
     pub ec2: Ec2Settings,
     pub container_limits: crate::container_limits::ContainerLimitSettings,
     pub quotas: crate::quotas::QuotaSettings,
+    pub pricing: crate::pricing::PricingSettings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.

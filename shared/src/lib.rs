@@ -14,6 +14,7 @@ pub mod messages;
 pub mod model;
 pub mod outbound;
 pub mod policy;
+pub mod pricing;
 pub mod quotas;
 pub mod schedule;
 pub mod store;

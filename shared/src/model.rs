@@ -766,6 +766,8 @@ pub struct Run {
     pub callback_status: Option<String>,
     /// What the cloud refused on the way to an instance (spot pools without capacity, say).
     pub launch_errors: Option<String>,
+    /// What the run's instance cost, in USD, once it was terminated.
+    pub cost_usd: Option<f64>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,
@@ -787,6 +789,17 @@ pub struct Instance {
     pub ready: bool,
     #[schema(value_type = Object)]
     pub transitions: BTreeMap<InstanceState, DateTime<Utc>>,
+    /// The availability zone it runs in, when the cloud said.
+    pub zone: Option<String>,
+    /// The price per hour it pays, fixed at launch (see [`crate::pricing`]).
+    pub usd_per_hour: Option<f64>,
+    pub price_source: Option<crate::pricing::PriceSource>,
+    /// Set once it is terminated: the seconds billed, the cost, and the seconds it lived past its
+    /// run's end beyond the allowance.
+    pub billed_secs: Option<u64>,
+    #[serde(skip)]
+    pub cost_nano_usd: Option<u64>,
+    pub leaked_secs: Option<u64>,
 }
 
 #[cfg(test)]

@@ -39,6 +39,13 @@ pub struct QuotaSettings {
     pub max_history_bytes: u64,
     /// Log follow streams held open.
     pub max_log_streams: usize,
+    /// What the account's instances may cost in a calendar month (UTC), in USD; unset: no budget.
+    /// Over it, runs end `provision_failed` naming it.
+    #[serde(default)]
+    pub monthly_budget_usd: Option<f64>,
+    /// Past this share of the budget, on-demand fallback is refused (spot only) before everything is.
+    #[serde(default = "whole_budget")]
+    pub on_demand_budget_fraction: f64,
     #[serde(default)]
     pub accounts: HashMap<String, AccountQuotas>,
 }
@@ -57,10 +64,16 @@ pub struct AccountQuotas {
     pub max_open_http_tasks: Option<u64>,
     pub max_history_bytes: Option<u64>,
     pub max_log_streams: Option<usize>,
+    pub monthly_budget_usd: Option<f64>,
+    pub on_demand_budget_fraction: Option<f64>,
+}
+
+fn whole_budget() -> f64 {
+    1.0
 }
 
 /// The quotas that hold for one account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Quotas {
     pub max_jobs: u64,
     pub min_interval_secs: u64,
@@ -72,6 +85,8 @@ pub struct Quotas {
     pub max_open_http_tasks: u64,
     pub max_history_bytes: u64,
     pub max_log_streams: usize,
+    pub monthly_budget_usd: Option<f64>,
+    pub on_demand_budget_fraction: f64,
 }
 
 /// Fires looked at to find a recurring schedule's shortest interval (a day's pattern shows it).
@@ -95,7 +110,19 @@ impl QuotaSettings {
             max_open_http_tasks: own.max_open_http_tasks.unwrap_or(self.max_open_http_tasks),
             max_history_bytes: self.max_history_bytes(account),
             max_log_streams: self.max_log_streams(account),
+            monthly_budget_usd: self.monthly_budget_usd(account),
+            on_demand_budget_fraction: own
+                .on_demand_budget_fraction
+                .unwrap_or(self.on_demand_budget_fraction),
         }
+    }
+
+    /// The account's monthly budget alone, in USD.
+    pub fn monthly_budget_usd(&self, account: &str) -> Option<f64> {
+        self.accounts
+            .get(account)
+            .and_then(|own| own.monthly_budget_usd)
+            .or(self.monthly_budget_usd)
     }
 
     /// The account's cap on follow streams alone.
@@ -226,6 +253,8 @@ mod tests {
             max_open_http_tasks: 1,
             max_history_bytes: 1024,
             max_log_streams: 1,
+            monthly_budget_usd: None,
+            on_demand_budget_fraction: 1.0,
         }
     }
 
@@ -299,6 +328,8 @@ mod tests {
             max_open_http_tasks: 5,
             max_history_bytes: 1 << 20,
             max_log_streams: 8,
+            monthly_budget_usd: None,
+            on_demand_budget_fraction: 1.0,
             accounts: HashMap::from([(
                 "acme".to_string(),
                 AccountQuotas {

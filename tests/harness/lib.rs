@@ -16,6 +16,7 @@ use spot_shared::store::Store;
 use tokio::sync::oneshot;
 
 pub mod cloud;
+pub mod ec2_stack;
 pub mod image;
 pub mod redis_server;
 

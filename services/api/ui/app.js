@@ -389,6 +389,7 @@ async function jobPage(id) {
       ["Time zone", job.timezone],
       ["Runner", runnerText(job.runner)],
       ["Description", job.description || "—"],
+      ["Cost of kept runs", money(job.cost_usd_total)],
       ["Policies", el("code", {}, JSON.stringify(job.policies))],
     ])),
     el("section", { class: "card" }, el("h2", {}, "Next 10 fires"),
@@ -554,7 +555,7 @@ async function runPage(id) {
     ]), runTimelines([run]));
     if (run.instance_id) {
       const found = await api("GET", `/v1/instances/${encodeURIComponent(run.instance_id)}`).catch(() => null);
-      instance.replaceChildren(el("h2", {}, "Instance"), found ? instanceDetails(found) : el("p", { class: "muted" }, run.instance_id));
+      instance.replaceChildren(el("h2", {}, "Instance"), found ? instanceDetails(found, run.cost) : el("p", { class: "muted" }, run.instance_id));
     } else {
       instance.replaceChildren(el("h2", {}, "Instance"), el("p", { class: "muted" }, job && job.runner.type === "container" ? "Not launched yet." : "This runner needs no instance."));
     }
@@ -593,7 +594,11 @@ async function followOutput(path, run, output, outputState) {
   outputState.textContent = "The run has ended.";
 }
 
-function instanceDetails(instance) {
+function money(usd) {
+  return usd === null || usd === undefined ? "—" : `$${usd < 0.01 ? usd.toPrecision(3) : usd.toFixed(4)}`;
+}
+
+function instanceDetails(instance, cost) {
   const at = (state) => instance.transitions[state];
   const launched = at("requested");
   const ended = at("terminated");
@@ -606,7 +611,11 @@ function instanceDetails(instance) {
     ["Launched", utc(launched)],
     ["Terminated", ended ? utc(ended) : "not yet"],
     ["Lifetime", launched ? `${span((ended ? new Date(ended) : new Date()) - new Date(launched))}${ended ? "" : " so far"}` : "—"],
-  ]);
+    ["Price", cost ? `${money(cost.usd_per_hour)} an hour (${cost.price_source})` : "—"],
+    ["Billed", cost ? `${cost.billed_seconds} s${cost.terminated ? "" : " so far"}` : "—"],
+    ["Cost", cost ? `${money(cost.usd)}${cost.terminated ? "" : " so far"}` : "—"],
+    cost && cost.leaked_seconds ? ["Leaked", `${cost.leaked_seconds} s past the run's end`] : null,
+  ].filter(Boolean));
 }
 
 // ----- overview -----

@@ -123,6 +123,19 @@ impl Provisioner {
             api_url: self.settings.api.public_url.clone(),
             secret,
         };
+        // Far into its budget, an account gets spot capacity or nothing.
+        let spot_only;
+        let spec = if spec.on_demand_fallback && self.on_demand_refused(&run.account).await? {
+            tracing::info!(run_id = %run.id, account = %run.account,
+                "on-demand fallback refused: the account is past quotas.on_demand_budget_fraction of its budget");
+            spot_only = ContainerSpec {
+                on_demand_fallback: false,
+                ..spec.clone()
+            };
+            &spot_only
+        } else {
+            spec
+        };
         let request = LaunchRequest {
             run_id: &run.id,
             attempt: run.attempt,
@@ -180,6 +193,7 @@ impl Provisioner {
 
     /// Records a launched instance and moves its run to booting.
     async fn record_launch(&self, run: &Run, launched: &Launched) -> Result<()> {
+        let price = self.cloud.price(launched, &self.settings.pricing).await;
         self.store
             .create_instance(&Instance {
                 id: launched.instance_id.clone(),
@@ -192,6 +206,12 @@ impl Provisioner {
                 lifecycle: launched.lifecycle.clone(),
                 ready: false,
                 transitions: [(InstanceState::Requested, Utc::now())].into(),
+                zone: launched.zone.clone(),
+                usd_per_hour: Some(price.usd_per_hour),
+                price_source: Some(price.source),
+                billed_secs: None,
+                cost_nano_usd: None,
+                leaked_secs: None,
             })
             .await?;
         let mut fields = vec![("instance_id", launched.instance_id.clone())];

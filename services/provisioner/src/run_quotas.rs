@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
 use spot_shared::model::{Job, Run, RunState, Runner};
+use spot_shared::pricing;
+use spot_shared::quotas::Quotas;
 use spot_shared::store::SlotKind;
 use spot_shared::{policy, Error, Result};
 
@@ -37,6 +40,9 @@ impl Provisioner {
         if let Err(refusal) = quotas.check_fire_place(place) {
             return self.refuse(run, job, refusal).await.map(Some);
         }
+        if let Some(refusal) = self.over_budget(run, &quotas).await? {
+            return self.refuse(run, job, refusal).await.map(Some);
+        }
         let Some(kind) = slot else {
             return Ok(None);
         };
@@ -64,6 +70,35 @@ impl Provisioner {
             format!("the account holds {limit}, its quota; try again when one ends"),
         );
         self.refuse(run, job, refusal).await.map(Some)
+    }
+
+    /// The refusal of a run whose account has spent its monthly budget (`quotas.monthly_budget_usd`).
+    /// Only instances cost money: other runners are not held to it.
+    async fn over_budget(&self, run: &Run, quotas: &Quotas) -> Result<Option<Error>> {
+        let Some(budget) = quotas.monthly_budget_usd else {
+            return Ok(None);
+        };
+        let spent = pricing::usd(self.store.month_spend(&run.account, Utc::now()).await?);
+        if spent < budget {
+            return Ok(None);
+        }
+        Ok(Some(spot_shared::quotas::over(
+            "monthly_budget_usd",
+            format!(
+                "the account has spent {spent:.6} USD this month, over its monthly budget of {budget} USD"
+            ),
+        )))
+    }
+
+    /// Whether the account is far enough into its budget that on-demand fallback is refused (past
+    /// `quotas.on_demand_budget_fraction` of it): spot only.
+    pub(crate) async fn on_demand_refused(&self, account: &str) -> Result<bool> {
+        let quotas = self.settings.quotas.for_account(account);
+        let Some(budget) = quotas.monthly_budget_usd else {
+            return Ok(false);
+        };
+        let spent = pricing::usd(self.store.month_spend(account, Utc::now()).await?);
+        Ok(spent >= budget * quotas.on_demand_budget_fraction)
     }
 
     async fn refuse(&self, run: &Run, job: &Job, refusal: Error) -> Result<LaunchOutcome> {

@@ -8,6 +8,8 @@
 //! crashed provisioner (lost, retried if allowed); spot requests left open. One reaper sweeps per period (a lease), and every step is
 //! idempotent, so reapers racing each other or the api do no harm.
 
+mod costs;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub struct Reaper {
     /// For the instances HRM tasks run on (see [`task_instances`]).
     ec2: Arc<Ec2>,
     settings: Arc<ReaperSettings>,
+    pricing: Arc<spot_shared::pricing::PricingSettings>,
 }
 
 /// What one sweep did.
@@ -58,6 +61,7 @@ impl Reaper {
             cloud: Arc::new(cloud),
             ec2: Arc::new(ec2),
             settings: Arc::new(settings.reaper.clone()),
+            pricing: Arc::new(settings.pricing.clone()),
         })
     }
 
@@ -288,7 +292,8 @@ impl Reaper {
         let instance = self.store.get_instance(&request.instance_id).await?;
         if let Some(instance) = &instance {
             if instance.state == InstanceState::Terminated {
-                return Ok(());
+                // A redelivery after a crash between the move and the sum: sum it now (once).
+                return self.account_cost(&instance.id).await;
             }
             self.record_instance(&instance.id, InstanceState::Terminating)
                 .await?;
@@ -297,6 +302,7 @@ impl Reaper {
         if let Some(instance) = &instance {
             self.record_instance(&request.instance_id, InstanceState::Terminated)
                 .await?;
+            self.account_cost(&instance.id).await?;
             self.release_instance_slot(instance).await?;
         }
         self.store.note_event("instance_terminated", 1).await;
@@ -496,6 +502,7 @@ mod tests {
             meta: None,
             callback_status: None,
             launch_errors: None,
+            cost_usd: None,
             secret_hash: String::new(),
         }
     }

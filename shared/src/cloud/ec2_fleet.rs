@@ -46,6 +46,8 @@ pub struct Ec2Cloud {
     client: aws_sdk_ec2::Client,
     settings: Ec2CloudSettings,
     account_tag: String,
+    /// Boxed: the cache's lock would make every `Cloud` as large as this variant.
+    spot_prices: Box<super::spot_prices::SpotPrices>,
 }
 
 /// Which market a fleet asks.
@@ -85,7 +87,37 @@ impl Ec2Cloud {
             client: Ec2::from_settings(ec2).await.client().clone(),
             settings: settings.clone(),
             account_tag: ec2.account_tag.clone(),
+            spot_prices: Default::default(),
         })
+    }
+
+    /// The spot price per hour of a type in a zone (see [`super::spot_prices`]).
+    pub async fn spot_price(
+        &self,
+        instance_type: &str,
+        zone: Option<&str>,
+        pricing: &crate::pricing::PricingSettings,
+    ) -> Result<Option<f64>> {
+        let keep_for = std::time::Duration::from_secs(pricing.spot_price_cache_secs);
+        self.spot_prices
+            .price(&self.client, instance_type, zone, keep_for)
+            .await
+    }
+
+    /// The availability zone an instance runs in, as EC2 describes it.
+    async fn zone_of(&self, instance_id: &str) -> Result<Option<String>> {
+        let output = self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        Ok(output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.placement()?.availability_zone().map(str::to_string)))
     }
 
     fn launch_key(run_id: &str, attempt: u32) -> String {
@@ -144,6 +176,10 @@ impl Ec2Cloud {
                 ),
                 dns_name: non_empty(instance.public_dns_name()),
                 ip_address: non_empty(instance.private_ip_address()),
+                zone: instance
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .map(str::to_string),
                 pool_errors: Vec::new(),
             });
         Ok(found.filter(|l| !l.instance_id.is_empty()))
@@ -177,7 +213,18 @@ impl Ec2Cloud {
         {
             tracing::warn!(template_id, error = %sdk_error("DeleteLaunchTemplate", err), "launch template left behind");
         }
-        outcome
+        let mut launched = outcome?;
+        if launched.zone.is_none() {
+            // For its price: spot prices are per zone. Not knowing it fails nothing.
+            launched.zone = self
+                .zone_of(&launched.instance_id)
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(instance_id = %launched.instance_id, error = %err, "zone unknown");
+                    None
+                });
+        }
+        Ok(launched)
     }
 
     async fn launch_from_template(
@@ -435,6 +482,11 @@ impl Ec2Cloud {
                         .map_or("spot", |l| l.as_str())
                         .to_string(),
                 ),
+                zone: instance
+                    .launch_template_and_overrides()
+                    .and_then(|l| l.overrides())
+                    .and_then(|o| o.availability_zone())
+                    .map(str::to_string),
                 ..Launched::default()
             })
         });

@@ -50,6 +50,7 @@ impl LocalCloud {
             dns_name: Some("localhost".to_string()),
             ip_address: Some("127.0.0.1".to_string()),
             lifecycle: Some("local".to_string()),
+            zone: None,
             pool_errors: Vec::new(),
         }
     }

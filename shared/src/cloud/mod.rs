@@ -8,6 +8,7 @@
 
 pub mod ec2_fleet;
 pub mod local;
+pub mod spot_prices;
 pub mod user_data;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ProviderKind, Settings};
 use crate::error::{Error, Result};
 use crate::model::ContainerSpec;
+use crate::pricing::{Price, PriceSource, PricingSettings};
 
 /// Docker label carrying the instance id on every container an agent starts.
 pub const INSTANCE_LABEL: &str = "spot-scheduler.instance";
@@ -50,6 +52,8 @@ pub struct Launched {
     pub lifecycle: Option<String>,
     pub dns_name: Option<String>,
     pub ip_address: Option<String>,
+    /// The availability zone, when the cloud said.
+    pub zone: Option<String>,
     /// What the cloud refused on the way (a spot pool without capacity, say), one line each.
     pub pool_errors: Vec<String>,
 }
@@ -125,6 +129,34 @@ impl Cloud {
                 .launch(request.run_id, request.attempt, request.boot)
                 .await?),
             Cloud::Ec2(ec2) => ec2.launch(request).await,
+        }
+    }
+
+    /// The price per hour a launched instance pays (see [`crate::pricing`]): the local price, the
+    /// spot price of its type in its zone, or the on-demand table's. A spot price EC2 will not tell
+    /// falls back to the table (logged): the run is priced high rather than not at all.
+    pub async fn price(&self, launched: &Launched, pricing: &PricingSettings) -> Price {
+        match self {
+            Cloud::Local(_) => pricing.local(),
+            Cloud::Ec2(ec2) if launched.lifecycle.as_deref() == Some("spot") => {
+                let instance_type = launched.instance_type.as_deref().unwrap_or_default();
+                match ec2
+                    .spot_price(instance_type, launched.zone.as_deref(), pricing)
+                    .await
+                {
+                    Ok(Some(usd_per_hour)) => Price {
+                        usd_per_hour,
+                        source: PriceSource::SpotPriceHistory,
+                    },
+                    Ok(None) => pricing.on_demand(launched.instance_type.as_deref()),
+                    Err(err) => {
+                        tracing::warn!(instance_id = %launched.instance_id, error = %err,
+                            "no spot price; priced from the on-demand table");
+                        pricing.on_demand(launched.instance_type.as_deref())
+                    }
+                }
+            }
+            Cloud::Ec2(_) => pricing.on_demand(launched.instance_type.as_deref()),
         }
     }
 

@@ -129,11 +129,18 @@ fn instance_to_hash(instance: &Instance) -> Vec<(String, String)> {
         ("dns_name", &instance.dns_name),
         ("ip_address", &instance.ip_address),
         ("lifecycle", &instance.lifecycle),
+        ("zone", &instance.zone),
     ];
     for (field, value) in optionals {
         if let Some(value) = value {
             fields.push((field.to_string(), value.clone()));
         }
+    }
+    if let Some(price) = instance.usd_per_hour {
+        fields.push(("usd_per_hour".to_string(), price.to_string()));
+    }
+    if let Some(source) = instance.price_source {
+        fields.push(("price_source".to_string(), source.as_str().to_string()));
     }
     for (state, at) in &instance.transitions {
         fields.push((format!("t:{state}"), at.to_rfc3339()));
@@ -153,5 +160,17 @@ fn instance_from_hash(map: &BTreeMap<String, String>) -> Result<Instance> {
         lifecycle: optional(map, "lifecycle"),
         ready: map.get("ready").map(|v| v == "1").unwrap_or(false),
         transitions: transitions(map),
+        zone: optional(map, "zone"),
+        usd_per_hour: parsed(map, "usd_per_hour"),
+        price_source: map
+            .get("price_source")
+            .and_then(|v| crate::pricing::PriceSource::parse(v)),
+        billed_secs: parsed(map, "billed_secs"),
+        cost_nano_usd: parsed(map, "cost_nano_usd"),
+        leaked_secs: parsed(map, "leaked_secs"),
     })
+}
+
+fn parsed<T: std::str::FromStr>(map: &BTreeMap<String, String>, field: &str) -> Option<T> {
+    map.get(field).and_then(|v| v.parse().ok())
 }

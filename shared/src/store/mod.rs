@@ -8,7 +8,8 @@
 //!   ([`light_fire`] records many light runs in one script);
 //! - instances, in [`instances`]: `p:instance:{id}`, `p:instances:live`;
 //! - leases and turns that keep one worker on a task, in [`leases`]; metrics, in [`lateness`];
-//! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`].
+//! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`];
+//! - what terminated instances cost, summed per day, month, account and market, in [`costs`].
 //!
 //! This file holds the handle and the compare-and-set every state change goes through.
 
@@ -26,6 +27,7 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod costs;
 mod delayed;
 mod instances;
 mod jobs;
@@ -35,6 +37,7 @@ mod light_fire;
 mod quota_counts;
 mod runs;
 mod timers;
+pub use costs::{CostRecord, UsageRow};
 pub use delayed::{is_delayed, ReconcileReport, StuckRun};
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};

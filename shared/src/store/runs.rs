@@ -458,6 +458,9 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
         meta: optional(map, "meta"),
         callback_status: optional(map, "callback_status"),
         launch_errors: optional(map, "launch_errors"),
+        cost_usd: optional(map, "cost_nano_usd")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(crate::pricing::usd),
         secret_hash: optional(map, "secret_hash").unwrap_or_default(),
     })
 }

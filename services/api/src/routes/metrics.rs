@@ -76,6 +76,14 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
         Ok(refusals) => write_quota_refusals(&mut out, &refusals, by_account),
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read the quota refusals"),
     }
+    match state.store.cost_counters().await {
+        Ok(counters) => write_costs(&mut out, &counters, by_account),
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the cost counters"),
+    }
+    match state.store.overheads().await {
+        Ok(phases) => write_overheads(&mut out, &phases),
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the overheads"),
+    }
     match state.store.fire_lateness().await {
         Ok(histogram) => write_lateness(&mut out, &histogram),
         Err(err) => tracing::warn!(error = %err, "metrics: cannot read the lateness histogram"),
@@ -119,6 +127,72 @@ fn write_quota_refusals(
     }
     for (quota, count) in totals {
         let _ = writeln!(out, "{name}{{quota=\"{quota}\"}} {count}");
+    }
+}
+
+/// Cost and instance-seconds of terminated instances, by market (and account if
+/// `api.metrics_by_account`).
+fn write_costs(
+    out: &mut String,
+    counters: &BTreeMap<(String, String), (u64, u64)>,
+    by_account: bool,
+) {
+    let mut totals: BTreeMap<(String, &str), (u64, u64)> = BTreeMap::new();
+    for ((account, market), (nano, secs)) in counters {
+        let account = if by_account {
+            label_value(account)
+        } else {
+            String::new()
+        };
+        let entry = totals.entry((account, market.as_str())).or_default();
+        entry.0 += nano;
+        entry.1 += secs;
+    }
+    let labels = |account: &str, market: &str| match by_account {
+        true => format!("account=\"{account}\",market=\"{}\"", label_value(market)),
+        false => format!("market=\"{}\"", label_value(market)),
+    };
+    let _ = writeln!(
+        out,
+        "# HELP spot_scheduler_cost_usd_total What terminated instances cost, in USD."
+    );
+    let _ = writeln!(out, "# TYPE spot_scheduler_cost_usd_total counter");
+    for ((account, market), (nano, _)) in &totals {
+        let usd = spot_shared::pricing::usd(*nano);
+        let _ = writeln!(
+            out,
+            "spot_scheduler_cost_usd_total{{{}}} {usd}",
+            labels(account, market)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP spot_scheduler_instance_seconds_total Seconds billed for terminated instances."
+    );
+    let _ = writeln!(out, "# TYPE spot_scheduler_instance_seconds_total counter");
+    for ((account, market), (_, secs)) in &totals {
+        let _ = writeln!(
+            out,
+            "spot_scheduler_instance_seconds_total{{{}}} {secs}",
+            labels(account, market)
+        );
+    }
+}
+
+/// The overhead around each job, by phase: `boot` (launch to the agent's first word),
+/// `exit_to_terminate` (the run's end to the terminate call), `terminate_to_terminated`.
+fn write_overheads(out: &mut String, phases: &BTreeMap<String, (u64, u64)>) {
+    let name = "spot_scheduler_instance_overhead_seconds";
+    let _ = writeln!(out, "# HELP {name} Instance time around the job, by phase.");
+    let _ = writeln!(out, "# TYPE {name} summary");
+    for (phase, (sum_ms, count)) in phases {
+        let phase = label_value(phase);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{phase=\"{phase}\"}} {}",
+            *sum_ms as f64 / 1000.0
+        );
+        let _ = writeln!(out, "{name}_count{{phase=\"{phase}\"}} {count}");
     }
 }
 

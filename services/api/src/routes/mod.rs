@@ -15,6 +15,7 @@ mod paging;
 mod resources;
 mod simple;
 mod ui;
+mod usage;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -39,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi::document))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/overview", web::get().to(overview::overview))
+        .route("/v1/usage", web::get().to(usage::usage))
         .configure(ui::configure)
         .configure(minion::configure)
         .route("/JobScheduler", web::post().to(operations::operation))

@@ -7,7 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, resources, simple,
+    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, resources,
+    simple, usage,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +41,7 @@ use super::{
         agent::heartbeat,
         metrics::metrics,
         overview::overview,
+        usage::usage,
         document,
         minion::ping,
         minion::version,

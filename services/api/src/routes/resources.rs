@@ -246,7 +246,15 @@ pub async fn get_job(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(view(&job)))
+    // The cost of its kept runs' instances (those terminated).
+    let runs = state
+        .store
+        .job_runs_from(&job.id, 0, job.policies.history_limit.max(1))
+        .await?;
+    let total: f64 = runs.iter().filter_map(|run| run.cost_usd).sum();
+    let mut shown = view(&job);
+    shown["cost_usd_total"] = json!(total);
+    Ok(HttpResponse::Ok().json(shown))
 }
 
 #[utoipa::path(put, path = "/v1/jobs/{id}", tag = "jobs", summary = "Replace a job's specification; older timers are dropped", security(("api_key" = [])), params(("id" = String, Path)), request_body = JobRequest, responses((status = 200, body = JobView), (status = 400), (status = 404)))]
@@ -380,7 +388,16 @@ pub async fn get_run(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let run = load_run(&state, &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(run))
+    let instance = match run.instance_id.as_deref() {
+        Some(id) => state.store.get_instance(id).await?,
+        None => None,
+    };
+    let min_billed = state.settings.pricing.min_billed_secs;
+    let mut view = json!(run);
+    view["cost"] = json!(instance
+        .as_ref()
+        .and_then(|i| spot_shared::pricing::cost_of(i, min_billed, Utc::now())));
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// An instance a run of the caller's ran on: its provider, type, lifecycle and state history.

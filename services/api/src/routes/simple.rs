@@ -143,7 +143,13 @@ pub async fn status(
         Some(run) => String::from_utf8_lossy(&state.store.get_log(&run.id).await?).into_owned(),
         None => String::new(),
     };
-    Ok(HttpResponse::Ok().json(status_view(&job, run.as_ref(), instance.as_ref(), output)))
+    let mut view = status_view(&job, run.as_ref(), instance.as_ref(), output);
+    // An extra object, beside seed 003's: what the run's instance cost (so far, while it lives).
+    let min_billed = state.settings.pricing.min_billed_secs;
+    view["cost"] = json!(instance
+        .as_ref()
+        .and_then(|i| spot_shared::pricing::cost_of(i, min_billed, chrono::Utc::now())));
+    Ok(HttpResponse::Ok().json(view))
 }
 
 fn simple_status(run: Option<&Run>) -> &'static str {

@@ -1,0 +1,212 @@
+//! What terminated instances cost, summed once each: on the instance and its run, per day (for
+//! `/v1/usage`), per account and month (for budgets), per account and market (for `/metrics`), and
+//! the overhead around each job (boot, exit to terminate call, terminate call to terminated).
+//!
+//! Keys, under the prefix `p` (fields joined by `\x1f`, which no account, group or job id holds):
+//! - `p:usage:day:{YYYY-MM-DD}`: `{account} {group} {job} nano_usd|secs|runs` (kept 400 days)
+//! - `p:usage:month:{YYYY-MM}`: `{account}` → nano-dollars (kept 400 days)
+//! - `p:metrics:cost`: `{account} {market} nano_usd|secs`
+//! - `p:metrics:overhead`: `{phase} sum_ms|count`
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use redis::{AsyncCommands, Script};
+
+use super::Store;
+use crate::error::Result;
+
+/// Joins the parts of a counter's field.
+pub const SEP: char = '\u{1f}';
+
+/// How long the daily and monthly usage counters are kept.
+const USAGE_TTL_SECS: i64 = 400 * 86_400;
+
+/// One terminated instance's cost, to be summed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostRecord {
+    pub instance_id: String,
+    pub run_id: String,
+    pub account: String,
+    pub group: String,
+    pub job_id: String,
+    pub market: String,
+    pub terminated_at: DateTime<Utc>,
+    pub billed_secs: u64,
+    pub nano_usd: u64,
+    pub leaked_secs: u64,
+    /// `(phase, milliseconds)` for the phases the records show.
+    pub overheads: Vec<(&'static str, u64)>,
+}
+
+/// Sums a cost once: the instance's `billed_secs` field is the mark that it was.
+/// KEYS: instance, run, day, month, metrics cost, metrics overhead. ARGV: billed secs, nano-dollars,
+/// leaked secs, day field prefix, account, cost field prefix, ttl, then phase/ms pairs.
+const ACCOUNT_COST: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'billed_secs', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cost_nano_usd', ARGV[2], 'leaked_secs', ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'cost_nano_usd', ARGV[2]) end
+local sep = '\31'
+redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'nano_usd', ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'secs', ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'runs', 1)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('HINCRBY', KEYS[5], ARGV[6] .. sep .. 'nano_usd', ARGV[2])
+redis.call('HINCRBY', KEYS[5], ARGV[6] .. sep .. 'secs', ARGV[1])
+for i = 8, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[6], ARGV[i] .. sep .. 'sum_ms', ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[6], ARGV[i] .. sep .. 'count', 1)
+end
+return 1
+"#;
+
+static ACCOUNT_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCOUNT_COST));
+
+/// Usage summed over some days, for one account, group and job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub account: String,
+    pub group: String,
+    pub job_id: String,
+    pub nano_usd: u64,
+    pub secs: u64,
+    pub runs: u64,
+}
+
+fn day_key(day: NaiveDate) -> String {
+    format!("usage:day:{}", day.format("%Y-%m-%d"))
+}
+
+fn month_key(at: NaiveDate) -> String {
+    format!("usage:month:{}", at.format("%Y-%m"))
+}
+
+impl Store {
+    /// Sums a terminated instance's cost, once however often it is asked. Returns whether it was
+    /// summed now.
+    pub async fn account_cost(&self, record: &CostRecord) -> Result<bool> {
+        let day = record.terminated_at.date_naive();
+        let mut invocation = ACCOUNT_COST_SCRIPT.prepare_invoke();
+        invocation
+            .key(self.key(&format!("instance:{}", record.instance_id)))
+            .key(self.key(&format!("run:{}", record.run_id)))
+            .key(self.key(&day_key(day)))
+            .key(self.key(&month_key(day)))
+            .key(self.key("metrics:cost"))
+            .key(self.key("metrics:overhead"))
+            .arg(record.billed_secs)
+            .arg(record.nano_usd)
+            .arg(record.leaked_secs)
+            .arg(format!(
+                "{}{SEP}{}{SEP}{}",
+                record.account, record.group, record.job_id
+            ))
+            .arg(&record.account)
+            .arg(format!("{}{SEP}{}", record.account, record.market))
+            .arg(USAGE_TTL_SECS);
+        for (phase, ms) in &record.overheads {
+            invocation.arg(*phase).arg(*ms);
+        }
+        let mut conn = self.conn.clone();
+        let summed: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(summed == 1)
+    }
+
+    /// What an account's instances cost in the month `at` falls in, in nano-dollars.
+    pub async fn month_spend(&self, account: &str, at: DateTime<Utc>) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let spent: Option<u64> = conn
+            .hget(self.key(&month_key(at.date_naive())), account)
+            .await?;
+        Ok(spent.unwrap_or(0))
+    }
+
+    /// Usage from `from` to `to` (days, inclusive), summed per account, group and job; only
+    /// `account`'s when given.
+    pub async fn usage(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        account: Option<&str>,
+    ) -> Result<Vec<UsageRow>> {
+        let days: Vec<NaiveDate> = from.iter_days().take_while(|day| *day <= to).collect();
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for day in &days {
+            pipe.hgetall(self.key(&day_key(*day)));
+        }
+        let mut conn = self.conn.clone();
+        let maps: Vec<BTreeMap<String, u64>> = pipe.query_async(&mut conn).await?;
+        let mut rows: BTreeMap<(String, String, String), UsageRow> = BTreeMap::new();
+        for (field, value) in maps.into_iter().flatten() {
+            let parts: Vec<&str> = field.split(SEP).collect();
+            let [owner, group, job, what] = parts.as_slice() else {
+                continue;
+            };
+            if account.is_some_and(|wanted| wanted != *owner) {
+                continue;
+            }
+            let row = rows
+                .entry((owner.to_string(), group.to_string(), job.to_string()))
+                .or_insert_with(|| UsageRow {
+                    account: owner.to_string(),
+                    group: group.to_string(),
+                    job_id: job.to_string(),
+                    ..UsageRow::default()
+                });
+            match *what {
+                "nano_usd" => row.nano_usd += value,
+                "secs" => row.secs += value,
+                "runs" => row.runs += value,
+                _ => {}
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    /// Cost and instance-seconds by account and market: `((account, market), (nano_usd, secs))`.
+    pub async fn cost_counters(&self) -> Result<BTreeMap<(String, String), (u64, u64)>> {
+        let mut conn = self.conn.clone();
+        let fields: BTreeMap<String, u64> = conn.hgetall(self.key("metrics:cost")).await?;
+        let mut counters: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for (field, value) in fields {
+            let parts: Vec<&str> = field.split(SEP).collect();
+            let [account, market, what] = parts.as_slice() else {
+                continue;
+            };
+            let entry = counters
+                .entry((account.to_string(), market.to_string()))
+                .or_default();
+            match *what {
+                "nano_usd" => entry.0 += value,
+                "secs" => entry.1 += value,
+                _ => {}
+            }
+        }
+        Ok(counters)
+    }
+
+    /// The overhead phases: `phase → (sum in ms, count)`.
+    pub async fn overheads(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut conn = self.conn.clone();
+        let fields: BTreeMap<String, u64> = conn.hgetall(self.key("metrics:overhead")).await?;
+        let mut phases: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (field, value) in fields {
+            let Some((phase, what)) = field.split_once(SEP) else {
+                continue;
+            };
+            let entry = phases.entry(phase.to_string()).or_default();
+            match what {
+                "sum_ms" => entry.0 += value,
+                "count" => entry.1 += value,
+                _ => {}
+            }
+        }
+        Ok(phases)
+    }
+}

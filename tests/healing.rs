@@ -219,6 +219,63 @@ async fn fires_lost_with_wiped_queues_after_the_handover_are_healed_by_the_recon
     assert!(provisioner.is_running());
 }
 
+/// Queues wiped under a running provisioner, with every timer of the next seconds in them: once its
+/// link is made again it hands those fires back to the pump itself, so they fire on time, each once,
+/// with a reconcile grace far too long to have helped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fires_lost_with_queues_wiped_under_a_provisioner_still_fire_on_time() {
+    const JOBS: usize = 300;
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let mut settings = env.settings.clone();
+    settings.provisioner.reconcile_grace_secs = 600;
+    let app = spawn_app_with(settings.clone()).await;
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let due = Utc::now() + chrono::Duration::seconds(20);
+    let due_text = due.to_rfc3339();
+    let jobs: Vec<String> = futures::stream::iter(0..JOBS)
+        .map(|_| app.create_job(ACCOUNT_KEY, dummy(&due_text)))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    // Due within the pump's horizon: handed over at once; wait until RabbitMQ holds them all.
+    eventually(
+        Duration::from_secs(15),
+        "the timers taken by the pump",
+        || async { (store.unarmed_count().await.ok()? == 0).then_some(()) },
+    )
+    .await;
+    // Published (with confirms) a moment after they are taken.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(env.wipe_queues() > 0, "the queues existed");
+
+    eventually(Duration::from_secs(40), "every fire recorded", || async {
+        let mut fired = 0;
+        for job in &jobs {
+            fired += store.job_run_ids(job, 0).await.ok()?.len();
+        }
+        (fired >= JOBS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut latest = chrono::Duration::zero();
+    for job in &jobs {
+        let runs = store.job_run_ids(job, 0).await.unwrap();
+        assert_eq!(runs.len(), 1, "{job} fired once");
+        let run = store.get_run(&runs[0]).await.unwrap().unwrap();
+        let recorded = *run.transitions.values().min().unwrap();
+        latest = latest.max(recorded - run.scheduled_at);
+    }
+    assert!(
+        latest < chrono::Duration::seconds(5),
+        "the lost fires were late by {latest} (the reconciler would have taken 600 s)"
+    );
+    let events = store.event_counts().await.unwrap();
+    assert!(events.get("rearmed_after_link_loss").copied().unwrap_or(0) >= JOBS as u64);
+    assert!(provisioner.is_running());
+}
+
 /// A job with a fire recorded as a pending run, as the provisioner records one.
 async fn recorded_run(store: &Store, app: &TestApp, body: Value) -> (String, String) {
     let job_id = app.create_job(ACCOUNT_KEY, body).await;

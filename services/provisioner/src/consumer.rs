@@ -33,6 +33,10 @@ impl Provisioner {
             let this = self.clone();
             tokio::spawn(async move { this.reconcile_forever().await })
         };
+        let rearmer = {
+            let this = self.clone();
+            tokio::spawn(async move { this.rearm_after_link_loss().await })
+        };
         let grace = Duration::from_secs(self.settings.provisioner.shutdown_grace_secs);
         let this = self.clone();
         serve(&mut fires, shutdown, grace, move |delivery| {
@@ -42,6 +46,7 @@ impl Provisioner {
         .await;
         pump.abort();
         reconciler.abort();
+        rearmer.abort();
         self.broker.close().await;
         Ok(())
     }
@@ -54,6 +59,29 @@ impl Provisioner {
             ticks.tick().await;
             if let Err(err) = self.reconcile_if_due().await {
                 tracing::warn!(error = %err, "reconcile failed; the next period retries");
+            }
+        }
+    }
+
+    /// Each time the link to RabbitMQ is made again after a loss, hands back to the pump every fire
+    /// due within the pump's horizon (see [`Provisioner::rearm_within_horizon`]), until dropped.
+    async fn rearm_after_link_loss(&self) {
+        let mut links = self.broker.links_opened();
+        while links.changed().await.is_ok() {
+            if *links.borrow_and_update() <= 1 {
+                continue;
+            }
+            let mut backoff = std::time::Duration::from_millis(200);
+            // Redis may be the one away: keep trying until the hand-back is done.
+            loop {
+                match self.rearm_within_horizon().await {
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "re-arming after the link loss failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
             }
         }
     }

@@ -287,6 +287,36 @@ impl Provisioner {
         Ok(report)
     }
 
+    /// Hands back to the pump every fire due before the pump's horizon is out and not yet recorded:
+    /// what RabbitMQ held may be gone with a lost link (a wiped vhost, deleted queues), and without
+    /// this the reconciler would find it only once overdue by its grace. Fires that were not lost
+    /// arrive twice and are recorded once. One provisioner does it per loss (a short turn).
+    pub async fn rearm_within_horizon(&self) -> Result<Option<ReconcileReport>> {
+        if !self
+            .store
+            .take_turn("provisioner:rearm", Duration::from_secs(2))
+            .await?
+        {
+            return Ok(None);
+        }
+        let (ahead, _) = self.pump_horizon();
+        let report = self
+            .store
+            .requeue_overdue(Utc::now() + ahead, RECONCILE_PAGE)
+            .await?;
+        tracing::warn!(
+            ?report,
+            "RabbitMQ link made again: fires within the horizon handed back to the pump"
+        );
+        self.store
+            .note_event(
+                "rearmed_after_link_loss",
+                (report.scheduled + report.delayed) as u64,
+            )
+            .await;
+        Ok(Some(report))
+    }
+
     /// One reconcile pass, unless another provisioner holds this period's (then `None`): the work
     /// does not multiply with the number of provisioners.
     pub async fn reconcile_if_due(&self) -> Result<Option<ReconcileReport>> {

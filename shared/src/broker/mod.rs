@@ -80,6 +80,9 @@ struct Shared {
     /// Asks the supervisor to drop the link and connect afresh (the topology was found missing).
     reset: Notify,
     closed: AtomicBool,
+    /// How many links have been opened: a link after the first follows a loss, across which the
+    /// broker may have lost what it held (a wiped vhost, deleted queues).
+    links_opened: watch::Sender<u64>,
 }
 
 /// The handle every service holds on RabbitMQ. Cheap to share behind an `Arc`; dropping it stops the
@@ -171,6 +174,7 @@ impl Shared {
             attempt = 0;
             backoff = reconnect_backoff();
             self.link.send_replace(Some(link.clone()));
+            self.links_opened.send_modify(|opened| *opened += 1);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(WATCH_INTERVAL) => if !link.alive() { break },
@@ -201,6 +205,7 @@ impl Broker {
             link,
             reset: Notify::new(),
             closed: AtomicBool::new(false),
+            links_opened: watch::channel(0).0,
         });
         let supervisor = tokio::spawn(shared.clone().supervise());
         Broker { shared, supervisor }
@@ -216,6 +221,12 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.shared.topology
+    }
+
+    /// Counts the links opened (the first is 1); changes each time a new link is up, topology
+    /// declared. A count past 1 means the link was lost and made again.
+    pub fn links_opened(&self) -> watch::Receiver<u64> {
+        self.shared.links_opened.subscribe()
     }
 
     /// Whether a link is up now (what `/healthcheck` reports).

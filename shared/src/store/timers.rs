@@ -128,6 +128,12 @@ return due
             .collect())
     }
 
+    /// How many fires wait for the pump to hand them over.
+    pub async fn unarmed_count(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(conn.zcard(self.key(UNARMED)).await?)
+    }
+
     /// Puts timers the pump could not arm back, for its next round.
     pub async fn unclaim(&self, timers: &[UnarmedTimer]) -> Result<()> {
         if timers.is_empty() {

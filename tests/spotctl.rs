@@ -297,6 +297,47 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
         "{table}"
     );
 
+    // What it cost: the local provider's price (0), over at least the minute EC2 would bill.
+    let usage = eventually(Duration::from_secs(30), "the run's cost summed", || async {
+        let usage = ctl.json(&["usage"]).await;
+        (usage["runs"] == 1).then_some(usage)
+    })
+    .await;
+    assert_eq!(usage["usd"], 0.0);
+    assert!(usage["instance_seconds"].as_u64().unwrap() >= 60, "{usage}");
+    assert_eq!(usage["groups"][0]["jobs"][0]["job_id"], id.as_str());
+    let table = ctl.table(&["usage"]).await;
+    assert!(table.contains(&id) && table.contains("total"), "{table}");
+    let bad = ctl.run(&["usage", "--from", "yesterday"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("from"), "{}", bad.stderr);
+
+    // A job its policy retries: --wait follows the retry and exits with the last attempt's code.
+    let retried = json!({
+        "name": "retried",
+        "schedule": "@yearly",
+        "runner": {"type": "container", "image": image, "cmd": "sh -c 'exit 4'"},
+        "policies": {"retries": {"max_attempts": 2, "backoff_secs": 1, "backoff_max_secs": 1}},
+    });
+    let retried_file = write(&env.dir(), "retried.json", &retried.to_string());
+    let retried_id = ctl.json(&["schedule", "-f", &retried_file]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = ctl
+        .run(&["run", &retried_id, "--wait", "--timeout", "120"])
+        .await;
+    assert_eq!(waited.code, 4, "stderr: {}", waited.stderr);
+    assert!(waited.stderr.contains("attempt 2"), "{}", waited.stderr);
+    let runs = app.runs(&retried_id).await;
+    assert_eq!(runs.len(), 2, "both attempts ran: {runs:?}");
+    assert!(runs
+        .iter()
+        .any(|r| r["attempt"] == 2 && r["will_retry"] == false));
+    assert!(runs
+        .iter()
+        .any(|r| r["attempt"] == 1 && r["will_retry"] == true));
+
     // The simple API's fields: scheduled, with an id.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%SZ")

@@ -103,6 +103,15 @@ pub enum Command {
     },
     /// The system: health of Redis and RabbitMQ, fires, lateness, live instances.
     Status,
+    /// What the account's instances cost, by group and job, and its budget left.
+    Usage {
+        /// First day, YYYY-MM-DD (default: the first of this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Shell completions, printed for the shell named.
     Completions { shell: clap_complete::Shell },
 }

@@ -47,6 +47,7 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         }
         Command::Logs { run, follow } => runs::logs(&api, &run, follow).await?,
         Command::Status => return system::status(&api, out).await,
+        Command::Usage { from, to } => system::usage(&api, out, from, to).await?,
         Command::Completions { shell } => system::completions(shell),
     }
     Ok(0)

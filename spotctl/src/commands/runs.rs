@@ -35,6 +35,9 @@ pub async fn list(api: &ApiClient, output: Output, job: &str, limit: usize) -> C
                 text(&run["exit_code"]),
                 span(instant(&started), ended),
                 text(&run["instance_id"]),
+                run["cost_usd"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |usd| format!("{usd:.6}")),
                 text(&run["error"]),
             ]
         })
@@ -47,6 +50,7 @@ pub async fn list(api: &ApiClient, output: Output, job: &str, limit: usize) -> C
         "EXIT",
         "TOOK",
         "INSTANCE",
+        "USD",
         "ERROR",
     ];
     output::print(output, &answer, &header, rows);
@@ -112,7 +116,8 @@ pub async fn instances(api: &ApiClient, output: Output, job: &str, limit: usize)
 }
 
 /// Runs the job now. With `wait`, follows the run's states on stderr until it ends and returns the
-/// container's exit code.
+/// container's exit code; a run its job's policy retries (`will_retry`) is followed into its next
+/// attempt.
 pub async fn run_now(
     api: &ApiClient,
     output: Output,
@@ -131,6 +136,8 @@ pub async fn run_now(
         .ok_or_else(|| CtlError::Other("the api gave no scheduled_at".into()))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = 0;
+    let mut following = 1;
+    let mut retry_announced = false;
     loop {
         // The run of that instant with the highest attempt (retries are new attempts of it).
         let runs = runs_of(api, job, 20).await?;
@@ -139,9 +146,22 @@ pub async fn run_now(
             .filter(|run| instant(&run["scheduled_at"]) == Some(scheduled_at))
             .max_by_key(|run| run["attempt"].as_u64());
         if let Some(run) = run {
+            let attempt = run["attempt"].as_u64().unwrap_or(1);
+            if attempt != following {
+                // A retry: a new run of the same instant.
+                eprintln!();
+                eprint!("attempt {attempt}: ");
+                following = attempt;
+                shown = 0;
+                retry_announced = false;
+            }
             shown = show_progress(run, shown);
             let state = run["state"].as_str().unwrap_or_default();
-            if is_terminal(state) {
+            if is_terminal(state) && run["will_retry"] == true && !retry_announced {
+                eprint!(" (the job's policy retries it)");
+                retry_announced = true;
+            }
+            if is_terminal(state) && run["will_retry"] != true {
                 eprintln!();
                 if output == Output::Json {
                     output::print(output, run, &[], Vec::new());

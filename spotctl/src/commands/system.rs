@@ -7,6 +7,69 @@ use crate::cli::{Cli, Output};
 use crate::client::{ApiClient, CtlError, CtlResult};
 use crate::output;
 
+/// `/v1/usage` as a table: one row per job, then the account's total and its budget.
+pub async fn usage(
+    api: &ApiClient,
+    output: Output,
+    from: Option<String>,
+    to: Option<String>,
+) -> CtlResult<()> {
+    let mut query = Vec::new();
+    for (name, value) in [("from", from), ("to", to)] {
+        if let Some(value) = value {
+            query.push(format!("{name}={}", crate::client::segment(&value)));
+        }
+    }
+    let path = match query.is_empty() {
+        true => "/v1/usage".to_string(),
+        false => format!("/v1/usage?{}", query.join("&")),
+    };
+    let report = api.get(&path).await?;
+    let usd = |value: &Value| match value.as_f64() {
+        Some(usd) => format!("{usd:.6}"),
+        None => "-".into(),
+    };
+    let mut rows = Vec::new();
+    for group in output::items(&report, "groups") {
+        for job in output::items(group, "jobs") {
+            rows.push(vec![
+                output::text(&group["group"]),
+                output::text(&job["job_id"]),
+                output::text(&job["runs"]),
+                output::text(&job["instance_seconds"]),
+                usd(&job["usd"]),
+            ]);
+        }
+    }
+    rows.push(vec![
+        "total".into(),
+        format!(
+            "{} to {}",
+            output::text(&report["from"]),
+            output::text(&report["to"])
+        ),
+        output::text(&report["runs"]),
+        output::text(&report["instance_seconds"]),
+        usd(&report["usd"]),
+    ]);
+    if !report["budget_usd"].is_null() {
+        rows.push(vec![
+            "budget".into(),
+            format!(
+                "{} USD a month, {} spent",
+                usd(&report["budget_usd"]),
+                usd(&report["month_spent_usd"])
+            ),
+            String::new(),
+            String::new(),
+            format!("{} left", usd(&report["budget_left_usd"])),
+        ]);
+    }
+    let header = ["GROUP", "JOB", "RUNS", "INSTANCE-SECONDS", "USD"];
+    output::print(output, &report, &header, rows);
+    Ok(())
+}
+
 pub async fn status(api: &ApiClient, output: Output) -> CtlResult<u8> {
     // 503 is an answer here: the body says which dependency is down.
     let health = match api.get("/healthcheck").await {

@@ -369,7 +369,18 @@ pub async fn list_runs(
         .job_runs_from(&job.id, window.offset, window.to_read())
         .await?;
     let (runs, next_offset) = window.cut(listed);
+    let runs: Vec<_> = runs.iter().map(|run| run_view(run, Some(&job))).collect();
     Ok(HttpResponse::Ok().json(json!({ "runs": runs, "next_offset": next_offset })))
+}
+
+/// A run as `/v1` shows it: with `will_retry`, whether its job's policy gives an ended run another
+/// attempt (a new run of the same instant, once its backoff is over).
+fn run_view(run: &Run, job: Option<&Job>) -> serde_json::Value {
+    let will_retry = run.state.is_terminal()
+        && job.is_some_and(|job| spot_shared::policy::should_retry(job, run, run.state));
+    let mut view = json!(run);
+    view["will_retry"] = json!(will_retry);
+    view
 }
 
 async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Error> {
@@ -392,8 +403,9 @@ pub async fn get_run(
         Some(id) => state.store.get_instance(id).await?,
         None => None,
     };
+    let job = state.store.get_job(&run.job_id).await?;
     let min_billed = state.settings.pricing.min_billed_secs;
-    let mut view = json!(run);
+    let mut view = run_view(&run, job.as_ref());
     view["cost"] = json!(instance
         .as_ref()
         .and_then(|i| spot_shared::pricing::cost_of(i, min_billed, Utc::now())));

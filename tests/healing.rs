@@ -276,6 +276,37 @@ async fn fires_lost_with_queues_wiped_under_a_provisioner_still_fire_on_time() {
     assert!(provisioner.is_running());
 }
 
+/// A RabbitMQ cluster's node that does not answer: the services try the next node of
+/// `rabbitmq.other_urls` and run as if nothing were wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_whose_first_node_does_not_answer_use_the_next() {
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let mut settings = env.settings.clone();
+    let real = settings.rabbitmq.url.clone();
+    // A port nothing listens on, as a node that is down.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    settings.rabbitmq.url = secrecy::SecretString::from(format!(
+        "amqp://guest:guest@127.0.0.1:{dead_port}/{}",
+        env.name
+    ));
+    settings.rabbitmq.other_urls = vec![real];
+    let app = spawn_app_with(settings.clone()).await;
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 200, "{body}");
+    let job = app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
+    let store = env.store().await;
+    eventually(Duration::from_secs(20), "the job fired", || async {
+        (store.job_run_ids(&job, 0).await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    assert!(provisioner.is_running());
+}
+
 /// A job with a fire recorded as a pending run, as the provisioner records one.
 async fn recorded_run(store: &Store, app: &TestApp, body: Value) -> (String, String) {
     let job_id = app.create_job(ACCOUNT_KEY, body).await;

@@ -76,6 +76,10 @@ pub struct RedisSettings {
 #[serde(deny_unknown_fields)]
 pub struct RabbitSettings {
     pub url: SecretString,
+    /// The other nodes of a RabbitMQ cluster: a service whose node does not answer, or goes away,
+    /// tries the next in turn (every queue is a quorum queue, served from any node).
+    #[serde(default)]
+    pub other_urls: Vec<SecretString>,
     pub namespace: String,
     pub timer_levels: u8,
     pub timer_unit_ms: u64,
@@ -84,6 +88,13 @@ pub struct RabbitSettings {
     /// are due, each then waits in that one level (one dead-letter hop). -1: in their last unit, straight
     /// to the fires queue (no hop).
     pub timer_pump_level: i8,
+}
+
+impl RabbitSettings {
+    /// Every node to connect to, `url` first.
+    pub fn nodes(&self) -> Vec<&SecretString> {
+        std::iter::once(&self.url).chain(&self.other_urls).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

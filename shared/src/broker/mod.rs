@@ -24,7 +24,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
@@ -127,9 +127,9 @@ fn with_defaults(url: &str) -> String {
 }
 
 impl Shared {
-    /// One attempt: connect, open the publisher, declare the topology.
-    async fn open_link(&self) -> Result<Link> {
-        let url = with_defaults(self.settings.url.expose_secret());
+    /// One attempt on one node: connect, open the publisher, declare the topology.
+    async fn open_link(&self, node: &SecretString) -> Result<Link> {
+        let url = with_defaults(node.expose_secret());
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
             Connection::connect(&url, ConnectionProperties::default()),
@@ -151,10 +151,14 @@ impl Shared {
     async fn supervise(self: Arc<Self>) {
         let mut backoff = reconnect_backoff();
         let mut attempt: u64 = 0;
+        // The node tried: the next one in turn after a failed attempt or a lost link.
+        let nodes = self.settings.nodes();
+        let mut node = 0;
         while !self.closed.load(Ordering::Relaxed) {
-            let link = match self.open_link().await {
+            let link = match self.open_link(nodes[node % nodes.len()]).await {
                 Ok(link) => Arc::new(link),
                 Err(err) => {
+                    node += 1;
                     attempt += 1;
                     let pause = backoff.next().unwrap_or(Duration::from_secs(5));
                     // The first failures are routine during a restart; say so once, then now and then.
@@ -177,7 +181,12 @@ impl Shared {
             self.links_opened.send_modify(|opened| *opened += 1);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(WATCH_INTERVAL) => if !link.alive() { break },
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => if !link.alive() {
+                        // The node went away: its peers hold the quorum queues too.
+                        node += 1;
+                        break;
+                    },
+                    // The topology was found missing on this node: declare it again here.
                     _ = self.reset.notified() => break,
                 }
             }

@@ -1,0 +1,119 @@
+//! A three-node RabbitMQ cluster (`scripts/cluster`, which `scripts/test` starts): the services point
+//! at node 1 with nodes 2 and 3 as `rabbitmq.other_urls`; node 1 is stopped while a burst of timers
+//! waits in its quorum queues, and every job still fires exactly once. The test has a vhost of its
+//! own on the cluster and gives node 1 back when it is done.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use spot_tests::*;
+
+fn host() -> String {
+    let out = Command::new("hostname")
+        .arg("-s")
+        .output()
+        .expect("hostname");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `rabbitmqctl` on one node of the cluster; whether it succeeded.
+fn node_ctl(node: u16, args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .arg("-q")
+        .arg("-n")
+        .arg(format!("spot-rabbit-{node}@{}", host()))
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn url(node: u16, vhost: &str) -> secrecy::SecretString {
+    secrecy::SecretString::from(format!(
+        "amqp://guest:guest@127.0.0.1:{}/{vhost}",
+        5680 + node
+    ))
+}
+
+/// Gives node 1 back and removes the vhost, whatever the test's outcome.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        node_ctl(1, &["start_app"]);
+        node_ctl(1, &["await_startup"]);
+        node_ctl(2, &["delete_vhost", &self.0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_under_a_burst_loses_no_fire() {
+    const JOBS: usize = 300;
+    assert!(
+        node_ctl(1, &["await_startup"]),
+        "the RabbitMQ cluster is not running: scripts/cluster up"
+    );
+    let mut env = TestEnv::new();
+    let vhost = format!("{}-cluster", env.name);
+    assert!(node_ctl(1, &["add_vhost", &vhost]));
+    let _cleanup = Cleanup(vhost.clone());
+    assert!(node_ctl(
+        1,
+        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]
+    ));
+    env.settings.rabbitmq.url = url(1, &vhost);
+    env.settings.rabbitmq.other_urls = vec![url(2, &vhost), url(3, &vhost)];
+
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let store = env.store().await;
+    let due = (Utc::now() + chrono::Duration::seconds(20)).to_rfc3339();
+    let jobs: Vec<String> = futures::stream::iter(0..JOBS)
+        .map(|_| {
+            app.create_job(
+                ACCOUNT_KEY,
+                json!({"schedule": due, "runner": {"type": "dummy", "template": "hi"}}),
+            )
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    eventually(
+        Duration::from_secs(15),
+        "the timers taken by the pump",
+        || async { (store.unarmed_count().await.ok()? == 0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The node every service is connected to goes away while the burst waits in the queues.
+    let stop = tokio::task::spawn_blocking(|| node_ctl(1, &["stop_app"]));
+    assert!(stop.await.unwrap(), "node 1 stopped");
+
+    eventually(Duration::from_secs(60), "every job fired", || async {
+        let mut fired = 0;
+        for job in &jobs {
+            fired += store.job_run_ids(job, 0).await.ok()?.len();
+        }
+        (fired >= JOBS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in &jobs {
+        assert_eq!(
+            store.job_run_ids(job, 0).await.unwrap().len(),
+            1,
+            "{job} fired once"
+        );
+    }
+    let (status, _) = {
+        let response = app.get("/healthcheck", "").await;
+        (response.status().as_u16(), ())
+    };
+    assert_eq!(status, 200, "the api is on another node");
+    assert!(provisioner.is_running());
+    provisioner.stop().await;
+    app.service.stop().await;
+}

@@ -217,3 +217,59 @@ async fn an_account_over_its_budget_gets_provision_failed_and_usage_sums_its_run
     assert_eq!(body["field"], "to");
     stack.finish().await;
 }
+
+/// The overhead around each job on the moto harness, as a measurement to run by hand (it prints
+/// figures and asserts none of them; BENCHMARKS.md keeps them):
+/// `cargo test -p spot-tests --test costs -- --ignored lifecycle_on_moto --nocapture`.
+/// 40 container jobs (`true`), due together in waves of 10, through the `ec2` provider; from each
+/// run's and instance's recorded transitions: the run's end → terminate requested, terminate
+/// requested → terminated, the run's end → terminated, and the seconds billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement: run by hand, figures in BENCHMARKS.md"]
+async fn lifecycle_on_moto() {
+    const JOBS: usize = 40;
+    const WAVE: usize = 10;
+    let stack = Ec2Stack::start(false).await.with_services().await;
+    let mut jobs = Vec::new();
+    for wave in 0..JOBS / WAVE {
+        for _ in 0..WAVE {
+            jobs.push(stack.job("true", json!({})).await);
+        }
+        for job in &jobs[wave * WAVE..] {
+            stack.run_in(job, 1, &["succeeded", "failed"]).await;
+        }
+    }
+    let mut exit_to_terminate = Vec::new();
+    let mut terminate_to_terminated = Vec::new();
+    let mut past_the_job = Vec::new();
+    let mut billed = Vec::new();
+    for job in &jobs {
+        let run = stack.run_in(job, 1, &["succeeded"]).await;
+        let (run, instance) = ended_and_priced(&stack, run["id"].as_str().unwrap()).await;
+        let ended = instant(&run["transitions"]["succeeded"]);
+        let terminating = instant(&instance["transitions"]["terminating"]);
+        let terminated = instant(&instance["transitions"]["terminated"]);
+        exit_to_terminate.push((terminating - ended).num_milliseconds());
+        terminate_to_terminated.push((terminated - terminating).num_milliseconds());
+        past_the_job.push((terminated - ended).num_milliseconds());
+        billed.push(run["cost"]["billed_seconds"].as_i64().unwrap());
+    }
+    let figures = |mut values: Vec<i64>| {
+        values.sort_unstable();
+        let at =
+            |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+        json!({"p50": at(0.5), "p99": at(0.99), "max": values[values.len() - 1]})
+    };
+    println!(
+        "{}",
+        json!({
+            "scenario": "lifecycle-on-moto",
+            "jobs": JOBS,
+            "exit_to_terminate_ms": figures(exit_to_terminate),
+            "terminate_to_terminated_ms": figures(terminate_to_terminated),
+            "past_the_job_ms": figures(past_the_job),
+            "billed_secs": figures(billed),
+        })
+    );
+    stack.finish().await;
+}

@@ -108,10 +108,14 @@ pub async fn tally(
                 }
                 if !fired_last && !runs.iter().any(caught_up) {
                     tally.lost += 1;
-                    tally.suspects.push(describe(job_id, expect, &runs));
+                    tally
+                        .suspects
+                        .push(describe(store, job_id, expect, &runs).await);
                 }
                 if twice > 0 {
-                    tally.suspects.push(describe(job_id, expect, &runs));
+                    tally
+                        .suspects
+                        .push(describe(store, job_id, expect, &runs).await);
                 }
                 tally.cron_runs += runs.len();
                 // Instants every 5 s from the first run to the last one expected.
@@ -127,7 +131,9 @@ pub async fn tally(
         tally.lost += wanted.saturating_sub(runs.len());
         tally.duplicated += extra.max(twice);
         if runs.len() != wanted || twice > 0 {
-            tally.suspects.push(describe(job_id, expect, &runs));
+            tally
+                .suspects
+                .push(describe(store, job_id, expect, &runs).await);
         }
         if due.is_some_and(|due| due < last_fault) && runs.len() < wanted {
             tally.due_before_fault_done = false;
@@ -137,7 +143,19 @@ pub async fn tally(
 }
 
 /// One job's runs, for a look at what went wrong: instant, attempt, state and when recorded.
-fn describe(job_id: &str, expect: &Expect, runs: &[Run]) -> String {
+async fn describe(store: &Store, job_id: &str, expect: &Expect, runs: &[Run]) -> String {
+    // What the store holds of the job: its runner, state and the timer it waits on.
+    let job = match store.get_job(job_id).await {
+        Ok(Some(job)) => format!(
+            "{} enabled={} generation={} timer={:?}",
+            serde_json::to_value(&job.runner).unwrap_or_default()["type"],
+            job.enabled,
+            job.generation,
+            job.next_fire_at
+        ),
+        Ok(None) => "job missing from Redis".to_string(),
+        Err(err) => format!("job unreadable: {err}"),
+    };
     let mut runs: Vec<&Run> = runs.iter().collect();
     runs.sort_by_key(|r| (r.scheduled_at, r.attempt));
     let shown: Vec<String> = runs
@@ -157,7 +175,7 @@ fn describe(job_id: &str, expect: &Expect, runs: &[Run]) -> String {
             )
         })
         .collect();
-    format!("{job_id} {expect:?}: [{}]", shown.join(", "))
+    format!("{job_id} {expect:?} ({job}): [{}]", shown.join(", "))
 }
 
 /// Containers, running or not, left by this scenario's runs.

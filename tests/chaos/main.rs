@@ -495,6 +495,10 @@ async fn main() -> anyhow::Result<()> {
         "faults": FAULTS.len(),
         "redis_fsync": fsync,
     });
+    for (late, due, job_id) in &report.latest_fires {
+        let due = (*due - start).num_milliseconds() as f64 / 1000.0;
+        eprintln!("[chaos] late fire: due at {due:5.1} s, {late:.1} s late ({job_id})");
+    }
     println!("{outcome}");
     let zero = [
         "lost",

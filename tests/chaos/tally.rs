@@ -39,6 +39,9 @@ pub struct Tally {
     /// The latest first fire of any one-shot, from its instant to its run's record, in seconds: how
     /// long the worst fault held work up.
     pub max_fire_lateness_secs: f64,
+    /// The latest first fires (lateness in seconds, instant, job id), latest first: which fault
+    /// held work up longest.
+    pub latest_fires: Vec<(f64, DateTime<Utc>, String)>,
     /// Whether all work due before the last fault is done.
     pub due_before_fault_done: bool,
     pub run_ids: HashSet<String>,
@@ -76,6 +79,9 @@ pub async fn tally(
             if let Some(recorded) = run.transitions.values().min() {
                 let late = (*recorded - run.scheduled_at).num_milliseconds() as f64 / 1000.0;
                 tally.max_fire_lateness_secs = tally.max_fire_lateness_secs.max(late);
+                tally
+                    .latest_fires
+                    .push((late, run.scheduled_at, job_id.clone()));
             }
         }
         tally.runs_not_ended += runs.iter().filter(|r| !r.state.is_terminal()).count();
@@ -139,8 +145,12 @@ pub async fn tally(
             tally.due_before_fault_done = false;
         }
     }
+    tally.latest_fires.sort_by(|a, b| b.0.total_cmp(&a.0));
+    tally.latest_fires.truncate(LATEST_FIRES_SHOWN);
     Ok(tally)
 }
+
+const LATEST_FIRES_SHOWN: usize = 5;
 
 /// One job's runs, for a look at what went wrong: instant, attempt, state and when recorded.
 async fn describe(store: &Store, job_id: &str, expect: &Expect, runs: &[Run]) -> String {

@@ -93,11 +93,7 @@ async fn a_node_stopped_under_a_burst_loses_no_fire() {
     assert!(stop.await.unwrap(), "node 1 stopped");
 
     eventually(Duration::from_secs(60), "every job fired", || async {
-        let mut fired = 0;
-        for job in &jobs {
-            fired += store.job_run_ids(job, 0).await.ok()?.len();
-        }
-        (fired >= JOBS).then_some(())
+        (count_runs(&store, &jobs).await? >= JOBS).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -188,13 +188,22 @@ impl TestEnv {
     /// Deletes every queue of this test's vhost (and with them whatever they held), as a wiped
     /// broker would lose them; exchanges stay.
     pub fn wipe_queues(&self) -> usize {
+        self.delete_queues_where(|_| true)
+    }
+
+    /// Deletes this test's queues whose name passes `pick`, with what they hold; returns how many.
+    pub fn delete_queues_where(&self, pick: impl Fn(&str) -> bool) -> usize {
         let listing = management_request("GET", &format!("/api/queues/{}", self.name), "");
         let queues: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap_or_default();
-        for queue in &queues {
-            let name = queue["name"].as_str().unwrap_or_default();
+        let names: Vec<&str> = queues
+            .iter()
+            .filter_map(|queue| queue["name"].as_str())
+            .filter(|name| pick(name))
+            .collect();
+        for name in &names {
             management_request("DELETE", &format!("/api/queues/{}/{}", self.name, name), "");
         }
-        queues.len()
+        names.len()
     }
 
     /// Deletes this test's vhost (closing every connection to it) and makes it anew, empty: what a
@@ -618,6 +627,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How many runs the jobs have, all told; `None` while Redis does not answer (for [`eventually`]).
+pub async fn count_runs(store: &spot_shared::store::Store, jobs: &[String]) -> Option<usize> {
+    let mut runs = 0;
+    for job in jobs {
+        runs += store.job_run_ids(job, 0).await.ok()?.len();
+    }
+    Some(runs)
 }
 
 /// Fails unless a run's recorded transitions, in time order, form a legal path of the run state

@@ -11,6 +11,10 @@ use spot_shared::messages::FireDelivery;
 
 use crate::Provisioner;
 
+/// How often a provisioner checks that every queue of the topology exists: at most this long a
+/// deleted timer level goes unnoticed.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(2);
+
 impl Provisioner {
     /// Consumes fires, pumps timers from Redis to RabbitMQ and reconciles them until `shutdown`
     /// resolves; fires in hand then get `shutdown_grace_secs` to finish. RabbitMQ or Redis going away
@@ -37,6 +41,10 @@ impl Provisioner {
             let this = self.clone();
             tokio::spawn(async move { this.rearm_after_link_loss().await })
         };
+        let topology_watch = {
+            let this = self.clone();
+            tokio::spawn(async move { this.watch_topology().await })
+        };
         let grace = Duration::from_secs(self.settings.provisioner.shutdown_grace_secs);
         let this = self.clone();
         serve(&mut fires, shutdown, grace, move |delivery| {
@@ -47,6 +55,7 @@ impl Provisioner {
         pump.abort();
         reconciler.abort();
         rearmer.abort();
+        topology_watch.abort();
         self.broker.close().await;
         Ok(())
     }
@@ -82,6 +91,29 @@ impl Provisioner {
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                     }
                 }
+            }
+        }
+    }
+
+    /// Looks for every queue of the topology each [`TOPOLOGY_CHECK`] and, when one is gone, makes the
+    /// link again (which declares it again and re-arms the horizon, see
+    /// [`Provisioner::rearm_after_link_loss`]), until dropped. A deleted fires queue cancels its
+    /// consumer and is noticed at once, but nothing consumes the timer levels: a level deleted
+    /// after the link was made (the rest of a wipe) would lose its timers until the reconciler
+    /// found them overdue by its grace.
+    async fn watch_topology(&self) {
+        let mut ticks = tokio::time::interval(TOPOLOGY_CHECK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if !self.broker.is_connected() {
+                continue;
+            }
+            match self.broker.missing_queue().await {
+                Ok(Some(queue)) => self.broker.reset(&format!("queue {queue} is gone")),
+                Ok(None) => {}
+                // The link went away meanwhile: the next link declares the topology anyway.
+                Err(err) => tracing::debug!(error = %err, "topology not checked"),
             }
         }
     }

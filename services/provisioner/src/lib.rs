@@ -289,16 +289,13 @@ impl Provisioner {
 
     /// Hands back to the pump every fire due before the pump's horizon is out and not yet recorded:
     /// what RabbitMQ held may be gone with a lost link (a wiped vhost, deleted queues), and without
-    /// this the reconciler would find it only once overdue by its grace. Fires that were not lost
-    /// arrive twice and are recorded once. One provisioner does it per loss (a short turn).
-    pub async fn rearm_within_horizon(&self) -> Result<Option<ReconcileReport>> {
-        if !self
-            .store
-            .take_turn("provisioner:rearm", Duration::from_secs(2))
-            .await?
-        {
-            return Ok(None);
-        }
+    /// this the reconciler would find it only once overdue by its grace. Every provisioner does it
+    /// on each of its own new links, with no turn shared between them: a wipe deletes queues one
+    /// by one, and a provisioner that re-made its link midway may refill a level that is deleted
+    /// next, so a turn held by it would keep the re-arm after the next loss from happening. Fires
+    /// that were not lost arrive twice or more and are recorded once; the cost is one horizon of
+    /// timers per loss per provisioner.
+    pub async fn rearm_within_horizon(&self) -> Result<ReconcileReport> {
         let (ahead, _) = self.pump_horizon();
         let report = self
             .store
@@ -314,7 +311,7 @@ impl Provisioner {
                 (report.scheduled + report.delayed) as u64,
             )
             .await;
-        Ok(Some(report))
+        Ok(report)
     }
 
     /// One reconcile pass, unless another provisioner holds this period's (then `None`): the work

@@ -421,6 +421,30 @@ impl Broker {
         Ok(declared?.message_count())
     }
 
+    /// The first queue of the topology that the broker does not have, if any (passive declares on a
+    /// channel of their own, which a missing queue closes). Nothing consumes the timer levels, so a
+    /// level deleted after the topology was declared would otherwise go unnoticed until a publish
+    /// to it, and what the pump had handed to it would be lost without anyone knowing.
+    pub async fn missing_queue(&self) -> Result<Option<String>> {
+        let channel = self.channel().await?;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        for queue in self.shared.topology.queue_names() {
+            match channel
+                .queue_declare(queue.as_str().into(), options, FieldTable::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(err) if is_not_found(&err) => return Ok(Some(queue)),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let _ = channel.close(200, "checked".into()).await;
+        Ok(None)
+    }
+
     /// A plain channel, for tests and tools that fetch messages one at a time.
     pub async fn channel(&self) -> Result<Channel> {
         Ok(self.link()?.connection.create_channel().await?)
@@ -512,4 +536,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(delivery: &Delivery) -> Result<T> 
             format!("malformed message: {err}"),
         )
     })
+}
+
+/// Whether the broker answered "404 NOT_FOUND" (a queue or exchange that does not exist).
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }

@@ -50,6 +50,17 @@ impl Topology {
         format!("{}.dead", self.namespace)
     }
 
+    /// Every queue [`Topology::declare`] makes: what a check of the topology looks for.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut names = vec![
+            self.dead_letters(),
+            self.fires_queue(),
+            self.terminate_queue(),
+        ];
+        names.extend((0..self.timers.levels()).map(|level| self.timers.level_name(level)));
+        names
+    }
+
     /// Declares every exchange, queue and binding on `channel`. Idempotent: the broker handle calls
     /// it on every (re)connection, so a node that lost its definitions gets them back.
     pub async fn declare(&self, channel: &Channel) -> Result<()> {

@@ -70,6 +70,32 @@ pub struct RedisSettings {
     /// May carry a password, so it is a secret.
     pub url: SecretString,
     pub key_prefix: String,
+    /// Redis Cluster: `url` and `other_urls` are seed nodes, the store follows the slot map from
+    /// them (failovers included), and every key carries the prefix as its hash tag.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More seed nodes of a cluster; a single Redis (`cluster = false`) has none.
+    #[serde(default)]
+    pub other_urls: Vec<SecretString>,
+    /// Replicas that must hold an acknowledged write (a job saved, a fire recorded, a run-now
+    /// asked) before it is acknowledged: `WAIT n` after the write. 0: none waited for.
+    #[serde(default)]
+    pub wait_replicas: u8,
+    /// How long a write waits for its replicas; past it the write stands and is counted as
+    /// `writes_unreplicated` (a replica down must not stop the service).
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
+}
+
+fn default_wait_timeout_ms() -> u64 {
+    1000
+}
+
+impl RedisSettings {
+    /// Every seed node, `url` first.
+    pub fn nodes(&self) -> Vec<&SecretString> {
+        std::iter::once(&self.url).chain(&self.other_urls).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +337,17 @@ impl Settings {
                 ));
             }
         }
+        if !self.redis.cluster && !self.redis.other_urls.is_empty() {
+            return refuse(
+                "redis.other_urls: only a cluster (redis.cluster = true) has them".into(),
+            );
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return refuse(
+                "redis.key_prefix: no braces; on a cluster the prefix becomes the hash tag itself"
+                    .into(),
+            );
+        }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
             return refuse("auth.max_bcrypt_cost must be 4 to 31".into());
         }
@@ -380,6 +417,20 @@ mod tests {
             assert!(err.to_string().contains("auth.accounts"), "{err}");
         }
         assert!(Settings::from_toml("[auth]\nmax_bcrypt_cost = 40").is_err());
+    }
+
+    #[test]
+    fn redis_cluster_settings_are_checked() {
+        let err = Settings::from_toml("[redis]\nother_urls = [\"redis://b:6379\"]").unwrap_err();
+        assert!(err.to_string().contains("only a cluster"), "{err}");
+        let err = Settings::from_toml("[redis]\nkey_prefix = \"{spot}\"").unwrap_err();
+        assert!(err.to_string().contains("no braces"), "{err}");
+        let settings = Settings::from_toml(
+            "[redis]\ncluster = true\nother_urls = [\"redis://b:6379\"]\nwait_replicas = 1",
+        )
+        .unwrap();
+        assert_eq!(settings.redis.nodes().len(), 2);
+        assert_eq!(settings.redis.wait_timeout_ms, 1000);
     }
 
     #[test]

@@ -137,6 +137,10 @@ level = "warn"
             spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
                 url: "redis://127.0.0.1:6379".to_string().into(),
                 key_prefix: self.name.clone(),
+                cluster: false,
+                other_urls: Vec::new(),
+                wait_replicas: 0,
+                wait_timeout_ms: 1000,
             })
             .await?,
         )

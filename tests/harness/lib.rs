@@ -3,7 +3,9 @@
 //!
 //! Needs Redis on 127.0.0.1:6379, RabbitMQ on 5672 with its management API on 15672 (guest/guest),
 //! and a Docker engine; `scripts/test` starts them. Override with `SPOT_TEST_REDIS_URL`,
-//! `SPOT_TEST_AMQP_BASE`, `SPOT_TEST_RABBIT_ADMIN`.
+//! `SPOT_TEST_AMQP_BASE`, `SPOT_TEST_RABBIT_ADMIN`. With `SPOT_TEST_REDIS_CLUSTER` (seed node URLs,
+//! comma-separated; `scripts/cluster` starts one) every test's store is on that Redis Cluster,
+//! waiting for one replica after each acknowledged write.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,6 +29,60 @@ fn redis_url() -> String {
     std::env::var("SPOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The seed nodes of the Redis Cluster the tests run on, if they run on one.
+pub fn redis_cluster_nodes() -> Option<Vec<String>> {
+    let nodes = std::env::var("SPOT_TEST_REDIS_CLUSTER").ok()?;
+    let nodes: Vec<String> = nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+/// The `[redis]` lines of a test's settings: the single Redis, or the cluster.
+fn redis_toml(prefix: &str, cluster: Option<&[String]>) -> String {
+    match cluster {
+        Some(nodes) => format!(
+            "[redis]\nurl = {:?}\nother_urls = {:?}\ncluster = true\nwait_replicas = 1\nkey_prefix = {prefix:?}\n",
+            nodes[0],
+            &nodes[1..]
+        ),
+        None => format!("[redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n", redis_url()),
+    }
+}
+
+/// Deletes every key under a test's prefix, on the single Redis or the cluster.
+fn delete_redis_keys(prefix: &str, cluster: Option<&[String]>) {
+    let clean = |conn: &mut dyn redis::ConnectionLike, pattern: String| {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query(conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(conn);
+        }
+    };
+    match cluster {
+        Some(nodes) => {
+            // Every key of the prefix is in the slot of its hash tag; KEYS goes to every primary.
+            if let Ok(mut conn) = redis::cluster::ClusterClient::new(nodes.to_vec())
+                .and_then(|client| client.get_connection())
+            {
+                clean(&mut conn, format!("{{{prefix}}}:*"));
+            }
+        }
+        None => {
+            if let Ok(mut conn) =
+                redis::Client::open(redis_url()).and_then(|client| client.get_connection())
+            {
+                clean(&mut conn, format!("{prefix}:*"));
+            }
+        }
+    }
+}
+
 fn amqp_base() -> String {
     std::env::var("SPOT_TEST_AMQP_BASE")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
@@ -45,10 +101,22 @@ pub struct TestEnv {
     pub toml: String,
     /// Settings changed since, as `SPOT__…` environment variables for those processes.
     pub overrides: Vec<(String, String)>,
+    /// The Redis Cluster's seed nodes, when the store is on one.
+    redis_cluster: Option<Vec<String>>,
 }
 
 impl TestEnv {
+    /// A test's slice of the single Redis, or of the cluster `SPOT_TEST_REDIS_CLUSTER` names.
     pub fn new() -> TestEnv {
+        TestEnv::with_redis(redis_cluster_nodes())
+    }
+
+    /// A test's slice of the Redis Cluster with these seed nodes, whatever the environment says.
+    pub fn on_redis_cluster(nodes: &[&str]) -> TestEnv {
+        TestEnv::with_redis(Some(nodes.iter().map(|n| n.to_string()).collect()))
+    }
+
+    fn with_redis(redis_cluster: Option<Vec<String>>) -> TestEnv {
         let name = format!("t-{}", spot_shared::ids::new_id()[..12].to_lowercase());
         management_request("PUT", &format!("/api/vhosts/{name}"), "{}");
         management_request(
@@ -59,9 +127,7 @@ impl TestEnv {
         let agent_bin = agent_binary();
         let toml = format!(
             r#"
-            [redis]
-            url = "{redis}"
-            key_prefix = "{name}"
+            {redis}
             [rabbitmq]
             url = "{amqp}/{name}"
             namespace = "spot"
@@ -97,7 +163,7 @@ impl TestEnv {
             type = "dummy"
             template = "Hello, {{{{.Account}}}}!"
             "#,
-            redis = redis_url(),
+            redis = redis_toml(&name, redis_cluster.as_deref()),
             amqp = amqp_base(),
             agent = agent_bin.display(),
             busybox = image::BUSYBOX_IMAGE,
@@ -109,6 +175,7 @@ impl TestEnv {
             settings,
             toml,
             overrides: Vec::new(),
+            redis_cluster,
         }
     }
 
@@ -165,17 +232,7 @@ impl Default for TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
-        if let Ok(client) = redis::Client::open(redis_url()) {
-            if let Ok(mut conn) = client.get_connection() {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.name))
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                for chunk in keys.chunks(500) {
-                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-                }
-            }
-        }
+        delete_redis_keys(&self.name, self.redis_cluster.as_deref());
         // SPOT_TEST_KEEP_FILES=1 keeps agent and service logs for a look after a failure.
         if std::env::var_os("SPOT_TEST_KEEP_FILES").is_none() {
             let _ = std::fs::remove_dir_all(self.dir());

@@ -174,8 +174,11 @@ impl Store {
             member,
             due,
         ];
-        self.advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
-            .await
+        let moved = self
+            .advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
+            .await?;
+        self.replicated().await?;
+        Ok(moved)
     }
 
     /// Records a fire outside the schedule (a run-now) for the pump to hand over at `due`.
@@ -191,7 +194,7 @@ impl Store {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
-        Ok(())
+        self.replicated().await
     }
 
     /// Lets go of a retry or run-now once its run is recorded (or it turned out stale).

@@ -108,7 +108,7 @@ impl Store {
         }
         .ignore();
         pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.replicated().await
     }
 
     /// Removes a job from its group's index (before it moves to another group).
@@ -165,7 +165,7 @@ impl Store {
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.replicated().await
     }
 
     /// A job with its next fire time, or `None`.

@@ -163,6 +163,7 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let rows: Vec<(i64, String)> = script.invoke_async(&mut conn).await?;
+        self.replicated().await?;
         Ok(rows
             .into_iter()
             .map(|(status, id)| match status {

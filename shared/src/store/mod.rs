@@ -11,22 +11,23 @@
 //! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`];
 //! - what terminated instances cost, summed per day, month, account and market, in [`costs`].
 //!
-//! This file holds the handle and the compare-and-set every state change goes through.
+//! The connection (a single Redis or a cluster) and the `WAIT` after acknowledged writes are in
+//! [`connection`]. This file holds the handle and the compare-and-set every state change goes
+//! through.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod connection;
 mod costs;
 mod delayed;
 mod instances;
@@ -37,6 +38,7 @@ mod light_fire;
 mod quota_counts;
 mod runs;
 mod timers;
+use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};
 pub use delayed::{is_delayed, ReconcileReport, StuckRun};
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
@@ -84,28 +86,28 @@ static CAS_STATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_STA
 /// Handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Connection,
+    /// What every key starts with: the configured prefix, as a hash tag on a cluster (`{spot}`), so
+    /// that every key of a deployment, and so every script, is in one slot.
     prefix: String,
+    replication: Arc<Replication>,
 }
 
 impl Store {
-    /// A handle that connects on first use and reconnects on its own after Redis goes away: while it
-    /// is away every call fails fast with a retryable error (a 503 at the api, a requeue in a
-    /// consumer), and the first call after its return reconnects. Fails only on a malformed URL.
+    /// A handle that connects on first use and reconnects on its own after Redis goes away (on a
+    /// cluster: follows a failover to the promoted replica): while it is away every call fails fast
+    /// with a retryable error (a 503 at the api, a requeue in a consumer), and the first call after
+    /// its return reconnects. Fails only on a malformed URL.
     pub fn connect_lazy(settings: &RedisSettings) -> Result<Store> {
-        let client = redis::Client::open(settings.url.expose_secret())
-            .map_err(|e| Error::internal(format!("bad redis url: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            // Generous: a light-fire script over a large batch may take a while.
-            .set_response_timeout(Some(std::time::Duration::from_secs(15)))
-            .set_number_of_retries(2)
-            .set_min_delay(std::time::Duration::from_millis(100))
-            .set_max_delay(std::time::Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let prefix = if settings.cluster {
+            format!("{{{}}}", settings.key_prefix)
+        } else {
+            settings.key_prefix.clone()
+        };
         Ok(Store {
-            conn,
-            prefix: settings.key_prefix.clone(),
+            conn: Connection::open_lazy(settings)?,
+            prefix,
+            replication: Replication::new(settings),
         })
     }
 
@@ -116,6 +118,18 @@ impl Store {
 
     fn key(&self, parts: &str) -> String {
         format!("{}:{}", self.prefix, parts)
+    }
+
+    /// Waits, after an acknowledged write, for the replicas `redis.wait_replicas` asks for to hold
+    /// it, so that a failover (a replica promoted) does not lose it. A replica that does not answer
+    /// in time leaves the write standing (counted as `writes_unreplicated`): a missing replica
+    /// makes writes less safe, never refused.
+    async fn replicated(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        if self.replication.wait(&mut conn).await? == Replicated::Short {
+            self.note_event("writes_unreplicated", 1).await;
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<()> {

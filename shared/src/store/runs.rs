@@ -203,6 +203,7 @@ impl Store {
         }
         script.arg(&pending_at.0).arg(&pending_at.1);
         let reply: Vec<String> = script.invoke_async(&mut conn).await?;
+        self.replicated().await?;
         let status = reply.first().map(String::as_str).unwrap_or("");
         let id = reply.get(1).cloned().unwrap_or_default();
         let record = match status {

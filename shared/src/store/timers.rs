@@ -96,6 +96,7 @@ return 1
             .arg(generation)
             .invoke_async(&mut conn)
             .await?;
+        self.replicated().await?;
         Ok(moved == 1)
     }
 

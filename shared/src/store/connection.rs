@@ -1,0 +1,155 @@
+//! The store's one connection: a single Redis (a self-reconnecting [`ConnectionManager`]) or a Redis
+//! Cluster (the `redis` crate's cluster client, which follows the slot map through failovers), and
+//! the `WAIT` that makes an acknowledged write outlive its primary.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
+use crate::error::{Error, Result};
+
+/// How long a short `WAIT` (a replica down or behind) switches the waiting off: every write would
+/// otherwise hold the shared connection for the whole timeout.
+const DEGRADED_FOR: Duration = Duration::from_secs(5);
+
+/// A connection to a single Redis or to a cluster; cheap to clone, commands multiplexed.
+#[derive(Clone)]
+pub(super) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Connects on first use and reconnects on its own; fails only on a malformed URL.
+    pub(super) fn open_lazy(settings: &RedisSettings) -> Result<Connection> {
+        let bad_url = |e: redis::RedisError| Error::internal(format!("bad redis url: {e}"));
+        if settings.cluster {
+            let nodes: Vec<&str> = settings
+                .nodes()
+                .into_iter()
+                .map(|url| url.expose_secret())
+                .collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(Duration::from_secs(2))
+                // Generous: a light-fire script over a large batch may take a while.
+                .response_timeout(Duration::from_secs(15))
+                // A failover takes the cluster's node timeout and an election: a request retries
+                // across it (MOVED, a refused connection), then fails retryable.
+                .retries(6)
+                .min_retry_wait(100)
+                .max_retry_wait(1000)
+                .build()
+                .map_err(bad_url)?;
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(Duration::from_secs(15));
+            return Ok(Connection::Cluster(
+                client.get_pending_async_connection_with_config(config),
+            ));
+        }
+        let client = redis::Client::open(settings.url.expose_secret()).map_err(bad_url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(15)))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
+        Ok(Connection::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// How many replicas an acknowledged write waits for, and whether waiting is off for a while.
+pub(super) struct Replication {
+    replicas: u8,
+    timeout_ms: u64,
+    /// Until when (ms since the epoch) writes do not wait: a recent `WAIT` came back short.
+    degraded_until_ms: AtomicI64,
+}
+
+/// What one `WAIT` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replicated {
+    /// Nothing to wait for (`wait_replicas = 0`).
+    NotAsked,
+    /// The replicas asked for hold every write made before it.
+    Held,
+    /// Fewer replicas answered in time (or the wait is off after such an answer): the write stands.
+    Short,
+}
+
+impl Replication {
+    pub(super) fn new(settings: &RedisSettings) -> Arc<Replication> {
+        Arc::new(Replication {
+            replicas: settings.wait_replicas,
+            timeout_ms: settings.wait_timeout_ms.max(1),
+            degraded_until_ms: AtomicI64::new(0),
+        })
+    }
+
+    /// `WAIT` for the replicas asked for, on `conn` (the connection the writes went through, which
+    /// is every write of this process: `WAIT` covers them all). On a cluster it goes to every
+    /// primary and counts the least answer.
+    pub(super) async fn wait(&self, conn: &mut Connection) -> Result<Replicated> {
+        if self.replicas == 0 {
+            return Ok(Replicated::NotAsked);
+        }
+        let now_ms = Utc::now().timestamp_millis();
+        if now_ms < self.degraded_until_ms.load(Ordering::Relaxed) {
+            return Ok(Replicated::Short);
+        }
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout_ms)
+            .query_async(conn)
+            .await?;
+        if acked >= i64::from(self.replicas) {
+            return Ok(Replicated::Held);
+        }
+        self.degraded_until_ms
+            .store(now_ms + DEGRADED_FOR.as_millis() as i64, Ordering::Relaxed);
+        tracing::warn!(
+            acked,
+            wanted = self.replicas,
+            "Redis replicas did not confirm a write in time; writes go on without waiting for {:?}",
+            DEGRADED_FOR
+        );
+        Ok(Replicated::Short)
+    }
+}

@@ -4,8 +4,11 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [--jobs N]
-//!        [--clients N] [--pump-level L]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs] [--jobs N]
+//!        [--clients N] [--pump-level L] [--spread SECONDS] [--cluster]
+//!
+//! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
+//! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,9 +25,27 @@ const KEY: &str = "bench-key";
 
 struct Stack {
     name: String,
+    /// What the stack's keys start with: its name, or `{name}` on a cluster.
+    key_base: String,
     api: String,
     children: Vec<(&'static str, Child)>,
+    /// The single Redis, or the cluster's primary that serves the stack's slot (every key of it).
     redis: redis::Client,
+    cluster: bool,
+}
+
+/// `rabbitmqctl` on node 1 of the RabbitMQ cluster `scripts/cluster` runs (management is off there).
+fn cluster_ctl(args: &[&str]) -> anyhow::Result<()> {
+    let host = String::from_utf8(Command::new("hostname").arg("-s").output()?.stdout)?;
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &format!("spot-rabbit-1@{}", host.trim())])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("rabbitmqctl {args:?} failed");
+    }
+    Ok(())
 }
 
 fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
@@ -50,6 +71,7 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
 
 mod bcrypt_flood;
 mod lifecycle;
+mod op_costs;
 
 /// Settings the bench run varies.
 #[derive(Debug, Clone, Default)]
@@ -62,17 +84,51 @@ struct Options {
     pump_level: Option<i8>,
     /// Seconds over which a burst's jobs fall due (10 unless given): shorter, to find the ceiling.
     spread_secs: Option<u64>,
+    /// On `scripts/cluster`'s Redis Cluster (every acknowledged write waiting for a replica) and
+    /// three-node RabbitMQ cluster, instead of the single Redis and RabbitMQ.
+    cluster: bool,
 }
 
 impl Stack {
     async fn start(bin_dir: &Path, options: &Options) -> anyhow::Result<Stack> {
         let name = format!("bench-{}", &spot_shared::ids::new_id()[..8].to_lowercase());
-        management("PUT", &format!("/api/vhosts/{name}"), "{}")?;
-        management(
-            "PUT",
-            &format!("/api/permissions/{name}/guest"),
-            r#"{"configure":".*","write":".*","read":".*"}"#,
-        )?;
+        if options.cluster {
+            cluster_ctl(&["add_vhost", &name])?;
+            cluster_ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
+        } else {
+            management("PUT", &format!("/api/vhosts/{name}"), "{}")?;
+            management(
+                "PUT",
+                &format!("/api/permissions/{name}/guest"),
+                r#"{"configure":".*","write":".*","read":".*"}"#,
+            )?;
+        }
+        let (stores, key_base, redis_url) = if options.cluster {
+            let seeds = spot_tests::redis_cluster::SEEDS;
+            let primary = spot_tests::redis_cluster::primary_of(&name)
+                .context("the Redis Cluster is not running: scripts/cluster up")?;
+            (
+                format!(
+                    "[redis]\ncluster = true\nurl = {:?}\nother_urls = {:?}\nwait_replicas = 1\n\
+                     key_prefix = {name:?}\n[rabbitmq]\nurl = \"amqp://guest:guest@127.0.0.1:5681/{name}\"\n\
+                     other_urls = [\"amqp://guest:guest@127.0.0.1:5682/{name}\", \
+                     \"amqp://guest:guest@127.0.0.1:5683/{name}\"]\n",
+                    seeds[0],
+                    &seeds[1..]
+                ),
+                format!("{{{name}}}"),
+                format!("redis://127.0.0.1:{primary}"),
+            )
+        } else {
+            (
+                format!(
+                    "[redis]\nkey_prefix = {name:?}\n[rabbitmq]\n\
+                     url = \"amqp://guest:guest@127.0.0.1:5672/{name}\"\n"
+                ),
+                name.clone(),
+                "redis://127.0.0.1:6379".to_string(),
+            )
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -82,10 +138,7 @@ impl Stack {
             &config,
             format!(
                 r#"
-[redis]
-key_prefix = "{name}"
-[rabbitmq]
-url = "amqp://guest:guest@127.0.0.1:5672/{name}"
+{stores}
 {pump_level}
 [api]
 port = {port}
@@ -125,20 +178,31 @@ level = "warn"
         spot_tests::wait_until_healthy(&api, Duration::from_secs(60)).await?;
         Ok(Stack {
             name,
+            key_base,
             api,
             children,
-            redis: redis::Client::open("redis://127.0.0.1:6379")?,
+            redis: redis::Client::open(redis_url)?,
+            cluster: options.cluster,
         })
     }
 
     /// The stack's store, as the services see it.
     async fn store(&self) -> anyhow::Result<spot_shared::store::Store> {
+        let seeds = spot_tests::redis_cluster::SEEDS;
+        let (url, other_urls) = if self.cluster {
+            (
+                seeds[0],
+                seeds[1..].iter().map(|s| s.to_string().into()).collect(),
+            )
+        } else {
+            ("redis://127.0.0.1:6379", Vec::new())
+        };
         Ok(
             spot_shared::store::Store::connect(&spot_shared::config::RedisSettings {
-                url: "redis://127.0.0.1:6379".to_string().into(),
+                url: url.to_string().into(),
                 key_prefix: self.name.clone(),
-                cluster: false,
-                other_urls: Vec::new(),
+                cluster: self.cluster,
+                other_urls,
                 wait_replicas: 0,
                 wait_timeout_ms: 1000,
             })
@@ -185,10 +249,14 @@ level = "warn"
         for (_, child) in &mut self.children {
             let _ = child.wait();
         }
-        let _ = management("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        if self.cluster {
+            let _ = cluster_ctl(&["delete_vhost", &self.name]);
+        } else {
+            let _ = management("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        }
         if let Ok(mut conn) = self.redis.get_connection() {
             let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.name))
+                .arg(format!("{}:*", self.key_base))
                 .query(&mut conn)
                 .unwrap_or_default();
             for chunk in keys.chunks(1000) {
@@ -258,13 +326,13 @@ async fn fires_of(
     for chunk in ids.chunks(2000) {
         let mut pipe = redis::pipe();
         for id in chunk {
-            pipe.zrange(format!("{}:job:{id}:runs", stack.name), 0, -1);
+            pipe.zrange(format!("{}:job:{id}:runs", stack.key_base), 0, -1);
         }
         let runs: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
         let mut pipe = redis::pipe();
         for run in runs.iter().flatten() {
             pipe.cmd("HMGET")
-                .arg(format!("{}:run:{run}", stack.name))
+                .arg(format!("{}:run:{run}", stack.key_base))
                 .arg("scheduled_at")
                 .arg("t:pending");
         }
@@ -502,6 +570,7 @@ async fn main() -> anyhow::Result<()> {
                     .map(|l| l.trim().parse::<i8>().map(Some))
                     .collect::<Result<_, _>>()?;
             }
+            "--cluster" => options.cluster = true,
             "--spread" => {
                 options.spread_secs = Some(args.next().context("--spread SECONDS")?.parse()?)
             }
@@ -556,13 +625,17 @@ async fn main() -> anyhow::Result<()> {
             "pending-1m" => pending(&bin_dir, jobs(1_000_000), options).await?,
             "bcrypt-flood" => bcrypt_flood::run(&bin_dir, options).await?,
             "lifecycle-200" => lifecycle::run(&bin_dir, jobs(200), options).await?,
+            "op-costs" => op_costs::run(&bin_dir, jobs(10_000), options).await?,
             other => bail!(
-                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200)"
+                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200, op-costs)"
             ),
         };
         let mut result = result;
         let level = pump_level.map_or_else(|| "default".to_string(), |l| l.to_string());
-        merge(&mut result, json!({ "pump_level": level }));
+        merge(
+            &mut result,
+            json!({ "pump_level": level, "cluster": options.cluster }),
+        );
         println!("{result}");
     }
     Ok(())

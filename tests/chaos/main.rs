@@ -20,8 +20,11 @@
 //! each fired exactly once.
 //!
 //! Redis runs as `scripts/up` runs it, `appendfsync everysec`; `--fsync always` syncs every write.
+//! `--cluster` puts the store on `scripts/cluster`'s Redis Cluster instead (one replica waited for
+//! after each acknowledged write), and the Redis fault becomes a `kill -9` of the primary serving
+//! the run's slot (its replica promoted), started again a second later as a replica.
 //!
-//! Usage: spot-chaos [--short] [--window SECONDS] [--wipe JOBS] [--fsync always|everysec]
+//! Usage: spot-chaos [--short] [--window SECONDS] [--wipe JOBS] [--fsync always|everysec] [--cluster]
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -178,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let mut window = 180.0;
     let mut wipe: Option<usize> = None;
     let mut fsync = "everysec";
+    let mut cluster = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -191,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             "--wipe" => wipe = Some(iter.next().context("--wipe JOBS")?.parse()?),
+            "--cluster" => cluster = true,
             other => {
                 bail!("unknown argument {other:?}; usage: spot-chaos [--short] [--window SECONDS]")
             }
@@ -199,10 +204,31 @@ async fn main() -> anyhow::Result<()> {
     let short = window < 90.0;
     let scale = |long: usize, brief: usize| if short { brief } else { long };
 
-    // Redis as `scripts/up` runs it (`--fsync always` for every write on disk before its answer).
-    let mut redis = RedisServer::start_with_fsync(fsync).await;
-    let mut env = TestEnv::new();
-    env.settings.redis.url = secrecy::SecretString::from(redis.url());
+    if cluster && wipe.is_some() {
+        bail!("--wipe runs on a Redis of its own, not with --cluster");
+    }
+    // Redis as `scripts/up` runs it (`--fsync always` for every write on disk before its answer),
+    // or the cluster.
+    let (mut redis, mut env) = if cluster {
+        anyhow::ensure!(
+            spot_tests::redis_cluster::restore_cluster(),
+            "the Redis Cluster is not running: scripts/cluster up"
+        );
+        (
+            None,
+            TestEnv::on_redis_cluster(&spot_tests::redis_cluster::SEEDS),
+        )
+    } else {
+        (
+            Some(RedisServer::start_with_fsync(fsync).await),
+            TestEnv::new(),
+        )
+    };
+    if let Some(redis) = &redis {
+        env.settings.redis.url = secrecy::SecretString::from(redis.url());
+        env.overrides
+            .push(("SPOT__REDIS__URL".to_string(), redis.url()));
+    }
     let image = image::busybox_image().await;
     let worker = spawn_worker().await?;
     let ports = [free_port()?, free_port()?];
@@ -211,7 +237,6 @@ async fn main() -> anyhow::Result<()> {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     let common: Vec<(String, String)> = [
-        ("SPOT__REDIS__URL", redis.url()),
         ("SPOT__API__PUBLIC_URL", apis[0].clone()),
         ("SPOT__PROVISIONER__RECONCILE_INTERVAL_SECS", "5".into()),
         ("SPOT__PROVISIONER__RECONCILE_GRACE_SECS", "15".into()),
@@ -409,11 +434,25 @@ async fn main() -> anyhow::Result<()> {
                 let env = env.clone();
                 tokio::task::spawn_blocking(move || env.wipe_queues()).await?;
             }
-            Fault::RedisRestart => {
-                redis.kill();
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                redis.restart().await;
-            }
+            Fault::RedisRestart => match redis.as_mut() {
+                Some(redis) => {
+                    redis.kill();
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    redis.restart().await;
+                }
+                None => {
+                    let name = env.name.clone();
+                    tokio::task::spawn_blocking(move || {
+                        use spot_tests::redis_cluster::{kill_node, primary_of, restore_cluster};
+                        let primary = primary_of(&name).expect("a primary serves the slot");
+                        kill_node(primary);
+                        eprintln!("[chaos] Redis primary {primary} killed");
+                        std::thread::sleep(Duration::from_secs(1));
+                        restore_cluster();
+                    })
+                    .await?;
+                }
+            },
         }
         last_fault = Utc::now();
     }
@@ -493,7 +532,8 @@ async fn main() -> anyhow::Result<()> {
         "cron_last_caught_up": report.cron_caught_up,
         "runs_failed_lost": report.lost_runs,
         "faults": FAULTS.len(),
-        "redis_fsync": fsync,
+        "redis_fsync": if cluster { "always (cluster)" } else { fsync },
+        "redis_cluster": cluster,
     });
     for (late, due, job_id) in &report.latest_fires {
         let due = (*due - start).num_milliseconds() as f64 / 1000.0;

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 pub mod cloud;
 pub mod ec2_stack;
 pub mod image;
+pub mod redis_cluster;
 pub mod redis_server;
 
 pub const ACCOUNT_KEY: &str = "test-key-acme";

@@ -85,6 +85,15 @@ pub struct RedisSettings {
     /// `writes_unreplicated` (a replica down must not stop the service).
     #[serde(default = "default_wait_timeout_ms")]
     pub wait_timeout_ms: u64,
+    /// How many shards a deployment's jobs (with their timers and runs) are split over, each
+    /// pumped by the provisioner holding its lease; on a cluster they spread over the slots. Fixed
+    /// for a deployment's life: the store refuses another count than the one it was created with.
+    #[serde(default = "default_timer_shards")]
+    pub timer_shards: u16,
+}
+
+fn default_timer_shards() -> u16 {
+    1
 }
 
 fn default_wait_timeout_ms() -> u64 {
@@ -347,6 +356,12 @@ impl Settings {
                 "redis.key_prefix: no braces; on a cluster the prefix becomes the hash tag itself"
                     .into(),
             );
+        }
+        if !(1..=crate::store::MAX_SHARDS).contains(&self.redis.timer_shards) {
+            return refuse(format!(
+                "redis.timer_shards must be 1 to {}",
+                crate::store::MAX_SHARDS
+            ));
         }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
             return refuse("auth.max_bcrypt_cost must be 4 to 31".into());

@@ -59,6 +59,11 @@ pub async fn connect(settings: &config::Settings) -> Result<(store::Store, broke
         tracing::warn!(
             "Redis is not reachable yet; starting anyway and reconnecting in the background"
         );
+    } else if let Err(err) = store.check_layout().await {
+        // Another shard count than the store's would read and write every job in the wrong place.
+        if !err.is_retryable() {
+            return Err(err);
+        }
     }
     if rabbit.is_err() {
         tracing::warn!(

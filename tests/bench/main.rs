@@ -205,6 +205,7 @@ level = "warn"
                 other_urls,
                 wait_replicas: 0,
                 wait_timeout_ms: 1000,
+                timer_shards: 1,
             })
             .await?,
         )

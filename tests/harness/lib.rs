@@ -5,7 +5,8 @@
 //! and a Docker engine; `scripts/test` starts them. Override with `SPOT_TEST_REDIS_URL`,
 //! `SPOT_TEST_AMQP_BASE`, `SPOT_TEST_RABBIT_ADMIN`. With `SPOT_TEST_REDIS_CLUSTER` (seed node URLs,
 //! comma-separated; `scripts/cluster` starts one) every test's store is on that Redis Cluster,
-//! waiting for one replica after each acknowledged write.
+//! waiting for one replica after each acknowledged write, its jobs split over 8 timer shards.
+//! `SPOT_TEST_TIMER_SHARDS` sets the shard count (on the single Redis too, where it is 1 unless set).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -42,15 +43,29 @@ pub fn redis_cluster_nodes() -> Option<Vec<String>> {
     (!nodes.is_empty()).then_some(nodes)
 }
 
+/// The timer shards a test's store has: `SPOT_TEST_TIMER_SHARDS`, else 8 on a cluster and 1 on the
+/// single Redis.
+fn timer_shards(cluster: bool) -> u16 {
+    std::env::var("SPOT_TEST_TIMER_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if cluster { 8 } else { 1 })
+}
+
 /// The `[redis]` lines of a test's settings: the single Redis, or the cluster.
 fn redis_toml(prefix: &str, cluster: Option<&[String]>) -> String {
+    let shards = timer_shards(cluster.is_some());
     match cluster {
         Some(nodes) => format!(
-            "[redis]\nurl = {:?}\nother_urls = {:?}\ncluster = true\nwait_replicas = 1\nkey_prefix = {prefix:?}\n",
+            "[redis]\nurl = {:?}\nother_urls = {:?}\ncluster = true\nwait_replicas = 1\n\
+             key_prefix = {prefix:?}\ntimer_shards = {shards}\n",
             nodes[0],
             &nodes[1..]
         ),
-        None => format!("[redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n", redis_url()),
+        None => format!(
+            "[redis]\nurl = {:?}\nkey_prefix = {prefix:?}\ntimer_shards = {shards}\n",
+            redis_url()
+        ),
     }
 }
 
@@ -67,11 +82,18 @@ fn delete_redis_keys(prefix: &str, cluster: Option<&[String]>) {
     };
     match cluster {
         Some(nodes) => {
-            // Every key of the prefix is in the slot of its hash tag; KEYS goes to every primary.
+            // Every key of the prefix starts with a hash tag that starts with the prefix (`{p}` or
+            // a shard's `{p:s3}`); KEYS goes to every primary. DEL takes one slot at a time.
             if let Ok(mut conn) = redis::cluster::ClusterClient::new(nodes.to_vec())
                 .and_then(|client| client.get_connection())
             {
-                clean(&mut conn, format!("{{{prefix}}}:*"));
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{{{prefix}*"))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                for key in keys {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query(&mut conn);
+                }
             }
         }
         None => {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::try_join_all;
-use spot_shared::ids;
 use spot_shared::messages::{FireBatch, FireMessage};
 use spot_shared::model::{Job, Runner};
 use spot_shared::store::{is_delayed, FireRecord, LatenessHistogram, LightFire, TimerMove};
@@ -142,7 +141,7 @@ impl Provisioner {
             TimerMove::Leave
         };
         Ok(Some(LightFire {
-            run_id: ids::new_id(),
+            run_id: self.store.new_run_id(&job.id),
             job_id: job.id.clone(),
             account: job.account.clone(),
             generation: fire.generation,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use secrecy::ExposeSecret;
 
@@ -124,9 +125,9 @@ impl Replication {
     }
 
     /// `WAIT` for the replicas asked for, on `conn` (the connection the writes went through, which
-    /// is every write of this process: `WAIT` covers them all). On a cluster it goes to every
-    /// primary and counts the least answer.
-    pub(super) async fn wait(&self, conn: &mut Connection) -> Result<Replicated> {
+    /// is every write of this process: `WAIT` covers them all). On a cluster it goes to the primary
+    /// of `slot_key`'s slot, where the write went (the client keeps one connection per node).
+    pub(super) async fn wait(&self, conn: &mut Connection, slot_key: &str) -> Result<Replicated> {
         if self.replicas == 0 {
             return Ok(Replicated::NotAsked);
         }
@@ -134,11 +135,17 @@ impl Replication {
         if now_ms < self.degraded_until_ms.load(Ordering::Relaxed) {
             return Ok(Replicated::Short);
         }
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(self.replicas)
-            .arg(self.timeout_ms)
-            .query_async(conn)
-            .await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.replicas).arg(self.timeout_ms);
+        let acked: i64 = match conn {
+            Connection::Single(conn) => wait.query_async(conn).await?,
+            Connection::Cluster(conn) => {
+                let primary = Route::with_key(slot_key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+                let answer = conn.route_command(wait, routing).await?;
+                redis::from_redis_value(answer).map_err(redis::RedisError::from)?
+            }
+        };
         if acked >= i64::from(self.replicas) {
             return Ok(Replicated::Held);
         }

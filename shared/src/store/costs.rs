@@ -41,29 +41,37 @@ pub struct CostRecord {
 }
 
 /// Sums a cost once: the instance's `billed_secs` field is the mark that it was.
-/// KEYS: instance, run, day, month, metrics cost, metrics overhead. ARGV: billed secs, nano-dollars,
+/// KEYS: instance, day, month, metrics cost, metrics overhead. ARGV: billed secs, nano-dollars,
 /// leaked secs, day field prefix, account, cost field prefix, ttl, then phase/ms pairs.
 const ACCOUNT_COST: &str = r#"
 if redis.call('HSETNX', KEYS[1], 'billed_secs', ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cost_nano_usd', ARGV[2], 'leaked_secs', ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'cost_nano_usd', ARGV[2]) end
 local sep = '\31'
-redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'nano_usd', ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'secs', ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[4] .. sep .. 'runs', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[4] .. sep .. 'nano_usd', ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[4] .. sep .. 'secs', ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[4] .. sep .. 'runs', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('HINCRBY', KEYS[3], ARGV[5], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[2])
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-redis.call('HINCRBY', KEYS[5], ARGV[6] .. sep .. 'nano_usd', ARGV[2])
-redis.call('HINCRBY', KEYS[5], ARGV[6] .. sep .. 'secs', ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[6] .. sep .. 'nano_usd', ARGV[2])
+redis.call('HINCRBY', KEYS[4], ARGV[6] .. sep .. 'secs', ARGV[1])
 for i = 8, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[6], ARGV[i] .. sep .. 'sum_ms', ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[6], ARGV[i] .. sep .. 'count', 1)
+  redis.call('HINCRBY', KEYS[5], ARGV[i] .. sep .. 'sum_ms', ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[5], ARGV[i] .. sep .. 'count', 1)
 end
 return 1
 "#;
 
+/// The run's copy of its instance's cost (the run is in its job's shard, the instance is not, so
+/// this is a step of its own, after the sum; asked again it changes nothing). KEYS[1] the run;
+/// ARGV[1] nano-dollars.
+const RUN_COST: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'cost_nano_usd', ARGV[1]) end
+return 0
+"#;
+
 static ACCOUNT_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCOUNT_COST));
+static RUN_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_COST));
 
 /// Usage summed over some days, for one account, group and job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,7 +100,6 @@ impl Store {
         let mut invocation = ACCOUNT_COST_SCRIPT.prepare_invoke();
         invocation
             .key(self.key(&format!("instance:{}", record.instance_id)))
-            .key(self.key(&format!("run:{}", record.run_id)))
             .key(self.key(&day_key(day)))
             .key(self.key(&month_key(day)))
             .key(self.key("metrics:cost"))
@@ -112,6 +119,14 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let summed: i64 = invocation.invoke_async(&mut conn).await?;
+        // Written whether or not this call summed it, so that a call that summed and then failed
+        // here is mended when asked again; a crash in between leaves only the run's copy missing
+        // (the instance, the usage and the budgets have it).
+        let _: i64 = RUN_COST_SCRIPT
+            .key(self.owned_key(&record.run_id, &format!("run:{}", record.run_id)))
+            .arg(record.nano_usd)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(summed == 1)
     }
 

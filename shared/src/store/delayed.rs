@@ -158,11 +158,12 @@ impl Store {
         fields: &[(&str, String)],
         retry: Option<(&FireMessage, DateTime<Utc>)>,
     ) -> Result<Moved<RunState>> {
+        // A run is in its job's shard, and so is the retry it arms.
         let keys = [
-            self.key(&format!("run:{id}")),
-            self.key(LIVE_RUNS),
-            self.key(DELAYED),
-            self.key(UNARMED),
+            self.owned_key(id, &format!("run:{id}")),
+            self.owned_key(id, LIVE_RUNS),
+            self.owned_key(id, DELAYED),
+            self.owned_key(id, UNARMED),
         ];
         let (member, due) = match retry {
             Some((fire, due)) => (timer_member(fire), due.timestamp_millis().to_string()),
@@ -177,7 +178,7 @@ impl Store {
         let moved = self
             .advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
             .await?;
-        self.replicated().await?;
+        self.replicated(id).await?;
         Ok(moved)
     }
 
@@ -188,13 +189,13 @@ impl Store {
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
-            .zadd(self.key(DELAYED), &member, score)
+            .zadd(self.owned_key(&fire.job_id, DELAYED), &member, score)
             .ignore()
-            .zadd(self.key(UNARMED), &member, score)
+            .zadd(self.owned_key(&fire.job_id, UNARMED), &member, score)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
-        self.replicated().await
+        self.replicated(&fire.job_id).await
     }
 
     /// Lets go of a retry or run-now once its run is recorded (or it turned out stale).
@@ -203,27 +204,47 @@ impl Store {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let _: () = conn.zrem(self.key(DELAYED), timer_member(fire)).await?;
+        let _: () = conn
+            .zrem(self.owned_key(&fire.job_id, DELAYED), timer_member(fire))
+            .await?;
         Ok(())
     }
 
-    /// The retries and run-nows waiting, with their due times (soonest first).
+    /// The retries and run-nows waiting, with their due times (soonest first, over every shard).
     pub async fn delayed_fires(&self, limit: usize) -> Result<Vec<UnarmedTimer>> {
-        let mut conn = self.conn.clone();
-        let rows: Vec<(String, String)> = conn
-            .zrange_withscores(self.key(DELAYED), 0, limit as isize - 1)
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|(member, score)| parse_timer_member(member, score))
-            .collect())
+        let mut fires: Vec<UnarmedTimer> = self
+            .lowest_in_every_shard(DELAYED, limit)
+            .await?
+            .into_iter()
+            .filter_map(|(member, score)| parse_timer_member(&member, &score.to_string()))
+            .collect();
+        fires.sort_by_key(|timer| timer.due);
+        fires.truncate(limit);
+        Ok(fires)
     }
 
     /// Puts every fire due before `before` and not yet fired (scheduled timers, retries, run-nows)
-    /// back in `timers:unarmed` for the pump, `page` at a time (each page one script, so Redis is
-    /// never held for long). A fire handed over twice is still recorded once.
+    /// back in `timers:unarmed` for the pump, in every shard: see [`Store::requeue_overdue_in`].
     pub async fn requeue_overdue(
         &self,
+        before: DateTime<Utc>,
+        page: usize,
+    ) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        for shard in self.shards.all() {
+            let found = self.requeue_overdue_in(shard, before, page).await?;
+            report.scheduled += found.scheduled;
+            report.delayed += found.delayed;
+            report.dropped += found.dropped;
+        }
+        Ok(report)
+    }
+
+    /// [`Store::requeue_overdue`] in one shard, `page` at a time (each page one script, so Redis is
+    /// never held for long). A fire handed over twice is still recorded once.
+    pub async fn requeue_overdue_in(
+        &self,
+        shard: u16,
         before: DateTime<Utc>,
         page: usize,
     ) -> Result<ReconcileReport> {
@@ -234,9 +255,9 @@ impl Store {
             loop {
                 let mut conn = self.conn.clone();
                 let (scanned, requeued, dropped): (usize, usize, usize) = REQUEUE_OVERDUE_SCRIPT
-                    .key(self.key(set))
-                    .key(self.key(UNARMED))
-                    .arg(&self.prefix)
+                    .key(self.shard_key(shard, set))
+                    .key(self.shard_key(shard, UNARMED))
+                    .arg(self.shards.prefix(shard))
                     .arg(before.timestamp_millis())
                     .arg(offset)
                     .arg(page)
@@ -258,14 +279,12 @@ impl Store {
         Ok(report)
     }
 
-    /// Runs not yet ended, oldest first, as the live-run index holds them (it may still hold a few
-    /// that ended: check each run's state).
+    /// Runs not yet ended, oldest first (over every shard), as the live-run indexes hold them (they
+    /// may still hold a few that ended: check each run's state).
     pub async fn live_runs(&self, limit: usize) -> Result<Vec<StuckRun>> {
-        let mut conn = self.conn.clone();
-        let rows: Vec<(String, f64)> = conn
-            .zrange_withscores(self.key(LIVE_RUNS), 0, limit as isize - 1)
-            .await?;
-        Ok(rows
+        let mut runs: Vec<StuckRun> = self
+            .lowest_in_every_shard(LIVE_RUNS, limit)
+            .await?
             .into_iter()
             .filter_map(|(run_id, ms)| {
                 Some(StuckRun {
@@ -273,13 +292,16 @@ impl Store {
                     recorded_at: millis(ms as i64)?,
                 })
             })
-            .collect())
+            .collect();
+        runs.sort_by_key(|run| run.recorded_at);
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     /// Takes a run out of the live-run index (it ended, or is gone).
     pub async fn forget_live_run(&self, run_id: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: () = conn.zrem(self.key(LIVE_RUNS), run_id).await?;
+        let _: () = conn.zrem(self.owned_key(run_id, LIVE_RUNS), run_id).await?;
         Ok(())
     }
 }

@@ -1,13 +1,16 @@
 //! Jobs: each job's record and the indexes that list an account's jobs.
 //!
-//! Keys, under the prefix `p`:
+//! Keys, under the prefix `p` (the job's record under its shard's, [`super::shards`]):
 //! - `p:job:{id}`: the job as JSON ([`stored_job_json`]: `enabled` and `generation` lead, defaults left
 //!   out)
 //! - `p:account:{a}:jobs`, `p:account:{a}:group:{g}:jobs`: job ids scored by creation time
 //! - `p:alias:{scope}:{alias}`: a compatibility surface's name for a job; `p:set:{name}`: plain sets
 //!   the surfaces keep
 //!
-//! Saving a job writes its timer too (see [`super::timers`]), in the same transaction.
+//! Saving a job writes its timer too (see [`super::timers`]), in the same transaction. On a cluster
+//! the account's indexes are in another slot than the job, so they are a step of their own: written
+//! before the job is saved and removed after it is deleted, so that a crash between the two leaves
+//! at most an index entry naming no job (listings skip it), never a job no listing shows.
 
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
@@ -70,55 +73,60 @@ impl Store {
     pub async fn save_job(&self, job: &Job) -> Result<()> {
         let mut conn = self.conn.clone();
         let json = stored_job_json(job)?;
-        let created = job.created_at.timestamp_millis();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .set(self.key(&format!("job:{}", job.id)), json)
-            .ignore()
-            .zadd(
-                self.key(&format!("account:{}:jobs", job.account)),
-                &job.id,
-                created,
-            )
-            .ignore()
-            .zadd(
-                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
-                &job.id,
-                created,
-            )
+        pipe.atomic();
+        let index = |pipe: &mut redis::Pipeline| {
+            let created = job.created_at.timestamp_millis();
+            pipe.zadd(self.account_index(job, None), &job.id, created)
+                .ignore()
+                .zadd(self.account_index(job, Some(&job.group)), &job.id, created)
+                .ignore();
+        };
+        if self.cluster {
+            let mut first = redis::pipe();
+            index(&mut first);
+            first.query_async::<()>(&mut conn).await?;
+        } else {
+            index(&mut pipe);
+        }
+        pipe.set(self.owned_key(&job.id, &format!("job:{}", job.id)), json)
             .ignore();
+        let timers = self.owned_key(&job.id, "timers");
         match job.next_fire_at {
-            Some(next) => pipe.zadd(self.key("timers"), &job.id, next.timestamp_millis()),
-            None => pipe.zrem(self.key("timers"), &job.id),
+            Some(next) => pipe.zadd(&timers, &job.id, next.timestamp_millis()),
+            None => pipe.zrem(&timers, &job.id),
         }
         .ignore();
         // The timer for RabbitMQ: the pump arms it when it comes within the horizon. A replaced job's
         // earlier timer is withdrawn; one already armed is dropped as stale when it fires.
+        let unarmed = self.owned_key(&job.id, UNARMED);
         if job.generation > 1 {
-            pipe.zrem(
-                self.key(UNARMED),
-                unarmed_member(&job.id, job.generation - 1),
-            )
-            .ignore();
+            pipe.zrem(&unarmed, unarmed_member(&job.id, job.generation - 1))
+                .ignore();
         }
         let member = unarmed_member(&job.id, job.generation);
         match job.next_fire_at {
-            Some(next) => pipe.zadd(self.key(UNARMED), member, next.timestamp_millis()),
-            None => pipe.zrem(self.key(UNARMED), member),
+            Some(next) => pipe.zadd(&unarmed, member, next.timestamp_millis()),
+            None => pipe.zrem(&unarmed, member),
         }
         .ignore();
         pipe.query_async::<()>(&mut conn).await?;
-        self.replicated().await
+        self.replicated_with_account(&job.id).await
+    }
+
+    /// The account's index of its jobs, or of one group's.
+    fn account_index(&self, job: &Job, group: Option<&str>) -> String {
+        match group {
+            Some(group) => self.key(&format!("account:{}:group:{group}:jobs", job.account)),
+            None => self.key(&format!("account:{}:jobs", job.account)),
+        }
     }
 
     /// Removes a job from its group's index (before it moves to another group).
     pub async fn delete_group_entry(&self, job: &Job) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: () = conn
-            .zrem(
-                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
-                &job.id,
-            )
+            .zrem(self.account_index(job, Some(&job.group)), &job.id)
             .await?;
         Ok(())
     }
@@ -132,40 +140,51 @@ impl Store {
         if !run_ids.is_empty() {
             let mut lengths = redis::pipe();
             for run_id in &run_ids {
-                lengths.strlen(self.key(&format!("run:{run_id}:log")));
+                lengths.strlen(self.owned_key(&job.id, &format!("run:{run_id}:log")));
             }
             let lengths: Vec<i64> = lengths.query_async(&mut conn).await?;
             log_bytes = lengths.iter().sum();
         }
+        let shard = self.shards.of(&job.id);
         let mut pipe = redis::pipe();
         if log_bytes > 0 {
-            pipe.decr(self.history_bytes_key(&job.account), log_bytes)
+            pipe.decr(self.history_bytes_key(shard, &job.account), log_bytes)
                 .ignore();
         }
         pipe.atomic()
-            .del(self.key(&format!("job:{}", job.id)))
+            .del(self.shard_key(shard, &format!("job:{}", job.id)))
             .ignore()
-            .zrem(self.key(&format!("account:{}:jobs", job.account)), &job.id)
+            .zrem(self.shard_key(shard, "timers"), &job.id)
             .ignore()
             .zrem(
-                self.key(&format!("account:{}:group:{}:jobs", job.account, job.group)),
-                &job.id,
+                self.shard_key(shard, UNARMED),
+                unarmed_member(&job.id, job.generation),
             )
             .ignore()
-            .zrem(self.key("timers"), &job.id)
-            .ignore()
-            .zrem(self.key(UNARMED), unarmed_member(&job.id, job.generation))
-            .ignore()
-            .del(self.key(&format!("job:{}:runs", job.id)))
+            .del(self.shard_key(shard, &format!("job:{}:runs", job.id)))
             .ignore();
         for run_id in &run_ids {
-            pipe.del(self.key(&format!("run:{run_id}")))
+            pipe.del(self.shard_key(shard, &format!("run:{run_id}")))
                 .ignore()
-                .del(self.key(&format!("run:{run_id}:log")))
+                .del(self.shard_key(shard, &format!("run:{run_id}:log")))
                 .ignore();
         }
-        pipe.query_async::<()>(&mut conn).await?;
-        self.replicated().await
+        let unindex = |pipe: &mut redis::Pipeline| {
+            pipe.zrem(self.account_index(job, None), &job.id)
+                .ignore()
+                .zrem(self.account_index(job, Some(&job.group)), &job.id)
+                .ignore();
+        };
+        if self.cluster {
+            pipe.query_async::<()>(&mut conn).await?;
+            let mut last = redis::pipe();
+            unindex(&mut last);
+            last.query_async::<()>(&mut conn).await?;
+        } else {
+            unindex(&mut pipe);
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        self.replicated_with_account(&job.id).await
     }
 
     /// A job with its next fire time, or `None`.
@@ -175,8 +194,8 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
-            .get(self.key(&format!("job:{id}")))
-            .zscore(self.key("timers"), id)
+            .get(self.owned_key(id, &format!("job:{id}")))
+            .zscore(self.owned_key(id, "timers"), id)
             .query_async(&mut conn)
             .await?;
         let Some(raw) = raw else { return Ok(None) };
@@ -185,22 +204,32 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// Several jobs at once (one `MGET`), in the order asked, without their next fire times.
+    /// Several jobs at once (one `MGET` per shard they are in), in the order asked, without their
+    /// next fire times.
     pub async fn get_jobs(&self, ids: &[&str]) -> Result<Vec<Option<Job>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
         // An id outside the alphabet names no job (and never another record's key).
-        let keys: Vec<String> = ids
+        let wanted: Vec<(usize, &str)> = ids
             .iter()
-            .map(|id| match is_id(id) {
-                true => self.key(&format!("job:{id}")),
-                false => self.key("job:"),
-            })
+            .enumerate()
+            .filter(|(_, id)| is_id(id))
+            .map(|(index, id)| (index, *id))
             .collect();
-        let raws: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut raws: Vec<Option<String>> = vec![None; ids.len()];
+        for (shard, group) in self.by_shard(&wanted, |(_, id)| id) {
+            let keys: Vec<String> = group
+                .iter()
+                .map(|(_, id)| self.shard_key(shard, &format!("job:{id}")))
+                .collect();
+            let mut conn = self.conn.clone();
+            let found: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            for ((index, _), raw) in group.into_iter().zip(found) {
+                raws[*index] = raw;
+            }
+        }
         // One job that cannot be read back (written by a bug, or by hand) must not fail a listing:
         // it is logged and left out.
         Ok(ids
@@ -253,14 +282,18 @@ impl Store {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for job in jobs.iter() {
-            pipe.zscore(self.key("timers"), &job.id);
-        }
-        let mut conn = self.conn.clone();
-        let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
-        for (job, score) in jobs.iter_mut().zip(scores) {
-            job.next_fire_at = score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+        let ids: Vec<(usize, String)> = jobs.iter().map(|job| job.id.clone()).enumerate().collect();
+        for (shard, group) in self.by_shard(&ids, |(_, id)| id) {
+            let mut pipe = redis::pipe();
+            for (_, id) in &group {
+                pipe.zscore(self.shard_key(shard, "timers"), id);
+            }
+            let mut conn = self.conn.clone();
+            let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
+            for ((index, _), score) in group.into_iter().zip(scores) {
+                jobs[*index].next_fire_at =
+                    score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Leases (one holder at a time, expiring, so a crashed holder blocks others only until then) and
-//! the domain event counters the api serves as Prometheus metrics.
+//! Leases (one holder at a time, expiring, so a crashed holder blocks others only until then), the
+//! roll of the processes of a kind that are alive (to share leased work fairly), and the domain
+//! event counters the api serves as Prometheus metrics.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -40,6 +41,59 @@ impl Store {
     pub async fn lease_held(&self, name: &str) -> Result<bool> {
         let mut conn = self.conn.clone();
         Ok(conn.exists(self.key(&format!("lease:{name}"))).await?)
+    }
+
+    /// Extends a lease by `ttl` if it is still ours (`token`); `false` when it was lost (expired, and
+    /// perhaps taken by another).
+    pub async fn renew_lease(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        static RENEW: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let renewed: i64 = RENEW
+            .key(self.key(&format!("lease:{name}")))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Says `member` of `kind` (a provisioner, say) is alive, and returns how many of its kind
+    /// said so within `ttl` (itself included): the others are taken off the roll.
+    pub async fn announce(
+        &self,
+        kind: &str,
+        member: &str,
+        ttl: std::time::Duration,
+    ) -> Result<u64> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let roll = self.key(&format!("roll:{kind}"));
+        let mut conn = self.conn.clone();
+        let (alive,): (u64,) = redis::pipe()
+            .atomic()
+            .zadd(&roll, member, now)
+            .ignore()
+            .zrembyscore(&roll, "-inf", now - ttl.as_millis() as i64)
+            .ignore()
+            .zcard(&roll)
+            .query_async(&mut conn)
+            .await?;
+        Ok(alive)
+    }
+
+    /// Takes `member` off its kind's roll (it is stopping).
+    pub async fn withdraw(&self, kind: &str, member: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrem(self.key(&format!("roll:{kind}")), member).await?;
+        Ok(())
     }
 
     /// Releases a lease if it is still ours.

@@ -30,6 +30,7 @@ pub enum TimerMove {
 /// One light fire, prepared: everything the script writes is known before the instant comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LightFire {
+    /// Drawn in the job's shard ([`Store::new_run_id`]).
     pub run_id: String,
     pub job_id: String,
     pub account: String,
@@ -54,8 +55,8 @@ pub struct LightFire {
 /// records first and finishes after) is honoured by both. The output goes in the run's hash (`output`): one
 /// key less per fire than a log of its own.
 ///
-/// Trimmed runs' keys are built from the prefix (their ids are only known inside): fine on one Redis,
-/// as everywhere else in the store; a cluster would need hash tags per job.
+/// Trimmed runs' keys are built from the shard's prefix (their ids are only known inside): every key
+/// a script touches is in one shard, and so in one slot of a cluster.
 const FIRE_LIGHT: &str = r#"
 local prefix, now_ms, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local common_end = 5 + 2 * tonumber(ARGV[5])
@@ -107,16 +108,35 @@ static FIRE_LIGHT_SCRIPT: LazyLock<Script> =
 
 impl Store {
     /// Records light fires due together, each once, as runs that succeeded at `now` with their
-    /// output (capped at `log_cap` bytes). Returns one [`FireRecord`] per fire, in order.
+    /// output (capped at `log_cap` bytes). Returns one [`FireRecord`] per fire, in order. One script
+    /// per shard the fires are of (the pump hands over one shard's timers at a time, so mostly one).
     pub async fn fire_light(
         &self,
         fires: &[LightFire],
         now: DateTime<Utc>,
         log_cap: usize,
     ) -> Result<Vec<FireRecord>> {
-        if fires.is_empty() {
-            return Ok(Vec::new());
+        let mut records = vec![FireRecord::Stale; fires.len()];
+        let indexed: Vec<(usize, &LightFire)> = fires.iter().enumerate().collect();
+        for (shard, group) in self.by_shard(&indexed, |(_, fire)| &fire.job_id) {
+            let group_fires: Vec<&LightFire> = group.iter().map(|(_, fire)| *fire).collect();
+            let done = self
+                .fire_light_in(shard, &group_fires, now, log_cap)
+                .await?;
+            for ((index, _), record) in group.into_iter().zip(done) {
+                records[*index] = record;
+            }
         }
+        Ok(records)
+    }
+
+    async fn fire_light_in(
+        &self,
+        shard: u16,
+        fires: &[&LightFire],
+        now: DateTime<Utc>,
+        log_cap: usize,
+    ) -> Result<Vec<FireRecord>> {
         let now_text = now.to_rfc3339();
         let common = [
             ("state", RunState::Succeeded.to_string()),
@@ -129,9 +149,9 @@ impl Store {
 
         let mut script = FIRE_LIGHT_SCRIPT.prepare_invoke();
         script
-            .key(self.key("timers"))
-            .key(self.key(UNARMED))
-            .arg(&self.prefix)
+            .key(self.shard_key(shard, "timers"))
+            .key(self.shard_key(shard, UNARMED))
+            .arg(self.shards.prefix(shard))
             .arg(now.timestamp_millis())
             .arg(log_cap)
             .arg(FIRE_MARKER_TTL_SECS)
@@ -147,9 +167,9 @@ impl Store {
             };
             script
                 .key(self.fire_key(&fire.job_id, fire.scheduled_at, fire.attempt))
-                .key(self.key(&format!("run:{}", fire.run_id)))
-                .key(self.key(&format!("job:{}:runs", fire.job_id)))
-                .key(self.key(&format!("job:{}", fire.job_id)))
+                .key(self.shard_key(shard, &format!("run:{}", fire.run_id)))
+                .key(self.shard_key(shard, &format!("job:{}:runs", fire.job_id)))
+                .key(self.shard_key(shard, &format!("job:{}", fire.job_id)))
                 .arg(&fire.run_id)
                 .arg(&fire.job_id)
                 .arg(fire.generation)
@@ -163,7 +183,7 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let rows: Vec<(i64, String)> = script.invoke_async(&mut conn).await?;
-        self.replicated().await?;
+        self.replicated_at(&self.shard_key(shard, "")).await?;
         Ok(rows
             .into_iter()
             .map(|(status, id)| match status {

@@ -8,6 +8,8 @@
 //!   ([`light_fire`] records many light runs in one script);
 //! - instances, in [`instances`]: `p:instance:{id}`, `p:instances:live`;
 //! - leases and turns that keep one worker on a task, in [`leases`]; metrics, in [`lateness`];
+//! - the shards a job's keys (record, timers, runs) are split over, in [`shards`]: those keys are
+//!   under their shard's prefix, the rest under `p`;
 //! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`];
 //! - what terminated instances cost, summed per day, month, account and market, in [`costs`].
 //!
@@ -37,6 +39,7 @@ mod leases;
 mod light_fire;
 mod quota_counts;
 mod runs;
+mod shards;
 mod timers;
 use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};
@@ -45,6 +48,7 @@ pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
 pub use quota_counts::SlotKind;
 pub use runs::{CancelledRun, FireRecord, RecordedFire};
+pub use shards::{Shards, MAX_SHARDS};
 pub use timers::UnarmedTimer;
 
 /// A state machine whose current state lives in the `state` field of a Redis hash.
@@ -87,9 +91,14 @@ static CAS_STATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_STA
 #[derive(Clone)]
 pub struct Store {
     conn: Connection,
-    /// What every key starts with: the configured prefix, as a hash tag on a cluster (`{spot}`), so
-    /// that every key of a deployment, and so every script, is in one slot.
+    /// What every key of an account or of the deployment starts with: the configured prefix, as a
+    /// hash tag on a cluster (`{spot}`), so that each script on them is in one slot.
     prefix: String,
+    /// Where the keys of each job (record, timers, runs) are.
+    shards: Arc<Shards>,
+    /// On a cluster a transaction or pipeline stays within one slot, so the writes to a job and to
+    /// its account's indexes go as two steps; on a single Redis they stay one.
+    cluster: bool,
     replication: Arc<Replication>,
 }
 
@@ -107,6 +116,12 @@ impl Store {
         Ok(Store {
             conn: Connection::open_lazy(settings)?,
             prefix,
+            shards: Arc::new(Shards::new(
+                &settings.key_prefix,
+                settings.timer_shards,
+                settings.cluster,
+            )),
+            cluster: settings.cluster,
             replication: Replication::new(settings),
         })
     }
@@ -120,13 +135,107 @@ impl Store {
         format!("{}:{}", self.prefix, parts)
     }
 
+    /// A key in the shard of `owner`, a job's id or one of its runs' (drawn in its job's shard).
+    fn owned_key(&self, owner: &str, parts: &str) -> String {
+        self.shard_key(self.shards.of(owner), parts)
+    }
+
+    /// A key in `shard`.
+    fn shard_key(&self, shard: u16, parts: &str) -> String {
+        format!("{}:{}", self.shards.prefix(shard), parts)
+    }
+
+    /// The shards this deployment's jobs are split over.
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    /// `each(shard)` for every shard at once, the answers in shard order.
+    async fn on_every_shard<T, F, Fut>(&self, each: F) -> Result<Vec<T>>
+    where
+        F: Fn(u16) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        futures::future::try_join_all(self.shards.all().map(each)).await
+    }
+
+    /// The `limit` lowest-scored members of a sorted set of every shard (`set` names it within
+    /// the shard), with their scores, in no order: at most `limit` per shard.
+    async fn lowest_in_every_shard(&self, set: &str, limit: usize) -> Result<Vec<(String, f64)>> {
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                let rows: Vec<(String, f64)> = conn
+                    .zrange_withscores(self.shard_key(shard, set), 0, limit as isize - 1)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        Ok(per_shard.into_iter().flatten().collect())
+    }
+
+    /// Groups `items` by the shard of the id `owner` names, keeping their order within a shard.
+    fn by_shard<'a, T>(
+        &self,
+        items: &'a [T],
+        owner: impl Fn(&T) -> &str,
+    ) -> BTreeMap<u16, Vec<&'a T>> {
+        let mut groups: BTreeMap<u16, Vec<&T>> = BTreeMap::new();
+        for item in items {
+            groups
+                .entry(self.shards.of(owner(item)))
+                .or_default()
+                .push(item);
+        }
+        groups
+    }
+
+    /// A new run id for a fire of `job_id`: in the job's shard, so the run is found from its id.
+    pub fn new_run_id(&self, job_id: &str) -> String {
+        self.shards.id_in(self.shards.of(job_id))
+    }
+
+    /// Checks that this deployment's keys were laid out for as many shards as configured, writing
+    /// the count on first use: keys are found through it, so another count would lose every job of
+    /// the moved shards. A mismatch is a non-retryable error naming both.
+    pub async fn check_layout(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.key("layout:timer_shards");
+        let ours = self.shards.count().to_string();
+        let _: bool = conn.set_nx(&key, &ours).await?;
+        let stored: Option<String> = conn.get(&key).await?;
+        match stored {
+            Some(stored) if stored != ours => Err(Error::internal(format!(
+                "redis.timer_shards is {ours}, but this deployment's keys were laid out for \
+                 {stored} shards: set it back to {stored}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits, after an acknowledged write, for the replicas `redis.wait_replicas` asks for to hold
     /// it, so that a failover (a replica promoted) does not lose it. A replica that does not answer
     /// in time leaves the write standing (counted as `writes_unreplicated`): a missing replica
     /// makes writes less safe, never refused.
-    async fn replicated(&self) -> Result<()> {
+    /// `owner` names the shard written (a job's or run's id); the wait goes to that slot's primary.
+    async fn replicated(&self, owner: &str) -> Result<()> {
+        self.replicated_at(&self.owned_key(owner, "")).await
+    }
+
+    /// [`Store::replicated`] after a write to a job and to its account's indexes: on a cluster
+    /// both slots' primaries are waited for, at once.
+    async fn replicated_with_account(&self, owner: &str) -> Result<()> {
+        if !self.cluster {
+            return self.replicated(owner).await;
+        }
+        let account = self.key("");
+        futures::future::try_join(self.replicated(owner), self.replicated_at(&account)).await?;
+        Ok(())
+    }
+
+    async fn replicated_at(&self, slot_key: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        if self.replication.wait(&mut conn).await? == Replicated::Short {
+        if self.replication.wait(&mut conn, slot_key).await? == Replicated::Short {
             self.note_event("writes_unreplicated", 1).await;
         }
         Ok(())

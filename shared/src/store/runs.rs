@@ -1,12 +1,12 @@
 //! Runs: recording a fire once as a run, reading runs back, trimming a job's history, and the
 //! capped container output.
 //!
-//! Keys, under the prefix `p`:
+//! Keys, under the prefix `p` of the job's shard ([`super::shards`]; a run's id is drawn there):
 //! - `p:fire:{job}:{ms}:{attempt}`: the run recorded for that fire, so a fire is recorded once
 //! - `p:run:{id}`: the run as a hash (its state moves only by compare-and-set); `p:job:{id}:runs` the
 //!   job's runs scored by creation time
 //! - `p:run:{id}:log`: the container output, capped (a light run keeps its output in its hash);
-//!   `p:quota:history:{account}` the bytes of every kept run's log of the account
+//!   `p:quota:history:{account}` the bytes of every kept run's log of the account in the shard
 //! - `p:runs:live`: runs not yet ended, scored by creation time (the stuck-run sweep walks it)
 
 use std::collections::BTreeMap;
@@ -168,7 +168,7 @@ impl Store {
         attempt: u32,
     ) -> Result<RecordedFire> {
         let mut conn = self.conn.clone();
-        let run_id = crate::ids::new_id();
+        let run_id = self.new_run_id(&job.id);
         let now = Utc::now();
         let fields = [
             ("id", run_id.clone()),
@@ -187,23 +187,23 @@ impl Store {
         let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
         script
             .key(self.fire_key(&job.id, scheduled_at, attempt))
-            .key(self.key(&format!("run:{run_id}")))
-            .key(self.key(&format!("job:{}:runs", job.id)))
-            .key(self.key(&format!("job:{}", job.id)))
-            .key(self.key(LIVE_RUNS))
+            .key(self.owned_key(&job.id, &format!("run:{run_id}")))
+            .key(self.owned_key(&job.id, &format!("job:{}:runs", job.id)))
+            .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
+            .key(self.owned_key(&job.id, LIVE_RUNS))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
             .arg(FIRE_MARKER_TTL_SECS)
             .arg(policy)
-            .arg(&self.prefix)
+            .arg(self.shards.prefix(self.shards.of(&job.id)))
             .arg(now.to_rfc3339());
         for (field, value) in &fields {
             script.arg(*field).arg(value);
         }
         script.arg(&pending_at.0).arg(&pending_at.1);
         let reply: Vec<String> = script.invoke_async(&mut conn).await?;
-        self.replicated().await?;
+        self.replicated(&job.id).await?;
         let status = reply.first().map(String::as_str).unwrap_or("");
         let id = reply.get(1).cloned().unwrap_or_default();
         let record = match status {
@@ -247,10 +247,13 @@ impl Store {
         scheduled_at: DateTime<Utc>,
         attempt: u32,
     ) -> String {
-        self.key(&format!(
-            "fire:{job_id}:{}:{attempt}",
-            scheduled_at.timestamp_millis()
-        ))
+        self.owned_key(
+            job_id,
+            &format!(
+                "fire:{job_id}:{}:{attempt}",
+                scheduled_at.timestamp_millis()
+            ),
+        )
     }
 
     /// The run recorded for a fire, if it was recorded.
@@ -272,8 +275,8 @@ impl Store {
     pub async fn trim_runs(&self, job_id: &str, keep: usize) -> Result<usize> {
         let mut conn = self.conn.clone();
         let deleted: usize = TRIM_RUNS_SCRIPT
-            .key(self.key(&format!("job:{job_id}:runs")))
-            .arg(&self.prefix)
+            .key(self.owned_key(job_id, &format!("job:{job_id}:runs")))
+            .arg(self.shards.prefix(self.shards.of(job_id)))
             .arg(keep)
             .invoke_async(&mut conn)
             .await?;
@@ -312,7 +315,9 @@ impl Store {
             return Ok(None);
         }
         let mut conn = self.conn.clone();
-        let map: BTreeMap<String, String> = conn.hgetall(self.key(&format!("run:{id}"))).await?;
+        let map: BTreeMap<String, String> = conn
+            .hgetall(self.owned_key(id, &format!("run:{id}")))
+            .await?;
         if map.is_empty() {
             return Ok(None);
         }
@@ -341,7 +346,11 @@ impl Store {
             start + limit as isize - 1
         };
         Ok(conn
-            .zrevrange(self.key(&format!("job:{job_id}:runs")), start, stop)
+            .zrevrange(
+                self.owned_key(job_id, &format!("job:{job_id}:runs")),
+                start,
+                stop,
+            )
             .await?)
     }
 
@@ -363,14 +372,16 @@ impl Store {
     /// Sets fields of a run without changing its state.
     pub async fn set_run_fields(&self, id: &str, fields: &[(&str, String)]) -> Result<()> {
         let mut conn = self.conn.clone();
-        let key = self.key(&format!("run:{id}"));
+        let key = self.owned_key(id, &format!("run:{id}"));
         let _: () = conn.hset_multiple(key, fields).await?;
         Ok(())
     }
 
     /// Appends to the run's output, at most `run_cap` bytes in all and no more than its account's
     /// history quota (`account_cap` bytes over every kept run) allows; the first cut by the quota is
-    /// counted as a refusal. Returns the output's length.
+    /// counted as a refusal. Returns the output's length. With shards, the run's shard counts its
+    /// own bytes and the cap it checks is what the other shards leave (read just before: two
+    /// appends in two shards at once may overshoot the account's quota by a chunk).
     pub async fn append_log(
         &self,
         run: &Run,
@@ -378,14 +389,22 @@ impl Store {
         run_cap: usize,
         account_cap: u64,
     ) -> Result<usize> {
+        let shard = self.shards.of(&run.id);
+        let elsewhere = match self.shards.count() {
+            1 => 0,
+            _ => {
+                let per_shard = self.history_bytes_per_shard(&run.account).await?;
+                per_shard.iter().sum::<u64>() - per_shard[usize::from(shard)]
+            }
+        };
         let mut conn = self.conn.clone();
         let (len, first_cut): (usize, i64) = APPEND_CAPPED_SCRIPT
-            .key(self.key(&format!("run:{}:log", run.id)))
-            .key(self.history_bytes_key(&run.account))
-            .key(self.key(&format!("run:{}", run.id)))
+            .key(self.shard_key(shard, &format!("run:{}:log", run.id)))
+            .key(self.history_bytes_key(shard, &run.account))
+            .key(self.shard_key(shard, &format!("run:{}", run.id)))
             .arg(chunk)
             .arg(run_cap)
-            .arg(account_cap)
+            .arg(account_cap.saturating_sub(elsewhere))
             .invoke_async(&mut conn)
             .await?;
         if first_cut == 1 {
@@ -396,16 +415,24 @@ impl Store {
         Ok(len)
     }
 
-    /// Where the bytes of an account's kept output are counted.
-    pub(super) fn history_bytes_key(&self, account: &str) -> String {
-        self.key(&format!("quota:history:{account}"))
+    /// Where the bytes of an account's kept output in `shard` are counted (beside its runs, so
+    /// that trimming them takes their bytes off in the same script).
+    pub(super) fn history_bytes_key(&self, shard: u16, account: &str) -> String {
+        self.shard_key(shard, &format!("quota:history:{account}"))
     }
 
-    /// The bytes of output the account's kept runs hold.
+    /// The bytes of output the account's kept runs hold, in every shard.
     pub async fn history_bytes(&self, account: &str) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let bytes: Option<i64> = conn.get(self.history_bytes_key(account)).await?;
-        Ok(bytes.unwrap_or(0).max(0) as u64)
+        Ok(self.history_bytes_per_shard(account).await?.iter().sum())
+    }
+
+    async fn history_bytes_per_shard(&self, account: &str) -> Result<Vec<u64>> {
+        self.on_every_shard(|shard| async move {
+            let mut conn = self.conn.clone();
+            let bytes: Option<i64> = conn.get(self.history_bytes_key(shard, account)).await?;
+            Ok(bytes.unwrap_or(0).max(0) as u64)
+        })
+        .await
     }
 
     /// A run's output from byte `offset` on (what a follower has not had yet): a range of the log,
@@ -415,7 +442,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        let key = self.key(&format!("run:{run_id}:log"));
+        let key = self.owned_key(run_id, &format!("run:{run_id}:log"));
         let bytes: Vec<u8> = redis::cmd("GETRANGE")
             .arg(&key)
             .arg(offset)
@@ -432,8 +459,8 @@ impl Store {
         }
         let mut conn = self.conn.clone();
         let (log, output): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::pipe()
-            .get(self.key(&format!("run:{run_id}:log")))
-            .hget(self.key(&format!("run:{run_id}")), "output")
+            .get(self.owned_key(run_id, &format!("run:{run_id}:log")))
+            .hget(self.owned_key(run_id, &format!("run:{run_id}")), "output")
             .query_async(&mut conn)
             .await?;
         Ok(log.or(output).unwrap_or_default())

@@ -1,6 +1,6 @@
 //! Timers: when each job fires next, and the fires the pump has yet to hand to RabbitMQ.
 //!
-//! Keys, under the prefix `p`:
+//! Keys, under the prefix `p` of each shard ([`super::shards`]), for the jobs of that shard:
 //! - `p:timers`: job ids scored by their next fire time (ms): what a fire moves on and the reconciler
 //!   re-arms from
 //! - `p:timers:unarmed`: fires the pump has yet to hand over (it does so shortly before they are due),
@@ -32,26 +32,35 @@ pub struct UnarmedTimer {
 }
 
 impl Store {
-    /// Jobs whose next fire time is at or before `before`, oldest first.
+    /// Jobs whose next fire time is at or before `before`, oldest first (over every shard).
     pub async fn due_timers(
         &self,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(String, DateTime<Utc>)>> {
-        let mut conn = self.conn.clone();
-        let rows: Vec<(String, f64)> = conn
-            .zrangebyscore_limit_withscores(
-                self.key("timers"),
-                "-inf",
-                before.timestamp_millis(),
-                0,
-                limit as isize,
-            )
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                let rows: Vec<(String, f64)> = conn
+                    .zrangebyscore_limit_withscores(
+                        self.shard_key(shard, "timers"),
+                        "-inf",
+                        before.timestamp_millis(),
+                        0,
+                        limit as isize,
+                    )
+                    .await?;
+                Ok(rows)
+            })
             .await?;
-        Ok(rows
+        let mut due: Vec<(String, DateTime<Utc>)> = per_shard
             .into_iter()
+            .flatten()
             .filter_map(|(id, ms)| Some((id, Utc.timestamp_millis_opt(ms as i64).single()?)))
-            .collect())
+            .collect();
+        due.sort_by_key(|(_, at)| *at);
+        due.truncate(limit);
+        Ok(due)
     }
 
     /// Sets or clears a job's next fire time, but only if it is still `expected` and the job is still
@@ -86,9 +95,9 @@ return 1
             .map(|t| t.timestamp_millis().to_string())
             .unwrap_or_default();
         let moved: i64 = ADVANCE_TIMER
-            .key(self.key("timers"))
-            .key(self.key(UNARMED))
-            .key(self.key(&format!("job:{job_id}")))
+            .key(self.owned_key(job_id, "timers"))
+            .key(self.owned_key(job_id, UNARMED))
+            .key(self.owned_key(job_id, &format!("job:{job_id}")))
             .arg(job_id)
             .arg(expected.timestamp_millis())
             .arg(next)
@@ -96,14 +105,32 @@ return 1
             .arg(generation)
             .invoke_async(&mut conn)
             .await?;
-        self.replicated().await?;
+        self.replicated(job_id).await?;
         Ok(moved == 1)
     }
 
-    /// Takes up to `limit` timers due at or before `bound` off the unarmed set, for the pump to arm.
-    /// Atomic, so several pumps never take the same timer.
+    /// [`Store::claim_unarmed_in`] over every shard, shard by shard, up to `limit` in all.
     pub async fn claim_unarmed(
         &self,
+        bound: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<UnarmedTimer>> {
+        let mut claimed = Vec::new();
+        for shard in self.shards.all() {
+            if claimed.len() >= limit {
+                break;
+            }
+            let room = limit - claimed.len();
+            claimed.extend(self.claim_unarmed_in(shard, bound, room).await?);
+        }
+        Ok(claimed)
+    }
+
+    /// Takes up to `limit` timers of `shard` due at or before `bound` off its unarmed set, for the
+    /// pump to arm. Atomic, so several pumps never take the same timer.
+    pub async fn claim_unarmed_in(
+        &self,
+        shard: u16,
         bound: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<UnarmedTimer>> {
@@ -115,7 +142,7 @@ return due
         static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
         let mut conn = self.conn.clone();
         let rows: Vec<String> = CLAIM
-            .key(self.key(UNARMED))
+            .key(self.shard_key(shard, UNARMED))
             .arg(bound.timestamp_millis())
             .arg(limit)
             .invoke_async(&mut conn)
@@ -129,10 +156,15 @@ return due
             .collect())
     }
 
-    /// How many fires wait for the pump to hand them over.
+    /// How many fires wait for the pump to hand them over (in every shard).
     pub async fn unarmed_count(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        Ok(conn.zcard(self.key(UNARMED)).await?)
+        let counts = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                Ok(conn.zcard::<_, u64>(self.shard_key(shard, UNARMED)).await?)
+            })
+            .await?;
+        Ok(counts.into_iter().sum())
     }
 
     /// Puts timers the pump could not arm back, for its next round.
@@ -140,12 +172,16 @@ return due
         if timers.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let items: Vec<(i64, String)> = timers
-            .iter()
-            .map(|t| (t.due.timestamp_millis(), delayed::timer_member(&t.fire)))
-            .collect();
-        let _: () = conn.zadd_multiple(self.key(UNARMED), &items).await?;
+        for (shard, timers) in self.by_shard(timers, |t| &t.fire.job_id) {
+            let mut conn = self.conn.clone();
+            let items: Vec<(i64, String)> = timers
+                .iter()
+                .map(|t| (t.due.timestamp_millis(), delayed::timer_member(&t.fire)))
+                .collect();
+            let _: () = conn
+                .zadd_multiple(self.shard_key(shard, UNARMED), &items)
+                .await?;
+        }
         Ok(())
     }
 }

@@ -29,6 +29,10 @@ impl Provisioner {
             self.broker
                 .subscribe(&queue, self.settings.provisioner.prefetch, "provisioner");
         tracing::info!(queue, "provisioner starting");
+        let leases = {
+            let this = self.clone();
+            tokio::spawn(async move { this.hold_shards_forever().await })
+        };
         let pump = {
             let this = self.clone();
             tokio::spawn(async move { this.pump_forever().await })
@@ -52,7 +56,9 @@ impl Provisioner {
             async move { this.process_delivery(delivery).await }
         })
         .await;
+        leases.abort();
         pump.abort();
+        self.release_shards().await;
         reconciler.abort();
         rearmer.abort();
         topology_watch.abort();

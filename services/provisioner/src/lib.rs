@@ -10,6 +10,7 @@ mod consumer;
 mod http_runner;
 mod launch;
 mod run_quotas;
+mod shard_leases;
 mod timer_pump;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::DateTime;
 use chrono::Utc;
+pub use shard_leases::{ShardLeases, LEASE_TTL};
 use spot_shared::broker::Broker;
 use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
@@ -59,6 +61,7 @@ pub struct Provisioner {
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) ec2: Arc<Ec2>,
     pub(crate) settings: Arc<Settings>,
+    pub(crate) shard_leases: Arc<ShardLeases>,
 }
 
 impl Provisioner {
@@ -74,6 +77,7 @@ impl Provisioner {
             cloud: Arc::new(cloud),
             ec2: Arc::new(ec2),
             settings: Arc::new(settings),
+            shard_leases: Arc::new(ShardLeases::new()),
         })
     }
 

@@ -14,9 +14,12 @@
 //! Retries and run-nows travel the same way: they are written to Redis (`timers:delayed` and the
 //! unarmed set) in the step that asks for them, so a broker outage delays them and loses none.
 //!
-//! Several pumps may run (one per provisioner): taking timers is atomic in Redis. A timer taken by a
-//! pump that dies before publishing, or lost with a wiped broker, goes back to the unarmed set when
-//! the reconciler finds it overdue ([`Provisioner::reconcile_once`]).
+//! Timers are split over shards; each provisioner pumps the shards it holds the lease of
+//! ([`crate::shard_leases`]), so the pumping is shared out as provisioners are added. Taking timers
+//! is atomic in Redis besides, so a shard pumped by two (a lease changing hands) hands each timer
+//! over once. A timer taken by a pump that dies before publishing, or lost with a wiped broker,
+//! goes back to the unarmed set when the reconciler finds it overdue
+//! ([`Provisioner::reconcile_once`]).
 
 use std::time::Duration;
 
@@ -39,14 +42,40 @@ impl Provisioner {
         (chrono::Duration::milliseconds(ahead_ms as i64), level_units)
     }
 
-    /// One round: takes the timers coming within the horizon and publishes them, several per message
-    /// (in order of their instants). Returns how many timers it handed over.
+    /// One round over every shard, leases or not (what tests drive): see [`Provisioner::pump_shard`].
     pub async fn pump_once(&self) -> Result<usize> {
+        let mut handed = 0;
+        for shard in self.store.shards().all() {
+            handed += self.pump_shard(shard).await?;
+        }
+        Ok(handed)
+    }
+
+    /// One round over the shards this provisioner holds; returns the most any one of them handed
+    /// over (a full round means more are waiting there).
+    async fn pump_held_once(&self) -> Result<usize> {
+        let rounds = join_all(
+            self.held_shards()
+                .await
+                .into_iter()
+                .map(|shard| self.pump_shard(shard)),
+        )
+        .await;
+        let mut most = 0;
+        for round in rounds {
+            most = most.max(round?);
+        }
+        Ok(most)
+    }
+
+    /// One round in `shard`: takes the timers coming within the horizon and publishes them, several
+    /// per message (in order of their instants). Returns how many timers it handed over.
+    pub async fn pump_shard(&self, shard: u16) -> Result<usize> {
         let (ahead, level_units) = self.pump_horizon();
         let settings = &self.settings.provisioner;
         let timers = self
             .store
-            .claim_unarmed(Utc::now() + ahead, settings.pump_batch.max(1))
+            .claim_unarmed_in(shard, Utc::now() + ahead, settings.pump_batch.max(1))
             .await?;
         if timers.is_empty() {
             return Ok(0);
@@ -83,11 +112,12 @@ impl Provisioner {
         Ok(timers.len() - failed.len())
     }
 
-    /// Pumps until the future is dropped: at once again after a full round, else after the interval.
+    /// Pumps the shards it holds until the future is dropped: at once again after a full round,
+    /// else after the interval.
     pub async fn pump_forever(&self) {
         let idle = Duration::from_millis(self.settings.provisioner.pump_interval_ms.max(1));
         loop {
-            let pause = match self.pump_once().await {
+            let pause = match self.pump_held_once().await {
                 Ok(n) if n >= self.settings.provisioner.pump_batch => Duration::ZERO,
                 Ok(_) => idle,
                 Err(err) => {

@@ -10,6 +10,7 @@
 //! meanwhile are already in RabbitMQ.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use spot_shared::Result;
@@ -32,6 +33,8 @@ pub struct ShardLeases {
     /// This process on the roll.
     pub(crate) member: String,
     held: Mutex<BTreeMap<u16, String>>,
+    /// Whether the store's shard count was found to be ours (checked until it is).
+    layout_checked: AtomicBool,
 }
 
 impl ShardLeases {
@@ -39,6 +42,7 @@ impl ShardLeases {
         ShardLeases {
             member: spot_shared::ids::new_id(),
             held: Mutex::new(BTreeMap::new()),
+            layout_checked: AtomicBool::new(false),
         }
     }
 }
@@ -70,12 +74,17 @@ impl Provisioner {
     /// another shard count holds nothing (and says so) rather than pump the wrong keys.
     pub async fn hold_shards_once(&self) -> Result<()> {
         let shards = self.store.shards().count();
-        if let Err(err) = self.store.check_layout().await {
-            if !err.is_retryable() {
-                tracing::error!(error = %err, "pumping no timers");
-                self.release_shards().await;
+        if !self.shard_leases.layout_checked.load(Ordering::Relaxed) {
+            if let Err(err) = self.store.check_layout().await {
+                if !err.is_retryable() {
+                    tracing::error!(error = %err, "pumping no timers");
+                    self.release_shards().await;
+                }
+                return Err(err);
             }
-            return Err(err);
+            self.shard_leases
+                .layout_checked
+                .store(true, Ordering::Relaxed);
         }
         let alive = self
             .store

@@ -92,18 +92,7 @@ async fn a_node_stopped_under_a_burst_loses_no_fire() {
     let stop = tokio::task::spawn_blocking(|| node_ctl(1, &["stop_app"]));
     assert!(stop.await.unwrap(), "node 1 stopped");
 
-    eventually(Duration::from_secs(60), "every job fired", || async {
-        (count_runs(&store, &jobs).await? >= JOBS).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for job in &jobs {
-        assert_eq!(
-            store.job_run_ids(job, 0).await.unwrap().len(),
-            1,
-            "{job} fired once"
-        );
-    }
+    assert_each_fires_once(&store, &jobs, Duration::from_secs(60)).await;
     let (status, _) = {
         let response = app.get("/healthcheck", "").await;
         (response.status().as_u16(), ())

@@ -111,18 +111,7 @@ async fn a_primary_killed_under_a_burst_loses_no_acknowledged_job_and_fires_each
         env.name
     );
 
-    eventually(Duration::from_secs(90), "every job fired", || async {
-        (count_runs(&store, &jobs).await? >= JOBS).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for job in &jobs {
-        assert_eq!(
-            store.job_run_ids(job, 0).await.unwrap().len(),
-            1,
-            "{job} fired once"
-        );
-    }
+    assert_each_fires_once(&store, &jobs, Duration::from_secs(90)).await;
     let events = store.event_counts().await.unwrap_or_default();
     eprintln!(
         "{}: every job fired once; writes_unreplicated = {}",

@@ -69,8 +69,8 @@ fn redis_toml(prefix: &str, cluster: Option<&[String]>) -> String {
     }
 }
 
-/// Deletes every key under a test's prefix, on the single Redis or the cluster.
-fn delete_redis_keys(prefix: &str, cluster: Option<&[String]>) {
+/// Deletes every key under a test's prefix (its shards' too), on the single Redis or the cluster.
+pub fn delete_redis_keys(prefix: &str, cluster: Option<&[String]>) {
     let clean = |conn: &mut dyn redis::ConnectionLike, pattern: String| {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(pattern)
@@ -716,6 +716,20 @@ pub async fn count_runs(store: &spot_shared::store::Store, jobs: &[String]) -> O
         runs += store.job_run_ids(job, 0).await.ok()?.len();
     }
     Some(runs)
+}
+
+/// Waits up to `limit` until every job has a run, then 2 s more for a duplicate to show, and fails
+/// unless each has exactly one.
+pub async fn assert_each_fires_once(store: &Store, jobs: &[String], limit: Duration) {
+    eventually(limit, "every job fired", || async {
+        (count_runs(store, jobs).await? >= jobs.len()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in jobs {
+        let runs = store.job_run_ids(job, 0).await.expect("Redis answers");
+        assert_eq!(runs.len(), 1, "{job} fired once");
+    }
 }
 
 /// Fails unless a run's recorded transitions, in time order, form a legal path of the run state

@@ -4,11 +4,13 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs] [--jobs N]
-//!        [--clients N] [--pump-level L] [--spread SECONDS] [--cluster]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs]
+//!        [scale-out] [--jobs N] [--clients N] [--pump-level L] [--spread SECONDS] [--cluster] [--shards S]
 //!
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
 //! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
+//! `--shards S`: `redis.timer_shards` for `scale-out` (16 unless given; the other scenarios run on
+//! one shard, as they read runs from the stack's one slot).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,10 +31,20 @@ struct Stack {
     key_base: String,
     api: String,
     children: Vec<(&'static str, Child)>,
-    /// The single Redis, or the cluster's primary that serves the stack's slot (every key of it).
+    /// The single Redis, or the cluster's primary that serves the stack's slot (every key of it
+    /// with one shard; the account's keys with more).
     redis: redis::Client,
     cluster: bool,
+    shards: u16,
 }
+
+/// The names the provisioner processes of a stack go by, in order.
+const PROVISIONERS: [&str; 4] = [
+    "provisioner",
+    "provisioner-2",
+    "provisioner-3",
+    "provisioner-4",
+];
 
 /// `rabbitmqctl` on node 1 of the RabbitMQ cluster `scripts/cluster` runs (management is off there).
 fn cluster_ctl(args: &[&str]) -> anyhow::Result<()> {
@@ -72,6 +84,7 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
 mod bcrypt_flood;
 mod lifecycle;
 mod op_costs;
+mod scale_out;
 
 /// Settings the bench run varies.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +100,10 @@ struct Options {
     /// On `scripts/cluster`'s Redis Cluster (every acknowledged write waiting for a replica) and
     /// three-node RabbitMQ cluster, instead of the single Redis and RabbitMQ.
     cluster: bool,
+    /// `redis.timer_shards`, when not 1.
+    shards: Option<u16>,
+    /// Provisioner processes (1 unless given, at most 4).
+    provisioners: usize,
 }
 
 impl Stack {
@@ -158,6 +175,11 @@ level = "warn"
                     .pump_level
                     .map(|l| format!("timer_pump_level = {l}"))
                     .unwrap_or_default(),
+                stores = stores.replacen(
+                    "[redis]\n",
+                    &format!("[redis]\ntimer_shards = {}\n", options.shards.unwrap_or(1)),
+                    1
+                ),
                 auth = options
                     .bcrypt_failures_per_minute
                     .map(|n| format!("bcrypt_failures_per_minute = {n}"))
@@ -165,7 +187,9 @@ level = "warn"
             ),
         )?;
         let mut children = Vec::new();
-        for service in ["api", "provisioner", "reaper"] {
+        let provisioners = &PROVISIONERS[..options.provisioners.clamp(1, PROVISIONERS.len())];
+        for name in ["api"].iter().chain(provisioners).chain(&["reaper"]) {
+            let service = name.split('-').next().unwrap_or(name);
             let child = Command::new(bin_dir.join(format!("spot-{service}")))
                 .arg("--config")
                 .arg(&config)
@@ -173,7 +197,7 @@ level = "warn"
                 .stderr(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting spot-{service}"))?;
-            children.push((service, child));
+            children.push((*name, child));
         }
         spot_tests::wait_until_healthy(&api, Duration::from_secs(60)).await?;
         Ok(Stack {
@@ -183,6 +207,7 @@ level = "warn"
             children,
             redis: redis::Client::open(redis_url)?,
             cluster: options.cluster,
+            shards: options.shards.unwrap_or(1),
         })
     }
 
@@ -205,7 +230,7 @@ level = "warn"
                 other_urls,
                 wait_replicas: 0,
                 wait_timeout_ms: 1000,
-                timer_shards: 1,
+                timer_shards: self.shards,
             })
             .await?,
         )
@@ -255,7 +280,14 @@ level = "warn"
         } else {
             let _ = management("DELETE", &format!("/api/vhosts/{}", self.name), "");
         }
-        if let Ok(mut conn) = self.redis.get_connection() {
+        if self.cluster && self.shards > 1 {
+            // The shards' keys are on every primary.
+            let seeds: Vec<String> = spot_tests::redis_cluster::SEEDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            spot_tests::delete_redis_keys(&self.name, Some(&seeds));
+        } else if let Ok(mut conn) = self.redis.get_connection() {
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}:*", self.key_base))
                 .query(&mut conn)
@@ -555,6 +587,7 @@ async fn main() -> anyhow::Result<()> {
     let mut scenarios = Vec::new();
     let mut options = Options {
         clients: 64,
+        provisioners: 1,
         ..Options::default()
     };
     // The default's, unless asked for one or more (each scenario then runs once per level).
@@ -572,6 +605,7 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()?;
             }
             "--cluster" => options.cluster = true,
+            "--shards" => options.shards = Some(args.next().context("--shards S")?.parse()?),
             "--spread" => {
                 options.spread_secs = Some(args.next().context("--spread SECONDS")?.parse()?)
             }
@@ -599,6 +633,9 @@ async fn main() -> anyhow::Result<()> {
         };
         let options = &options;
         let jobs = |default: usize| options.jobs.unwrap_or(default);
+        if options.shards.unwrap_or(1) > 1 && scenario != "scale-out" {
+            bail!("--shards is for scale-out: the other scenarios read runs from the stack's one slot");
+        }
         let result = match scenario.as_str() {
             "burst-20k" => {
                 burst(
@@ -627,8 +664,9 @@ async fn main() -> anyhow::Result<()> {
             "bcrypt-flood" => bcrypt_flood::run(&bin_dir, options).await?,
             "lifecycle-200" => lifecycle::run(&bin_dir, jobs(200), options).await?,
             "op-costs" => op_costs::run(&bin_dir, jobs(10_000), options).await?,
+            "scale-out" => scale_out::run(&bin_dir, jobs(10_000), options).await?,
             other => bail!(
-                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200, op-costs)"
+                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200, op-costs, scale-out)"
             ),
         };
         let mut result = result;

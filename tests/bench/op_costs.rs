@@ -20,7 +20,7 @@ use crate::{dummy_job, schedule_jobs, Options, Stack};
 const IDLE: Duration = Duration::from_secs(10);
 
 /// Calls per command since the last `CONFIG RESETSTAT`.
-async fn command_calls(
+pub(crate) async fn command_calls(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let info: String = redis::cmd("INFO")
@@ -39,7 +39,7 @@ async fn command_calls(
 }
 
 /// CPU seconds spent so far, user and system: Redis's (from `INFO cpu`) and each service's.
-async fn cpu_seconds(
+pub(crate) async fn cpu_seconds(
     conn: &mut redis::aio::MultiplexedConnection,
     stack: &Stack,
 ) -> anyhow::Result<BTreeMap<String, f64>> {

@@ -47,6 +47,29 @@ pub fn primary_of(prefix: &str) -> Option<u16> {
     })
 }
 
+/// The ports of the primaries serving slots now, as any live node sees it.
+pub fn primaries() -> Vec<u16> {
+    let Some(mut conn) = PORTS.clone().find_map(node) else {
+        return Vec::new();
+    };
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut conn)
+        .unwrap_or_default();
+    let mut ports: Vec<u16> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let serving = flags.contains("master") && !flags.contains("fail") && fields.len() > 8;
+            let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            serving.then_some(port)
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
 /// `kill -9` of the Redis on `port`; returns once it no longer answers.
 pub fn kill_node(port: u16) {
     let mut conn = node(port).expect("the node answers");

@@ -9,8 +9,8 @@
 //!
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
 //! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
-//! `--shards S`: `redis.timer_shards` for `scale-out` (16 unless given; the other scenarios run on
-//! one shard, as they read runs from the stack's one slot).
+//! `--shards S`: `redis.timer_shards` for the bursts, `cron-10k` and `scale-out` (1 unless given;
+//! 16 for `scale-out`); the others read one node's figures and refuse it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -211,6 +211,22 @@ level = "warn"
         })
     }
 
+    /// A connection to the node serving the keys under `prefix` (a shard's, or the stack's own):
+    /// on a cluster the primary of its hash tag's slot, else the single Redis.
+    async fn node_serving(
+        &self,
+        prefix: &str,
+    ) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        if !self.cluster {
+            return Ok(self.redis.get_multiplexed_async_connection().await?);
+        }
+        let tag = prefix.trim_start_matches('{').trim_end_matches('}');
+        let port =
+            spot_tests::redis_cluster::primary_of(tag).context("no primary serves the slot")?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
     /// The stack's store, as the services see it.
     async fn store(&self) -> anyhow::Result<spot_shared::store::Store> {
         let seeds = spot_tests::redis_cluster::SEEDS;
@@ -349,47 +365,54 @@ async fn schedule_jobs(
     ))
 }
 
-/// Every run of each job: (scheduled instant, the instant its run was recorded).
+/// Every run of each job: (scheduled instant, the instant its run was recorded). Read shard by
+/// shard, each from the node that serves it.
 async fn fires_of(
     stack: &Stack,
     ids: &[String],
 ) -> anyhow::Result<Vec<Vec<(DateTime<Utc>, DateTime<Utc>)>>> {
-    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
-    let mut all = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(2000) {
-        let mut pipe = redis::pipe();
-        for id in chunk {
-            pipe.zrange(format!("{}:job:{id}:runs", stack.key_base), 0, -1);
-        }
-        let runs: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-        let mut pipe = redis::pipe();
-        for run in runs.iter().flatten() {
-            pipe.cmd("HMGET")
-                .arg(format!("{}:run:{run}", stack.key_base))
-                .arg("scheduled_at")
-                .arg("t:pending");
-        }
-        let times: Vec<(Option<String>, Option<String>)> = if runs.iter().all(Vec::is_empty) {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
-        let parse = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-        };
-        let mut times = times.iter();
-        for job_runs in &runs {
-            let mut fires = Vec::new();
-            for _ in job_runs {
-                if let Some((scheduled, at)) = times.next() {
-                    if let (Some(scheduled), Some(at)) = (parse(scheduled), parse(at)) {
-                        fires.push((scheduled, at));
+    let shards = spot_shared::store::Shards::new(&stack.name, stack.shards, stack.cluster);
+    let mut by_shard: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for (index, id) in ids.iter().enumerate() {
+        by_shard.entry(shards.of(id)).or_default().push(index);
+    }
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let mut all = vec![Vec::new(); ids.len()];
+    for (shard, indexes) in by_shard {
+        let prefix = shards.prefix(shard);
+        let mut conn = stack.node_serving(prefix).await?;
+        for chunk in indexes.chunks(2000) {
+            let mut pipe = redis::pipe();
+            for &index in chunk {
+                pipe.zrange(format!("{prefix}:job:{}:runs", ids[index]), 0, -1);
+            }
+            let runs: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            let mut pipe = redis::pipe();
+            for run in runs.iter().flatten() {
+                pipe.cmd("HMGET")
+                    .arg(format!("{prefix}:run:{run}"))
+                    .arg("scheduled_at")
+                    .arg("t:pending");
+            }
+            let times: Vec<(Option<String>, Option<String>)> = if runs.iter().all(Vec::is_empty) {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn).await?
+            };
+            let mut times = times.iter();
+            for (&index, job_runs) in chunk.iter().zip(&runs) {
+                for _ in job_runs {
+                    if let Some((scheduled, at)) = times.next() {
+                        if let (Some(scheduled), Some(at)) = (parse(scheduled), parse(at)) {
+                            all[index].push((scheduled, at));
+                        }
                     }
                 }
             }
-            all.push(fires);
         }
     }
     Ok(all)
@@ -633,8 +656,9 @@ async fn main() -> anyhow::Result<()> {
         };
         let options = &options;
         let jobs = |default: usize| options.jobs.unwrap_or(default);
-        if options.shards.unwrap_or(1) > 1 && scenario != "scale-out" {
-            bail!("--shards is for scale-out: the other scenarios read runs from the stack's one slot");
+        let on_shards = ["burst-20k", "burst-100k", "cron-10k", "scale-out"];
+        if options.shards.unwrap_or(1) > 1 && !on_shards.contains(&scenario.as_str()) {
+            bail!("--shards is for {on_shards:?}: the others read one node's figures");
         }
         let result = match scenario.as_str() {
             "burst-20k" => {

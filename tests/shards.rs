@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
+use secrecy::ExposeSecret;
 use serde_json::json;
 use spot_provisioner::Provisioner;
 use spot_tests::*;
@@ -96,6 +97,46 @@ async fn services_refuse_a_store_laid_out_for_other_shards() {
             .to_string();
         assert!(refused.contains("laid out for 8 shards"), "{refused}");
     }
+}
+
+#[tokio::test]
+async fn a_deployment_older_than_shards_is_kept_on_one() {
+    let env = TestEnv::new();
+    if env.settings.redis.cluster {
+        // On a cluster the harness starts every deployment sharded: nothing older to find.
+        return;
+    }
+    // A deployment of one shard with a job waiting, its count not recorded (older than shards).
+    let app = spawn_app(&env).await;
+    let due = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    app.create_job(
+        ACCOUNT_KEY,
+        json!({"schedule": due, "runner": {"type": "dummy", "template": "hi"}}),
+    )
+    .await;
+    let mut conn = redis::Client::open(env.settings.redis.url.expose_secret())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let layout = format!("{}:layout:timer_shards", env.settings.redis.key_prefix);
+    let _: () = redis::cmd("DEL")
+        .arg(&layout)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut sharded = env.settings.clone();
+    sharded.redis.timer_shards = SHARDS;
+    let refused = Provisioner::build(sharded)
+        .await
+        .err()
+        .expect("8 shards refused over a one-shard deployment");
+    assert!(
+        refused.to_string().contains("laid out for 1 shards"),
+        "{refused}"
+    );
+    app.service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

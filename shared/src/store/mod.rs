@@ -197,12 +197,29 @@ impl Store {
 
     /// Checks that this deployment's keys were laid out for as many shards as configured, writing
     /// the count on first use: keys are found through it, so another count would lose every job of
-    /// the moved shards. A mismatch is a non-retryable error naming both.
+    /// the moved shards. A deployment older than shards (its timers under the plain prefix, no
+    /// count recorded) was laid out for one. A mismatch is a non-retryable error naming both.
     pub async fn check_layout(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let key = self.key("layout:timer_shards");
         let ours = self.shards.count().to_string();
-        let _: bool = conn.set_nx(&key, &ours).await?;
+        let recorded: bool = conn.exists(&key).await?;
+        let unsharded: u64 = match recorded || self.shards.count() == 1 {
+            true => 0,
+            false => {
+                let keys = ["timers", "timers:delayed", "runs:live"].map(|set| self.key(set));
+                redis::cmd("EXISTS")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?
+            }
+        };
+        let first = if unsharded > 0 {
+            "1".to_string()
+        } else {
+            ours.clone()
+        };
+        let _: bool = conn.set_nx(&key, &first).await?;
         let stored: Option<String> = conn.get(&key).await?;
         match stored {
             Some(stored) if stored != ours => Err(Error::internal(format!(

@@ -8,10 +8,13 @@
 //! Also, without a browser: what `/ui` serves (versioned assets, the content security policy) and the
 //! bounds of `GET /v1/jobs?last_runs=`.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -60,11 +63,21 @@ impl Driver {
                     "--window-size=1280,900"],
             }),
         );
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&self.url)
-            .await
-            .expect("a Chromium session")
+        // Chromium now and then dies while starting on a busy machine ("session not created"); a
+        // second launch is a new process, so it is tried up to three times.
+        let mut failures = Vec::new();
+        while failures.len() < 3 {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&self.url)
+                .await
+            {
+                Ok(browser) => return browser,
+                Err(err) => failures.push(err.to_string()),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("no Chromium session in three tries: {failures:?}");
     }
 }
 
@@ -141,18 +154,55 @@ async fn wait_gone(browser: &Client, css: &str, secs: u64) {
     }
 }
 
+/// Runs `act` on the element `css` finds, finding it afresh after a failure for up to 10 s: the
+/// lists and the run's summary are drawn again every few seconds, so an element found a moment ago
+/// can be stale by the time it is used.
+async fn on_element<T, F, Fut>(browser: &Client, css: &str, act: F) -> T
+where
+    F: Fn(Element) -> Fut,
+    Fut: Future<Output = Result<T, CmdError>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let error = match browser.find(Locator::Css(css)).await {
+            Ok(element) => match act(element).await {
+                Ok(done) => return done,
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css} could not be used within 10 s: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    on_element(browser, css, |element| async move { element.text().await }).await
+}
+
+async fn attr_of(browser: &Client, css: &str, name: &str) -> Option<String> {
+    on_element(
+        browser,
+        css,
+        |element| async move { element.attr(name).await },
+    )
+    .await
+}
+
 async fn fill(browser: &Client, css: &str, text: &str) {
-    let input = browser.find(Locator::Css(css)).await.expect(css);
-    input.clear().await.expect("cleared");
-    input.send_keys(text).await.expect("typed");
+    on_element(browser, css, |input| async move {
+        input.clear().await?;
+        input.send_keys(text).await
+    })
+    .await
 }
 
 async fn click(browser: &Client, css: &str) {
-    wait_for(browser, css, 10)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|err| panic!("click {css}: {err}"));
+    wait_for(browser, css, 10).await;
+    on_element(browser, css, |element| async move { element.click().await }).await
 }
 
 async fn job_json(app: &TestApp, id: &str) -> (u16, Value) {
@@ -241,13 +291,7 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     click(&browser, "#save-job").await;
     let message = wait_for_text(&browser, "#f-schedule-error", "schedule", 10).await;
     assert!(!message.is_empty());
-    let invalid = browser
-        .find(Locator::Css("#f-schedule"))
-        .await
-        .unwrap()
-        .attr("aria-invalid")
-        .await
-        .unwrap();
+    let invalid = attr_of(&browser, "#f-schedule", "aria-invalid").await;
     assert_eq!(
         invalid.as_deref(),
         Some("true"),
@@ -272,12 +316,19 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .and_then(|f| f.strip_prefix("/jobs/"))
         .expect("the job's page")
         .to_string();
-    let next_rows = browser
-        .find_all(Locator::Css("#next-fires tbody tr"))
-        .await
-        .unwrap();
+    // Read in one script, so that no row can go stale between finding and reading it.
+    let next_rows: Vec<String> = serde_json::from_value(
+        browser
+            .execute(
+                "return [...document.querySelectorAll('#next-fires tbody tr')].map(r => r.innerText)",
+                vec![],
+            )
+            .await
+            .expect("script runs"),
+    )
+    .expect("the rows' texts");
     assert_eq!(next_rows.len(), 10, "the next 10 fires");
-    let first = next_rows[0].text().await.unwrap();
+    let first = &next_rows[0];
     assert!(
         first.contains("01-01 00:00:00") && first.contains("12-31 23:00:00Z"),
         "a fire in Berlin's midnight and in UTC: {first}"
@@ -286,20 +337,14 @@ async fn a_user_drives_a_job_through_the_dashboard() {
 
     // Run it now; its run appears on the job's page; its own page follows the output live.
     click(&browser, ".run-now").await;
-    let run_link = wait_for(&browser, "#runs .timeline-head a", 20).await;
-    run_link.click().await.unwrap();
+    wait_for(&browser, "#runs .timeline-head a", 20).await;
+    click(&browser, "#runs .timeline-head a").await;
     wait_for(&browser, "#run-summary", 10).await;
     wait_for_text(&browser, "#output", "hello from the dashboard", 60).await;
     screenshot(&browser, "04-run-live").await;
     wait_for_text(&browser, "#run-summary", "succeeded", 60).await;
     wait_for_text(&browser, "#output", "done", 10).await;
-    let exit_code = browser
-        .find(Locator::Css("#run-summary dd[data-term='Exit code']"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exit_code = text_of(&browser, "#run-summary dd[data-term='Exit code']").await;
     assert_eq!(exit_code, "0");
     let instance = wait_for_text(&browser, "#instance", "terminated", 60).await;
     assert!(
@@ -326,8 +371,9 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     // The jobs list: the run as a grid cell told by its letter, the name filter.
     browser.goto(&app.url("/ui#/jobs")).await.unwrap();
     let row = format!("#jobs tr[data-job='{job_id}']");
-    let cell = wait_for(&browser, &format!("{row} .grid .cell"), 10).await;
-    assert_eq!(cell.text().await.unwrap(), "S");
+    let cell = format!("{row} .grid .cell");
+    wait_for(&browser, &cell, 10).await;
+    assert_eq!(text_of(&browser, &cell).await, "S");
     wait_for_text(
         &browser,
         &format!("#jobs tr[data-job='{failing}'] .grid"),
@@ -335,21 +381,11 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         60,
     )
     .await;
-    assert!(cell
-        .attr("aria-label")
+    assert!(attr_of(&browser, &cell, "aria-label")
         .await
-        .unwrap()
         .unwrap_or_default()
         .contains("succeeded"));
-    let shown = browser
-        .find(Locator::Css(&format!(
-            "#jobs tr[data-job='{hostile}'] td a"
-        )))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let shown = text_of(&browser, &format!("#jobs tr[data-job='{hostile}'] td a")).await;
     assert_eq!(shown, hostile_name, "a name is shown as text");
     assert_ne!(browser.title().await.unwrap(), "pwned", "and never runs");
     screenshot(&browser, "06-jobs").await;
@@ -402,7 +438,10 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .await
         .unwrap();
     click(&browser, ".delete").await;
-    let question = browser.get_alert_text().await.expect("a confirmation");
+    let question = eventually(Duration::from_secs(10), "a confirmation", || async {
+        browser.get_alert_text().await.ok()
+    })
+    .await;
     assert!(question.contains("Delete"), "{question}");
     browser.accept_alert().await.unwrap();
     wait_for(&browser, "#jobs", 10).await;

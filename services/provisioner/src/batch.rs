@@ -109,7 +109,12 @@ impl Provisioner {
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }
-                self.store.note_fire_lateness(&lateness).await;
+                // One batch is one shard's timers: its first job's shard keeps the counts.
+                if let Some(first) = chunk.first() {
+                    self.store
+                        .note_fire_lateness(&lateness, &first.job_id)
+                        .await;
+                }
             }
             waiting = later;
         }

@@ -160,7 +160,7 @@ impl Provisioner {
         // Recorded: a retry or run-now is no longer the reconciler's to heal, however long the launch.
         self.store.forget_fire(fire).await?;
         if new {
-            self.note_lateness(fire.scheduled_at).await;
+            self.note_lateness(&fire.job_id, fire.scheduled_at).await;
             tracing::info!(job_id = %job.id, run_id = %run_id, scheduled_at = %fire.scheduled_at,
                 attempt = fire.attempt, lateness_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
                 "fired");
@@ -194,7 +194,7 @@ impl Provisioner {
             .await?;
         Ok(match records.into_iter().next() {
             Some(FireRecord::New(run_id)) => {
-                self.note_lateness(light.scheduled_at).await;
+                self.note_lateness(&light.job_id, light.scheduled_at).await;
                 FireOutcome::Launched { run_id, new: true }
             }
             Some(FireRecord::Existing(run_id)) => match self.launch_run(&run_id).await? {
@@ -210,11 +210,11 @@ impl Provisioner {
         })
     }
 
-    /// Adds one fire, written just now, to the lateness histogram.
-    async fn note_lateness(&self, scheduled_at: DateTime<Utc>) {
+    /// Adds one fire of `job_id`, written just now, to the lateness histogram.
+    async fn note_lateness(&self, job_id: &str, scheduled_at: DateTime<Utc>) {
         let mut lateness = LatenessHistogram::default();
         lateness.observe(scheduled_at, Utc::now());
-        self.store.note_fire_lateness(&lateness).await;
+        self.store.note_fire_lateness(&lateness, job_id).await;
     }
 
     /// Moves the job's next fire time on from `fired` (only if nobody else did).

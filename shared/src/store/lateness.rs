@@ -7,6 +7,10 @@
 //!
 //! Beside it, fires per minute: one counter per wall-clock minute (`metrics:fires:{minute}`, kept two
 //! hours), for the dashboard's chart of the last hour.
+//!
+//! Both are kept per timer shard (a fire's in the shard of its job) and summed when read: they are
+//! written with every batch of fires, so on one key they would be the one hot spot left when the
+//! shards spread everything else over a cluster's primaries.
 
 use std::collections::HashMap;
 
@@ -80,6 +84,11 @@ impl LatenessHistogram {
     }
 }
 
+/// The fire counter of a minute (minutes since the epoch), within a shard.
+fn minute_key(minute: i64) -> String {
+    format!("metrics:fires:{minute}")
+}
+
 fn field(bucket: usize) -> String {
     match LATENESS_BUCKETS_MS.get(bucket) {
         Some(bound) => format!("le_{bound}"),
@@ -88,13 +97,15 @@ fn field(bucket: usize) -> String {
 }
 
 impl Store {
-    /// Adds observations to the shared histogram (one pipeline). A histogram that cannot be written is
-    /// logged, never a failure of the fires it measures.
-    pub async fn note_fire_lateness(&self, histogram: &LatenessHistogram) {
+    /// Adds observations of fires of `job_id`'s shard (or of several shards: any one of them may
+    /// hold the counts, which are summed when read) to the shared histogram, in one pipeline. A
+    /// histogram that cannot be written is logged, never a failure of the fires it measures.
+    pub async fn note_fire_lateness(&self, histogram: &LatenessHistogram, job_id: &str) {
         if histogram.count == 0 {
             return;
         }
-        let key = self.key(HISTOGRAM_KEY);
+        let shard = self.shards.of(job_id);
+        let key = self.shard_key(shard, HISTOGRAM_KEY);
         let mut pipe = redis::pipe();
         for (bucket, &count) in histogram.buckets.iter().enumerate() {
             if count > 0 {
@@ -106,7 +117,7 @@ impl Store {
             .hincr(&key, "sum_ms", histogram.sum_ms)
             .ignore();
         // Counted in the minute they were written: the chart shows when the work happened.
-        let minute = self.key(&format!("metrics:fires:{}", minute_of(Utc::now())));
+        let minute = self.shard_key(shard, &minute_key(minute_of(Utc::now())));
         pipe.incr(&minute, histogram.count)
             .ignore()
             .expire(&minute, FIRES_PER_MINUTE_TTL_SECS)
@@ -125,36 +136,52 @@ impl Store {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = starts
-            .iter()
-            .map(|minute| self.key(&format!("metrics:fires:{minute}")))
-            .collect();
-        let mut conn = self.conn.clone();
-        let counts: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        Ok(starts
-            .into_iter()
-            .zip(counts)
-            .filter_map(|(minute, count)| {
-                Some((
-                    DateTime::from_timestamp(minute * 60, 0)?,
-                    count.unwrap_or(0),
-                ))
+        let starts = &starts;
+        // One MGET per shard (a shard's minutes share its slot).
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let keys: Vec<String> = starts
+                    .iter()
+                    .map(|&minute| self.shard_key(shard, &minute_key(minute)))
+                    .collect();
+                let mut conn = self.conn.clone();
+                let counts: Vec<Option<u64>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                Ok(counts)
             })
+            .await?;
+        let mut totals = vec![0u64; starts.len()];
+        for counts in per_shard {
+            for (total, count) in totals.iter_mut().zip(counts) {
+                *total += count.unwrap_or(0);
+            }
+        }
+        Ok(starts
+            .iter()
+            .zip(totals)
+            .filter_map(|(&minute, fires)| Some((DateTime::from_timestamp(minute * 60, 0)?, fires)))
             .collect())
     }
 
-    /// The shared histogram as it stands.
+    /// The shared histogram as it stands: every shard's, summed.
     pub async fn fire_lateness(&self) -> Result<LatenessHistogram> {
-        let mut conn = self.conn.clone();
-        let fields: HashMap<String, u64> =
-            redis::AsyncCommands::hgetall(&mut conn, self.key(HISTOGRAM_KEY)).await?;
-        let mut histogram = LatenessHistogram {
-            count: fields.get("count").copied().unwrap_or(0),
-            sum_ms: fields.get("sum_ms").copied().unwrap_or(0),
-            ..LatenessHistogram::default()
-        };
-        for (bucket, slot) in histogram.buckets.iter_mut().enumerate() {
-            *slot = fields.get(&field(bucket)).copied().unwrap_or(0);
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                let fields: HashMap<String, u64> =
+                    redis::AsyncCommands::hgetall(&mut conn, self.shard_key(shard, HISTOGRAM_KEY))
+                        .await?;
+                Ok(fields)
+            })
+            .await?;
+        let mut histogram = LatenessHistogram::default();
+        for fields in per_shard {
+            let get = |name: &str| fields.get(name).copied().unwrap_or(0);
+            histogram.count += get("count");
+            histogram.sum_ms += get("sum_ms");
+            for (bucket, total) in histogram.buckets.iter_mut().enumerate() {
+                *total += get(&field(bucket));
+            }
         }
         Ok(histogram)
     }

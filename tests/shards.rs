@@ -205,5 +205,112 @@ async fn jobs_spread_over_the_shards_fire_once_with_three_provisioners() {
         assert!(provisioner.is_running());
         provisioner.stop().await;
     }
+    // The lateness histogram and the fires per minute, kept per shard, add up to every run written.
+    let mut runs = 0;
+    for job in &jobs {
+        runs += store.job_run_ids(job, 0).await.unwrap().len() as u64;
+    }
+    assert_eq!(store.fire_lateness().await.unwrap().count, runs);
+    let per_minute = store.fires_per_minute(5).await.unwrap();
+    assert_eq!(per_minute.iter().map(|(_, fires)| fires).sum::<u64>(), runs);
+    app.service.stop().await;
+}
+
+/// A Redis user that may write only the plain prefix of `env`'s store, on every node of the cluster;
+/// deleted when dropped.
+struct PlainPrefixUser {
+    name: String,
+}
+
+impl PlainPrefixUser {
+    fn create(env: &TestEnv) -> PlainPrefixUser {
+        let name = format!("cut-{}", env.name);
+        let keys = format!("~{{{}}}:*", env.name);
+        redis_cluster::on_every_node(&[
+            "ACL", "SETUSER", &name, "reset", "on", ">cut", &keys, "&*", "+@all",
+        ]);
+        PlainPrefixUser { name }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}:cut@127.0.0.1:7101", self.name)
+    }
+}
+
+impl Drop for PlainPrefixUser {
+    fn drop(&mut self) {
+        redis_cluster::on_every_node(&["ACL", "DELUSER", &self.name]);
+    }
+}
+
+/// On a cluster a job's save is two steps (the account's indexes, then the job in its shard's slot):
+/// a crash between them leaves an index entry naming no job, which counts toward the quota. The cut
+/// is made real with a Redis user that may write the indexes' slot but not the shards': its save's
+/// first step lands and its second is refused. The reaper's sweep leaves the entry alone while it is
+/// young, then removes it; an entry whose job exists is only settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_entry_left_by_a_save_cut_in_two_is_swept_on_the_cluster() {
+    let mut env = TestEnv::on_redis_cluster(&redis_cluster::SEEDS);
+    sharded(&mut env);
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let kept = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "0 0 1 1 *", "runner": {"type": "dummy", "template": "hi"}}),
+        )
+        .await;
+    let mut job = store.get_job(&kept).await.unwrap().expect("the job");
+    let account = job.account.clone();
+
+    let user = PlainPrefixUser::create(&env);
+    let mut cut = env.settings.redis.clone();
+    cut.url = user.url().into();
+    cut.other_urls = Vec::new();
+    let cut = spot_shared::store::Store::connect(&cut).await.unwrap();
+    job.id = spot_shared::ids::new_id();
+    let refused = cut
+        .save_job(&job)
+        .await
+        .expect_err("the job's own step is refused");
+    assert!(refused.to_string().contains("NoPerm"), "{refused}");
+    assert!(store.get_job(&job.id).await.unwrap().is_none());
+    assert_eq!(
+        store.count_jobs(&account).await.unwrap(),
+        2,
+        "the entry is left"
+    );
+    let listed: serde_json::Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(
+        listed["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "and skipped"
+    );
+
+    // Young, it may be a save still under way: left alone.
+    let mut settings = env.settings.clone();
+    let reaper = spot_reaper::Reaper::build(settings.clone()).await.unwrap();
+    assert_eq!(reaper.sweep_once().await.unwrap().index_entries, 0);
+    assert_eq!(store.unsettled_index_entries().await.unwrap(), 2);
+    // Past the grace: the entry naming no job goes, the other is settled.
+    settings.reaper.index_grace_secs = 0;
+    let reaper = spot_reaper::Reaper::build(settings).await.unwrap();
+    assert_eq!(reaper.sweep_once().await.unwrap().index_entries, 1);
+    assert_eq!(store.unsettled_index_entries().await.unwrap(), 0);
+    assert_eq!(store.count_jobs(&account).await.unwrap(), 1);
+    assert!(store.get_job(&kept).await.unwrap().is_some());
+    let listed: serde_json::Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(listed["jobs"][0]["id"], kept.as_str());
+    // A delete settles its own note.
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/jobs/{kept}")))
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(store.unsettled_index_entries().await.unwrap(), 0);
+    assert_eq!(store.count_jobs(&account).await.unwrap(), 0);
     app.service.stop().await;
 }

@@ -211,6 +211,9 @@ pub struct ReaperSettings {
     pub pending_timeout_secs: u64,
     /// On SIGTERM: how long terminations in hand may take to finish before the rest are handed back.
     pub shutdown_grace_secs: u64,
+    /// On a cluster, an account index entry noted this long ago whose job does not exist was left by
+    /// a crash between a save's or a delete's two steps, and is removed.
+    pub index_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

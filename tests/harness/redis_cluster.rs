@@ -70,6 +70,14 @@ pub fn primaries() -> Vec<u16> {
     ports
 }
 
+/// Runs `args` on every node that answers (what a cluster does not pass on, such as `ACL SETUSER`).
+pub fn on_every_node(args: &[&str]) {
+    for mut conn in PORTS.clone().filter_map(node) {
+        let _: redis::RedisResult<redis::Value> =
+            redis::cmd(args[0]).arg(&args[1..]).query(&mut conn);
+    }
+}
+
 /// `kill -9` of the Redis on `port`; returns once it no longer answers.
 pub fn kill_node(port: u16) {
     let mut conn = node(port).expect("the node answers");

@@ -46,6 +46,8 @@ pub struct SweepReport {
     /// Spot instances reclaimed without their agent's word.
     pub interrupted: usize,
     pub stale_requests: usize,
+    /// Account index entries naming no job, left by a crash on a cluster, removed.
+    pub index_entries: usize,
 }
 
 impl Reaper {
@@ -74,8 +76,9 @@ impl Reaper {
         self.sweep_once().await.map(Some)
     }
 
-    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests. A
-    /// failure on one instance is logged and the sweep goes on to the next.
+    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests, and
+    /// on a cluster account index entries naming no job. A failure on one instance is logged and the
+    /// sweep goes on to the next.
     pub async fn sweep_once(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = chrono::Utc::now();
@@ -98,6 +101,11 @@ impl Reaper {
         if let Err(err) = self.sweep_live_runs(now, &mut report).await {
             tracing::warn!(error = %err, "sweep: live runs skipped");
         }
+        let index_grace = chrono::Duration::seconds(self.settings.index_grace_secs as i64);
+        match self.store.settle_index_entries(index_grace).await {
+            Ok(settled) => report.index_entries = settled.removed,
+            Err(err) => tracing::warn!(error = %err, "sweep: index entries skipped"),
+        }
         let max_age = chrono::Duration::seconds(self.settings.stale_request_secs as i64);
         report.stale_requests = self.cloud.cancel_stale_requests(max_age).await?;
         if report != SweepReport::default() {
@@ -109,6 +117,7 @@ impl Reaper {
             ("swept_lost", report.lost),
             ("swept_interrupted", report.interrupted),
             ("stale_request_cancelled", report.stale_requests),
+            ("swept_index_entry", report.index_entries),
         ] {
             self.store.note_event(event, count as u64).await;
         }

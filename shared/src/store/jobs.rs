@@ -10,7 +10,8 @@
 //! Saving a job writes its timer too (see [`super::timers`]), in the same transaction. On a cluster
 //! the account's indexes are in another slot than the job, so they are a step of their own: written
 //! before the job is saved and removed after it is deleted, so that a crash between the two leaves
-//! at most an index entry naming no job (listings skip it), never a job no listing shows.
+//! at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
+//! [`super::index_entries`]), never a job no listing shows.
 
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
@@ -84,7 +85,9 @@ impl Store {
         };
         if self.cluster {
             let mut first = redis::pipe();
+            first.atomic();
             index(&mut first);
+            self.note_unsettled(&mut first, job, Utc::now());
             first.query_async::<()>(&mut conn).await?;
         } else {
             index(&mut pipe);
@@ -176,9 +179,15 @@ impl Store {
                 .ignore();
         };
         if self.cluster {
+            // Noted first, so that a crash after the job is gone leaves its entries to the sweep.
+            let mut note = redis::pipe();
+            self.note_unsettled(&mut note, job, Utc::now());
+            note.query_async::<()>(&mut conn).await?;
             pipe.query_async::<()>(&mut conn).await?;
             let mut last = redis::pipe();
+            last.atomic();
             unindex(&mut last);
+            self.forget_unsettled(&mut last, job);
             last.query_async::<()>(&mut conn).await?;
         } else {
             unindex(&mut pipe);
@@ -204,32 +213,32 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// Several jobs at once (one `MGET` per shard they are in), in the order asked, without their
+    /// Several jobs at once (one `MGET` per shard they are in, the shards at once), in the order asked, without their
     /// next fire times.
     pub async fn get_jobs(&self, ids: &[&str]) -> Result<Vec<Option<Job>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         // An id outside the alphabet names no job (and never another record's key).
-        let wanted: Vec<(usize, &str)> = ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| is_id(id))
-            .map(|(index, id)| (index, *id))
-            .collect();
-        let mut raws: Vec<Option<String>> = vec![None; ids.len()];
-        for (shard, group) in self.by_shard(&wanted, |(_, id)| id) {
-            let keys: Vec<String> = group
-                .iter()
-                .map(|(_, id)| self.shard_key(shard, &format!("job:{id}")))
-                .collect();
-            let mut conn = self.conn.clone();
-            let found: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            for ((index, _), raw) in group.into_iter().zip(found) {
-                raws[*index] = raw;
+        let valid: Vec<&str> = ids.iter().copied().filter(|id| is_id(id)).collect();
+        let found: Vec<Option<String>> = self
+            .ask_by_shard(&valid, |shard, shard_ids| async move {
+                let keys: Vec<String> = shard_ids
+                    .iter()
+                    .map(|id| self.shard_key(shard, &format!("job:{id}")))
+                    .collect();
+                let mut conn = self.conn.clone();
+                Ok(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?)
+            })
+            .await?;
+        let mut found = found.into_iter();
+        let raws = ids.iter().map(|id| {
+            if is_id(id) {
+                found.next().flatten()
+            } else {
+                None
             }
-        }
+        });
         // One job that cannot be read back (written by a bug, or by hand) must not fail a listing:
         // it is logged and left out.
         Ok(ids
@@ -277,23 +286,24 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Sets each job's `next_fire_at` from its timer (one pipeline).
+    /// Sets each job's `next_fire_at` from its timer (one pipeline per shard, the shards at once).
     async fn fill_next_fires(&self, jobs: &mut [Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let ids: Vec<(usize, String)> = jobs.iter().map(|job| job.id.clone()).enumerate().collect();
-        for (shard, group) in self.by_shard(&ids, |(_, id)| id) {
-            let mut pipe = redis::pipe();
-            for (_, id) in &group {
-                pipe.zscore(self.shard_key(shard, "timers"), id);
-            }
-            let mut conn = self.conn.clone();
-            let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
-            for ((index, _), score) in group.into_iter().zip(scores) {
-                jobs[*index].next_fire_at =
-                    score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
-            }
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let scores: Vec<Option<f64>> = self
+            .ask_by_shard(&ids, |shard, shard_ids| async move {
+                let mut pipe = redis::pipe();
+                for id in &shard_ids {
+                    pipe.zscore(self.shard_key(shard, "timers"), id);
+                }
+                let mut conn = self.conn.clone();
+                Ok(pipe.query_async(&mut conn).await?)
+            })
+            .await?;
+        for (job, score) in jobs.iter_mut().zip(scores) {
+            job.next_fire_at = score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
         }
         Ok(())
     }

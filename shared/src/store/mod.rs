@@ -1,6 +1,7 @@
 //! The Redis store: the source of truth for jobs, runs and instances. One file per thing stored, each
 //! opening with the keys it owns (under the configured prefix `p`):
-//! - jobs, in [`jobs`]: `p:job:{id}` and the account and group indexes;
+//! - jobs, in [`jobs`]: `p:job:{id}` and the account and group indexes (on a cluster, with the notes
+//!   that settle them in [`index_entries`]);
 //! - timers, in [`timers`]: `p:timers` (each job's next fire) and `p:timers:unarmed` (fires the pump
 //!   has yet to hand to RabbitMQ);
 //! - delayed fires, in [`delayed`]: `p:timers:delayed` (retries and run-nows not yet recorded);
@@ -32,6 +33,7 @@ use crate::model::{InstanceState, RunState};
 mod connection;
 mod costs;
 mod delayed;
+mod index_entries;
 mod instances;
 mod jobs;
 mod lateness;
@@ -44,6 +46,7 @@ mod timers;
 use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};
 pub use delayed::{is_delayed, ReconcileReport, StuckRun};
+pub use index_entries::SettledEntries;
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
 pub use quota_counts::SlotKind;
@@ -188,6 +191,31 @@ impl Store {
                 .push(item);
         }
         groups
+    }
+
+    /// One answer per id, asked of every shard the ids fall in at once: `ask(shard, its ids)`
+    /// answers that shard's ids in order (one round trip, as a pipeline or an `MGET`). The answers
+    /// come back in the order of `ids`; an id an `ask` left unanswered gets `R::default()`.
+    async fn ask_by_shard<'a, R, F, Fut>(&self, ids: &[&'a str], ask: F) -> Result<Vec<R>>
+    where
+        R: Default,
+        F: Fn(u16, Vec<&'a str>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<R>>>,
+    {
+        let indexed: Vec<(usize, &'a str)> = ids.iter().copied().enumerate().collect();
+        let groups = self.by_shard(&indexed, |(_, id)| id);
+        let asked = groups.iter().map(|(&shard, group)| {
+            let shard_ids = group.iter().map(|(_, id)| *id).collect();
+            ask(shard, shard_ids)
+        });
+        let answered = futures::future::try_join_all(asked).await?;
+        let mut answers: Vec<R> = std::iter::repeat_with(R::default).take(ids.len()).collect();
+        for (group, group_answers) in groups.values().zip(answered) {
+            for ((index, _), answer) in group.iter().zip(group_answers) {
+                answers[*index] = answer;
+            }
+        }
+        Ok(answers)
     }
 
     /// A new run id for a fire of `job_id`: in the job's shard, so the run is found from its id.

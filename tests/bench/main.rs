@@ -9,8 +9,9 @@
 //!
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
 //! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
-//! `--shards S`: `redis.timer_shards` for the bursts, `cron-10k` and `scale-out` (1 unless given;
-//! 16 for `scale-out`); the others read one node's figures and refuse it.
+//! `--shards S`: `redis.timer_shards` for the bursts, `cron-10k`, `pending-1m` (its memory summed
+//! over the primaries) and `scale-out` (1 unless given; 16 for `scale-out`); the others read one
+//! node's figures and refuse it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -225,6 +226,34 @@ level = "warn"
             spot_tests::redis_cluster::primary_of(tag).context("no primary serves the slot")?;
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
         Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// `used_memory` of each Redis that may hold the stack's keys: the single Redis, the primary of
+    /// its slot with one shard, or every primary of the cluster with more.
+    async fn memory_of_data_nodes(&self) -> anyhow::Result<Vec<f64>> {
+        let clients = if self.cluster && self.shards > 1 {
+            spot_tests::redis_cluster::primaries()
+                .into_iter()
+                .map(|port| redis::Client::open(format!("redis://127.0.0.1:{port}")))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![self.redis.clone()]
+        };
+        let mut used = Vec::new();
+        for client in clients {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut conn)
+                .await?;
+            used.push(
+                info.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .context("INFO memory has no used_memory")?,
+            );
+        }
+        Ok(used)
     }
 
     /// The stack's store, as the services see it.
@@ -560,28 +589,18 @@ async fn pending(
     options: &Options,
 ) -> anyhow::Result<serde_json::Value> {
     let stack = Stack::start(bin_dir, options).await?;
-    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
-    let used = |info: String| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?,
-    );
+    let before = stack.memory_of_data_nodes().await?;
     let due = (Utc::now() + chrono::Duration::days(30)).to_rfc3339();
     let (_, rate) =
         schedule_jobs(&stack, jobs, options.clients, |_| dummy_job(due.clone())).await?;
-    let after = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?,
-    );
+    let after = stack.memory_of_data_nodes().await?;
+    let per_job = |grown: f64| (grown / jobs.max(1) as f64).round();
+    // Per node as well: with shards on a cluster, how evenly the jobs spread over the primaries.
+    let by_node: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(was, is)| per_job(is - was))
+        .collect();
     let client = reqwest::Client::new();
     let began = Instant::now();
     let page = client
@@ -596,7 +615,8 @@ async fn pending(
         "scenario": "pending-1m",
         "jobs": jobs,
         "schedule_per_s": rate,
-        "redis_bytes_per_job": ((after - before) / jobs.max(1) as f64).round(),
+        "redis_bytes_per_job": by_node.iter().sum::<f64>(),
+        "redis_bytes_per_job_by_node": by_node,
         "list_first_page_ms": (list_ms * 10.0).round() / 10.0,
         "list_status": status.as_u16(),
     });
@@ -656,7 +676,13 @@ async fn main() -> anyhow::Result<()> {
         };
         let options = &options;
         let jobs = |default: usize| options.jobs.unwrap_or(default);
-        let on_shards = ["burst-20k", "burst-100k", "cron-10k", "scale-out"];
+        let on_shards = [
+            "burst-20k",
+            "burst-100k",
+            "cron-10k",
+            "scale-out",
+            "pending-1m",
+        ];
         if options.shards.unwrap_or(1) > 1 && !on_shards.contains(&scenario.as_str()) {
             bail!("--shards is for {on_shards:?}: the others read one node's figures");
         }

@@ -173,3 +173,54 @@ async fn minions_put_of_a_fired_one_shot_does_not_fire_it_again() {
         "minion's PUT re-fired the past"
     );
 }
+
+/// A job edited into another group leaves the old group's listing and joins the new one's, in one
+/// step with its save (no crash between the two leaves it in neither).
+#[tokio::test]
+async fn an_edit_moves_a_job_from_one_groups_listing_to_the_others() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let mut body = json!({
+        "group": "nightly",
+        "schedule": "0 3 * * *",
+        "runner": {"type": "dummy", "template": "hi"},
+    });
+    let id = app.create_job(ACCOUNT_KEY, body.clone()).await;
+    let listed = |group: &'static str| {
+        let app = &app;
+        async move {
+            let page: Value = app
+                .get(&format!("/v1/jobs?group={group}"), ACCOUNT_KEY)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let ids: Vec<String> = page["jobs"]
+                .as_array()
+                .map(|jobs| {
+                    jobs.iter()
+                        .filter_map(|j| j["id"].as_str())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids
+        }
+    };
+    assert_eq!(listed("nightly").await, [id.as_str()]);
+
+    body["group"] = json!("weekly");
+    let response = app
+        .send(
+            Method::PUT,
+            &format!("/v1/jobs/{id}"),
+            ACCOUNT_KEY,
+            Some(body),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(listed("nightly").await.is_empty(), "still in the old group");
+    assert_eq!(listed("weekly").await, [id.as_str()]);
+    let all: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(all["jobs"].as_array().map(Vec::len), Some(1), "{all}");
+}

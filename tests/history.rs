@@ -5,7 +5,7 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 use spot_shared::messages::FireMessage;
 use spot_shared::model::RunState;
-use spot_shared::store::{FireRecord, Store};
+use spot_shared::store::{CostRecord, FireRecord, Store};
 use spot_tests::*;
 
 async fn record(store: &Store, job_id: &str, at: chrono::DateTime<Utc>) -> String {
@@ -117,4 +117,96 @@ async fn light_fires_never_trim_a_running_run() {
     let runs = store.job_run_ids(&job_id, 0).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert!(!runs.contains(&first));
+}
+
+/// A run's cost, as the reaper records it when the run's instance is terminated.
+fn cost_of(job_id: &str, run_id: &str, nano_usd: u64) -> CostRecord {
+    CostRecord {
+        instance_id: format!("i-{run_id}"),
+        run_id: run_id.to_string(),
+        account: "acme".into(),
+        group: "default".into(),
+        job_id: job_id.to_string(),
+        market: "spot".into(),
+        terminated_at: Utc::now(),
+        billed_secs: 60,
+        nano_usd,
+        leaked_secs: 0,
+        overheads: Vec::new(),
+    }
+}
+
+/// `cost_usd_total` is one read of a total kept with the runs: a run's cost adds to it once however
+/// often it is recorded, a trimmed run's cost leaves it, and a job whose runs were costed before
+/// totals were kept gets its total summed from them at its next cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_cost_total_follows_its_kept_runs() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "0 0 1 1 *",
+                   "runner": {"type": "container", "image": "busybox", "cmd": "true"},
+                   "policies": {"history_limit": 2}}),
+        )
+        .await;
+    let total = || async {
+        let job: serde_json::Value = app
+            .get(&format!("/v1/jobs/{job_id}"), ACCOUNT_KEY)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (job["cost_usd_total"].as_f64().unwrap() * 1e9).round() as u64
+    };
+    let now = Utc::now();
+    let mut runs = Vec::new();
+    for ago in [3, 2, 1] {
+        let run = record(&store, &job_id, now - Duration::seconds(ago)).await;
+        for state in [RunState::Provisioning, RunState::ProvisionFailed] {
+            store.advance_run(&run, state, &[]).await.unwrap();
+        }
+        runs.push(run);
+    }
+    // One costed before totals were kept: on the run only.
+    store
+        .set_run_fields(&runs[1], &[("cost_nano_usd", "500".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(
+        total().await,
+        500,
+        "summed from the runs while there is no total"
+    );
+
+    assert!(store
+        .account_cost(&cost_of(&job_id, &runs[0], 7_000))
+        .await
+        .unwrap());
+    assert_eq!(total().await, 7_500, "the first total sums the kept runs'");
+    // Recorded again (a reaper retrying): counted once.
+    assert!(!store
+        .account_cost(&cost_of(&job_id, &runs[0], 7_000))
+        .await
+        .unwrap());
+    assert!(store
+        .account_cost(&cost_of(&job_id, &runs[2], 40_000))
+        .await
+        .unwrap());
+    assert_eq!(total().await, 47_500);
+
+    // history_limit 2: the oldest goes, and its cost with it.
+    assert_eq!(store.trim_runs(&job_id, 2).await.unwrap(), 1);
+    assert_eq!(total().await, 40_500);
+    let kept: u64 = store
+        .job_runs(&job_id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|run| run.cost_usd)
+        .map(|usd| (usd * 1e9).round() as u64)
+        .sum();
+    assert_eq!(kept, 40_500, "the total is the kept runs' sum");
 }

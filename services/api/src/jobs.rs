@@ -252,11 +252,11 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
         }
     }
     enforce_quotas(state, &job, false, now).await?;
-    if job.group != current.group {
-        // Leave the old group's index.
-        state.store.delete_group_entry(&current).await?;
-    }
-    state.store.save_job(&job).await?;
+    // A job moved to another group leaves the old one's index in the same step.
+    state
+        .store
+        .save_job_from_group(&job, Some(&current.group))
+        .await?;
     Ok(job)
 }
 

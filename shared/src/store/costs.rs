@@ -7,6 +7,8 @@
 //! - `p:usage:month:{YYYY-MM}`: `{account}` → nano-dollars (kept 400 days)
 //! - `p:metrics:cost`: `{account} {market} nano_usd|secs`
 //! - `p:metrics:overhead`: `{phase} sum_ms|count`
+//! - `p:job:{id}:cost_nano_usd` (in the job's shard): what the job's kept runs cost, so that
+//!   `GET /v1/jobs/{id}` reads one number, not every kept run
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -16,6 +18,7 @@ use redis::{AsyncCommands, Script};
 
 use super::Store;
 use crate::error::Result;
+use crate::model::Job;
 
 /// Joins the parts of a counter's field.
 pub const SEP: char = '\u{1f}';
@@ -63,11 +66,23 @@ return 1
 "#;
 
 /// The run's copy of its instance's cost (the run is in its job's shard, the instance is not, so
-/// this is a step of its own, after the sum; asked again it changes nothing). KEYS[1] the run;
-/// ARGV[1] nano-dollars.
+/// this is a step of its own, after the sum; asked again it changes nothing), added to its job's
+/// total over kept runs. A job without a total yet (its runs costed before totals were kept) gets
+/// one summed from its kept runs, once. KEYS[1] the run, KEYS[2] the job's runs, KEYS[3] the
+/// job's total; ARGV[1] nano-dollars, ARGV[2] the shard's key prefix.
 const RUN_COST: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'cost_nano_usd', ARGV[1]) end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'cost_nano_usd', ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('INCRBY', KEYS[3], ARGV[1])
+else
+  local total = 0
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    total = total + (tonumber(redis.call('HGET', ARGV[2] .. ':run:' .. id, 'cost_nano_usd')) or 0)
+  end
+  redis.call('SET', KEYS[3], total)
+end
+return 1
 "#;
 
 static ACCOUNT_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCOUNT_COST));
@@ -82,6 +97,12 @@ pub struct UsageRow {
     pub nano_usd: u64,
     pub secs: u64,
     pub runs: u64,
+}
+
+/// A job's cost total over its kept runs (in the job's shard; the trim script takes a trimmed
+/// run's cost off it, by this name).
+pub(super) fn job_cost_key(job_id: &str) -> String {
+    format!("job:{job_id}:cost_nano_usd")
 }
 
 fn day_key(day: NaiveDate) -> String {
@@ -122,12 +143,32 @@ impl Store {
         // Written whether or not this call summed it, so that a call that summed and then failed
         // here is mended when asked again; a crash in between leaves only the run's copy missing
         // (the instance, the usage and the budgets have it).
+        let job = &record.job_id;
         let _: i64 = RUN_COST_SCRIPT
             .key(self.owned_key(&record.run_id, &format!("run:{}", record.run_id)))
+            .key(self.owned_key(job, &format!("job:{job}:runs")))
+            .key(self.owned_key(job, &job_cost_key(job)))
             .arg(record.nano_usd)
+            .arg(self.shards.prefix(self.shards.of(job)))
             .invoke_async(&mut conn)
             .await?;
         Ok(summed == 1)
+    }
+
+    /// What a job's kept runs' instances cost, in USD: its total, kept up as costs arrive and
+    /// runs are trimmed (one read); summed from the runs for a job that has none yet.
+    pub async fn job_cost_usd(&self, job: &Job) -> Result<f64> {
+        let mut conn = self.conn.clone();
+        let total: Option<u64> = conn
+            .get(self.owned_key(&job.id, &job_cost_key(&job.id)))
+            .await?;
+        if let Some(total) = total {
+            return Ok(crate::pricing::usd(total));
+        }
+        let runs = self
+            .job_runs_from(&job.id, 0, job.policies.history_limit.max(1))
+            .await?;
+        Ok(runs.iter().filter_map(|run| run.cost_usd).sum())
     }
 
     /// What an account's instances cost in the month `at` falls in, in nano-dollars.

@@ -72,12 +72,22 @@ impl Store {
     /// Stores a job (new or replaced) and its next fire time in one transaction. A job whose
     /// `next_fire_at` is `None` has no timer.
     pub async fn save_job(&self, job: &Job) -> Result<()> {
+        self.save_job_from_group(job, None).await
+    }
+
+    /// [`Store::save_job`] for a job that moves out of `old_group`: it leaves that group's index
+    /// in the same step as it enters its new one, so no crash leaves it in neither.
+    pub async fn save_job_from_group(&self, job: &Job, old_group: Option<&str>) -> Result<()> {
         let mut conn = self.conn.clone();
         let json = stored_job_json(job)?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         let index = |pipe: &mut redis::Pipeline| {
             let created = job.created_at.timestamp_millis();
+            if let Some(old) = old_group.filter(|old| *old != job.group) {
+                pipe.zrem(self.account_index(job, Some(old)), &job.id)
+                    .ignore();
+            }
             pipe.zadd(self.account_index(job, None), &job.id, created)
                 .ignore()
                 .zadd(self.account_index(job, Some(&job.group)), &job.id, created)
@@ -125,15 +135,6 @@ impl Store {
         }
     }
 
-    /// Removes a job from its group's index (before it moves to another group).
-    pub async fn delete_group_entry(&self, job: &Job) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: () = conn
-            .zrem(self.account_index(job, Some(&job.group)), &job.id)
-            .await?;
-        Ok(())
-    }
-
     /// Deletes a job, its timer, its runs and their logs. Timers still in flight find no job and drop.
     pub async fn delete_job(&self, job: &Job) -> Result<()> {
         let run_ids = self.job_run_ids(&job.id, 0).await?;
@@ -165,6 +166,8 @@ impl Store {
             )
             .ignore()
             .del(self.shard_key(shard, &format!("job:{}:runs", job.id)))
+            .ignore()
+            .del(self.shard_key(shard, &super::costs::job_cost_key(&job.id)))
             .ignore();
         for run_id in &run_ids {
             pipe.del(self.shard_key(shard, &format!("run:{run_id}")))

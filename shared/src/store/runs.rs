@@ -29,6 +29,9 @@ pub(super) const LIVE_RUNS: &str = "runs:live";
 /// redelivery of its timer.
 pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// Runs read per pipeline when a page of a job's runs is read.
+const RUN_READ_CHUNK: usize = 500;
+
 /// What recording a fire found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireRecord {
@@ -105,6 +108,13 @@ local function forget_log(prefix, run)
   local account = redis.call('HGET', run, 'account')
   if account then redis.call('DECRBY', prefix .. ':quota:history:' .. account, bytes) end
 end
+-- A costed run is about to go: take its cost off its job's total (when the job has one).
+local function forget_cost(prefix, run)
+  local cost = redis.call('HGET', run, 'cost_nano_usd')
+  if not cost then return end
+  local total = prefix .. ':job:' .. (redis.call('HGET', run, 'job_id') or '') .. ':cost_nano_usd'
+  if redis.call('EXISTS', total) == 1 then redis.call('DECRBY', total, cost) end
+end
 local live_states = {pending = true, provisioning = true, booting = true, running = true}
 local function trim_ended(runs, prefix, keep)
   local excess = redis.call('ZCARD', runs) - keep
@@ -114,6 +124,7 @@ local function trim_ended(runs, prefix, keep)
     local run = prefix .. ':run:' .. old
     if not live_states[redis.call('HGET', run, 'state') or ''] then
       forget_log(prefix, run)
+      forget_cost(prefix, run)
       redis.call('DEL', run, run .. ':log')
       redis.call('ZREM', runs, old)
       deleted = deleted + 1
@@ -289,22 +300,35 @@ impl Store {
         self.job_runs_from(job_id, 0, limit).await
     }
 
-    /// A page of a job's runs, newest first: `limit` of them after the first `offset`.
+    /// A page of a job's runs, newest first: `limit` of them after the first `offset`, read in
+    /// one pipeline (a job's runs are all in its shard).
     pub async fn job_runs_from(
         &self,
         job_id: &str,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<Run>> {
-        let mut runs = Vec::new();
-        for id in self.job_run_ids_from(job_id, offset, limit).await? {
-            match self.get_run(&id).await {
-                Ok(Some(run)) => runs.push(run),
-                Ok(None) => {}
-                Err(err) if !err.is_retryable() => {
-                    tracing::error!(run_id = %id, error = %err, "stored run unreadable; left out");
+        let ids = self.job_run_ids_from(job_id, offset, limit).await?;
+        let mut runs = Vec::with_capacity(ids.len());
+        // Pages of a bounded size: a history of 10,000 runs is not one reply in memory at once.
+        for chunk in ids.chunks(RUN_READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.hgetall(self.owned_key(id, &format!("run:{id}")));
+            }
+            let mut conn = self.conn.clone();
+            let maps: Vec<BTreeMap<String, String>> = pipe.query_async(&mut conn).await?;
+            for (id, map) in chunk.iter().zip(maps) {
+                if map.is_empty() {
+                    // Trimmed between the two reads.
+                    continue;
                 }
-                Err(err) => return Err(err),
+                match run_from_hash(&map) {
+                    Ok(run) => runs.push(run),
+                    Err(err) => {
+                        tracing::error!(run_id = %id, error = %err, "stored run unreadable; left out");
+                    }
+                }
             }
         }
         Ok(runs)

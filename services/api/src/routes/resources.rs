@@ -247,11 +247,7 @@ pub async fn get_job(
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
     // The cost of its kept runs' instances (those terminated).
-    let runs = state
-        .store
-        .job_runs_from(&job.id, 0, job.policies.history_limit.max(1))
-        .await?;
-    let total: f64 = runs.iter().filter_map(|run| run.cost_usd).sum();
+    let total = state.store.job_cost_usd(&job).await?;
     let mut shown = view(&job);
     shown["cost_usd_total"] = json!(total);
     Ok(HttpResponse::Ok().json(shown))

@@ -1,50 +1,23 @@
 //! A three-node RabbitMQ cluster (`scripts/cluster`, which `scripts/test` starts): the services point
 //! at node 1 with nodes 2 and 3 as `rabbitmq.other_urls`; node 1 is stopped while a burst of timers
 //! waits in its quorum queues, and every job still fires exactly once. The test has a vhost of its
-//! own on the cluster and gives node 1 back when it is done.
+//! own on the cluster (its keys on the Redis Cluster) and gives node 1 back when it is done.
 
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
+use spot_tests::rabbit_cluster::node_ctl;
 use spot_tests::*;
 
-fn host() -> String {
-    let out = Command::new("hostname")
-        .arg("-s")
-        .output()
-        .expect("hostname");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// `rabbitmqctl` on one node of the cluster; whether it succeeded.
-fn node_ctl(node: u16, args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .arg("-q")
-        .arg("-n")
-        .arg(format!("spot-rabbit-{node}@{}", host()))
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn url(node: u16, vhost: &str) -> secrecy::SecretString {
-    secrecy::SecretString::from(format!(
-        "amqp://guest:guest@127.0.0.1:{}/{vhost}",
-        5680 + node
-    ))
-}
-
-/// Gives node 1 back and removes the vhost, whatever the test's outcome.
-struct Cleanup(String);
+/// Gives node 1 back, whatever the test's outcome (the vhost goes with the test's env).
+struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         node_ctl(1, &["start_app"]);
         node_ctl(1, &["await_startup"]);
-        node_ctl(2, &["delete_vhost", &self.0]);
     }
 }
 
@@ -52,19 +25,11 @@ impl Drop for Cleanup {
 async fn a_node_stopped_under_a_burst_loses_no_fire() {
     const JOBS: usize = 300;
     assert!(
-        node_ctl(1, &["await_startup"]),
+        rabbit_cluster::is_running(),
         "the RabbitMQ cluster is not running: scripts/cluster up"
     );
-    let mut env = TestEnv::new();
-    let vhost = format!("{}-cluster", env.name);
-    assert!(node_ctl(1, &["add_vhost", &vhost]));
-    let _cleanup = Cleanup(vhost.clone());
-    assert!(node_ctl(
-        1,
-        &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]
-    ));
-    env.settings.rabbitmq.url = url(1, &vhost);
-    env.settings.rabbitmq.other_urls = vec![url(2, &vhost), url(3, &vhost)];
+    let env = TestEnv::on_clusters();
+    let _cleanup = Cleanup;
 
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;

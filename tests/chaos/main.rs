@@ -20,9 +20,13 @@
 //! each fired exactly once.
 //!
 //! Redis runs as `scripts/up` runs it, `appendfsync everysec`; `--fsync always` syncs every write.
-//! `--cluster` puts the store on `scripts/cluster`'s Redis Cluster instead (one replica waited for
-//! after each acknowledged write), and the Redis fault becomes a `kill -9` of the primary serving
-//! the run's slot (its replica promoted), started again a second later as a replica.
+//! `--cluster` runs on `scripts/cluster` instead: the store on its Redis Cluster (one replica waited
+//! for after each acknowledged write, the jobs over 8 timer shards), the queues on its three
+//! RabbitMQ nodes (quorum queues; services given node 1 first, the others besides). The Redis
+//! fault becomes a `kill -9` of the primary serving the run's plain prefix (its replica promoted),
+//! started again a second later as a replica; the RabbitMQ restart becomes node 1 stopped for 10 s
+//! (every service moves to another node) and started again; the queues are deleted through
+//! `rabbitmqctl`.
 //!
 //! Usage: spot-chaos [--short] [--window SECONDS] [--wipe JOBS] [--fsync always|everysec] [--cluster]
 
@@ -214,10 +218,11 @@ async fn main() -> anyhow::Result<()> {
             spot_tests::redis_cluster::restore_cluster(),
             "the Redis Cluster is not running: scripts/cluster up"
         );
-        (
-            None,
-            TestEnv::on_redis_cluster(&spot_tests::redis_cluster::SEEDS),
-        )
+        anyhow::ensure!(
+            spot_tests::rabbit_cluster::is_running(),
+            "the RabbitMQ cluster is not running: scripts/cluster up"
+        );
+        (None, TestEnv::on_clusters())
     } else {
         (
             Some(RedisServer::start_with_fsync(fsync).await),
@@ -421,6 +426,19 @@ async fn main() -> anyhow::Result<()> {
         );
         match fault {
             Fault::Kill(label) => supervisor.kill(label),
+            Fault::RabbitRestart if cluster => {
+                // The node every service was given first goes away for a while; they move to the
+                // others, and the quorum queues' leaders on it move too.
+                tokio::task::spawn_blocking(|| {
+                    use spot_tests::rabbit_cluster::node_ctl;
+                    node_ctl(1, &["stop_app"]);
+                    eprintln!("[chaos] RabbitMQ node 1 of 3 stopped");
+                    std::thread::sleep(Duration::from_secs(10));
+                    node_ctl(1, &["start_app"]);
+                    node_ctl(1, &["await_startup"]);
+                })
+                .await?;
+            }
             Fault::RabbitRestart => {
                 tokio::task::spawn_blocking(|| {
                     rabbitmqctl(&["stop_app"]);
@@ -432,7 +450,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Fault::WipeQueues => {
                 let env = env.clone();
-                tokio::task::spawn_blocking(move || env.wipe_queues()).await?;
+                let deleted = tokio::task::spawn_blocking(move || env.wipe_queues()).await?;
+                eprintln!("[chaos] {deleted} queues deleted");
             }
             Fault::RedisRestart => match redis.as_mut() {
                 Some(redis) => {

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 pub mod cloud;
 pub mod ec2_stack;
 pub mod image;
+pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod redis_server;
 
@@ -126,33 +127,52 @@ pub struct TestEnv {
     pub overrides: Vec<(String, String)>,
     /// The Redis Cluster's seed nodes, when the store is on one.
     redis_cluster: Option<Vec<String>>,
+    /// Whether the vhost is on `scripts/cluster`'s RabbitMQ cluster (else on the single node).
+    rabbit_cluster: bool,
 }
 
 impl TestEnv {
     /// A test's slice of the single Redis, or of the cluster `SPOT_TEST_REDIS_CLUSTER` names.
     pub fn new() -> TestEnv {
-        TestEnv::with_redis(redis_cluster_nodes())
+        TestEnv::with(redis_cluster_nodes(), false)
     }
 
     /// A test's slice of the Redis Cluster with these seed nodes, whatever the environment says.
     pub fn on_redis_cluster(nodes: &[&str]) -> TestEnv {
-        TestEnv::with_redis(Some(nodes.iter().map(|n| n.to_string()).collect()))
+        TestEnv::with(Some(nodes.iter().map(|n| n.to_string()).collect()), false)
     }
 
-    fn with_redis(redis_cluster: Option<Vec<String>>) -> TestEnv {
+    /// A test's slice of both of `scripts/cluster`'s clusters: its keys on the Redis Cluster, its
+    /// vhost on the three RabbitMQ nodes (node 1 as `rabbitmq.url`, nodes 2 and 3 as
+    /// `rabbitmq.other_urls`). The management-API faults below then go through `rabbitmqctl`
+    /// (the cluster's nodes have no management API), those that have no `rabbitmqctl` form panic.
+    pub fn on_clusters() -> TestEnv {
+        let nodes = redis_cluster::SEEDS.iter().map(|n| n.to_string()).collect();
+        TestEnv::with(Some(nodes), true)
+    }
+
+    fn with(redis_cluster: Option<Vec<String>>, rabbit_cluster: bool) -> TestEnv {
         let name = format!("t-{}", spot_shared::ids::new_id()[..12].to_lowercase());
-        management_request("PUT", &format!("/api/vhosts/{name}"), "{}");
-        management_request(
-            "PUT",
-            &format!("/api/permissions/{name}/guest"),
-            r#"{"configure":".*","write":".*","read":".*"}"#,
-        );
+        let rabbit = if rabbit_cluster {
+            rabbit_cluster::add_vhost(&name);
+            let others: Vec<String> = rabbit_cluster::NODES[1..]
+                .iter()
+                .map(|&node| rabbit_cluster::url(node, &name))
+                .collect();
+            format!(
+                "url = {:?}\nother_urls = {others:?}",
+                rabbit_cluster::url(1, &name)
+            )
+        } else {
+            TestEnv::make_single_node_vhost(&name);
+            format!("url = \"{}/{name}\"", amqp_base())
+        };
         let agent_bin = agent_binary();
         let toml = format!(
             r#"
             {redis}
             [rabbitmq]
-            url = "{amqp}/{name}"
+            {rabbit}
             namespace = "spot"
             [api]
             port = 0
@@ -187,7 +207,6 @@ impl TestEnv {
             template = "Hello, {{{{.Account}}}}!"
             "#,
             redis = redis_toml(&name, redis_cluster.as_deref()),
-            amqp = amqp_base(),
             agent = agent_bin.display(),
             busybox = image::BUSYBOX_IMAGE,
         );
@@ -199,6 +218,7 @@ impl TestEnv {
             toml,
             overrides: Vec::new(),
             redis_cluster,
+            rabbit_cluster,
         }
     }
 
@@ -254,7 +274,11 @@ impl Default for TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        if self.rabbit_cluster {
+            rabbit_cluster::delete_vhost(&self.name);
+        } else {
+            management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        }
         delete_redis_keys(&self.name, self.redis_cluster.as_deref());
         // SPOT_TEST_KEEP_FILES=1 keeps agent and service logs for a look after a failure.
         if std::env::var_os("SPOT_TEST_KEEP_FILES").is_none() {
@@ -263,7 +287,8 @@ impl Drop for TestEnv {
     }
 }
 
-/// Faults a test inflicts on its own slice of RabbitMQ, through the management API.
+/// Faults a test inflicts on its own slice of RabbitMQ, through the management API (`rabbitmqctl`
+/// on the cluster, for the queue deletions).
 impl TestEnv {
     /// Deletes every queue of this test's vhost (and with them whatever they held), as a wiped
     /// broker would lose them; exchanges stay.
@@ -273,7 +298,17 @@ impl TestEnv {
 
     /// Deletes this test's queues whose name passes `pick`, with what they hold; returns how many.
     pub fn delete_queues_where(&self, pick: impl Fn(&str) -> bool) -> usize {
-        let listing = management_request("GET", &format!("/api/queues/{}", self.name), "");
+        if self.rabbit_cluster {
+            let names: Vec<String> = rabbit_cluster::queues(&self.name)
+                .into_iter()
+                .filter(|name| pick(name))
+                .collect();
+            for name in &names {
+                rabbit_cluster::delete_queue(&self.name, name);
+            }
+            return names.len();
+        }
+        let listing = self.management("GET", &format!("/api/queues/{}", self.name), "");
         let queues: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap_or_default();
         let names: Vec<&str> = queues
             .iter()
@@ -281,7 +316,7 @@ impl TestEnv {
             .filter(|name| pick(name))
             .collect();
         for name in &names {
-            management_request("DELETE", &format!("/api/queues/{}/{}", self.name, name), "");
+            self.management("DELETE", &format!("/api/queues/{}/{}", self.name, name), "");
         }
         names.len()
     }
@@ -289,7 +324,7 @@ impl TestEnv {
     /// Deletes this test's vhost (closing every connection to it) and makes it anew, empty: what a
     /// service sees when its RabbitMQ node is replaced by a new one.
     pub fn replace_vhost_with_empty(&self) {
-        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        self.management("DELETE", &format!("/api/vhosts/{}", self.name), "");
         self.make_vhost();
     }
 
@@ -297,14 +332,31 @@ impl TestEnv {
     ///
     /// [`make_vhost`]: TestEnv::make_vhost
     pub fn delete_vhost(&self) {
-        management_request("DELETE", &format!("/api/vhosts/{}", self.name), "");
+        self.management("DELETE", &format!("/api/vhosts/{}", self.name), "");
     }
 
     pub fn make_vhost(&self) {
-        management_request("PUT", &format!("/api/vhosts/{}", self.name), "{}");
+        assert!(
+            !self.rabbit_cluster,
+            "make_vhost: the single node's management API only"
+        );
+        TestEnv::make_single_node_vhost(&self.name);
+    }
+
+    /// A management-API call for this test's vhost, which only the single node has.
+    fn management(&self, method: &str, path: &str, body: &str) -> String {
+        assert!(
+            !self.rabbit_cluster,
+            "{method} {path}: the single node's management API only"
+        );
+        management_request(method, path, body)
+    }
+
+    fn make_single_node_vhost(name: &str) {
+        management_request("PUT", &format!("/api/vhosts/{name}"), "{}");
         management_request(
             "PUT",
-            &format!("/api/permissions/{}/guest", self.name),
+            &format!("/api/permissions/{name}/guest"),
             r#"{"configure":".*","write":".*","read":".*"}"#,
         );
     }
@@ -312,7 +364,7 @@ impl TestEnv {
     /// The queues of this test's vhost whose names start with `prefix`, with their message counts (as
     /// the management API last sampled them).
     pub fn queue_depths(&self, prefix: &str) -> Vec<(String, u64)> {
-        let listing = management_request("GET", &format!("/api/queues/{}", self.name), "");
+        let listing = self.management("GET", &format!("/api/queues/{}", self.name), "");
         let queues: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap_or_default();
         queues
             .iter()
@@ -328,7 +380,7 @@ impl TestEnv {
     /// (requeued after).
     pub fn peek_messages(&self, queue: &str, count: usize) -> Vec<serde_json::Value> {
         let body = format!(r#"{{"count":{count},"ackmode":"ack_requeue_true","encoding":"auto"}}"#);
-        let answer = management_request(
+        let answer = self.management(
             "POST",
             &format!("/api/queues/{}/{queue}/get", self.name),
             &body,
@@ -338,7 +390,7 @@ impl TestEnv {
 
     /// Messages now in the named queue of this test's vhost (as the management API last sampled).
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
-        let body = management_request("GET", &format!("/api/queues/{}/{queue}", self.name), "");
+        let body = self.management("GET", &format!("/api/queues/{}/{queue}", self.name), "");
         serde_json::from_str::<serde_json::Value>(&body).ok()?["messages"].as_u64()
     }
 }

@@ -10,8 +10,9 @@
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
 //! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
 //! `--shards S`: `redis.timer_shards` for the bursts, `cron-10k`, `pending-1m` (its memory summed
-//! over the primaries) and `scale-out` (1 unless given; 16 for `scale-out`); the others read one
-//! node's figures and refuse it.
+//! over the primaries), `op-costs` (its Redis figures summed over them, and given per primary) and
+//! `scale-out` (1 unless given; 16 for `scale-out`); the others read one node's figures and refuse
+//! it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +36,8 @@ struct Stack {
     /// The single Redis, or the cluster's primary that serves the stack's slot (every key of it
     /// with one shard; the account's keys with more).
     redis: redis::Client,
+    /// `redis`'s port on the cluster; 0 for the single Redis.
+    redis_port: u16,
     cluster: bool,
     shards: u16,
 }
@@ -49,14 +52,8 @@ const PROVISIONERS: [&str; 4] = [
 
 /// `rabbitmqctl` on node 1 of the RabbitMQ cluster `scripts/cluster` runs (management is off there).
 fn cluster_ctl(args: &[&str]) -> anyhow::Result<()> {
-    let host = String::from_utf8(Command::new("hostname").arg("-s").output()?.stdout)?;
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", "-n", &format!("spot-rabbit-1@{}", host.trim())])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("rabbitmqctl {args:?} failed");
+    if !spot_tests::rabbit_cluster::node_ctl(1, args) {
+        bail!("rabbitmqctl {args:?} on the RabbitMQ cluster's node 1 failed");
     }
     Ok(())
 }
@@ -206,6 +203,15 @@ level = "warn"
             key_base,
             api,
             children,
+            redis_port: if options.cluster {
+                redis_url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse().ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            },
             redis: redis::Client::open(redis_url)?,
             cluster: options.cluster,
             shards: options.shards.unwrap_or(1),
@@ -228,20 +234,28 @@ level = "warn"
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
-    /// `used_memory` of each Redis that may hold the stack's keys: the single Redis, the primary of
-    /// its slot with one shard, or every primary of the cluster with more.
-    async fn memory_of_data_nodes(&self) -> anyhow::Result<Vec<f64>> {
-        let clients = if self.cluster && self.shards > 1 {
-            spot_tests::redis_cluster::primaries()
-                .into_iter()
-                .map(|port| redis::Client::open(format!("redis://127.0.0.1:{port}")))
-                .collect::<Result<Vec<_>, _>>()?
+    /// A connection to each Redis that may hold the stack's keys, with its port: the single Redis
+    /// (port 0), the primary of its slot with one shard, or every primary of the cluster with more.
+    async fn data_nodes(&self) -> anyhow::Result<Vec<(u16, redis::aio::MultiplexedConnection)>> {
+        let mut conns = Vec::new();
+        if self.cluster && self.shards > 1 {
+            for port in spot_tests::redis_cluster::primaries() {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+                conns.push((port, client.get_multiplexed_async_connection().await?));
+            }
         } else {
-            vec![self.redis.clone()]
-        };
+            conns.push((
+                self.redis_port,
+                self.redis.get_multiplexed_async_connection().await?,
+            ));
+        }
+        Ok(conns)
+    }
+
+    /// `used_memory` of each Redis that may hold the stack's keys ([`Stack::data_nodes`]).
+    async fn memory_of_data_nodes(&self) -> anyhow::Result<Vec<f64>> {
         let mut used = Vec::new();
-        for client in clients {
-            let mut conn = client.get_multiplexed_async_connection().await?;
+        for (_, mut conn) in self.data_nodes().await? {
             let info: String = redis::cmd("INFO")
                 .arg("memory")
                 .query_async(&mut conn)
@@ -682,6 +696,7 @@ async fn main() -> anyhow::Result<()> {
             "cron-10k",
             "scale-out",
             "pending-1m",
+            "op-costs",
         ];
         if options.shards.unwrap_or(1) > 1 && !on_shards.contains(&scenario.as_str()) {
             bail!("--shards is for {on_shards:?}: the others read one node's figures");

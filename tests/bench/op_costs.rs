@@ -1,8 +1,9 @@
 //! `op-costs`: what each operation costs the engines, the figures SCALING.md projects from. Redis:
-//! commands per job created and per fire, from `INFO commandstats` of the node that holds the
-//! stack's keys (commands run inside Lua scripts are counted, each by its name, beside the
-//! `evalsha` that ran them), less what the idle system spends meanwhile (pump, reconciler, leases),
-//! measured first. RabbitMQ: messages published and delivered per fire, from the vhost's message
+//! commands per job created and per fire, from `INFO commandstats` of the nodes that hold the
+//! stack's keys (the one, or with `--shards` on a cluster every primary, summed and given per
+//! node; commands run inside Lua scripts are counted, each by its name, beside the `evalsha` that
+//! ran them), less what the idle system spends meanwhile (pump, reconciler, leases), measured
+//! first. RabbitMQ: messages published and delivered per fire, from the vhost's message
 //! stats (the management API; not on the cluster, whose nodes run without it). CPU: Redis's own
 //! (`INFO cpu`) and each service's (`/proc/PID/stat`), per job created and per fire, idle
 //! spending taken off: what one core of each does per second follows.
@@ -94,6 +95,42 @@ fn cpu_per_unit(
         .collect()
 }
 
+/// What the Redis nodes holding the stack's keys ([`Stack::data_nodes`]) have done so far: command
+/// calls by name summed over them, and in all by node; CPU seconds, theirs summed as `redis`,
+/// beside each service's.
+struct Totals {
+    calls: BTreeMap<String, f64>,
+    calls_by_node: BTreeMap<String, f64>,
+    cpu: BTreeMap<String, f64>,
+}
+
+async fn totals(
+    nodes: &mut [(u16, redis::aio::MultiplexedConnection)],
+    stack: &Stack,
+) -> anyhow::Result<Totals> {
+    let mut totals = Totals {
+        calls: BTreeMap::new(),
+        calls_by_node: BTreeMap::new(),
+        cpu: BTreeMap::new(),
+    };
+    let mut redis_cpu = 0.0;
+    for (port, conn) in nodes.iter_mut() {
+        let calls = command_calls(conn).await?;
+        let mut node_total = 0.0;
+        for (name, n) in calls {
+            if !matches!(name.as_str(), "info" | "config|resetstat") {
+                node_total += n;
+            }
+            *totals.calls.entry(name).or_default() += n;
+        }
+        totals.calls_by_node.insert(port.to_string(), node_total);
+        totals.cpu = cpu_seconds(conn, stack).await?;
+        redis_cpu += totals.cpu.get("redis").copied().unwrap_or(0.0);
+    }
+    totals.cpu.insert("redis".into(), redis_cpu);
+    Ok(totals)
+}
+
 /// `after - before - idle × secs`, per unit, by command (the largest first), and the total.
 fn per_unit(
     before: &BTreeMap<String, f64>,
@@ -138,33 +175,30 @@ pub async fn run(
     options: &Options,
 ) -> anyhow::Result<serde_json::Value> {
     let stack = Stack::start(bin_dir, options).await?;
-    let mut conn = stack.redis.get_multiplexed_async_connection().await?;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await?;
-    let idle_start = command_calls(&mut conn).await?;
-    let idle_cpu_start = cpu_seconds(&mut conn, &stack).await?;
+    let mut nodes = stack.data_nodes().await?;
+    for (_, conn) in nodes.iter_mut() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(conn)
+            .await?;
+    }
+    let idle_start = totals(&mut nodes, &stack).await?;
     tokio::time::sleep(IDLE).await;
-    let idle_end = command_calls(&mut conn).await?;
-    let idle_cpu_end = cpu_seconds(&mut conn, &stack).await?;
-    let idle_cpu_per_s: BTreeMap<String, f64> = idle_cpu_end
-        .iter()
-        .map(|(name, spent)| {
-            let before = idle_cpu_start.get(name).copied().unwrap_or(0.0);
-            (name.clone(), (spent - before) / IDLE.as_secs_f64())
-        })
-        .collect();
-    let idle_per_s: BTreeMap<String, f64> = idle_end
-        .iter()
-        .map(|(name, calls)| {
-            let before = idle_start.get(name).copied().unwrap_or(0.0);
-            (name.clone(), (calls - before) / IDLE.as_secs_f64())
-        })
-        .collect();
+    let idle_end = totals(&mut nodes, &stack).await?;
+    let rate = |start: &BTreeMap<String, f64>, end: &BTreeMap<String, f64>| {
+        end.iter()
+            .map(|(name, spent)| {
+                let before = start.get(name).copied().unwrap_or(0.0);
+                (name.clone(), (spent - before) / IDLE.as_secs_f64())
+            })
+            .collect::<BTreeMap<String, f64>>()
+    };
+    let idle_cpu_per_s = rate(&idle_start.cpu, &idle_end.cpu);
+    let idle_per_s = rate(&idle_start.calls, &idle_end.calls);
+    let idle_by_node_per_s = rate(&idle_start.calls_by_node, &idle_end.calls_by_node);
     let idle_total: f64 = idle_per_s
         .iter()
-        .filter(|(name, _)| name.as_str() != "info")
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat"))
         .map(|(_, per_s)| per_s)
         .sum();
 
@@ -180,8 +214,7 @@ pub async fn run(
     })
     .await?;
     let create_secs = created_at.elapsed().as_secs_f64();
-    let after_create = command_calls(&mut conn).await?;
-    let cpu_after_create = cpu_seconds(&mut conn, &stack).await?;
+    let after_create = totals(&mut nodes, &stack).await?;
 
     let fired_at = Instant::now();
     let store = stack.store().await?;
@@ -190,30 +223,52 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let fire_secs = fired_at.elapsed().as_secs_f64();
-    let after_fire = command_calls(&mut conn).await?;
-    let cpu_after_fire = cpu_seconds(&mut conn, &stack).await?;
+    let after_fire = totals(&mut nodes, &stack).await?;
     // The management API's figures lag by its collection interval (5 s).
     tokio::time::sleep(Duration::from_secs(6)).await;
     let amqp_after = amqp_counts(&stack.name);
 
     let n = ids.len() as f64;
     let cpu_create = cpu_per_unit(
-        &idle_cpu_end,
-        &cpu_after_create,
+        &idle_end.cpu,
+        &after_create.cpu,
         &idle_cpu_per_s,
         create_secs,
         n,
     );
     let cpu_fire = cpu_per_unit(
-        &cpu_after_create,
-        &cpu_after_fire,
+        &after_create.cpu,
+        &after_fire.cpu,
         &idle_cpu_per_s,
         fire_secs,
         n,
     );
-    let (create_total, create_rows) =
-        per_unit(&idle_end, &after_create, &idle_per_s, create_secs, n);
-    let (fire_total, fire_rows) = per_unit(&after_create, &after_fire, &idle_per_s, fire_secs, n);
+    let (create_total, create_rows) = per_unit(
+        &idle_end.calls,
+        &after_create.calls,
+        &idle_per_s,
+        create_secs,
+        n,
+    );
+    let (fire_total, fire_rows) = per_unit(
+        &after_create.calls,
+        &after_fire.calls,
+        &idle_per_s,
+        fire_secs,
+        n,
+    );
+    let by_node = |before: &Totals, after: &Totals, secs: f64| {
+        let (_, rows) = per_unit(
+            &before.calls_by_node,
+            &after.calls_by_node,
+            &idle_by_node_per_s,
+            secs,
+            n,
+        );
+        rows.into_iter()
+            .map(|(node, per)| (node, json!(per)))
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    };
     let top = |rows: Vec<(String, f64)>| -> serde_json::Map<String, serde_json::Value> {
         rows.into_iter()
             .take(8)
@@ -230,10 +285,14 @@ pub async fn run(
     let mut result = json!({
         "scenario": "op-costs",
         "jobs": jobs,
+        "shards": stack.shards,
+        "redis_nodes": nodes.len(),
         "redis_idle_commands_per_s": (idle_total * 10.0).round() / 10.0,
         "redis_commands_per_create": create_total,
+        "redis_commands_per_create_by_node": by_node(&idle_end, &after_create, create_secs),
         "redis_per_create": top(create_rows),
         "redis_commands_per_fire": fire_total,
+        "redis_commands_per_fire_by_node": by_node(&after_create, &after_fire, fire_secs),
         "redis_per_fire": top(fire_rows),
         "cpu_us_per_create": cpu_create,
         "cpu_us_per_fire": cpu_fire,

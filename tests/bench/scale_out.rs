@@ -4,7 +4,7 @@
 //! pump's horizon). Measured per run, from a 5 s idle window first and then the fires: each
 //! provisioner's CPU (`/proc/PID/stat`) per fire and per idle second, and each Redis primary's
 //! commands (`INFO commandstats`, after `CONFIG RESETSTAT`) and CPU per fire: on a cluster every
-//! primary, on a single Redis the one.
+//! primary (the slot's with one shard), on a single Redis the one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,22 +17,6 @@ use crate::op_costs::{command_calls, cpu_seconds};
 use crate::{dummy_job, schedule_jobs, Options, Stack, PROVISIONERS};
 
 const IDLE: Duration = Duration::from_secs(5);
-
-/// Every primary of the stack's Redis: its port (0 for the single Redis) and a connection.
-async fn primaries(stack: &Stack) -> anyhow::Result<Vec<(u16, redis::aio::MultiplexedConnection)>> {
-    if !stack.cluster {
-        return Ok(vec![(
-            0,
-            stack.redis.get_multiplexed_async_connection().await?,
-        )]);
-    }
-    let mut conns = Vec::new();
-    for port in spot_tests::redis_cluster::primaries() {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-        conns.push((port, client.get_multiplexed_async_connection().await?));
-    }
-    Ok(conns)
-}
 
 /// Per primary: total command calls and Redis CPU seconds; and each provisioner's CPU seconds.
 struct Reading {
@@ -105,7 +89,7 @@ pub async fn run(
         let stack = Stack::start(bin_dir, &options).await?;
         // A lease round a second: let the provisioners share the shards out first.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let mut conns = primaries(&stack).await?;
+        let mut conns = stack.data_nodes().await?;
         for (_, conn) in conns.iter_mut() {
             let _: () = redis::cmd("CONFIG")
                 .arg("RESETSTAT")

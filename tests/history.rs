@@ -20,19 +20,23 @@ async fn record(store: &Store, job_id: &str, at: chrono::DateTime<Utc>) -> Strin
     }
 }
 
+/// A container job that fires once a year (its runs are recorded by hand), keeping `history_limit`.
+async fn yearly_container_job(app: &TestApp, history_limit: usize) -> String {
+    app.create_job(
+        ACCOUNT_KEY,
+        json!({"schedule": "0 0 1 1 *",
+               "runner": {"type": "container", "image": "busybox", "cmd": "true"},
+               "policies": {"history_limit": history_limit}}),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_a_run_still_under_way() {
     let env = TestEnv::new();
     let store = env.store().await;
     let app = spawn_app(&env).await;
-    let job_id = app
-        .create_job(
-            ACCOUNT_KEY,
-            json!({"schedule": "0 0 1 1 *",
-                   "runner": {"type": "container", "image": "busybox", "cmd": "true"},
-                   "policies": {"history_limit": 1}}),
-        )
-        .await;
+    let job_id = yearly_container_job(&app, 1).await;
     let now = Utc::now();
     let first = record(&store, &job_id, now - Duration::seconds(2)).await;
     store
@@ -144,14 +148,7 @@ async fn a_jobs_cost_total_follows_its_kept_runs() {
     let env = TestEnv::new();
     let store = env.store().await;
     let app = spawn_app(&env).await;
-    let job_id = app
-        .create_job(
-            ACCOUNT_KEY,
-            json!({"schedule": "0 0 1 1 *",
-                   "runner": {"type": "container", "image": "busybox", "cmd": "true"},
-                   "policies": {"history_limit": 2}}),
-        )
-        .await;
+    let job_id = yearly_container_job(&app, 2).await;
     let total = || async {
         let job: serde_json::Value = app
             .get(&format!("/v1/jobs/{job_id}"), ACCOUNT_KEY)

@@ -1,6 +1,6 @@
-//! Index entries not yet settled, on a cluster.
+//! Index entries not yet settled, on a cluster with shards.
 //!
-//! On a cluster a job and its account's indexes are in different slots, so a save or a delete is two
+//! On a cluster with more than one shard a job and its account's indexes are in different slots, so a save or a delete is two
 //! steps (see [`super::jobs`]) and a crash between them leaves an index entry naming no job: listings
 //! skip it, but it counts toward the account's job quota. So the indexes' step also notes the entry
 //! in `p:index:unsettled` (a sorted set of `[account, group, job id]` scored by when, in the indexes'
@@ -9,7 +9,8 @@
 //! taken out of both indexes. The grace is far longer than a save may take (a request gives up after
 //! its response timeout and retries), so a save still under way is never undone.
 //!
-//! A single Redis writes both in one transaction and notes nothing.
+//! A single Redis, or a cluster with one shard (every key in the plain prefix's slot), writes both in
+//! one transaction and notes nothing.
 
 use std::sync::LazyLock;
 

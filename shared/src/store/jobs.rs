@@ -8,7 +8,8 @@
 //!   the surfaces keep
 //!
 //! Saving a job writes its timer too (see [`super::timers`]), in the same transaction. On a cluster
-//! the account's indexes are in another slot than the job, so they are a step of their own: written
+//! with shards the account's indexes are in another slot than the job, so they are a step of their
+//! own ([`Store::indexes_apart`]): written
 //! before the job is saved and removed after it is deleted, so that a crash between the two leaves
 //! at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
 //! [`super::index_entries`]), never a job no listing shows.
@@ -93,7 +94,7 @@ impl Store {
                 .zadd(self.account_index(job, Some(&job.group)), &job.id, created)
                 .ignore();
         };
-        if self.cluster {
+        if self.indexes_apart() {
             let mut first = redis::pipe();
             first.atomic();
             index(&mut first);
@@ -181,7 +182,7 @@ impl Store {
                 .zrem(self.account_index(job, Some(&job.group)), &job.id)
                 .ignore();
         };
-        if self.cluster {
+        if self.indexes_apart() {
             // Noted first, so that a crash after the job is gone leaves its entries to the sweep.
             let mut note = redis::pipe();
             self.note_unsettled(&mut note, job, Utc::now());

@@ -267,10 +267,17 @@ impl Store {
         self.replicated_at(&self.owned_key(owner, "")).await
     }
 
-    /// [`Store::replicated`] after a write to a job and to its account's indexes: on a cluster
-    /// both slots' primaries are waited for, at once.
+    /// Whether a job's keys and its account's indexes may be in different slots: on a cluster with
+    /// more than one shard (with one, every key is under the plain prefix's tag). Writes to both
+    /// are then two steps, each in one slot.
+    pub(crate) fn indexes_apart(&self) -> bool {
+        self.cluster && self.shards.count() > 1
+    }
+
+    /// [`Store::replicated`] after a write to a job and to its account's indexes: when they are
+    /// apart ([`Store::indexes_apart`]) both slots' primaries are waited for, at once.
     async fn replicated_with_account(&self, owner: &str) -> Result<()> {
-        if !self.cluster {
+        if !self.indexes_apart() {
             return self.replicated(owner).await;
         }
         let account = self.key("");

@@ -558,6 +558,9 @@ async fn main() -> anyhow::Result<()> {
         let due = (*due - start).num_milliseconds() as f64 / 1000.0;
         eprintln!("[chaos] late fire: due at {due:5.1} s, {late:.1} s late ({job_id})");
     }
+    for (job_id, run_id, attempt, error) in &report.lost_run_errors {
+        eprintln!("[chaos] run ended lost: {run_id} (job {job_id}, attempt {attempt}): {error}");
+    }
     println!("{outcome}");
     let zero = [
         "lost",

@@ -32,6 +32,8 @@ pub struct Tally {
     pub collapsed: usize,
     /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
     pub lost_runs: usize,
+    /// Those runs, as `(job id, run id, attempt, error)`: printed, to see which fault lost them.
+    pub lost_run_errors: Vec<(String, String, u32, String)>,
     /// Cron jobs whose last instant was caught up on by a late fire rather than fired: reported.
     pub cron_caught_up: usize,
     /// Runs of cron jobs (not in `runs`: how many a cron job gets depends on what it missed).
@@ -85,10 +87,17 @@ pub async fn tally(
             }
         }
         tally.runs_not_ended += runs.iter().filter(|r| !r.state.is_terminal()).count();
-        tally.lost_runs += runs
-            .iter()
-            .filter(|r| r.error.as_deref().is_some_and(|e| e.starts_with("lost")))
-            .count();
+        for run in &runs {
+            if let Some(error) = run.error.as_deref().filter(|e| e.starts_with("lost")) {
+                tally.lost_runs += 1;
+                tally.lost_run_errors.push((
+                    job_id.clone(),
+                    run.id.clone(),
+                    run.attempt,
+                    error.to_string(),
+                ));
+            }
+        }
         tally.run_ids.extend(runs.iter().map(|r| r.id.clone()));
         let mut seen: BTreeMap<(i64, u32), usize> = BTreeMap::new();
         for run in &runs {

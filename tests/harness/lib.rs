@@ -7,6 +7,8 @@
 //! comma-separated; `scripts/cluster` starts one) every test's store is on that Redis Cluster,
 //! waiting for one replica after each acknowledged write, its jobs split over 8 timer shards.
 //! `SPOT_TEST_TIMER_SHARDS` sets the shard count (on the single Redis too, where it is 1 unless set).
+//! [`TestEnv::on_clusters`] puts a test on both of `scripts/cluster`'s clusters, its vhost on the
+//! three RabbitMQ nodes ([`rabbit_cluster`]).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

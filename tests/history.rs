@@ -141,23 +141,25 @@ fn cost_of(job_id: &str, run_id: &str, nano_usd: u64) -> CostRecord {
 }
 
 /// `cost_usd_total` is one read of a total kept with the runs: a run's cost adds to it once however
-/// often it is recorded, a trimmed run's cost leaves it, and a job whose runs were costed before
-/// totals were kept gets its total summed from them at its next cost.
+/// often it is recorded, a trimmed run's cost leaves it, and a job without a total yet (its runs
+/// costed before totals were kept) gets it summed from its kept runs the first time it is asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_cost_total_follows_its_kept_runs() {
     let env = TestEnv::new();
     let store = env.store().await;
     let app = spawn_app(&env).await;
     let job_id = yearly_container_job(&app, 2).await;
-    let total = || async {
+    let app = &app;
+    let cost_total = move |id: String| async move {
         let job: serde_json::Value = app
-            .get(&format!("/v1/jobs/{job_id}"), ACCOUNT_KEY)
+            .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)
             .await
             .json()
             .await
             .unwrap();
         (job["cost_usd_total"].as_f64().unwrap() * 1e9).round() as u64
     };
+    let total = || cost_total(job_id.clone());
     let now = Utc::now();
     let mut runs = Vec::new();
     for ago in [3, 2, 1] {
@@ -172,17 +174,15 @@ async fn a_jobs_cost_total_follows_its_kept_runs() {
         .set_run_fields(&runs[1], &[("cost_nano_usd", "500".to_string())])
         .await
         .unwrap();
-    assert_eq!(
-        total().await,
-        500,
-        "summed from the runs while there is no total"
-    );
-
     assert!(store
         .account_cost(&cost_of(&job_id, &runs[0], 7_000))
         .await
         .unwrap());
-    assert_eq!(total().await, 7_500, "the first total sums the kept runs'");
+    assert_eq!(
+        total().await,
+        7_500,
+        "the first cost makes the total from the kept runs'"
+    );
     // Recorded again (a reaper retrying): counted once.
     assert!(!store
         .account_cost(&cost_of(&job_id, &runs[0], 7_000))
@@ -206,4 +206,15 @@ async fn a_jobs_cost_total_follows_its_kept_runs() {
         .map(|usd| (usd * 1e9).round() as u64)
         .sum();
     assert_eq!(kept, 40_500, "the total is the kept runs' sum");
+
+    // Another job costed before totals were kept, and then only read: its total is made from its
+    // kept runs when first asked for.
+    let other = yearly_container_job(app, 2).await;
+    let run = record(&store, &other, now).await;
+    store
+        .set_run_fields(&run, &[("cost_nano_usd", "300".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(cost_total(other.clone()).await, 300);
+    assert_eq!(cost_total(other).await, 300);
 }

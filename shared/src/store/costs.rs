@@ -8,7 +8,7 @@
 //! - `p:metrics:cost`: `{account} {market} nano_usd|secs`
 //! - `p:metrics:overhead`: `{phase} sum_ms|count`
 //! - `p:job:{id}:cost_nano_usd` (in the job's shard): what the job's kept runs cost, so that
-//!   `GET /v1/jobs/{id}` reads one number, not every kept run
+//!   `GET /v1/jobs/{id}` reads one number, not every kept run (made from the runs when first asked)
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -65,28 +65,52 @@ end
 return 1
 "#;
 
+/// A job's total over its kept runs, summed from them: for a job that has no total yet (created,
+/// or costed, before totals were kept). Run keys are built from the shard's prefix (their ids are
+/// only known inside).
+const KEPT_COST_LUA: &str = r#"
+local function kept_cost(runs, prefix)
+  local total = 0
+  for _, id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
+    total = total + (tonumber(redis.call('HGET', prefix .. ':run:' .. id, 'cost_nano_usd')) or 0)
+  end
+  return total
+end
+"#;
+
 /// The run's copy of its instance's cost (the run is in its job's shard, the instance is not, so
 /// this is a step of its own, after the sum; asked again it changes nothing), added to its job's
-/// total over kept runs. A job without a total yet (its runs costed before totals were kept) gets
-/// one summed from its kept runs, once. KEYS[1] the run, KEYS[2] the job's runs, KEYS[3] the
-/// job's total; ARGV[1] nano-dollars, ARGV[2] the shard's key prefix.
+/// total over kept runs (made first from the kept runs if the job has none). KEYS[1] the run,
+/// KEYS[2] the job's runs, KEYS[3] the job's total; ARGV[1] nano-dollars, ARGV[2] the shard's key
+/// prefix.
 const RUN_COST: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'cost_nano_usd', ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('INCRBY', KEYS[3], ARGV[1])
 else
-  local total = 0
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    total = total + (tonumber(redis.call('HGET', ARGV[2] .. ':run:' .. id, 'cost_nano_usd')) or 0)
-  end
-  redis.call('SET', KEYS[3], total)
+  redis.call('SET', KEYS[3], kept_cost(KEYS[2], ARGV[2]))
 end
 return 1
 "#;
 
+/// A job's total, made from its kept runs the first time it is asked for (in one script, so that
+/// no cost recorded or run trimmed meanwhile is missed or counted twice). KEYS[1] the job, KEYS[2]
+/// its runs, KEYS[3] its total; ARGV[1] the shard's key prefix. A job deleted meanwhile gets none.
+const JOB_COST: &str = r#"
+local total = redis.call('GET', KEYS[3])
+if total then return tonumber(total) end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+total = kept_cost(KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], total)
+return total
+"#;
+
 static ACCOUNT_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCOUNT_COST));
-static RUN_COST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_COST));
+static RUN_COST_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{KEPT_COST_LUA}{RUN_COST}")));
+static JOB_COST_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{KEPT_COST_LUA}{JOB_COST}")));
 
 /// Usage summed over some days, for one account, group and job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,20 +179,19 @@ impl Store {
         Ok(summed == 1)
     }
 
-    /// What a job's kept runs' instances cost, in USD: its total, kept up as costs arrive and
-    /// runs are trimmed (one read); summed from the runs for a job that has none yet.
+    /// What a job's kept runs' instances cost, in USD: one read of its total, kept up as costs
+    /// arrive and runs are trimmed (made from its kept runs the first time).
     pub async fn job_cost_usd(&self, job: &Job) -> Result<f64> {
+        let id = &job.id;
         let mut conn = self.conn.clone();
-        let total: Option<u64> = conn
-            .get(self.owned_key(&job.id, &job_cost_key(&job.id)))
+        let total: u64 = JOB_COST_SCRIPT
+            .key(self.owned_key(id, &format!("job:{id}")))
+            .key(self.owned_key(id, &format!("job:{id}:runs")))
+            .key(self.owned_key(id, &job_cost_key(id)))
+            .arg(self.shards.prefix(self.shards.of(id)))
+            .invoke_async(&mut conn)
             .await?;
-        if let Some(total) = total {
-            return Ok(crate::pricing::usd(total));
-        }
-        let runs = self
-            .job_runs_from(&job.id, 0, job.policies.history_limit.max(1))
-            .await?;
-        Ok(runs.iter().filter_map(|run| run.cost_usd).sum())
+        Ok(crate::pricing::usd(total))
     }
 
     /// What an account's instances cost in the month `at` falls in, in nano-dollars.

@@ -1,8 +1,8 @@
 //! Index entries not yet settled, on a cluster with shards.
 //!
-//! On a cluster with more than one shard a job and its account's indexes are in different slots, so a save or a delete is two
-//! steps (see [`super::jobs`]) and a crash between them leaves an index entry naming no job: listings
-//! skip it, but it counts toward the account's job quota. So the indexes' step also notes the entry
+//! On a cluster with more than one shard a job and its account's indexes are in different slots, so
+//! a save or a delete is two steps (see [`super::jobs`]) and a crash between them leaves an index
+//! entry naming no job: listings skip it, but it counts toward the account's job quota. So the indexes' step also notes the entry
 //! in `p:index:unsettled` (a sorted set of `[account, group, job id]` scored by when, in the indexes'
 //! slot), and [`Store::settle_index_entries`], run by the reaper's sweep, looks at the notes older
 //! than a grace: an entry whose job exists is settled (its note dropped); one whose job is gone is

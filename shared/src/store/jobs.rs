@@ -9,9 +9,8 @@
 //!
 //! Saving a job writes its timer too (see [`super::timers`]), in the same transaction. On a cluster
 //! with shards the account's indexes are in another slot than the job, so they are a step of their
-//! own ([`Store::indexes_apart`]): written
-//! before the job is saved and removed after it is deleted, so that a crash between the two leaves
-//! at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
+//! own ([`Store::indexes_apart`]): written before the job is saved and removed after it is deleted,
+//! so that a crash between the two leaves at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
 //! [`super::index_entries`]), never a job no listing shows.
 
 use chrono::{TimeZone, Utc};

@@ -301,7 +301,7 @@ impl Store {
     }
 
     /// A page of a job's runs, newest first: `limit` of them after the first `offset`, read in
-    /// one pipeline (a job's runs are all in its shard).
+    /// pipelines of [`RUN_READ_CHUNK`] (a job's runs are all in its shard).
     pub async fn job_runs_from(
         &self,
         job_id: &str,
@@ -310,7 +310,7 @@ impl Store {
     ) -> Result<Vec<Run>> {
         let ids = self.job_run_ids_from(job_id, offset, limit).await?;
         let mut runs = Vec::with_capacity(ids.len());
-        // Pages of a bounded size: a history of 10,000 runs is not one reply in memory at once.
+        // Bounded pipelines: a history of 10,000 runs is not one reply in memory at once.
         for chunk in ids.chunks(RUN_READ_CHUNK) {
             let mut pipe = redis::pipe();
             for id in chunk {

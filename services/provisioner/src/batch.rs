@@ -103,7 +103,7 @@ impl Provisioner {
                             self.launch_run(&run_id).await?;
                             outcome.recorded_before += 1;
                         }
-                        FireRecord::Passed | FireRecord::Forbidden(_) => {
+                        FireRecord::Passed | FireRecord::Forbidden(_) | FireRecord::Misfired => {
                             outcome.recorded_before += 1
                         }
                         FireRecord::Stale => outcome.stale += 1,

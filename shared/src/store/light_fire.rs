@@ -27,6 +27,17 @@ pub enum TimerMove {
     Advance(Option<DateTime<Utc>>),
 }
 
+impl TimerMove {
+    /// As the fire scripts take it: '' leave, '-' clear, else the next fire in ms.
+    pub(super) fn as_arg(&self) -> String {
+        match self {
+            TimerMove::Leave => String::new(),
+            TimerMove::Advance(None) => "-".to_string(),
+            TimerMove::Advance(Some(next)) => next.timestamp_millis().to_string(),
+        }
+    }
+}
+
 /// One light fire, prepared: everything the script writes is known before the instant comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LightFire {
@@ -160,11 +171,7 @@ impl Store {
             script.arg(field).arg(value);
         }
         for fire in fires {
-            let timer = match fire.timer {
-                TimerMove::Leave => String::new(),
-                TimerMove::Advance(None) => "-".to_string(),
-                TimerMove::Advance(Some(next)) => next.timestamp_millis().to_string(),
-            };
+            let timer = fire.timer.as_arg();
             script
                 .key(self.fire_key(&fire.job_id, fire.scheduled_at, fire.attempt))
                 .key(self.shard_key(shard, &format!("run:{}", fire.run_id)))

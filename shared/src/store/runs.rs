@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
 use super::delayed::JOB_STATE_LUA;
+use super::light_fire::TimerMove;
+use super::timers::UNARMED;
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::ids::is_id;
@@ -45,14 +47,48 @@ pub enum FireRecord {
     Passed,
     /// The job's concurrency policy is `forbid` and this run of it is under way: not recorded.
     Forbidden(String),
+    /// The fire came later than the job's misfire grace: not recorded (the timer moved on).
+    Misfired,
 }
 
-/// Records a fire once and decides the job's concurrency policy in the same step. KEYS: fire
-/// marker, run hash, job runs, job, live runs. ARGV: run id, generation, score, marker TTL (seconds),
-/// policy (`allow`, `forbid`, `replace`), key prefix, now (RFC 3339), then the run's field/value
-/// pairs. Returns {status, run id, then (cancelled run, its instance or '') pairs}: status 0 new,
-/// 1 recorded before (its run, and nothing cancelled: a duplicate never cancels its own fire's run),
-/// 2 stale, 3 forbidden (a run of the job is under way).
+/// One fire to record, with what it does to its job's timer and what its misfire policy decided,
+/// all of which [`Store::record_fire_step`] applies in one script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FireStep {
+    pub generation: u64,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    /// A scheduled fire moves its job's timer on; a retry or a run-now leaves it.
+    pub timer: TimerMove,
+    /// The misfire policy found the fire too late: it is skipped unless it was recorded before.
+    pub too_late: bool,
+}
+
+impl FireStep {
+    /// A fire that leaves the timer alone and is never too late (a retry, a run-now, a test's).
+    pub fn leaving_timer(generation: u64, scheduled_at: DateTime<Utc>, attempt: u32) -> FireStep {
+        FireStep {
+            generation,
+            scheduled_at,
+            attempt,
+            timer: TimerMove::Leave,
+            too_late: false,
+        }
+    }
+}
+
+/// Records a fire once, moving its job's timer on and deciding its misfire and concurrency policies
+/// in the same step, so that no crash or lost message can leave a fire half-done: either nothing
+/// happened (the timer still points at the instant, for the reconciler to re-arm) or the run is
+/// recorded (or the skip decided) and the timer moved on.
+///
+/// KEYS: fire marker, run hash, job runs, job, live runs, timers, unarmed. ARGV: run id, generation,
+/// score, marker TTL (seconds), policy (`allow`, `forbid`, `replace`), key prefix, now (RFC 3339),
+/// timer move ('' leave, '-' clear, else the next fire in ms), the fire's instant (ms), job id,
+/// '1' if the misfire policy skips the fire, then the run's field/value pairs. Returns {status, run
+/// id, then (cancelled run, its instance or '') pairs}: status 0 new, 1 recorded before (its run, and
+/// nothing cancelled: a duplicate never cancels its own fire's run), 2 stale, 3 forbidden (a run of
+/// the job is under way), 4 the timer moved past this scheduled fire (fired before), 5 misfired.
 const RECORD_FIRE: &str = r#"
 local existing = redis.call('GET', KEYS[1])
 if existing then return {'1', existing} end
@@ -60,6 +96,19 @@ local raw = redis.call('GET', KEYS[4])
 if not raw then return {'2', ''} end
 local enabled, generation = job_state(raw)
 if generation ~= ARGV[2] or not enabled then return {'2', ''} end
+local move = ARGV[8]
+if move ~= '' then
+  local score = redis.call('ZSCORE', KEYS[6], ARGV[10])
+  if not score or tonumber(score) ~= tonumber(ARGV[9]) then return {'4', ''} end
+  if move == '-' then
+    redis.call('ZREM', KEYS[6], ARGV[10])
+  else
+    redis.call('ZADD', KEYS[6], move, ARGV[10])
+    -- the member as `unarmed_member` names it
+    redis.call('ZADD', KEYS[7], move, ARGV[10] .. '|' .. generation)
+  end
+end
+if ARGV[11] == '1' then return {'5', ''} end
 local policy, prefix, now = ARGV[5], ARGV[6], ARGV[7]
 local cancelled = {}
 if policy ~= 'allow' then
@@ -75,7 +124,7 @@ if policy ~= 'allow' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[2], unpack(ARGV, 12))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 local out = {'0', ARGV[1]}
@@ -167,10 +216,8 @@ static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APP
 
 impl Store {
     /// Records the fire of `job` at `scheduled_at` (its `attempt`) exactly once, creating its run in
-    /// `pending`. What its concurrency policy says of the runs under way is decided in the same
-    /// script, so no two fires, provisioners or deliveries can race it: under `forbid` the fire is
-    /// [`FireRecord::Forbidden`] while a run is under way; under `replace` the runs under way are
-    /// cancelled (returned, for their instances to be terminated). Retries obey it too.
+    /// `pending`, and leaves the job's timer alone (a retry's or a run-now's record; see
+    /// [`Store::record_fire_step`] for everything a fire decides in that step).
     pub async fn record_fire_deciding(
         &self,
         job: &Job,
@@ -178,6 +225,25 @@ impl Store {
         scheduled_at: DateTime<Utc>,
         attempt: u32,
     ) -> Result<RecordedFire> {
+        self.record_fire_step(
+            job,
+            &FireStep::leaving_timer(generation, scheduled_at, attempt),
+        )
+        .await
+    }
+
+    /// Records a fire exactly once, creating its run in `pending`, in one script with everything the
+    /// fire decides, so no two fires, provisioners or deliveries can race it, and no crash or lost
+    /// message between two steps can lose it:
+    /// - a scheduled fire moves its job's timer on ([`FireStep::timer`]), and is
+    ///   [`FireRecord::Passed`] if the timer has moved past it without a run (fired before);
+    /// - a fire the misfire policy found too late is [`FireRecord::Misfired`], the timer moved on;
+    /// - under `forbid` the fire is [`FireRecord::Forbidden`] while a run is under way; under
+    ///   `replace` the runs under way are cancelled (returned, for their instances to be
+    ///   terminated). Retries obey it too.
+    pub async fn record_fire_step(&self, job: &Job, step: &FireStep) -> Result<RecordedFire> {
+        let (generation, scheduled_at, attempt) =
+            (step.generation, step.scheduled_at, step.attempt);
         let mut conn = self.conn.clone();
         let run_id = self.new_run_id(&job.id);
         let now = Utc::now();
@@ -202,13 +268,19 @@ impl Store {
             .key(self.owned_key(&job.id, &format!("job:{}:runs", job.id)))
             .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
             .key(self.owned_key(&job.id, LIVE_RUNS))
+            .key(self.owned_key(&job.id, "timers"))
+            .key(self.owned_key(&job.id, UNARMED))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
             .arg(FIRE_MARKER_TTL_SECS)
             .arg(policy)
             .arg(self.shards.prefix(self.shards.of(&job.id)))
-            .arg(now.to_rfc3339());
+            .arg(now.to_rfc3339())
+            .arg(step.timer.as_arg())
+            .arg(scheduled_at.timestamp_millis())
+            .arg(&job.id)
+            .arg(if step.too_late { "1" } else { "0" });
         for (field, value) in &fields {
             script.arg(*field).arg(value);
         }
@@ -221,6 +293,8 @@ impl Store {
             "0" => FireRecord::New(id),
             "1" => FireRecord::Existing(id),
             "3" => FireRecord::Forbidden(id),
+            "4" => FireRecord::Passed,
+            "5" => FireRecord::Misfired,
             _ => FireRecord::Stale,
         };
         let cancelled = reply
@@ -510,6 +584,13 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
         meta: optional(map, "meta"),
         callback_status: optional(map, "callback_status"),
         launch_errors: optional(map, "launch_errors"),
+        relaunches: optional(map, "relaunches")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        relaunch_reasons: optional(map, "relaunch_reasons")
+            .map(|reasons| reasons.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
+        relaunch_at: optional(map, "relaunch_at").and_then(|v| parse_time(&v).ok()),
         cost_usd: optional(map, "cost_nano_usd")
             .and_then(|v| v.parse::<u64>().ok())
             .map(crate::pricing::usd),

@@ -88,6 +88,7 @@ async fn light_fires_never_trim_a_running_run() {
         .unwrap();
         let fire = FireMessage {
             manual: true,
+            relaunch: false,
             ..FireMessage::scheduled(&job_id, job.generation, instant)
         };
         provisioner.handle_fire(&fire).await.unwrap();
@@ -115,6 +116,7 @@ async fn light_fires_never_trim_a_running_run() {
     // Ended, the next fire trims it.
     let fire = FireMessage {
         manual: true,
+        relaunch: false,
         ..FireMessage::scheduled(&job_id, job.generation, now)
     };
     provisioner.handle_fire(&fire).await.unwrap();

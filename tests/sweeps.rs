@@ -1,12 +1,15 @@
-//! The reaper's sweep ends every stuck run, not only runs with an instance: a run left `pending` by a
-//! lost fire message or a crashed provisioner, and an HTTP action whose provisioner stopped
-//! heartbeating, end `failed` (lost) and are retried when their policy allows; work still under way
-//! is left alone.
+//! The reaper's sweep heals every stuck run, not only runs with an instance: a run left `pending` by a
+//! lost fire message or a crashed provisioner never started the user's code, so it is launched again
+//! as the same attempt (never counted against its retries) until `provisioner.max_relaunches`, then
+//! ends `provision_failed`; an HTTP action whose provisioner stopped heartbeating ends `failed`
+//! (lost) and is retried when its policy allows; work still under way is left alone.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
+use spot_provisioner::Recorded;
+use spot_shared::messages::FireMessage;
 use spot_shared::model::RunState;
 use spot_shared::store::{FireRecord, Store};
 use spot_tests::*;
@@ -29,6 +32,17 @@ async fn record_fire(store: &Store, job_id: &str) -> String {
         FireRecord::New(run_id) => run_id,
         other => panic!("a new run: {other:?}"),
     }
+}
+
+/// The job's next fire time, as its timer in Redis holds it.
+async fn timer_of(store: &Store, job_id: &str) -> Option<chrono::DateTime<Utc>> {
+    let far = Utc::now() + chrono::Duration::days(3650);
+    store
+        .due_timers(far, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|(id, at)| (id == job_id).then_some(at))
 }
 
 /// An HRM task (the http runner) holding `action_url`; returns its id, which is its job's.
@@ -61,34 +75,144 @@ async fn reaper(env: &TestEnv, pending_secs: u64, heartbeat_secs: u64) -> spot_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_left_pending_is_swept_as_lost_and_retried() {
-    let env = TestEnv::new();
+async fn a_run_that_never_starts_is_relaunched_then_ends_provision_failed() {
+    let mut env = TestEnv::new();
+    env.settings.provisioner.max_relaunches = 2;
     let store = env.store().await;
     let app = spawn_app(&env).await;
-    let (job_id, run_id) = lost_fire(&store, &app, container(2)).await;
-    let reaper = reaper(&env, 1, 120).await;
+    // No provisioner runs: every relaunch is lost too.
+    let (job_id, run_id) = lost_fire(&store, &app, container(3)).await;
+    let reaper = reaper(&env, 0, 120).await;
 
-    // Young: left alone.
-    assert_eq!(reaper.sweep_once().await.unwrap().lost, 0);
-    assert_eq!(
-        store.get_run(&run_id).await.unwrap().unwrap().state,
-        RunState::Pending
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(reaper.sweep_once().await.unwrap().lost, 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = reaper.sweep_once().await.unwrap();
+    assert_eq!((first.relaunched, first.lost), (1, 0), "{first:?}");
     let run = store.get_run(&run_id).await.unwrap().unwrap();
-    assert_eq!(run.state, RunState::Failed);
+    assert_eq!((run.state, run.relaunches), (RunState::Pending, 1));
     assert!(
-        run.error.as_deref().unwrap_or("").starts_with("lost"),
+        run.relaunch_reasons[0].contains("no launch under way"),
         "{run:?}"
     );
-    // Its retry was armed in the same step, in Redis.
+    // The relaunch waits in Redis as the same attempt of the same instant, not a retry.
     let waiting = store.delayed_fires(10).await.unwrap();
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].fire.job_id, job_id);
-    assert_eq!(waiting[0].fire.attempt, 2);
-    // Swept once: the next sweep finds nothing.
-    assert_eq!(reaper.sweep_once().await.unwrap().lost, 0);
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let relaunch = &waiting[0].fire;
+    assert!(relaunch.relaunch);
+    assert_eq!(
+        (
+            relaunch.job_id.as_str(),
+            relaunch.attempt,
+            relaunch.scheduled_at.timestamp_millis()
+        ),
+        (job_id.as_str(), 1, run.scheduled_at.timestamp_millis())
+    );
+    // Not stuck again until its relaunch was due (1 s backoff).
+    assert_eq!(reaper.sweep_once().await.unwrap().relaunched, 0);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(reaper.sweep_once().await.unwrap().relaunched, 1);
+    // The second relaunch waits twice as long.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let last = reaper.sweep_once().await.unwrap();
+    assert_eq!((last.relaunched, last.provision_failed), (0, 1), "{last:?}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::ProvisionFailed);
+    assert_eq!(run.relaunches, 2);
+    let error = run.error.unwrap_or_default();
+    assert!(error.contains("after 2 relaunches"), "{error}");
+    // Only then does the job's retry policy act: attempt 2 is armed.
+    let retries: Vec<u32> = store
+        .delayed_fires(10)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|timer| !timer.fire.relaunch)
+        .map(|timer| timer.fire.attempt)
+        .collect();
+    assert_eq!(retries, vec![2]);
+}
+
+/// The fire is lost at the worst point there is: just after the provisioner's one Redis step
+/// recorded its run and moved the job's timer on, before any launch. The timer has nothing left to
+/// heal, so only the recorded run can bring the user's code back: the sweep relaunches it, as attempt
+/// 1, and a provisioner started afterwards runs the container to its own end, once. The container
+/// prints the identity it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_lost_just_after_its_record_step_still_runs_the_users_code_once() {
+    let env = TestEnv::new();
+    let image = image::busybox_image().await;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let due = Utc::now() + chrono::Duration::milliseconds(300);
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": due.to_rfc3339(),
+                "runner": {"type": "container", "image": image,
+                    "cmd": "sh -c 'echo \"run=$SPOT_RUN_ID job=$SPOT_JOB_ID attempt=$SPOT_ATTEMPT at=$SPOT_SCHEDULED_AT\"'"},
+            }),
+        )
+        .await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    let at = timer_of(&store, &job_id).await.expect("armed");
+
+    // The first provisioner takes the fire and dies right after its record step.
+    let mut settings = env.settings.clone();
+    settings.api.public_url = app.address.clone();
+    let first = spot_provisioner::Provisioner::build(settings)
+        .await
+        .unwrap();
+    let fire = FireMessage::scheduled(&job_id, job.generation, at);
+    let run_id = match first.record(&fire).await.unwrap() {
+        Recorded::Run { run_id, new, .. } => {
+            assert!(new);
+            run_id
+        }
+        other => panic!("a run to launch: {other:?}"),
+    };
+    drop(first);
+    assert_eq!(
+        timer_of(&store, &job_id).await,
+        None,
+        "the one-shot's timer moved on in the same step"
+    );
+    // A redelivery of that fire would find it recorded, not fire it again.
+    let again = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        again.record(&fire).await.unwrap(),
+        Recorded::Run { new: false, .. }
+    ));
+    drop(again);
+
+    let reaper = reaper(&env, 0, 120).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(reaper.sweep_once().await.unwrap().relaunched, 1);
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let run = eventually(
+        Duration::from_secs(60),
+        "the relaunched run to end",
+        || async {
+            let run = store.get_run(&run_id).await.ok()??;
+            run.state.is_terminal().then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!((run.attempt, run.relaunches), (1, 1));
+    assert_eq!(app.runs(&job_id).await.len(), 1, "one run, launched once");
+    let output = app
+        .get(&format!("/v1/runs/{run_id}/logs"), ACCOUNT_KEY)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let scheduled = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(
+        output.trim(),
+        format!("run={run_id} job={job_id} attempt=1 at={scheduled}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,12 @@ pub struct ApiSettings {
     pub metrics_by_account: bool,
     /// Log follow streams open at once per account, and in all.
     pub follow_streams_total: usize,
+    /// How long a request's `Idempotency-Key` and its answer are kept: a retry within this answers
+    /// the first answer again.
+    pub idempotency_ttl_secs: u64,
+    /// How long a request with a key may be in flight before a retry with the same key may run it
+    /// again (an api that died mid-request does not hold its key for the whole TTL).
+    pub idempotency_lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +194,9 @@ pub struct ProvisionerSettings {
     pub reconcile_grace_secs: u64,
     /// On SIGTERM: how long fires in hand may take to finish before the rest are handed back.
     pub shutdown_grace_secs: u64,
+    /// How often a run that never started (its launch lost, its provisioner dead) is launched again,
+    /// as the same attempt, before it ends `provision_failed`. Never counted against its retries.
+    pub max_relaunches: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,8 +215,9 @@ pub struct ReaperSettings {
     pub boot_timeout_secs: u64,
     /// Spot requests and fleets left open longer than this are cancelled.
     pub stale_request_secs: u64,
-    /// A run still `pending` or `provisioning` this long after it was recorded, with no launch under
-    /// way, is lost (its message or its provisioner went away).
+    /// A run still `pending` or `provisioning` this long after it was recorded (or last relaunched),
+    /// with no launch under way, never started (its message or its provisioner went away): it is
+    /// launched again, up to `provisioner.max_relaunches`.
     pub pending_timeout_secs: u64,
     /// On SIGTERM: how long terminations in hand may take to finish before the rest are handed back.
     pub shutdown_grace_secs: u64,

@@ -15,6 +15,14 @@ pub struct FireMessage {
     /// Asked for by a user ("run now"): it does not move the job's schedule on.
     #[serde(default)]
     pub manual: bool,
+    /// Launches again the run already recorded for this instant and attempt, which never started
+    /// (its launch was lost); never records a new run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub relaunch: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn first_attempt() -> u32 {
@@ -30,6 +38,7 @@ impl FireMessage {
             scheduled_at: at,
             attempt: 1,
             manual: false,
+            relaunch: false,
         }
     }
 }
@@ -63,7 +72,7 @@ impl CarriesFires for FireBatch {
 /// management UI is readable without decoding the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FireLabel {
-    /// `scheduled`, `retry`, `run-now`, or `mixed` for a batch of several kinds.
+    /// `scheduled`, `retry`, `run-now`, `relaunch`, or `mixed` for a batch of several kinds.
     pub kind: &'static str,
     pub count: usize,
     /// The earliest and the latest instant among the fires.
@@ -76,6 +85,7 @@ pub struct FireLabel {
 impl FireLabel {
     pub fn of(fires: &[FireMessage]) -> FireLabel {
         let kind_of = |fire: &FireMessage| match (fire.manual, fire.attempt) {
+            _ if fire.relaunch => "relaunch",
             (true, _) => "run-now",
             (false, 1) => "scheduled",
             (false, _) => "retry",

@@ -601,9 +601,13 @@ impl RunState {
     pub fn can_move_to(self, next: RunState) -> bool {
         use RunState::*;
         match self {
-            // Light runners (dummy) need no instance: they go straight to running. A run lost before
-            // its launch (its message or its provisioner went away) is failed by the reaper's sweep.
-            Pending => matches!(next, Provisioning | Running | Cancelled | Failed),
+            // Light runners (dummy) need no instance: they go straight to running. A run that never
+            // got launched (its message or its provisioner went away) is relaunched by the reaper's
+            // sweep, and ends provision_failed when its relaunches run out.
+            Pending => matches!(
+                next,
+                Provisioning | Running | Cancelled | Failed | ProvisionFailed
+            ),
             Provisioning => matches!(
                 next,
                 Booting | ProvisionFailed | Cancelled | TimedOut | Failed
@@ -766,11 +770,66 @@ pub struct Run {
     pub callback_status: Option<String>,
     /// What the cloud refused on the way to an instance (spot pools without capacity, say).
     pub launch_errors: Option<String>,
+    /// How often the run was launched again because a fault of ours kept it from starting (a lost
+    /// launch, a provisioner that died); never counted against the job's retries.
+    pub relaunches: u32,
+    /// Why each relaunch was made, oldest first.
+    pub relaunch_reasons: Vec<String>,
+    /// When the latest relaunch was due.
+    pub relaunch_at: Option<DateTime<Utc>>,
     /// What the run's instance cost, in USD, once it was terminated.
     pub cost_usd: Option<f64>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,
+}
+
+impl Run {
+    /// Which fire this is, as the user's code is told it (`SPOT_RUN_ID`, `SPOT_JOB_ID`,
+    /// `SPOT_SCHEDULED_AT`, `SPOT_ATTEMPT` in a container's environment, `X-Spot-Run-Id` and so on on
+    /// an HTTP action): delivery is at least once, so code that keys its own effects on the run (or
+    /// on the job and instant) makes them exactly once.
+    pub fn identity(&self) -> [(&'static str, String); 4] {
+        [
+            ("RUN_ID", self.id.clone()),
+            ("JOB_ID", self.job_id.clone()),
+            (
+                "SCHEDULED_AT",
+                self.scheduled_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
+            ("ATTEMPT", self.attempt.to_string()),
+        ]
+    }
+
+    /// [`Run::identity`] as environment variables (`SPOT_RUN_ID=...`).
+    pub fn identity_env(&self) -> Vec<String> {
+        self.identity()
+            .into_iter()
+            .map(|(name, value)| format!("SPOT_{name}={value}"))
+            .collect()
+    }
+
+    /// [`Run::identity`] as HTTP headers (`X-Spot-Run-Id: ...`).
+    pub fn identity_headers(&self) -> Vec<(String, String)> {
+        self.identity()
+            .into_iter()
+            .map(|(name, value)| {
+                let words: Vec<String> = name
+                    .split('_')
+                    .map(|word| {
+                        let lower = word.to_ascii_lowercase();
+                        let mut chars = lower.chars();
+                        chars
+                            .next()
+                            .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (format!("X-Spot-{}", words.join("-")), value)
+            })
+            .collect()
+    }
 }
 
 /// A machine a run executes on: an EC2 instance, or an agent process with the `local` provider.

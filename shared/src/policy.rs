@@ -45,6 +45,7 @@ pub fn next_attempt(job: &Job, run: &Run, ended: RunState) -> Option<(FireMessag
         scheduled_at: run.scheduled_at,
         attempt: next_attempt,
         manual: false,
+        relaunch: false,
     };
     tracing::info!(job_id = %job.id, run_id = %run.id, next_attempt, %due, "retry armed");
     Some((fire, due))

@@ -181,13 +181,29 @@ pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<J
         .ok_or_else(|| Error::not_found(format!("no job {id}")))
 }
 
-/// Creates a job for `account` and arms its first timer.
-pub async fn create(state: &AppState, account: &str, spec: JobSpec) -> Result<Job> {
+/// Creates a job for `account` and arms its first timer. `id` is the id derived from the request's
+/// idempotency key ([`crate::idempotency::IdempotencyKey::job_id`]), if it had one: a job of the
+/// account with that id already is the one this create made before (its answer was lost), and is
+/// returned as it is instead of making a second.
+pub async fn create(
+    state: &AppState,
+    account: &str,
+    spec: JobSpec,
+    id: Option<String>,
+) -> Result<Job> {
     spec.validate("")?;
+    if let Some(id) = &id {
+        if let Some(made) = state.store.get_job(id).await? {
+            if made.account == account {
+                tracing::info!(job_id = %id, "create retried with its idempotency key: the job it made");
+                return Ok(made);
+            }
+        }
+    }
     check_outbound_targets(state, &spec.runner).await?;
     let now = Utc::now();
     let mut job = Job {
-        id: ids::new_id(),
+        id: id.unwrap_or_else(ids::new_id),
         account: account.to_string(),
         group: spec.group,
         name: spec.name,
@@ -301,6 +317,7 @@ pub async fn run_now(state: &AppState, job: &Job) -> Result<DateTime<Utc>> {
         DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
     let fire = FireMessage {
         manual: true,
+        relaunch: false,
         ..FireMessage::scheduled(&job.id, job.generation, now)
     };
     // Recorded in Redis, handed to RabbitMQ by the pump: a run-now survives a broker outage.

@@ -27,7 +27,8 @@ use spot_shared::instance_power::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{Concurrency, Job};
 use spot_shared::store::{
-    CancelledRun, FireRecord, LatenessHistogram, LightFire, ReconcileReport, Store,
+    CancelledRun, FireRecord, FireStep, JobRecord, LatenessHistogram, LightFire, ReconcileReport,
+    Store, TimerMove,
 };
 use spot_shared::Result;
 
@@ -51,6 +52,21 @@ pub enum FireOutcome {
     ProvisionFailed { run_id: String },
     /// A policy skipped the fire: `misfire` (too late) or `concurrency` (a run is active, `forbid`).
     Skipped { reason: &'static str },
+    /// The job's stored record cannot be read: it was set aside (see `Store::quarantine_job`).
+    Quarantined,
+}
+
+/// What the first half of a fire's work ([`Provisioner::record`]) left to do.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Nothing: the fire was skipped, stale, passed, re-armed, or light and done at once.
+    Done(FireOutcome),
+    /// The run to launch (`new` when this delivery recorded it).
+    Run {
+        run_id: String,
+        new: bool,
+        job: Box<Job>,
+    },
 }
 
 /// The provisioner's shared parts.
@@ -97,6 +113,29 @@ impl Provisioner {
     }
 
     async fn fire_once(&self, fire: &FireMessage) -> Result<FireOutcome> {
+        // Boxed: the two halves' futures together are too deep for the compiler's layout queries.
+        let (run_id, new, job) = match Box::pin(self.record(fire)).await? {
+            Recorded::Done(outcome) => return Ok(outcome),
+            Recorded::Run { run_id, new, job } => (run_id, new, job),
+        };
+        let Some(run) = self.store.get_run(&run_id).await? else {
+            return Ok(FireOutcome::AlreadyHandled { run_id });
+        };
+        Ok(match self.launch(run, &job).await? {
+            LaunchOutcome::Launched | LaunchOutcome::FoundRunning => {
+                FireOutcome::Launched { run_id, new }
+            }
+            LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
+            LaunchOutcome::Failed => FireOutcome::ProvisionFailed { run_id },
+        })
+    }
+
+    /// The first half of a fire's work: waits out the sub-unit remainder, checks the job still
+    /// wants the fire and records it, in one Redis step with the timer's move and the misfire and
+    /// concurrency decisions ([`Store::record_fire_step`]). A fire lost before this step leaves its
+    /// timer for the reconciler; one lost after it leaves a recorded run, which the sweeps relaunch.
+    /// Public so that tests can lose a fire exactly between the two halves.
+    pub async fn record(&self, fire: &FireMessage) -> Result<Recorded> {
         let early = (fire.scheduled_at - Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
@@ -105,56 +144,76 @@ impl Provisioner {
         );
         if early > unit {
             self.broker.arm_timer(fire, fire.scheduled_at).await?;
-            return Ok(FireOutcome::Rearmed);
+            return Ok(Recorded::Done(FireOutcome::Rearmed));
         }
         tokio::time::sleep(early).await;
 
-        let Some(job) = self.store.get_job(&fire.job_id).await? else {
-            return Ok(FireOutcome::Stale);
+        let job = match self.store.read_job(&fire.job_id).await? {
+            JobRecord::Found(job) => *job,
+            JobRecord::Missing => return Ok(Recorded::Done(FireOutcome::Stale)),
+            JobRecord::Unreadable(why) => {
+                // Poison: set aside with the reason, never fired or re-armed again until released.
+                let reason = format!("stored job cannot be read: {why}");
+                self.store.quarantine_job(&fire.job_id, &reason).await?;
+                return Ok(Recorded::Done(FireOutcome::Quarantined));
+            }
         };
         if job.generation != fire.generation || !job.enabled {
-            return Ok(FireOutcome::Stale);
+            return Ok(Recorded::Done(FireOutcome::Stale));
+        }
+        if fire.relaunch {
+            // A run that never started: found by its fire's marker, launched again as it is.
+            return Ok(
+                match self
+                    .store
+                    .fire_run(&job.id, fire.scheduled_at, fire.attempt)
+                    .await?
+                {
+                    Some(run_id) => Recorded::Run {
+                        run_id,
+                        new: false,
+                        job: Box::new(job),
+                    },
+                    None => Recorded::Done(FireOutcome::Stale),
+                },
+            );
         }
         if let Some(light) = self.prepare_light(&job, fire)? {
-            return self.fire_light(light).await;
+            return self.fire_light(light).await.map(Recorded::Done);
         }
-        // Whether the fire was recorded before matters only to the misfire and concurrency policies;
-        // without them, skip the lookup.
-        let policies_apply = policies_read_history(&job);
-        let recorded = if policies_apply {
-            self.store
-                .fire_run(&job.id, fire.scheduled_at, fire.attempt)
-                .await?
-        } else {
-            None
-        };
         let scheduled = fire.attempt == 1 && !fire.manual;
-        if scheduled {
-            // Whatever happens to this fire, the schedule moves on: to the first fire after now, so a
-            // job that missed several fires during downtime runs once for all of them.
-            self.advance_schedule(&job, fire.scheduled_at).await?;
-        }
-        if policies_apply && recorded.is_none() {
-            if let Some(skip) = self.misfire_skips(&job, fire) {
-                return Ok(skip);
-            }
-        }
-
-        let recorded = self
-            .store
-            .record_fire_deciding(&job, fire.generation, fire.scheduled_at, fire.attempt)
-            .await?;
+        // Whatever becomes of this fire, the schedule moves on: to the first fire after now, so a
+        // job that missed several fires during downtime runs once for all of them.
+        let timer = if scheduled {
+            TimerMove::Advance(job.next_fire_after(fire.scheduled_at.max(Utc::now()))?)
+        } else {
+            TimerMove::Leave
+        };
+        let step = FireStep {
+            generation: fire.generation,
+            scheduled_at: fire.scheduled_at,
+            attempt: fire.attempt,
+            timer,
+            too_late: misfired(&job, fire),
+        };
+        let recorded = self.store.record_fire_step(&job, &step).await?;
         let (run_id, new) = match recorded.record {
             FireRecord::New(run_id) => (run_id, true),
             FireRecord::Existing(run_id) => (run_id, false),
             FireRecord::Forbidden(active) => {
                 tracing::info!(job_id = %job.id, active_run = %active,
                     "a run is under way: fire skipped (concurrency forbid)");
-                return Ok(FireOutcome::Skipped {
+                return Ok(Recorded::Done(FireOutcome::Skipped {
                     reason: "concurrency",
-                });
+                }));
             }
-            FireRecord::Stale | FireRecord::Passed => return Ok(FireOutcome::Stale),
+            FireRecord::Misfired => {
+                tracing::warn!(job_id = %job.id, late_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
+                    "misfire: skipped");
+                return Ok(Recorded::Done(FireOutcome::Skipped { reason: "misfire" }));
+            }
+            FireRecord::Passed => return Ok(Recorded::Done(FireOutcome::Passed)),
+            FireRecord::Stale => return Ok(Recorded::Done(FireOutcome::Stale)),
         };
         self.terminate_cancelled(&recorded.cancelled).await;
         // Recorded: a retry or run-now is no longer the reconciler's to heal, however long the launch.
@@ -168,16 +227,10 @@ impl Provisioner {
                 .trim_runs(&job.id, job.policies.history_limit)
                 .await?;
         }
-
-        let Some(run) = self.store.get_run(&run_id).await? else {
-            return Ok(FireOutcome::AlreadyHandled { run_id });
-        };
-        Ok(match self.launch(run, &job).await? {
-            LaunchOutcome::Launched | LaunchOutcome::FoundRunning => {
-                FireOutcome::Launched { run_id, new }
-            }
-            LaunchOutcome::NothingToDo => FireOutcome::AlreadyHandled { run_id },
-            LaunchOutcome::Failed => FireOutcome::ProvisionFailed { run_id },
+        Ok(Recorded::Run {
+            run_id,
+            new,
+            job: Box::new(job),
         })
     }
 
@@ -202,8 +255,8 @@ impl Provisioner {
                 _ => FireOutcome::Launched { run_id, new: false },
             },
             Some(FireRecord::Passed) => FireOutcome::Passed,
-            // Light fires have no concurrency policy; kept for completeness.
-            Some(FireRecord::Forbidden(_)) => FireOutcome::Skipped {
+            // Light fires have no concurrency or misfire policy; kept for completeness.
+            Some(FireRecord::Forbidden(_) | FireRecord::Misfired) => FireOutcome::Skipped {
                 reason: "concurrency",
             },
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
@@ -215,39 +268,6 @@ impl Provisioner {
         let mut lateness = LatenessHistogram::default();
         lateness.observe(scheduled_at, Utc::now());
         self.store.note_fire_lateness(&lateness, job_id).await;
-    }
-
-    /// Moves the job's next fire time on from `fired` (only if nobody else did).
-    async fn advance_schedule(&self, job: &Job, fired: DateTime<Utc>) -> Result<()> {
-        let after = fired.max(Utc::now());
-        let next = job.next_fire_after(after)?;
-        // The pump arms the next timer when it comes near.
-        let moved = self
-            .store
-            .advance_timer(&job.id, job.generation, fired, next)
-            .await?;
-        if !moved {
-            tracing::debug!(job_id = %job.id, "timer already moved on (by an edit or another fire)");
-        }
-        Ok(())
-    }
-
-    /// Applies the misfire policy to a fire not yet recorded: `Some` when it is skipped. (The
-    /// concurrency policy is decided where the fire is recorded: [`Store::record_fire_deciding`].)
-    fn misfire_skips(&self, job: &Job, fire: &FireMessage) -> Option<FireOutcome> {
-        if fire.attempt > 1 || fire.manual {
-            return None;
-        }
-        // Bounded at the door; a grace too long to count in (stored before the bound) means none.
-        let grace = i64::try_from(job.policies.misfire_grace_secs?)
-            .ok()
-            .and_then(chrono::Duration::try_seconds)?;
-        let late = Utc::now() - fire.scheduled_at;
-        if late > grace {
-            tracing::warn!(job_id = %job.id, late_ms = late.num_milliseconds(), "misfire: skipped");
-            return Some(FireOutcome::Skipped { reason: "misfire" });
-        }
-        None
     }
 
     /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled. A request that
@@ -339,10 +359,28 @@ impl Provisioner {
 /// Overdue fires handed back per Redis script: a page costs Redis a few milliseconds.
 const RECONCILE_PAGE: usize = 2000;
 
-/// Whether the job's policies read its earlier runs when it fires (misfire, concurrency); fires of
-/// other jobs skip those lookups.
+/// Whether the job's policies read its earlier runs when it fires (misfire, concurrency): such a job
+/// is never fired on the light path.
 fn policies_read_history(job: &Job) -> bool {
     job.policies.misfire_grace_secs.is_some() || job.policies.concurrency != Concurrency::Allow
+}
+
+/// Whether the misfire policy skips a fire this late (only a scheduled first attempt: a retry or a
+/// run-now is never too late). The store skips it only if it was not recorded before.
+fn misfired(job: &Job, fire: &FireMessage) -> bool {
+    if fire.attempt > 1 || fire.manual {
+        return false;
+    }
+    // Bounded at the door; a grace too long to count in (stored before the bound) means none.
+    let Some(grace) = job
+        .policies
+        .misfire_grace_secs
+        .and_then(|secs| i64::try_from(secs).ok())
+        .and_then(chrono::Duration::try_seconds)
+    else {
+        return false;
+    };
+    Utc::now() - fire.scheduled_at > grace
 }
 
 /// Runs the provisioner until Ctrl-C or SIGTERM.

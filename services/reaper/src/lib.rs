@@ -4,8 +4,9 @@
 //!
 //! It also sweeps, every `reaper.sweep_interval_secs` ([`Reaper::sweep_once`]): instances whose run is
 //! gone, over, or names another instance; runs past their timeout plus a grace; runs whose agent went
-//! silent (lost); runs with no instance left pending, provisioning or running by a lost message or a
-//! crashed provisioner (lost, retried if allowed); spot requests left open. One reaper sweeps per period (a lease), and every step is
+//! silent (lost); runs with no instance left pending or provisioning by a lost message or a crashed
+//! provisioner (launched again: they never started), or running an HTTP action whose provisioner died
+//! (lost, retried if allowed); spot requests left open. One reaper sweeps per period (a lease), and every step is
 //! idempotent, so reapers racing each other or the api do no harm.
 
 mod costs;
@@ -22,7 +23,8 @@ use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{HttpSpec, Instance, InstanceState, Run, RunState, Runner};
-use spot_shared::store::{Moved, SlotKind, Store};
+use spot_shared::store::{Moved, Relaunch, SlotKind, Store};
+use spot_shared::supervise::supervise;
 use spot_shared::{policy, task_instances, ErrorCode, Result};
 
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct Reaper {
     /// For the instances HRM tasks run on (see [`task_instances`]).
     ec2: Arc<Ec2>,
     settings: Arc<ReaperSettings>,
+    /// `provisioner.max_relaunches`: how often a run that never started is launched again.
+    max_relaunches: u32,
     pricing: Arc<spot_shared::pricing::PricingSettings>,
 }
 
@@ -43,6 +47,10 @@ pub struct SweepReport {
     pub orphans: usize,
     pub timed_out: usize,
     pub lost: usize,
+    /// Runs that never started, launched again (the same attempt).
+    pub relaunched: usize,
+    /// Runs that never started and had every relaunch: ended `provision_failed`.
+    pub provision_failed: usize,
     /// Spot instances reclaimed without their agent's word.
     pub interrupted: usize,
     pub stale_requests: usize,
@@ -63,6 +71,7 @@ impl Reaper {
             cloud: Arc::new(cloud),
             ec2: Arc::new(ec2),
             settings: Arc::new(settings.reaper.clone()),
+            max_relaunches: settings.provisioner.max_relaunches,
             pricing: Arc::new(settings.pricing.clone()),
         })
     }
@@ -76,26 +85,18 @@ impl Reaper {
         self.sweep_once().await.map(Some)
     }
 
-    /// Sweeps once: runs whose instances must end, instances no run owns, stale spot requests, and
-    /// on a cluster account index entries naming no job. A failure on one instance is logged and the
-    /// sweep goes on to the next.
+    /// Sweeps once: runs whose instances must end, instances no run owns, runs that never started,
+    /// stale spot requests, and on a cluster account index entries naming no job. Each step stands
+    /// alone: a step that fails (the cloud's listing, say) is logged and skips only what needs it,
+    /// and a failure on one instance skips only that instance.
     pub async fn sweep_once(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = chrono::Utc::now();
         // Listed before the recorded instances are looked at: one the cloud no longer lists is gone.
-        let in_cloud = self.cloud.instances().await?;
-        let alive: HashSet<&str> = in_cloud.iter().map(|i| i.id.as_str()).collect();
-        for instance_id in self.store.live_instance_ids().await? {
-            if let Err(err) = self
-                .sweep_recorded_instance(&instance_id, &alive, now, &mut report)
-                .await
-            {
-                tracing::warn!(instance_id, error = %err, "sweep: instance skipped");
-            }
-        }
-        for instance in &in_cloud {
-            if let Err(err) = self.sweep_cloud_instance(instance, now, &mut report).await {
-                tracing::warn!(instance_id = %instance.id, error = %err, "sweep: instance skipped");
+        match self.cloud.instances().await {
+            Ok(in_cloud) => self.sweep_instances(&in_cloud, now, &mut report).await,
+            Err(err) => {
+                tracing::warn!(error = %err, "sweep: instances skipped (the cloud's listing failed)")
             }
         }
         if let Err(err) = self.sweep_live_runs(now, &mut report).await {
@@ -107,7 +108,10 @@ impl Reaper {
             Err(err) => tracing::warn!(error = %err, "sweep: index entries skipped"),
         }
         let max_age = chrono::Duration::seconds(self.settings.stale_request_secs as i64);
-        report.stale_requests = self.cloud.cancel_stale_requests(max_age).await?;
+        match self.cloud.cancel_stale_requests(max_age).await {
+            Ok(cancelled) => report.stale_requests = cancelled,
+            Err(err) => tracing::warn!(error = %err, "sweep: stale spot requests skipped"),
+        }
         if report != SweepReport::default() {
             tracing::warn!(?report, "sweep ended runs or instances");
         }
@@ -115,6 +119,8 @@ impl Reaper {
             ("swept_orphan", report.orphans),
             ("swept_timed_out", report.timed_out),
             ("swept_lost", report.lost),
+            ("relaunched", report.relaunched),
+            ("swept_provision_failed", report.provision_failed),
             ("swept_interrupted", report.interrupted),
             ("stale_request_cancelled", report.stale_requests),
             ("swept_index_entry", report.index_entries),
@@ -122,6 +128,35 @@ impl Reaper {
             self.store.note_event(event, count as u64).await;
         }
         Ok(report)
+    }
+
+    /// The instance steps of a sweep, given what the cloud lists: every instance Redis holds live,
+    /// then every instance the cloud lists for this deployment.
+    async fn sweep_instances(
+        &self,
+        in_cloud: &[CloudInstance],
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) {
+        let alive: HashSet<&str> = in_cloud.iter().map(|i| i.id.as_str()).collect();
+        match self.store.live_instance_ids().await {
+            Ok(recorded) => {
+                for instance_id in recorded {
+                    if let Err(err) = self
+                        .sweep_recorded_instance(&instance_id, &alive, now, report)
+                        .await
+                    {
+                        tracing::warn!(instance_id, error = %err, "sweep: instance skipped");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "sweep: recorded instances skipped"),
+        }
+        for instance in in_cloud {
+            if let Err(err) = self.sweep_cloud_instance(instance, now, report).await {
+                tracing::warn!(instance_id = %instance.id, error = %err, "sweep: instance skipped");
+            }
+        }
     }
 
     fn orphan_grace(&self) -> chrono::Duration {
@@ -189,9 +224,10 @@ impl Reaper {
     }
 
     /// Runs no instance speaks for: one still `pending` or `provisioning` long after it was recorded
-    /// with no launch under way (its fire message or its provisioner was lost), or one running without
-    /// an instance (an HTTP action) whose provisioner stopped heartbeating. Each ends `failed`
-    /// ("lost") and is retried if its policy allows. Runs with an instance are the instance sweep's.
+    /// with no launch under way (its fire message or its provisioner was lost) never started the
+    /// user's code, and is launched again ([`Reaper::relaunch`]); one running without an instance (an
+    /// HTTP action) whose provisioner stopped heartbeating ends `failed` ("lost") and is retried if
+    /// its policy allows. Runs with an instance are the instance sweep's.
     async fn sweep_live_runs(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -213,11 +249,64 @@ impl Reaper {
             if run.instance_id.is_some() {
                 continue;
             }
-            let launching = self.store.lease_held(&format!("launch:{}", run.id)).await?;
-            if let Some(why) = stuck(&self.settings, &run, launching, now) {
-                if self.end_run(&run, RunState::Failed, &why).await? {
-                    report.lost += 1;
-                    self.release_task_instance(&run).await?;
+            if let Err(err) = self.sweep_live_run(&run, now, report).await {
+                tracing::warn!(run_id = %run.id, error = %err, "sweep: run skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// One run without an instance: relaunched if it never started, ended if its holder is lost.
+    async fn sweep_live_run(
+        &self,
+        run: &Run,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let launching = self.store.lease_held(&format!("launch:{}", run.id)).await?;
+        match stuck(&self.settings, run, launching, now) {
+            Some(Stuck::NeverStarted(why)) => self.relaunch(run, &why, report).await,
+            Some(Stuck::Lost(why)) if self.end_run(run, RunState::Failed, &why).await? => {
+                report.lost += 1;
+                self.release_task_instance(run).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Launches a run that never started again, as the same attempt, after a backoff (1 s, doubling
+    /// up to a minute), until it has had `provisioner.max_relaunches`; then it ends
+    /// `provision_failed` with every reason kept (and is retried if its policy allows).
+    async fn relaunch(&self, run: &Run, why: &str, report: &mut SweepReport) -> Result<()> {
+        let Some(job) = self.store.get_job(&run.job_id).await? else {
+            if self.end_run(run, RunState::Failed, why).await? {
+                report.lost += 1;
+            }
+            return Ok(());
+        };
+        let backoff_secs = 1i64 << run.relaunches.min(6);
+        let due = chrono::Utc::now() + chrono::Duration::seconds(backoff_secs);
+        match self
+            .store
+            .relaunch_run(run, job.generation, due, self.max_relaunches, why)
+            .await?
+        {
+            Relaunch::Armed(count) => {
+                tracing::warn!(run_id = %run.id, relaunch = count, %due, why, "run never started: launched again");
+                report.relaunched += 1;
+            }
+            Relaunch::Moved => {}
+            Relaunch::Exhausted => {
+                let mut reasons = run.relaunch_reasons.clone();
+                reasons.push(why.to_string());
+                let error = format!(
+                    "provision failed: never started after {} relaunches ({})",
+                    run.relaunches,
+                    reasons.join("; ")
+                );
+                if self.end_run(run, RunState::ProvisionFailed, &error).await? {
+                    report.provision_failed += 1;
+                    self.release_task_instance(run).await?;
                 }
             }
         }
@@ -370,7 +459,10 @@ impl Reaper {
         tracing::info!(queue, "reaper starting");
         let sweeper = {
             let this = self.clone();
-            tokio::spawn(async move { this.sweep_forever().await })
+            supervise("reaper_sweep", Some(self.store.clone()), move || {
+                let this = this.clone();
+                async move { this.sweep_forever().await }
+            })
         };
         let grace = std::time::Duration::from_secs(self.settings.shutdown_grace_secs);
         let this = self.clone();
@@ -402,25 +494,36 @@ impl Reaper {
 /// Live runs looked at per sweep, oldest first (the stuck ones are the old ones).
 const LIVE_RUNS_PER_SWEEP: usize = 5000;
 
+/// How a run without an instance is stuck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stuck {
+    /// The user's code never started (its launch was lost): to be launched again.
+    NeverStarted(String),
+    /// It started and its holder went silent: to be ended `failed`.
+    Lost(String),
+}
+
 /// Whether a run without an instance is stuck, and why: `pending` or `provisioning` past the pending
-/// timeout with no launch holding it, or running (an HTTP action) with no heartbeat from its
-/// provisioner for the heartbeat timeout.
+/// timeout (since it was recorded, or last relaunched) with no launch holding it, or running (an
+/// HTTP action) with no heartbeat from its provisioner for the heartbeat timeout.
 fn stuck(
     settings: &ReaperSettings,
     run: &Run,
     launching: bool,
     now: chrono::DateTime<chrono::Utc>,
-) -> Option<String> {
+) -> Option<Stuck> {
     let secs = |s: u64| chrono::Duration::seconds(s as i64);
     let since = |state: RunState| run.transitions.get(&state).copied();
     match run.state {
         RunState::Pending | RunState::Provisioning if !launching => {
-            let at = since(RunState::Provisioning).or_else(|| since(RunState::Pending))?;
+            let at = since(RunState::Provisioning)
+                .or_else(|| since(RunState::Pending))?
+                .max(run.relaunch_at.unwrap_or_default());
             (now - at > secs(settings.pending_timeout_secs)).then(|| {
-                format!(
-                    "lost: {} for over {} s with no launch under way",
+                Stuck::NeverStarted(format!(
+                    "{} for over {} s with no launch under way",
                     run.state, settings.pending_timeout_secs
-                )
+                ))
             })
         }
         RunState::Booting | RunState::Running => {
@@ -429,10 +532,10 @@ fn stuck(
                 .or_else(|| since(RunState::Running))
                 .or_else(|| since(RunState::Booting))?;
             (now - last_sign > secs(settings.heartbeat_timeout_secs)).then(|| {
-                format!(
+                Stuck::Lost(format!(
                     "lost: no heartbeat from its provisioner for over {} s",
                     settings.heartbeat_timeout_secs
-                )
+                ))
             })
         }
         _ => None,
@@ -511,6 +614,9 @@ mod tests {
             meta: None,
             callback_status: None,
             launch_errors: None,
+            relaunches: 0,
+            relaunch_reasons: Vec::new(),
+            relaunch_at: None,
             cost_usd: None,
             secret_hash: String::new(),
         }
@@ -555,5 +661,22 @@ mod tests {
         assert_eq!(overdue(&s, &r, 3600, Utc::now()), None);
         let r = run(RunState::Booting, s.boot_timeout_secs as i64 + 1, None);
         assert!(overdue(&s, &r, 3600, Utc::now()).is_some());
+    }
+
+    #[test]
+    fn a_run_that_never_started_is_stuck_from_its_last_relaunch() {
+        let s = settings();
+        let now = Utc::now();
+        let mut r = run(RunState::Pending, 0, None);
+        r.instance_id = None;
+        let recorded = now - Duration::seconds(s.pending_timeout_secs as i64 + 1);
+        r.transitions = [(RunState::Pending, recorded)].into();
+        assert!(matches!(
+            stuck(&s, &r, false, now),
+            Some(Stuck::NeverStarted(_))
+        ));
+        assert_eq!(stuck(&s, &r, true, now), None, "a launch is under way");
+        r.relaunch_at = Some(now - Duration::seconds(1));
+        assert_eq!(stuck(&s, &r, false, now), None, "relaunched a moment ago");
     }
 }

@@ -12,12 +12,13 @@ use std::sync::LazyLock;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::quarantine::QUARANTINE_LUA;
 use super::runs::LIVE_RUNS;
 use super::timers::UNARMED;
 use super::{Moved, Store, UnarmedTimer};
 use crate::error::Result;
 use crate::messages::FireMessage;
-use crate::model::RunState;
+use crate::model::{Run, RunState};
 
 /// Retries and run-nows not yet recorded as runs, scored by due time (ms).
 const DELAYED: &str = "timers:delayed";
@@ -36,7 +37,8 @@ end
 
 /// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
 /// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
-/// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{r or m}`.
+/// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{kind}`, where the kind is
+/// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started.
 pub(super) fn timer_member(fire: &FireMessage) -> String {
     if is_delayed(fire) {
         format!(
@@ -45,7 +47,13 @@ pub(super) fn timer_member(fire: &FireMessage) -> String {
             fire.generation,
             fire.scheduled_at.timestamp_millis(),
             fire.attempt,
-            if fire.manual { 'm' } else { 'r' }
+            if fire.relaunch {
+                'l'
+            } else if fire.manual {
+                'm'
+            } else {
+                'r'
+            }
         )
     } else {
         format!("{}|{}", fire.job_id, fire.generation)
@@ -54,7 +62,7 @@ pub(super) fn timer_member(fire: &FireMessage) -> String {
 
 /// Whether a fire is a retry or a run-now (kept in `timers:delayed`) rather than a scheduled one.
 pub fn is_delayed(fire: &FireMessage) -> bool {
-    fire.attempt > 1 || fire.manual
+    fire.attempt > 1 || fire.manual || fire.relaunch
 }
 
 fn millis(ms: i64) -> Option<DateTime<Utc>> {
@@ -73,6 +81,7 @@ pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTim
             scheduled_at: millis(instant.parse().ok()?)?,
             attempt: attempt.parse().ok()?,
             manual: *kind == "m",
+            relaunch: *kind == "l",
         },
         _ => return None,
     };
@@ -97,22 +106,60 @@ return {1, current}
 
 static RUN_CAS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_CAS));
 
+/// Arms a relaunch of a run that never started, counting it on the run, in one step. KEYS: run,
+/// delayed, unarmed. ARGV: the state the run must still be in, the most relaunches allowed, the
+/// relaunch's member, its due time (ms and RFC 3339), why. Returns the run's relaunches so far, -1 if
+/// its state moved meanwhile, -2 if it has had every relaunch allowed.
+const RELAUNCH: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'relaunches') or '0') >= tonumber(ARGV[2]) then return -2 end
+local count = redis.call('HINCRBY', KEYS[1], 'relaunches', 1)
+local reasons = redis.call('HGET', KEYS[1], 'relaunch_reasons')
+if reasons then reasons = reasons .. '\n' .. ARGV[6] else reasons = ARGV[6] end
+redis.call('HSET', KEYS[1], 'relaunch_reasons', reasons, 'relaunch_at', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+return count
+"#;
+
+static RELAUNCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELAUNCH));
+
+/// What [`Store::relaunch_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relaunch {
+    /// Armed; the run has been relaunched this many times now.
+    Armed(u32),
+    /// The run has had every relaunch allowed: it is to end `provision_failed`.
+    Exhausted,
+    /// The run moved on meanwhile (its launch got going, or it ended): nothing done.
+    Moved,
+}
+
 /// One page of the reconciler's scan. KEYS: the set scanned (`timers` or `timers:delayed`), unarmed.
 /// ARGV: key prefix, overdue bound (ms), offset, page size, 'scheduled' or 'delayed'.
-/// Returns {scanned, requeued, dropped}: fires still wanted go back to unarmed; those of jobs gone,
-/// disabled or changed leave the set.
+/// Returns {scanned, requeued, dropped, quarantined}: fires still wanted go back to unarmed; those of
+/// jobs gone, disabled or changed leave the set; a job whose record cannot be read is quarantined
+/// (its timer set aside with the reason, see [`super::quarantine`]) instead of failing the page.
 const REQUEUE_OVERDUE: &str = r#"
-local prefix, mode = ARGV[1], ARGV[5]
+local prefix, mode, now = ARGV[1], ARGV[5], ARGV[6]
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
-local requeued, dropped = 0, 0
+local requeued, dropped, quarantined = 0, 0, 0
 for i = 1, #rows, 2 do
   local member, score = rows[i], rows[i + 1]
   local job_id, wanted = member, nil
   if mode == 'delayed' then job_id, wanted = string.match(member, '^([^|]+)|(%d+)|') end
   local raw = job_id and redis.call('GET', prefix .. ':job:' .. job_id)
   local enabled, generation = false, nil
-  if raw then enabled, generation = job_state(raw) end
-  if not enabled or (wanted and wanted ~= generation) then
+  local readable = true
+  if raw then
+    local ok, first, second = pcall(job_state, raw)
+    if ok then enabled, generation = first, second else readable = false end
+  end
+  if not readable then
+    quarantine(prefix .. ':quarantine', prefix .. ':timers', job_id, 'stored job cannot be read', now)
+    if mode == 'delayed' then redis.call('ZREM', KEYS[1], member) end
+    quarantined = quarantined + 1
+  elseif not enabled or (wanted and wanted ~= generation) then
     if mode == 'delayed' or not raw then
       redis.call('ZREM', KEYS[1], member)
       dropped = dropped + 1
@@ -124,11 +171,11 @@ for i = 1, #rows, 2 do
     requeued = requeued + 1
   end
 end
-return {#rows / 2, requeued, dropped}
+return {#rows / 2, requeued, dropped, quarantined}
 "#;
 
 static REQUEUE_OVERDUE_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{REQUEUE_OVERDUE}")));
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{QUARANTINE_LUA}{REQUEUE_OVERDUE}")));
 
 /// What one reconcile pass found overdue and put back in the pump's hands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,6 +186,8 @@ pub struct ReconcileReport {
     pub delayed: usize,
     /// Entries of jobs since deleted, disabled or changed, removed.
     pub dropped: usize,
+    /// Jobs whose record cannot be read, set aside ([`super::quarantine`]).
+    pub quarantined: usize,
 }
 
 /// A run not yet ended, as the live-run index holds it.
@@ -180,6 +229,46 @@ impl Store {
             .await?;
         self.replicated(id).await?;
         Ok(moved)
+    }
+
+    /// Launches `run` again at `due` (the provisioner finds it by its fire's marker), as the same
+    /// attempt, if it is still in the state the caller found it in and has had fewer than
+    /// `max_relaunches`; counted on the run with `why`, in the same step as the fire is armed.
+    pub async fn relaunch_run(
+        &self,
+        run: &Run,
+        generation: u64,
+        due: DateTime<Utc>,
+        max_relaunches: u32,
+        why: &str,
+    ) -> Result<Relaunch> {
+        let fire = FireMessage {
+            job_id: run.job_id.clone(),
+            generation,
+            scheduled_at: run.scheduled_at,
+            attempt: run.attempt,
+            manual: false,
+            relaunch: true,
+        };
+        let mut conn = self.conn.clone();
+        let count: i64 = RELAUNCH_SCRIPT
+            .key(self.owned_key(&run.id, &format!("run:{}", run.id)))
+            .key(self.owned_key(&run.id, DELAYED))
+            .key(self.owned_key(&run.id, UNARMED))
+            .arg(run.state.as_str())
+            .arg(max_relaunches)
+            .arg(timer_member(&fire))
+            .arg(due.timestamp_millis())
+            .arg(due.to_rfc3339())
+            .arg(why)
+            .invoke_async(&mut conn)
+            .await?;
+        self.replicated(&run.id).await?;
+        Ok(match count {
+            -1 => Relaunch::Moved,
+            -2 => Relaunch::Exhausted,
+            n => Relaunch::Armed(u32::try_from(n).unwrap_or(u32::MAX)),
+        })
     }
 
     /// Records a fire outside the schedule (a run-now) for the pump to hand over at `due`.
@@ -236,6 +325,7 @@ impl Store {
             report.scheduled += found.scheduled;
             report.delayed += found.delayed;
             report.dropped += found.dropped;
+            report.quarantined += found.quarantined;
         }
         Ok(report)
     }
@@ -254,26 +344,30 @@ impl Store {
             let mut offset = 0usize;
             loop {
                 let mut conn = self.conn.clone();
-                let (scanned, requeued, dropped): (usize, usize, usize) = REQUEUE_OVERDUE_SCRIPT
-                    .key(self.shard_key(shard, set))
-                    .key(self.shard_key(shard, UNARMED))
-                    .arg(self.shards.prefix(shard))
-                    .arg(before.timestamp_millis())
-                    .arg(offset)
-                    .arg(page)
-                    .arg(mode)
-                    .invoke_async(&mut conn)
-                    .await?;
+                let (scanned, requeued, dropped, quarantined): (usize, usize, usize, usize) =
+                    REQUEUE_OVERDUE_SCRIPT
+                        .key(self.shard_key(shard, set))
+                        .key(self.shard_key(shard, UNARMED))
+                        .arg(self.shards.prefix(shard))
+                        .arg(before.timestamp_millis())
+                        .arg(offset)
+                        .arg(page)
+                        .arg(mode)
+                        .arg(Utc::now().to_rfc3339())
+                        .invoke_async(&mut conn)
+                        .await?;
                 match mode {
                     "scheduled" => report.scheduled += requeued,
                     _ => report.delayed += requeued,
                 }
                 report.dropped += dropped;
+                report.quarantined += quarantined;
                 if scanned < page {
                     break;
                 }
-                // Dropped entries left the set: the next page starts that much earlier.
-                offset += scanned - dropped;
+                // Dropped and quarantined entries left the set: the next page starts that much
+                // earlier.
+                offset += scanned - dropped - quarantined;
             }
         }
         Ok(report)
@@ -329,6 +423,17 @@ mod tests {
         let back = parse_timer_member(&member, "1800000060000").unwrap();
         assert_eq!((back.fire, back.due), (retry, due));
 
+        let relaunch = FireMessage {
+            relaunch: true,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        assert!(timer_member(&relaunch).ends_with("|1|l"));
+        assert_eq!(
+            parse_timer_member(&timer_member(&relaunch), "1800000060000")
+                .unwrap()
+                .fire,
+            relaunch
+        );
         let manual = FireMessage {
             manual: true,
             ..FireMessage::scheduled("job1", 4, at)

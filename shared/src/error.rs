@@ -124,9 +124,26 @@ impl Error {
 }
 
 impl From<redis::RedisError> for Error {
+    /// Transient (the link, a timeout, LOADING, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY, BUSY,
+    /// OOM) is `Unavailable`, to be retried; anything else (a script error, WRONGTYPE, NOPERM, a
+    /// reply of the wrong shape) will fail the same way every time: `Internal`, so that a consumer
+    /// dead-letters the message at once and the api answers 500 instead of "try again".
     fn from(err: redis::RedisError) -> Self {
-        Error::unavailable(format!("redis: {err}"))
+        if redis_error_is_transient(&err) {
+            Error::unavailable(format!("redis: {err}"))
+        } else {
+            Error::internal(format!("redis: {err}"))
+        }
     }
+}
+
+/// Whether the same Redis call may succeed later (see `From<RedisError>`): redis-rs's own retry
+/// advice, plus the server's BUSY (a long script) and OOM (memory may be freed).
+fn redis_error_is_transient(err: &redis::RedisError) -> bool {
+    if matches!(err.code(), Some("BUSY" | "OOM")) {
+        return true;
+    }
+    !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 impl From<lapin::Error> for Error {
@@ -157,6 +174,16 @@ mod tests {
         assert!(!ErrorCode::InvalidInput.is_retryable());
         assert!(!ErrorCode::Internal.is_retryable());
         assert_eq!(ErrorCode::NotFound.http_status(), 404);
+    }
+
+    #[test]
+    fn redis_errors_are_retried_only_when_they_may_clear() {
+        use redis::{ErrorKind, RedisError};
+        let io = |kind| RedisError::from(std::io::Error::new(kind, "link"));
+        assert!(Error::from(io(std::io::ErrorKind::ConnectionReset)).is_retryable());
+        assert!(Error::from(io(std::io::ErrorKind::TimedOut)).is_retryable());
+        let wrong_shape = RedisError::from((ErrorKind::UnexpectedReturnType, "not an integer"));
+        assert_eq!(Error::from(wrong_shape).code, ErrorCode::Internal);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod pricing;
 pub mod quotas;
 pub mod schedule;
 pub mod store;
+pub mod supervise;
 pub mod task_instances;
 pub mod telemetry;
 pub mod timer;

@@ -160,6 +160,11 @@ impl BcryptGate {
 }
 
 impl Caller {
+    /// Whether the caller presented an admin key.
+    pub fn is_admin(&self) -> bool {
+        self.0.admin
+    }
+
     /// Whether this caller may see and touch what belongs to `account`.
     pub fn owns(&self, account: &str) -> bool {
         self.0.admin || self.0.account == account

@@ -29,10 +29,16 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let err = &self.0;
+        let mut error_id = None;
         let message = match err.code {
             ErrorCode::Internal => {
-                tracing::error!(error = %err, "internal error");
-                "internal error".to_string()
+                // An error that will not clear by trying again: the caller gets an id to quote, the
+                // log has the details under the same id.
+                let id = spot_shared::ids::new_id();
+                tracing::error!(error = %err, error_id = %id, "internal error");
+                let message = format!("internal error (error id {id}); trying again will not help");
+                error_id = Some(id);
+                message
             }
             ErrorCode::Unavailable => {
                 tracing::warn!(error = %err, "dependency unavailable");
@@ -55,7 +61,7 @@ impl ResponseError for ApiError {
         if err.code == ErrorCode::TooManyRequests {
             response.insert_header((actix_web::http::header::RETRY_AFTER, "60"));
         }
-        response.json(json!({
+        let mut body = json!({
             "status": "error",
             "error": err.code.as_str(),
             "message": match &err.field {
@@ -63,7 +69,11 @@ impl ResponseError for ApiError {
                 None => message,
             },
             "field": err.field,
-        }))
+        });
+        if let Some(id) = error_id {
+            body["error_id"] = json!(id);
+        }
+        response.json(body)
     }
 }
 

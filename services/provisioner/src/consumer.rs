@@ -3,11 +3,14 @@
 //! by the error's code. Beside it run the timer pump and the reconciler, each on a task of its own so
 //! that neither holds up the other or the consumer.
 
+use std::future::Future;
 use std::time::Duration;
 
 use lapin::message::Delivery;
 use spot_shared::broker::{decode, serve, settle};
 use spot_shared::messages::FireDelivery;
+use spot_shared::supervise::supervise;
+use tokio::task::JoinHandle;
 
 use crate::Provisioner;
 
@@ -29,26 +32,22 @@ impl Provisioner {
             self.broker
                 .subscribe(&queue, self.settings.provisioner.prefetch, "provisioner");
         tracing::info!(queue, "provisioner starting");
-        let leases = {
-            let this = self.clone();
-            tokio::spawn(async move { this.hold_shards_forever().await })
-        };
-        let pump = {
-            let this = self.clone();
-            tokio::spawn(async move { this.pump_forever().await })
-        };
-        let reconciler = {
-            let this = self.clone();
-            tokio::spawn(async move { this.reconcile_forever().await })
-        };
-        let rearmer = {
-            let this = self.clone();
-            tokio::spawn(async move { this.rearm_after_link_loss().await })
-        };
-        let topology_watch = {
-            let this = self.clone();
-            tokio::spawn(async move { this.watch_topology().await })
-        };
+        let leases = self.supervised("shard_leases", |this| async move {
+            this.hold_shards_forever().await
+        });
+        let pump = self.supervised(
+            "timer_pump",
+            |this| async move { this.pump_forever().await },
+        );
+        let reconciler = self.supervised("reconciler", |this| async move {
+            this.reconcile_forever().await
+        });
+        let rearmer = self.supervised("rearm_after_link_loss", |this| async move {
+            this.rearm_after_link_loss().await
+        });
+        let topology_watch = self.supervised("topology_watch", |this| async move {
+            this.watch_topology().await
+        });
         let grace = Duration::from_secs(self.settings.provisioner.shutdown_grace_secs);
         let this = self.clone();
         serve(&mut fires, shutdown, grace, move |delivery| {
@@ -64,6 +63,16 @@ impl Provisioner {
         topology_watch.abort();
         self.broker.close().await;
         Ok(())
+    }
+
+    /// Runs the loop `body` makes of this provisioner under [`supervise`]: one that panics or ends is
+    /// counted and started again.
+    fn supervised<Fut>(&self, name: &'static str, body: fn(Provisioner) -> Fut) -> JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let this = self.clone();
+        supervise(name, Some(self.store.clone()), move || body(this.clone()))
     }
 
     /// Reconciles every period (one provisioner per period, by lease) until dropped.

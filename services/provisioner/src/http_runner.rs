@@ -203,7 +203,7 @@ impl Provisioner {
         task_id: &str,
         timeout: Duration,
     ) -> Result<()> {
-        let (end, meta) = match self.call(action_url, outbound, task_id, timeout).await {
+        let (end, meta) = match self.call(run, action_url, outbound, task_id, timeout).await {
             Ok((200, body)) => (RunState::Succeeded, format!("[200] {body}")),
             Ok((status, body)) => (RunState::Failed, format!("[{status}] {body}")),
             Err(CallFailure::TimedOut) => (RunState::TimedOut, "timeout".to_string()),
@@ -222,7 +222,7 @@ impl Provisioner {
         if let Some(callback) = &spec.callback_url {
             let outbound = &self.settings.outbound;
             let status = match self
-                .call(callback, outbound, task_id, CALLBACK_TIMEOUT)
+                .call(run, callback, outbound, task_id, CALLBACK_TIMEOUT)
                 .await
             {
                 Ok((200, _)) => "complete".to_string(),
@@ -235,12 +235,13 @@ impl Provisioner {
         Ok(())
     }
 
-    /// GETs `url` with `hrm_task_id` added, if the outbound policy allows its target: the name is
+    /// GETs `url` with `hrm_task_id` added and the run's identity in `X-Spot-*` headers, if the outbound policy allows its target: the name is
     /// resolved once, checked, and the request connects to the checked addresses only (redirects are
     /// not followed). Reads at most the [`KEPT_BODY`] bytes it keeps. A failure to connect is told
     /// without saying what (a refusal, a reset): that would map what listens where.
     async fn call(
         &self,
+        run: &Run,
         url: &str,
         outbound: &OutboundSettings,
         task_id: &str,
@@ -267,7 +268,11 @@ impl Provisioner {
                 CallFailure::Other("could not reach the URL".to_string())
             }
         };
-        let mut response = client.get(url).send().await.map_err(failed)?;
+        let mut request = client.get(url);
+        for (name, value) in run.identity_headers() {
+            request = request.header(name, value);
+        }
+        let mut response = request.send().await.map_err(failed)?;
         let status = response.status().as_u16();
         let mut body = Vec::new();
         while body.len() < KEPT_BODY {

@@ -16,9 +16,10 @@
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 
+use super::quarantine::JobRecord;
 use super::timers::{unarmed_member, UNARMED};
 use super::Store;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::is_id;
 use crate::model::Job;
 
@@ -199,10 +200,23 @@ impl Store {
         self.replicated_with_account(&job.id).await
     }
 
-    /// A job with its next fire time, or `None`.
+    /// A job with its next fire time, or `None`; a record that cannot be read back is an
+    /// internal error (see [`Store::read_job`] to tell it apart).
     pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        match self.read_job(id).await? {
+            JobRecord::Found(job) => Ok(Some(*job)),
+            JobRecord::Missing => Ok(None),
+            JobRecord::Unreadable(why) => Err(Error::internal(format!(
+                "stored job {id} cannot be read: {why}"
+            ))),
+        }
+    }
+
+    /// A job with its next fire time: found, missing, or stored but unreadable (and why), which the
+    /// provisioner quarantines ([`super::quarantine`]) rather than failing on it for ever.
+    pub async fn read_job(&self, id: &str) -> Result<JobRecord> {
         if !is_id(id) {
-            return Ok(None);
+            return Ok(JobRecord::Missing);
         }
         let mut conn = self.conn.clone();
         let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
@@ -210,10 +224,16 @@ impl Store {
             .zscore(self.owned_key(id, "timers"), id)
             .query_async(&mut conn)
             .await?;
-        let Some(raw) = raw else { return Ok(None) };
-        let mut job: Job = serde_json::from_str(&raw)?;
-        job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
-        Ok(Some(job))
+        let Some(raw) = raw else {
+            return Ok(JobRecord::Missing);
+        };
+        Ok(match serde_json::from_str::<Job>(&raw) {
+            Ok(mut job) => {
+                job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+                JobRecord::Found(Box::new(job))
+            }
+            Err(err) => JobRecord::Unreadable(err.to_string()),
+        })
     }
 
     /// Several jobs at once (one `MGET` per shard they are in, the shards at once), in the order asked, without their

@@ -32,7 +32,13 @@ pub async fn spec(
         instance_id: run.instance_id.clone(),
         image: container.image.clone(),
         argv: container.argv(),
-        env: container.env.clone(),
+        // The run's identity last: a user's variable of the same name cannot hide it.
+        env: container
+            .env
+            .iter()
+            .cloned()
+            .chain(run.identity_env())
+            .collect(),
         timeout_secs: job.policies.timeout_secs,
         files: container.files.clone(),
         limits: container.limits.applied(&state.settings.container_limits),

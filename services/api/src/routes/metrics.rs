@@ -9,6 +9,7 @@ use std::fmt::Write;
 use actix_web::HttpResponse;
 
 use spot_shared::store::LatenessHistogram;
+use spot_shared::supervise::RESTART_EVENT_PREFIX;
 
 use crate::state::AppState;
 
@@ -56,6 +57,17 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
         }
         Err(err) => tracing::warn!(error = %err, "metrics: cannot count instances"),
     }
+    match state.store.quarantined_jobs().await {
+        Ok(jobs) => {
+            let _ = writeln!(
+                out,
+                "# HELP spot_scheduler_jobs_quarantined Jobs set aside because their stored record cannot be read (GET /v1/quarantine)."
+            );
+            let _ = writeln!(out, "# TYPE spot_scheduler_jobs_quarantined gauge");
+            let _ = writeln!(out, "spot_scheduler_jobs_quarantined {}", jobs.len());
+        }
+        Err(err) => tracing::warn!(error = %err, "metrics: cannot count quarantined jobs"),
+    }
     match state.store.event_counts().await {
         Ok(events) => {
             let _ = writeln!(
@@ -63,10 +75,25 @@ pub async fn exposition(state: &AppState) -> HttpResponse {
                 "# HELP spot_scheduler_events_total Domain events, by kind."
             );
             let _ = writeln!(out, "# TYPE spot_scheduler_events_total counter");
+            let (restarts, events): (Vec<_>, Vec<_>) = events
+                .into_iter()
+                .partition(|(event, _)| event.starts_with(RESTART_EVENT_PREFIX));
             for (event, count) in events {
                 let _ = writeln!(
                     out,
                     "spot_scheduler_events_total{{event=\"{event}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP spot_scheduler_loop_restarts_total Background loops (pump, reconciler, sweeps, leases) that died and were started again, by loop."
+            );
+            let _ = writeln!(out, "# TYPE spot_scheduler_loop_restarts_total counter");
+            for (event, count) in restarts {
+                let name = &event[RESTART_EVENT_PREFIX.len()..];
+                let _ = writeln!(
+                    out,
+                    "spot_scheduler_loop_restarts_total{{loop=\"{name}\"}} {count}"
                 );
             }
         }

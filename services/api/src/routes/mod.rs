@@ -12,6 +12,7 @@ pub mod openapi;
 mod operations;
 mod overview;
 mod paging;
+mod quarantine;
 mod resources;
 mod simple;
 mod ui;
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(cronjob::configure)
         .configure(hrm::configure)
         .configure(resources::configure)
+        .configure(quarantine::configure)
         .default_service(web::to(not_found));
 }
 

@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, resources,
-    simple, usage,
+    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, quarantine,
+    resources, simple, usage,
 };
 
 #[derive(OpenApi)]
@@ -41,6 +41,8 @@ use super::{
         agent::heartbeat,
         metrics::metrics,
         overview::overview,
+        quarantine::list,
+        quarantine::release,
         usage::usage,
         document,
         minion::ping,
@@ -66,6 +68,7 @@ use super::{
         hrm::status,
     ),
     components(schemas(
+        spot_shared::store::QuarantinedJob,
         resources::JobRequest,
         resources::RunnerRequest,
         resources::JobView,

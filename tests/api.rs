@@ -1,6 +1,8 @@
 //! The simple API's contract: seed 003's examples, bad input refused with 400 naming the field and
 //! nothing stored, unknown ids 404, keys and run secrets enforced.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -543,4 +545,163 @@ async fn instants_are_bounded_and_one_unreadable_record_never_fails_a_listing() 
         let text = response.text().await.unwrap();
         assert!(text.contains(&good), "{path}: {text}");
     }
+}
+
+/// POSTs `body` to `path` with an `Idempotency-Key`; the status, the `Idempotent-Replayed` header and
+/// the body.
+async fn post_keyed(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    key: &str,
+) -> (u16, bool, String) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .header("Content-Type", content_type)
+        .header("Idempotency-Key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, replayed, response.text().await.unwrap())
+}
+
+/// How many jobs the account holds, over every surface.
+async fn jobs_held(app: &TestApp) -> usize {
+    let reply: Value = app
+        .get("/v1/jobs?limit=1000", ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    reply["jobs"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+/// A client whose answer was lost sends the same request with the same key again: on every surface
+/// that creates a job it gets the first answer, status and body, and no second job is made. The same
+/// key with another body is a 422 naming the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_sent_again_with_its_idempotency_key_answers_the_first_answer() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let at = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let json_type = "application/json";
+    let creates = [
+        (
+            "/v1/jobs",
+            json_type,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}})
+                .to_string(),
+        ),
+        (
+            "/schedule",
+            json_type,
+            json!({"docker_image": "busybox", "schedule": at}).to_string(),
+        ),
+        (
+            "/jobs",
+            json_type,
+            r#"{"executable":"ls -la", "schedule":"4 * * * *", "type": "command"}"#.to_string(),
+        ),
+        (
+            "/tasks",
+            "application/x-www-form-urlencoded",
+            "action_url=http%3A%2F%2F127.0.0.1%3A9%2Fwork".to_string(),
+        ),
+        (
+            "/v1/minion/acme/jobs/space-xy",
+            json_type,
+            json!({"job": {"name": "once", "details": {"runner": "dummyRunner"},
+                "schedule_expression": "* * * ? *", "enabled": true}})
+            .to_string(),
+        ),
+    ];
+    for (n, (path, content_type, body)) in creates.iter().enumerate() {
+        let key = format!("create-{n}");
+        let before = jobs_held(&app).await;
+        let first = post_keyed(&app, path, content_type, body, &key).await;
+        assert!((200..300).contains(&first.0), "{path}: {first:?}");
+        assert!(!first.1, "{path}: the first answer is not a replay");
+        let again = post_keyed(&app, path, content_type, body, &key).await;
+        assert_eq!((again.0, &again.2), (first.0, &first.2), "{path}");
+        assert!(again.1, "{path}: a replay says so");
+        assert_eq!(jobs_held(&app).await, before + 1, "{path}: one job made");
+
+        let other = post_keyed(&app, path, content_type, &format!("{body} "), &key).await;
+        assert_eq!(other.0, 422, "{path}: {other:?}");
+        assert!(other.2.contains("Idempotency-Key"), "{}", other.2);
+        assert_eq!(jobs_held(&app).await, before + 1, "{path}: still one job");
+    }
+    // Without a key, each request is its own.
+    let (path, content_type, body) = &creates[0];
+    for _ in 0..2 {
+        let response = app.post_raw(path, ACCOUNT_KEY, body).await;
+        assert_eq!(response.status(), 201, "{content_type}");
+    }
+    // Keys out of shape are refused, naming the header, and make nothing.
+    let before = jobs_held(&app).await;
+    let bad = post_keyed(&app, path, content_type, body, &"k".repeat(300)).await;
+    assert_eq!(bad.0, 400, "{bad:?}");
+    assert!(bad.2.contains("Idempotency-Key"), "{}", bad.2);
+    assert_eq!(jobs_held(&app).await, before);
+}
+
+/// The api dies after making the job and before keeping its answer; the retry comes after the key's
+/// lease: the request runs again, and the create finds the job it made by the id derived from the
+/// key. A retry while the first request is still in flight gets 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_was_never_kept_still_makes_one_job() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let body =
+        json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}).to_string();
+    let first = post_keyed(&app, "/v1/jobs", "application/json", &body, "lost-1").await;
+    assert_eq!(first.0, 201, "{first:?}");
+    let made: Value = serde_json::from_str(&first.2).unwrap();
+
+    // What a crash leaves: the job, and no answer kept (the lease ran out).
+    let mut redis = redis::Client::open(env.settings.redis.url.expose_secret())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let kept: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{}*idem:*", env.settings.redis.key_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let () = redis::cmd("DEL")
+        .arg(&kept)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let request = spot_shared::store::IdempotentRequest::new(
+        "acme",
+        "lost-1",
+        "POST",
+        "/v1/jobs",
+        "",
+        body.as_bytes(),
+    );
+    let held = store
+        .begin_idempotent(&request, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held, spot_shared::store::Begun::New);
+    let in_flight = post_keyed(&app, "/v1/jobs", "application/json", &body, "lost-1").await;
+    assert_eq!(in_flight.0, 409, "{in_flight:?}");
+    store.abandon_idempotent(&request).await.unwrap();
+
+    let again = post_keyed(&app, "/v1/jobs", "application/json", &body, "lost-1").await;
+    assert_eq!(again.0, 201, "{again:?}");
+    let answered: Value = serde_json::from_str(&again.2).unwrap();
+    assert_eq!(answered["id"], made["id"], "the same job");
+    assert_eq!(jobs_held(&app).await, 1);
 }

@@ -9,6 +9,26 @@ pub fn new_id() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
+/// A 32-character alphanumeric id derived from `parts` (SHA-256, read as base 62): the same parts
+/// always give the same id, so that a create retried under an idempotency key names the job it made
+/// the first time instead of making a second.
+pub fn derived_id(parts: &[&str]) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    // Each digit from two of the digest's bytes (about 190 bits in all: collisions are not a worry).
+    (0..32)
+        .map(|i| {
+            let pair = u16::from_be_bytes([digest[i], digest[(i + 16) % 32]]);
+            ALPHABET[pair as usize % ALPHABET.len()] as char
+        })
+        .collect()
+}
+
 /// Whether `text` can be an id of a job, run or instance: 1 to 128 of `A-Z a-z 0-9 - _`. What a
 /// request names in a path is checked against this before it reaches a key, so an id like `x:runs`
 /// finds nothing (404) instead of another record's key.
@@ -42,6 +62,15 @@ pub fn secret_matches(presented: &str, stored_hash: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_are_ids_stable_and_tell_their_parts_apart() {
+        let id = derived_id(&["acme", "key-1"]);
+        assert!(is_id(&id) && id.len() == 32, "{id}");
+        assert_eq!(id, derived_id(&["acme", "key-1"]));
+        assert_ne!(id, derived_id(&["acme", "key-2"]));
+        assert_ne!(derived_id(&["ac", "mekey"]), derived_id(&["acme", "key"]));
+    }
 
     #[test]
     fn ids_are_32_alphanumerics_and_distinct() {

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod follow;
+pub mod idempotency;
 pub mod jobs;
 pub mod routes;
 pub mod startup;

@@ -47,6 +47,9 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(max_body))
+                .wrap(actix_web::middleware::from_fn(
+                    crate::idempotency::idempotency,
+                ))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthcheck"))
                 .configure(routes::configure)
         })

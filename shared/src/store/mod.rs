@@ -12,7 +12,9 @@
 //! - the shards a job's keys (record, timers, runs) are split over, in [`shards`]: those keys are
 //!   under their shard's prefix, the rest under `p`;
 //! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`];
-//! - what terminated instances cost, summed per day, month, account and market, in [`costs`].
+//! - what terminated instances cost, summed per day, month, account and market, in [`costs`];
+//! - jobs set aside because their record cannot be read, in [`quarantine`]: `p:quarantine`;
+//! - the first answers to requests with an `Idempotency-Key`, in [`idempotency`]: `p:idem:*`.
 //!
 //! The connection (a single Redis or a cluster) and the `WAIT` after acknowledged writes are in
 //! [`connection`]. This file holds the handle and the compare-and-set every state change goes
@@ -33,24 +35,28 @@ use crate::model::{InstanceState, RunState};
 mod connection;
 mod costs;
 mod delayed;
+mod idempotency;
 mod index_entries;
 mod instances;
 mod jobs;
 mod lateness;
 mod leases;
 mod light_fire;
+mod quarantine;
 mod quota_counts;
 mod runs;
 mod shards;
 mod timers;
 use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};
-pub use delayed::{is_delayed, ReconcileReport, StuckRun};
+pub use delayed::{is_delayed, ReconcileReport, Relaunch, StuckRun};
+pub use idempotency::{Begun, IdempotentRequest, SavedAnswer};
 pub use index_entries::SettledEntries;
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
+pub use quarantine::{JobRecord, QuarantinedJob};
 pub use quota_counts::SlotKind;
-pub use runs::{CancelledRun, FireRecord, RecordedFire};
+pub use runs::{CancelledRun, FireRecord, FireStep, RecordedFire};
 pub use shards::{Shards, MAX_SHARDS};
 pub use timers::UnarmedTimer;
 

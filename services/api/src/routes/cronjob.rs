@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::jobs::{self, JobSpec};
 use crate::routes::paging::{ok_paged, PageQuery};
 use crate::routes::{parse_json, Query};
@@ -64,6 +65,7 @@ pub(super) struct CreateRequest {
 pub(super) async fn create(
     caller: Caller,
     state: web::Data<AppState>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let request: CreateRequest = parse_json(&body)?;
@@ -113,7 +115,8 @@ pub(super) async fn create(
             ..ContainerSpec::default()
         }),
     );
-    let job = jobs::create(&state, &caller.0.account, spec).await?;
+    let id = key.job_id(&caller.0.account, "/jobs");
+    let job = jobs::create(&state, &caller.0.account, spec, id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &job).await?))
 }
 

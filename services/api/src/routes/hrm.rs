@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::jobs::{self, fill_placeholders, JobSpec};
 use crate::routes::paging::{ok_paged, PageQuery};
 use crate::routes::Query;
@@ -92,9 +93,10 @@ pub(super) async fn create_with_ignored_id(
     req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    create(req, caller, state, body).await
+    create(req, caller, state, key, body).await
 }
 
 #[utoipa::path(post, path = "/tasks", tag = "hrm", summary = "Create an HTTP task that runs at once (seed 001)", security(("api_key" = [])), request_body(content((TaskForm = "application/x-www-form-urlencoded"), (TaskForm = "application/json"))), responses((status = 200, description = "The bare id"), (status = 400, description = "`{\"errors\": {field: reason}}`"), (status = 403)))]
@@ -102,6 +104,7 @@ pub(super) async fn create(
     req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let Some(params) = params(&req, &body) else {
@@ -169,7 +172,14 @@ pub(super) async fn create(
             }),
         )
     };
-    let job = match jobs::create(&state, &caller.0.account, spec).await {
+    let job = match jobs::create(
+        &state,
+        &caller.0.account,
+        spec,
+        key.job_id(&caller.0.account, "/tasks"),
+    )
+    .await
+    {
         Ok(job) => job,
         Err(err) if err.code == spot_shared::ErrorCode::InvalidInput => {
             let field = err.field.as_deref().unwrap_or("body");

@@ -174,7 +174,7 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
         }),
     );
     spec.validate("payload.")?;
-    let job = jobs::create(state, account, spec).await?;
+    let job = jobs::create(state, account, spec, None).await?;
     // Two racing schedules of the same key: the first name wins and the loser's job is removed.
     if let Some(existing) = state
         .store

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::jobs::{self, JobSpec};
 use crate::routes::paging::Window;
 use crate::routes::{parse_json, Query};
@@ -199,10 +200,12 @@ fn account_for(caller: &Caller, requested: Option<&str>) -> Result<String, Error
 pub async fn create_job(
     caller: Caller,
     state: web::Data<AppState>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let request: JobRequest = parse_json(&body)?;
-    let job = jobs::create(&state, &caller.0.account, request.into()).await?;
+    let id = key.job_id(&caller.0.account, "/v1/jobs");
+    let job = jobs::create(&state, &caller.0.account, request.into(), id).await?;
     Ok(HttpResponse::Created().json(view(&job)))
 }
 

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::idempotency::IdempotencyKey;
 use crate::jobs::{self, JobSpec};
 use crate::routes::paging::{ok_paged, PageQuery};
 use crate::routes::{parse_json, Query};
@@ -49,6 +50,7 @@ pub struct ScheduleRequest {
 pub async fn schedule(
     caller: Caller,
     state: web::Data<AppState>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let request: ScheduleRequest = parse_json(&body)?;
@@ -92,7 +94,13 @@ pub async fn schedule(
             ..Policies::default()
         },
     };
-    let job = jobs::create(&state, &caller.0.account, spec).await?;
+    let job = jobs::create(
+        &state,
+        &caller.0.account,
+        spec,
+        key.job_id(&caller.0.account, "/schedule"),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "scheduled",
         "message": "job successfully scheduled",

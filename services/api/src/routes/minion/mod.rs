@@ -17,6 +17,7 @@ use spot_shared::model::{DummySpec, InstanceSpec, Job, Runner};
 use spot_shared::{Error, ErrorCode};
 
 use crate::auth::AUTH_HEADER;
+use crate::idempotency::IdempotencyKey;
 use crate::jobs;
 use crate::routes::paging::{ok_paged, PageQuery, Window};
 use crate::state::AppState;
@@ -209,6 +210,7 @@ pub(super) async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    key: IdempotencyKey,
     body: web::Bytes,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
@@ -220,7 +222,8 @@ pub(super) async fn create(
         Ok(spec) => spec,
         Err(response) => return response,
     };
-    match jobs::create(&state, &account, spec).await {
+    let id = key.job_id(&account, &format!("/v1/minion/jobs/{group}"));
+    match jobs::create(&state, &account, spec, id).await {
         Ok(job) => HttpResponse::Ok().json(job_response(&state, &job, None)),
         Err(err) => from_error(err),
     }

@@ -9,6 +9,7 @@ use chrono::Utc;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use spot_shared::broker::serve;
 use spot_shared::model::Policies;
@@ -476,4 +477,188 @@ async fn compatibility_listings_are_paged_in_headers() {
     assert_eq!(entries(&rest.json().await.unwrap()), 1);
     let all = list(Value::Null).await;
     assert_eq!(entries(&all.json().await.unwrap()), 3);
+}
+
+/// Overwrites the stored record of job `id` with `raw`, past the api (a bug, or a hand in Redis).
+async fn overwrite_job_record(env: &TestEnv, id: &str, raw: &str) {
+    let client = redis::Client::open(env.settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{}*:job:{id}", env.settings.redis.key_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(raw)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Poison is isolated, not retried for ever: a job whose stored record cannot be read is set aside
+/// with the reason, by the reconciler (a record that is not JSON at all) and by the provisioner (one
+/// whose head reads but whose body does not), and is never fired or re-armed again until an admin
+/// releases it once its record reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_record_cannot_be_read_is_quarantined_until_released() {
+    let mut env = TestEnv::new();
+    env.settings.auth.admin_keys = vec![secrecy::SecretString::from("test-admin-key")];
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let body = json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}});
+    let garbage = app.create_job(ACCOUNT_KEY, body.clone()).await;
+    let truncated = app.create_job(ACCOUNT_KEY, body).await;
+    let kept = store.get_job(&truncated).await.unwrap().unwrap();
+    // Both due now, so that the reconciler hands them over.
+    let due = Utc::now() - chrono::Duration::seconds(60);
+    for id in [&garbage, &truncated] {
+        let mut job = store.get_job(id).await.unwrap().unwrap();
+        job.next_fire_at = Some(due);
+        store.save_job(&job).await.unwrap();
+    }
+    overwrite_job_record(&env, &garbage, "not json at all").await;
+    overwrite_job_record(
+        &env,
+        &truncated,
+        r#"{"enabled":true,"generation":1,"schedule":"#,
+    )
+    .await;
+
+    let mut settings = env.settings.clone();
+    settings.provisioner.reconcile_grace_secs = 0;
+    let provisioner = spot_provisioner::Provisioner::build(settings)
+        .await
+        .unwrap();
+    let report = provisioner.reconcile_once().await.unwrap();
+    assert_eq!(report.quarantined, 1, "{report:?}");
+    // The other's head reads: it is handed over, and its fire finds it unreadable.
+    let fire = spot_shared::messages::FireMessage::scheduled(&truncated, 1, due);
+    assert_eq!(
+        provisioner.handle_fire(&fire).await.unwrap(),
+        spot_provisioner::FireOutcome::Quarantined
+    );
+    // Set aside: the next pass finds nothing of them.
+    let again = provisioner.reconcile_once().await.unwrap();
+    assert_eq!((again.scheduled, again.quarantined), (0, 0), "{again:?}");
+
+    let listed = app.get("/v1/quarantine", "test-admin-key").await;
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert!(ids.contains(&garbage.as_str()) && ids.contains(&truncated.as_str()));
+    assert!(listed["jobs"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be read"));
+    assert_eq!(app.get("/v1/quarantine", ACCOUNT_KEY).await.status(), 403);
+    let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
+    assert!(
+        metrics.contains("spot_scheduler_jobs_quarantined 2"),
+        "{metrics}"
+    );
+
+    // Still unreadable: not released.
+    let path = format!("/v1/quarantine/{truncated}/release");
+    let refused = app.post_raw(&path, "test-admin-key", "").await;
+    assert_eq!(refused.status(), 409);
+    // Mended, then released: on its schedule again.
+    store.save_job(&kept).await.unwrap();
+    let released = app.post_raw(&path, "test-admin-key", "").await;
+    assert_eq!(released.status(), 200);
+    let due = store
+        .due_timers(Utc::now() + chrono::Duration::days(1), 100)
+        .await
+        .unwrap();
+    assert!(due.iter().any(|(id, _)| id == &truncated), "{due:?}");
+    assert!(!due.iter().any(|(id, _)| id == &garbage), "{due:?}");
+}
+
+/// A Redis error that will not clear by trying again (here WRONGTYPE: a key of the wrong type) is a
+/// 500 with an error id to quote, not a 503 telling the client to try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_redis_error_is_a_500_with_an_error_id() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let client = redis::Client::open(env.settings.redis.url.expose_secret()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{}*:job:{id}", env.settings.redis.key_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let runs_key = format!("{}:runs", keys[0]);
+    let () = redis::cmd("SET")
+        .arg(&runs_key)
+        .arg("a string where a sorted set belongs")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let response = app.get(&format!("/v1/jobs/{id}/runs"), ACCOUNT_KEY).await;
+    assert_eq!(response.status(), 500);
+    assert!(response.headers().get("retry-after").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "internal");
+    assert!(
+        body["error_id"].as_str().is_some_and(|id| id.len() == 32),
+        "{body}"
+    );
+}
+
+/// With the local provider and no `[ec2]` endpoint, a job that needs an existing instance is refused
+/// at the door naming the field (no EC2 call is made, no credential chain is searched), on the
+/// resource API and on HRM's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_runners_without_ec2_are_refused_naming_the_field() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let response = app
+        .post_raw(
+            "/v1/jobs",
+            ACCOUNT_KEY,
+            &json!({"schedule": "@hourly",
+                "runner": {"type": "instance", "instance_id": "i-0123456789abcdef0", "action": "start"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["field"], "runner.instance_id", "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("no EC2 is configured"));
+
+    let form = "action_url=http%3A%2F%2F127.0.0.1%3A9%2Fx&instance_id=i-0123456789abcdef0\
+        &access_key_id=AKIA&access_key_secret=s";
+    let response = app
+        .client
+        .post(app.url("/tasks"))
+        .header("X-Auth-Token", ACCOUNT_KEY)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["errors"]["instance_id"]
+            .as_str()
+            .is_some_and(|why| why.contains("no EC2 is configured")),
+        "{body}"
+    );
 }

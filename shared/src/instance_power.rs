@@ -46,7 +46,14 @@ pub struct InstanceInfo {
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
     settings: Ec2Settings,
+    /// False on a deployment with the local provider and no `[ec2]` endpoint: every call is
+    /// refused as bad input, and the SDK never looks for credentials (no metadata request).
+    configured: bool,
 }
+
+/// What a call answers on a deployment with no EC2 configured.
+pub const NO_EC2: &str =
+    "no EC2 is configured (the local provider, and no [ec2] endpoint_url): instances cannot be used";
 
 /// Maps an SDK error: throttling, 5xx and transport failures may pass (retryable); the rest not.
 pub fn sdk_error<E, R>(what: &str, err: aws_sdk_ec2::error::SdkError<E, R>) -> Error
@@ -88,6 +95,46 @@ pub fn non_empty(value: Option<&str>) -> Option<String> {
 }
 
 impl Ec2 {
+    /// The deployment's EC2: configured when the cloud provider is `ec2` or `[ec2]` names an
+    /// endpoint; otherwise [`Ec2::unconfigured`], which touches no credential chain.
+    pub async fn for_deployment(settings: &crate::config::Settings) -> Ec2 {
+        let wanted = settings.cloud.provider == crate::config::ProviderKind::Ec2
+            || !settings.ec2.endpoint_url.is_empty();
+        if wanted {
+            Ec2::from_settings(&settings.ec2).await
+        } else {
+            Ec2::unconfigured(&settings.ec2)
+        }
+    }
+
+    /// An EC2 that refuses every call ([`NO_EC2`]): its client has no credentials provider, so
+    /// nothing goes looking for credentials (environment, profile, the metadata address).
+    pub fn unconfigured(settings: &Ec2Settings) -> Ec2 {
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new(settings.region.clone()))
+            .build();
+        Ec2 {
+            client: aws_sdk_ec2::Client::from_conf(config),
+            settings: settings.clone(),
+            configured: false,
+        }
+    }
+
+    /// Whether instances can be used at all (see [`Ec2::for_deployment`]).
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
+
+    fn check_configured(&self) -> Result<()> {
+        if self.configured {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorCode::InvalidInput, NO_EC2))
+        }
+    }
+
+    /// An EC2 with the standard AWS configuration chain and the `[ec2]` settings.
     pub async fn from_settings(settings: &Ec2Settings) -> Ec2 {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
@@ -102,6 +149,7 @@ impl Ec2 {
         Ec2 {
             client: aws_sdk_ec2::Client::new(&config),
             settings: settings.clone(),
+            configured: true,
         }
     }
 
@@ -110,6 +158,7 @@ impl Ec2 {
     }
 
     pub async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>> {
+        self.check_configured()?;
         let output = self
             .client
             .describe_instances()

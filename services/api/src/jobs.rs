@@ -121,6 +121,23 @@ fn check_name(value: &str, field: &str) -> Result<()> {
 /// IP, or a name resolving to one). The provisioner checks again at call time, on the addresses it
 /// connects to: a name may resolve differently then, and one that does not resolve yet is left to it.
 /// URLs naming the task's instance (`{dns_name}`) are checked when the instance is known.
+/// Refuses a runner that needs an existing instance on a deployment with no EC2 configured, naming
+/// the field, rather than failing every run of it later.
+fn check_instances_usable(state: &AppState, runner: &Runner) -> Result<()> {
+    let needs_instance = match runner {
+        Runner::Instance(_) => true,
+        Runner::Http(spec) => spec.instance_id.is_some(),
+        _ => false,
+    };
+    if needs_instance && !state.ec2.is_configured() {
+        return Err(Error::invalid(
+            "runner.instance_id",
+            spot_shared::instance_power::NO_EC2,
+        ));
+    }
+    Ok(())
+}
+
 async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()> {
     let Runner::Http(spec) = runner else {
         return Ok(());
@@ -201,6 +218,7 @@ pub async fn create(
         }
     }
     check_outbound_targets(state, &spec.runner).await?;
+    check_instances_usable(state, &spec.runner)?;
     let now = Utc::now();
     let mut job = Job {
         id: id.unwrap_or_else(ids::new_id),
@@ -237,6 +255,7 @@ pub async fn create(
 pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
     check_outbound_targets(state, &spec.runner).await?;
+    check_instances_usable(state, &spec.runner)?;
     let now = Utc::now();
     let mut job = Job {
         group: spec.group,

@@ -31,7 +31,7 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.api.host, settings.api.port))?;
         let port = listener.local_addr()?.port();
         let max_body = settings.api.max_body_bytes;
-        let ec2 = spot_shared::instance_power::Ec2::from_settings(&settings.ec2).await;
+        let ec2 = spot_shared::instance_power::Ec2::for_deployment(&settings).await;
         let state = web::Data::new(AppState {
             store,
             ec2,

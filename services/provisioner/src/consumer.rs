@@ -136,14 +136,14 @@ impl Provisioner {
     /// Processes one delivery (a fire or a batch of them): handle it, then ack, requeue (retryable)
     /// or dead-letter (malformed, bug).
     pub async fn process_delivery(&self, delivery: Delivery) {
-        match decode::<FireDelivery>(&delivery) {
-            Ok(FireDelivery::One(fire)) => {
-                settle(&delivery, self.handle_fire(&fire).await, "fire").await
-            }
+        let queue = self.broker.topology().fires_queue();
+        let (outcome, what) = match decode::<FireDelivery>(&delivery) {
+            Ok(FireDelivery::One(fire)) => (self.handle_fire(&fire).await.map(|_| ()), "fire"),
             Ok(FireDelivery::Batch(batch)) => {
-                settle(&delivery, self.handle_batch(&batch).await, "fire batch").await
+                (self.handle_batch(&batch).await.map(|_| ()), "fire batch")
             }
-            Err(err) => settle::<()>(&delivery, Err(err), "fire").await,
-        }
+            Err(err) => (Err(err), "fire"),
+        };
+        settle(&self.broker, &queue, &delivery, outcome, what).await
     }
 }

@@ -86,7 +86,7 @@ impl Provisioner {
         let cloud = Cloud::from_settings(&settings)
             .await
             .context("setting up the cloud provider")?;
-        let ec2 = Ec2::from_settings(&settings.ec2).await;
+        let ec2 = Ec2::for_deployment(&settings).await;
         Ok(Provisioner {
             store,
             broker: Arc::new(broker),

@@ -64,7 +64,7 @@ impl Reaper {
         let cloud = Cloud::from_settings(&settings)
             .await
             .context("setting up the cloud provider")?;
-        let ec2 = Ec2::from_settings(&settings.ec2).await;
+        let ec2 = Ec2::for_deployment(&settings).await;
         Ok(Reaper {
             store,
             broker: Arc::new(broker),
@@ -442,7 +442,8 @@ impl Reaper {
             Ok(request) => self.handle_terminate(&request).await,
             Err(err) => Err(err),
         };
-        settle(&delivery, outcome, "terminate").await;
+        let queue = self.broker.topology().terminate_queue();
+        settle(&self.broker, &queue, &delivery, outcome, "terminate").await;
     }
 
     /// Consumes terminate requests and sweeps every period until `shutdown` resolves; requests in

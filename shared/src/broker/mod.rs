@@ -501,9 +501,17 @@ pub fn timer_properties(label: &FireLabel, units: u64) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// Settles a delivery by what handling it gave: ack on success; requeue after a pause when the error
-/// is retryable (a dependency is down); dead-letter otherwise (malformed or a bug: retrying won't help).
-pub async fn settle<T: std::fmt::Debug>(delivery: &Delivery, outcome: Result<T>, what: &str) {
+/// Settles a delivery taken from `queue` by what handling it gave: ack on success; requeue after a
+/// pause when the error is transient (a dependency is down); otherwise (malformed, a bug, a Redis
+/// error that will not clear: retrying won't help) dead-letter it at once with the reason in
+/// `x-spot-error`, so that poison is set aside and seen instead of retried for ever.
+pub async fn settle<T: std::fmt::Debug>(
+    broker: &Broker,
+    queue: &str,
+    delivery: &Delivery,
+    outcome: Result<T>,
+    what: &str,
+) {
     match outcome {
         Ok(value) => {
             tracing::debug!(what, ?value, "message handled");
@@ -523,7 +531,16 @@ pub async fn settle<T: std::fmt::Debug>(delivery: &Delivery, outcome: Result<T>,
         }
         Err(err) => {
             tracing::error!(what, error = %err, "handling failed for good; dead-lettering");
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            let reason = format!("{what}: {err}");
+            match broker.dead_letter(queue, &delivery.data, &reason).await {
+                Ok(()) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(_) => {
+                    // Without the copy, RabbitMQ's own dead-lettering keeps it (without the reason).
+                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                }
+            }
         }
     }
 }

@@ -147,6 +147,9 @@ pub(super) async fn create(
             Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
                 return Ok(errors("instance_id", "forbidden"))
             }
+            Err(err) if err.code == spot_shared::ErrorCode::InvalidInput => {
+                return Ok(errors("instance_id", &err.message))
+            }
             Err(err) => return Err(err.into()),
         }
     }

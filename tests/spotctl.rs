@@ -358,3 +358,90 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
     provisioner.stop().await;
     app.service.stop().await;
 }
+
+/// A proxy in front of the api that passes each request on but swallows the first `lose` answers:
+/// the request did its work, the client never heard. Returns its address.
+async fn answer_losing_proxy(api: &str, lose: usize) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = api.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let lost = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                // One request per connection: read its head and body, forward, answer or not.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|line| {
+                                let (name, value) = line.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).replacen(
+                    "\r\n\r\n",
+                    "\r\nConnection: close\r\n\r\n",
+                    1,
+                );
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                server.write_all(text.as_bytes()).await.unwrap();
+                let mut answer = Vec::new();
+                let _ = server.read_to_end(&mut answer).await;
+                if lost.fetch_add(1, Ordering::SeqCst) < lose {
+                    return; // the answer is dropped with the connection
+                }
+                let _ = client.write_all(&answer).await;
+            });
+        }
+    });
+    address
+}
+
+/// The answer to `spotctl schedule` is lost twice on the way back (the work was done each time):
+/// spotctl sends the request again with the same idempotency key, gets the first answer, and one job
+/// is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_whose_answer_is_lost_is_sent_again_and_makes_one_job() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let proxy = answer_losing_proxy(&app.address, 2).await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let output = tokio::process::Command::new(workspace_binary("spotctl"))
+        .args(["-o", "json", "schedule", "--image", "busybox", "--at", &at])
+        .env("SPOT_API_URL", &proxy)
+        .env("SPOT_API_KEY", ACCOUNT_KEY)
+        .env("XDG_CONFIG_HOME", env.dir())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("sending again").count(),
+        2,
+        "two lost answers: {stderr}"
+    );
+    let jobs: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+}

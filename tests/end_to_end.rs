@@ -56,6 +56,10 @@ async fn run_job_to_the_end(exit_code: i32, expected_status: &str) -> Value {
         serde_json::from_value(run["transitions"]["pending"].clone()).unwrap();
     assert!(fired >= due, "fired at {fired}, due {due}");
 
+    assert_eq!(
+        status["celery"]["job_parent_id"], run["id"],
+        "seed 003's task id"
+    );
     assert_eq!(status["docker"]["container_exit_code"], exit_code);
     assert_eq!(status["docker"]["docker_image"], image);
     let output = status["output"].as_str().unwrap();

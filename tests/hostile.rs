@@ -451,11 +451,21 @@ async fn compatibility_listings_are_paged_in_headers() {
     ] {
         let first = app.get(&format!("{path}?limit=2"), ACCOUNT_KEY).await;
         assert_eq!(first.status(), 200, "{path}");
-        assert_eq!(first.headers()["x-next-offset"], "2", "{path}");
+        // Where the next page starts in the account's index: past the cron jobs /list leaves out.
+        let next = first.headers()["x-next-offset"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if path != "/list" {
+            assert_eq!(next, "2", "{path}");
+        }
         let link = first.headers()["link"].to_str().unwrap().to_string();
-        assert_eq!(link, format!("<{path}?offset=2&limit=2>; rel=\"next\""));
+        assert_eq!(
+            link,
+            format!("<{path}?offset={next}&limit=2>; rel=\"next\"")
+        );
         assert_eq!(entries(&first.json().await.unwrap()), 2, "{path}");
-        let rest = app.get(&format!("{path}?offset=2"), ACCOUNT_KEY).await;
+        let rest = app.get(&format!("{path}?offset={next}"), ACCOUNT_KEY).await;
         assert!(rest.headers().get("x-next-offset").is_none(), "{path}");
         assert!(entries(&rest.json().await.unwrap()) >= 1, "{path}");
         let bad = app.get(&format!("{path}?limit=many"), ACCOUNT_KEY).await;
@@ -471,7 +481,14 @@ async fn compatibility_listings_are_paged_in_headers() {
     };
     let first = list(json!({"limit": 2})).await;
     assert_eq!(first.headers()["x-next-offset"], "2");
+    // The Link leads to a route that answers it: the list as a GET.
+    let link = first.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(link, "</JobScheduler?offset=2&limit=2>; rel=\"next\"");
     assert_eq!(entries(&first.json().await.unwrap()), 2);
+    let followed = app.get("/JobScheduler?offset=2&limit=2", ACCOUNT_KEY).await;
+    assert_eq!(followed.status(), 200);
+    assert!(followed.headers().get("x-next-offset").is_none());
+    assert_eq!(entries(&followed.json().await.unwrap()), 1);
     let rest = list(json!({"limit": 2, "offset": 2})).await;
     assert!(rest.headers().get("x-next-offset").is_none());
     assert_eq!(entries(&rest.json().await.unwrap()), 1);

@@ -483,3 +483,57 @@ async fn a_dummy_job_runs_now_and_on_schedule() {
     }
     provisioner.stop().await;
 }
+
+/// Out of the box, as `scripts/up` configures the stack (one account, `default`, and no `[minion]`
+/// section): the README's minion request, taken from README.md as written, is answered 200.
+#[tokio::test]
+async fn the_readme_minion_request_works_with_the_default_account() {
+    let env = TestEnv::new();
+    let mut settings = env.settings.clone();
+    let out_of_the_box = spot_shared::config::Settings::from_toml(
+        r#"
+        [[auth.accounts]]
+        name = "default"
+        keys = ["the-key-scripts-up-printed"]
+        "#,
+    )
+    .unwrap();
+    settings.auth.accounts = out_of_the_box.auth.accounts;
+    settings.minion = out_of_the_box.minion;
+    let app = spawn_app_with(settings).await;
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let body = readme
+        .lines()
+        .find_map(|line| {
+            let line = line.trim().strip_prefix("--data '")?;
+            line.contains("dummyRunner")
+                .then(|| line.trim_end_matches(['\\', ' ']).trim_end_matches('\''))
+        })
+        .expect("the README's minion example");
+    let url = readme
+        .lines()
+        .find(|line| line.contains("/v1/minion/default/jobs/"))
+        .and_then(|line| line.trim().strip_prefix("http://127.0.0.1:8080"))
+        .expect("the README's minion URL")
+        .trim();
+    let response = app
+        .client
+        .post(app.url(url))
+        .header("X-Auth-Token", "the-key-scripts-up-printed")
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["job"]["name"], "hello", "{answer}");
+    assert_eq!(answer["job"]["group"], "examples", "{answer}");
+    let listed = app
+        .get("/v1/minion/default/jobs", "the-key-scripts-up-printed")
+        .await;
+    assert_eq!(listed.status(), StatusCode::OK);
+}

@@ -432,6 +432,7 @@ function runTimelines(runs) {
       el("div", { class: "timeline-head" },
         el("a", { href: `#/runs/${encodeURIComponent(run.id)}` }, utc(run.scheduled_at)),
         " ", stateBadge(run.state), ` attempt ${run.attempt}`,
+        run.relaunches ? ` · relaunched ${run.relaunches}×` : "",
         run.exit_code !== null && run.exit_code !== undefined ? ` · exit ${run.exit_code}` : "",
         run.error ? el("span", { class: "error" }, ` · ${run.error}`) : ""),
       bar,
@@ -551,6 +552,7 @@ async function runPage(id) {
       ["Attempt", run.attempt],
       ["Exit code", run.exit_code ?? "—"],
       ["Reason", run.error || "—"],
+      ["Relaunches", run.relaunches ? el("ol", {}, (run.relaunch_reasons || []).map((why) => el("li", {}, why))) : "—"],
       ["Container", run.container_id ? el("code", {}, run.container_id.slice(0, 12)) : "—"],
     ]), runTimelines([run]));
     if (run.instance_id) {

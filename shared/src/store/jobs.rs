@@ -309,6 +309,49 @@ impl Store {
         Ok(jobs)
     }
 
+    /// A page of an account's jobs (of one group, if given) that `keep` accepts, newest first: up to
+    /// `limit` of them, read from the index at `offset` on, `scan` entries at most; with the index
+    /// offset the next page starts at, if more may follow. What a listing that shows only some
+    /// jobs pages with (seed 003's, of one-shot jobs).
+    pub async fn list_jobs_matching(
+        &self,
+        account: &str,
+        group: Option<&str>,
+        offset: usize,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&Job) -> bool,
+    ) -> Result<(Vec<Job>, Option<usize>)> {
+        let mut page = Vec::new();
+        let mut position = offset;
+        let end = offset.saturating_add(scan.max(limit + 1));
+        while position < end {
+            let chunk = (end - position).min(500);
+            let ids = self
+                .list_job_ids_from(account, group, position, chunk)
+                .await?;
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            for (i, job) in self.get_jobs(&refs).await?.into_iter().enumerate() {
+                match job {
+                    Some(job) if keep(&job) && page.len() == limit => {
+                        self.fill_next_fires(&mut page).await?;
+                        return Ok((page, Some(position + i)));
+                    }
+                    Some(job) if keep(&job) => page.push(job),
+                    _ => {}
+                }
+            }
+            position += ids.len();
+            if ids.len() < chunk {
+                self.fill_next_fires(&mut page).await?;
+                return Ok((page, None));
+            }
+        }
+        // Scanned as far as allowed: the next page goes on from here.
+        self.fill_next_fires(&mut page).await?;
+        Ok((page, Some(position)))
+    }
+
     /// Sets each job's `next_fire_at` from its timer (one pipeline per shard, the shards at once).
     async fn fill_next_fires(&self, jobs: &mut [Job]) -> Result<()> {
         if jobs.is_empty() {

@@ -29,7 +29,10 @@ pub async fn list(api: &ApiClient, output: Output, job: &str, limit: usize) -> C
             let ended = run_end(run);
             vec![
                 text(&run["id"]),
-                text(&run["attempt"]),
+                match run["relaunches"].as_u64() {
+                    Some(n) if n > 0 => format!("{} (+{n} relaunched)", text(&run["attempt"])),
+                    _ => text(&run["attempt"]),
+                },
                 when(&run["scheduled_at"]),
                 text(&run["state"]),
                 text(&run["exit_code"]),

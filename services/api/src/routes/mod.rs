@@ -45,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(ui::configure)
         .configure(minion::configure)
         .route("/JobScheduler", web::post().to(operations::operation))
+        .route("/JobScheduler", web::get().to(operations::list))
         .configure(cronjob::configure)
         .configure(hrm::configure)
         .configure(resources::configure)

@@ -57,6 +57,7 @@ use super::{
         minion::delete_one,
         minion::run_now,
         operations::operation,
+        operations::list,
         cronjob::create,
         cronjob::list,
         cronjob::show,

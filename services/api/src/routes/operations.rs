@@ -68,19 +68,7 @@ pub async fn operation(
             Ok(HttpResponse::Ok()
                 .json(json!({"status": "OK", "mensagem": "Job agendado com sucesso"})))
         }
-        "list" => {
-            let window = list_window(&request.payload)?;
-            let listed = state
-                .store
-                .list_jobs_from(&account, Some(GROUP), window.offset, window.to_read())
-                .await?;
-            let (listed, next) = window.cut(listed);
-            let mut items = Vec::with_capacity(listed.len());
-            for job in &listed {
-                items.push(item(&state, job).await?);
-            }
-            Ok(ok_paged(&req, window, next).json(items))
-        }
+        "list" => list_page(&req, &state, &account, list_window(&request.payload)?).await,
         "status" => {
             let key = job_key(&request.payload)?;
             match find(&state, &account, &key).await? {
@@ -112,6 +100,36 @@ pub async fn operation(
             "field": "operation",
         }))),
     }
+}
+
+/// One page of the surface's jobs as `list` answers it; `X-Next-Offset` and a `Link` to
+/// [`list`] (`GET /JobScheduler?offset=&limit=`) lead to the next.
+async fn list_page(
+    req: &HttpRequest,
+    state: &AppState,
+    account: &str,
+    window: Window,
+) -> ApiResult<HttpResponse> {
+    let listed = state
+        .store
+        .list_jobs_from(account, Some(GROUP), window.offset, window.to_read())
+        .await?;
+    let (listed, next) = window.cut(listed);
+    let mut items = Vec::with_capacity(listed.len());
+    for job in &listed {
+        items.push(item(state, job).await?);
+    }
+    Ok(ok_paged(req, window, next).json(items))
+}
+
+#[utoipa::path(get, path = "/JobScheduler", tag = "jobscheduler", summary = "The `list` operation as a GET, paged by `?offset=&limit=`: where the `Link` of a `list` answer leads", security(("api_key" = [])), params(PageQuery), responses((status = 200, description = "A list of job items; `X-Next-Offset` and `Link` lead to the next page"), (status = 400), (status = 403)))]
+pub async fn list(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: crate::routes::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    list_page(&req, &state, &caller.0.account, query.window()).await
 }
 
 /// `list` pages by `{"limit", "offset"}` in its payload (none: the first 1,000).

@@ -110,7 +110,11 @@ pub async fn schedule(
     })))
 }
 
-#[utoipa::path(get, path = "/list", tag = "simple", summary = "The account's jobs and their status words, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(PageQuery), responses((status = 200, description = "`{\"jobs\": [{status, id, schedule}]}`"), (status = 403)))]
+/// Jobs of the index looked at per `/list` page at most, one-shot or not: a page of an account with
+/// many cron jobs ends early rather than reading them all, and `X-Next-Offset` goes on from there.
+const LIST_SCAN: usize = 20_000;
+
+#[utoipa::path(get, path = "/list", tag = "simple", summary = "The account's one-shot jobs (an ISO instant as schedule, as seed 003's clients parse) and their status words, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(PageQuery), responses((status = 200, description = "`{\"jobs\": [{status, id, schedule}]}`"), (status = 403)))]
 pub async fn list(
     caller: Caller,
     state: web::Data<AppState>,
@@ -118,11 +122,20 @@ pub async fn list(
     query: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let window = query.window();
-    let listed = state
+    // Seed 003's clients parse `schedule` as an ISO instant: the one-shot jobs are theirs to list,
+    // whatever surface made them; cron jobs of the other surfaces are left out. `X-Next-Offset` is
+    // where the next page starts in the account's index.
+    let (listed, next) = state
         .store
-        .list_jobs_from(&caller.0.account, None, window.offset, window.to_read())
+        .list_jobs_matching(
+            &caller.0.account,
+            None,
+            window.offset,
+            window.limit,
+            LIST_SCAN,
+            |job| spot_shared::schedule::parse_instant(job.schedule.trim()).is_some(),
+        )
         .await?;
-    let (listed, next) = window.cut(listed);
     let mut jobs = Vec::with_capacity(listed.len());
     for job in listed {
         let run = state.store.latest_run(&job.id).await?;
@@ -208,7 +221,11 @@ fn status_view(job: &Job, run: Option<&Run>, instance: Option<&Instance>, output
             "transitions": r.transitions,
             "exit_code": r.exit_code,
             "error": r.error,
+            "relaunches": r.relaunches,
+            "relaunch_reasons": r.relaunch_reasons,
         })),
+        // Seed 003's clients read the task id of the run under way here.
+        "celery": {"job_parent_id": run.map(|r| r.id.as_str())},
         "output": output,
     })
 }

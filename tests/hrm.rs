@@ -258,6 +258,23 @@ async fn metadata_and_loopback_targets_are_refused_unless_allowed() {
         "http://169.254.169.254/latest/meta-data/".to_string(),
         "http://[fd00:ec2::254]/latest/meta-data/".to_string(),
         "http://100.100.100.200/latest/meta-data/".to_string(),
+        // Spellings the submit-time check once let through (SECURITY.md lists every one tried).
+        format!("http://localhost.:{port}/work"),
+        format!("http://LocalHost..:{port}/work"),
+        format!("http://api.localhost:{port}/work"),
+        format!("http://[::ffff:0:7f00:1]:{port}/work"),
+        format!("http://[64:ff9b:1::7f00:1]:{port}/work"),
+        format!("http://[2002:7f00:1::]:{port}/work"),
+        format!("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}/work"),
+        format!("http://2130706433:{port}/work"),
+        format!("http://0x7f.1:{port}/work"),
+        format!("http://0177.0.0.1:{port}/work"),
+        "http://metadata.google.internal/computeMetadata/v1/".to_string(),
+        "http://metadata.google.internal./computeMetadata/v1/".to_string(),
+        "http://metadata/computeMetadata/v1/".to_string(),
+        "http://instance-data.ec2.internal/latest/meta-data/".to_string(),
+        "http://[::ffff:a9fe:a9fe]/latest/meta-data/".to_string(),
+        "http://[::ffff:0:a9fe:a9fe]/latest/meta-data/".to_string(),
     ] {
         let (status, body) = post_form(&strict_app, &format!("action_url={url}")).await;
         assert_eq!(status, 400, "{url}: {body}");

@@ -6,8 +6,14 @@
 //! "this network" (0/8), carrier-grade NAT (100.64/10, which holds Alibaba Cloud's metadata address),
 //! IETF protocol assignments (192.0.0/24, Oracle Cloud's metadata address), benchmarking, reserved and
 //! multicast ranges, unique-local IPv6 (fc00::/7, EC2's IPv6 metadata address fd00:ec2::254 among
-//! them), and IPv4 addresses wrapped in IPv6 (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64
-//! `64:ff9b::a.b.c.d`), which are judged as the IPv4 address they carry.
+//! them), and IPv4 addresses wrapped in IPv6 (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`,
+//! translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and `64:ff9b:1::/48`, 6to4 `2002:aabb:ccdd::`,
+//! Teredo `2001::/32`), which are judged as the IPv4 address they carry.
+//!
+//! Names are judged before they are resolved too ([`blocked_name`]): `localhost` and any name under
+//! it, with or without the trailing dot (`localhost.`), are loopback; the clouds' metadata names
+//! (`metadata.google.internal`, `instance-data.ec2.internal`, ...) are refused always. So a name that
+//! does not resolve at submit time is still refused there when the call would be.
 //!
 //! A name is resolved once, here; the caller connects to the addresses that were checked
 //! ([`checked_addresses`]), never resolving again, so a name that answers differently the second time
@@ -108,16 +114,55 @@ fn blocked_v6(v6: Ipv6Addr, settings: &OutboundSettings) -> Option<&'static str>
 }
 
 /// The IPv4 address an IPv6 address carries: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`,
-/// deprecated but still routed by some stacks) or NAT64 (`64:ff9b::a.b.c.d`).
+/// deprecated but still routed by some stacks), translated (`::ffff:0:a.b.c.d`, SIIT), NAT64
+/// (`64:ff9b::a.b.c.d` and the local-use `64:ff9b:1::/48`), 6to4 (`2002:aabb:ccdd::/48`) or Teredo
+/// (`2001::/32`, the client's address inverted in the last 32 bits).
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = v6.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let v4_of =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let low = v4_of(s[6], s[7]);
     let compatible = s[..6].iter().all(|x| *x == 0) && !v6.is_loopback() && !v6.is_unspecified();
+    let translated = s[..4].iter().all(|x| *x == 0) && s[4] == 0xffff && s[5] == 0;
     let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|x| *x == 0);
-    (compatible || nat64).then_some(low)
+    let nat64_local = s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1;
+    if compatible || translated || nat64 || nat64_local {
+        return Some(low);
+    }
+    if s[0] == 0x2002 {
+        return Some(v4_of(s[1], s[2]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some(v4_of(!s[6], !s[7]));
+    }
+    None
+}
+
+/// Names of the clouds' metadata services, refused whatever they resolve to (or fail to).
+const METADATA_NAMES: [&str; 6] = [
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.azure.internal",
+];
+
+/// Why a host name may not be called whatever it resolves to, or `None`: `localhost` and names under
+/// it are loopback (RFC 6761), the clouds' metadata names are always refused; a trailing dot and
+/// letter case change nothing.
+pub fn blocked_name(host: &str, settings: &OutboundSettings) -> Option<&'static str> {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    if METADATA_NAMES.contains(&name.as_str()) {
+        return Some("cloud metadata");
+    }
+    if name == "localhost" || name.ends_with(".localhost") {
+        return (!settings.allow_loopback).then_some("loopback");
+    }
+    None
 }
 
 /// Resolves the URL's host once and returns the addresses to connect to, refusing the URL if any
@@ -132,6 +177,11 @@ pub async fn checked_addresses(
         .ok_or_else(|| Error::invalid("url", "has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Some(reason) = blocked_name(host, settings) {
+        return Err(Error::forbidden(format!(
+            "{host} is not an allowed target ({reason} names are blocked)"
+        )));
+    }
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
@@ -193,6 +243,13 @@ mod tests {
             "::169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::10.0.0.1",
+            // Translated (SIIT), NAT64 local-use, 6to4, Teredo (client 127.0.0.1 inverted).
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
         ] {
             assert!(blocked(address, &strict), "{address}");
         }
@@ -242,6 +299,31 @@ mod tests {
         assert!(addresses
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 8080));
+    }
+
+    #[test]
+    fn names_are_judged_before_they_resolve() {
+        let strict = OutboundSettings::default();
+        for name in [
+            "localhost",
+            "localhost.",
+            "LOCALHOST..",
+            "api.localhost",
+            "metadata.google.internal",
+            "metadata.google.internal.",
+            "Metadata.Goog",
+            "instance-data.ec2.internal",
+        ] {
+            assert!(blocked_name(name, &strict).is_some(), "{name}");
+        }
+        let loopback = OutboundSettings {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        assert_eq!(blocked_name("localhost.", &loopback), None);
+        assert!(blocked_name("metadata.google.internal", &loopback).is_some());
+        assert_eq!(blocked_name("example.com", &strict), None);
+        assert_eq!(blocked_name("notlocalhost", &strict), None);
     }
 
     #[test]

@@ -679,3 +679,42 @@ async fn instance_runners_without_ec2_are_refused_naming_the_field() {
         "{body}"
     );
 }
+
+/// A known path with a method it does not serve is a 405 with `Allow`, on every surface, as the
+/// seeds answered; an unknown path stays a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_on_a_known_route_is_405_with_allow() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    for (method, path, allowed) in [
+        (Method::POST, "/v1/minion/ping", "GET"),
+        (Method::PATCH, "/tasks/abc", "GET"),
+        (Method::DELETE, "/schedule", "POST"),
+        (Method::PUT, "/list", "GET"),
+        (Method::DELETE, "/JobScheduler", "POST"),
+        (Method::PATCH, "/jobs", "GET"),
+        (Method::DELETE, "/v1/runs/abc", "GET"),
+        (Method::PATCH, "/v1/jobs/abc", "PUT"),
+        (Method::PUT, "/healthcheck", "GET"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .header("X-Auth-Token", ACCOUNT_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let allow = response.headers()["allow"].to_str().unwrap().to_string();
+        assert!(
+            allow.split(", ").any(|m| m == allowed),
+            "{method} {path}: Allow: {allow}"
+        );
+        assert!(
+            !allow.split(", ").any(|m| m == method.as_str()),
+            "{method} {path}: Allow: {allow}"
+        );
+    }
+    let unknown = app.get("/nowhere/at/all", ACCOUNT_KEY).await;
+    assert_eq!(unknown.status(), 404);
+}

@@ -18,7 +18,10 @@ mod simple;
 mod ui;
 mod usage;
 
-use actix_web::{web, HttpResponse};
+use std::sync::LazyLock;
+
+use actix_web::dev::ResourceDef;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 pub(crate) use input::{parse_json, parse_query, Query};
@@ -53,7 +56,46 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found() -> HttpResponse {
+/// Every documented route's path pattern and the methods it answers, read from the OpenAPI document
+/// (which `tests/fuzz.rs` holds to what is served): how a request that matched no route is told
+/// apart as a known path with another method (405 with `Allow`) from an unknown path (404).
+static KNOWN_ROUTES: LazyLock<Vec<(ResourceDef, String)>> = LazyLock::new(|| {
+    use utoipa::OpenApi;
+    openapi::ApiDoc::openapi()
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let methods: Vec<&str> = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("OPTIONS", item.options.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(method, served)| served.then_some(method))
+            .collect();
+            (ResourceDef::new(path.as_str()), methods.join(", "))
+        })
+        .collect()
+});
+
+/// What a request no route took gets: 405 with `Allow` for a known path, 404 otherwise.
+pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
+    if let Some((_, allow)) = KNOWN_ROUTES
+        .iter()
+        .find(|(route, _)| route.is_match(req.path()))
+    {
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((actix_web::http::header::ALLOW, allow.as_str()))
+            .json(json!({
+                "status": "error",
+                "error": "method_not_allowed",
+                "message": format!("{} is not served here; allowed: {allow}", req.method()),
+            }));
+    }
     HttpResponse::NotFound().json(json!({
         "status": "error",
         "error": "not_found",

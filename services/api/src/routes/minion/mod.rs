@@ -45,7 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/{tail:.*}",
                 web::route().method(Method::OPTIONS).to(options),
             )
-            .default_service(web::to(|| async { HttpResponse::NotFound().finish() })),
+            .default_service(web::to(super::not_found)),
     );
 }
 

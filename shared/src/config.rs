@@ -92,6 +92,9 @@ pub struct RedisSettings {
     pub timer_shards: u16,
 }
 
+/// The most timer shards a deployment may have (each costs the pump a lease and a query per round).
+pub const MAX_SHARDS: u16 = 1024;
+
 fn default_timer_shards() -> u16 {
     1
 }
@@ -370,11 +373,8 @@ impl Settings {
                     .into(),
             );
         }
-        if !(1..=crate::store::MAX_SHARDS).contains(&self.redis.timer_shards) {
-            return refuse(format!(
-                "redis.timer_shards must be 1 to {}",
-                crate::store::MAX_SHARDS
-            ));
+        if !(1..=MAX_SHARDS).contains(&self.redis.timer_shards) {
+            return refuse(format!("redis.timer_shards must be 1 to {}", MAX_SHARDS));
         }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
             return refuse("auth.max_bcrypt_cost must be 4 to 31".into());

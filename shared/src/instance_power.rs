@@ -8,30 +8,11 @@ use std::collections::HashMap;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Filter;
-use serde::{Deserialize, Serialize};
 
 pub use crate::config::Ec2Settings;
 use crate::error::{Error, ErrorCode, Result};
 
-/// What the instance runner can do to an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PowerAction {
-    Start,
-    Stop,
-    Reboot,
-}
-
-impl PowerAction {
-    pub fn parse(text: &str) -> Option<PowerAction> {
-        match text {
-            "start" => Some(PowerAction::Start),
-            "stop" => Some(PowerAction::Stop),
-            "reboot" => Some(PowerAction::Reboot),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::PowerAction;
 
 /// What we need to know of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,41 +27,7 @@ pub struct PricingSettings {
     pub min_billed_secs: u64,
 }
 
-/// Where an instance's price came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum PriceSource {
-    /// The zone's spot price for the type, from `DescribeSpotPriceHistory`.
-    SpotPriceHistory,
-    /// `pricing.on_demand_usd_per_hour`.
-    OnDemandTable,
-    /// `pricing.local_usd_per_hour`.
-    Local,
-    /// No price known for the type: counted as 0.
-    Unknown,
-}
-
-impl PriceSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PriceSource::SpotPriceHistory => "spot-price-history",
-            PriceSource::OnDemandTable => "on-demand-table",
-            PriceSource::Local => "local",
-            PriceSource::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<PriceSource> {
-        [
-            PriceSource::SpotPriceHistory,
-            PriceSource::OnDemandTable,
-            PriceSource::Local,
-            PriceSource::Unknown,
-        ]
-        .into_iter()
-        .find(|source| source.as_str() == text)
-    }
-}
+pub use crate::model::PriceSource;
 
 /// The price an instance pays, per hour.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cli::Cli;
-use crate::client::CtlError;
+use crate::error::CtlError;
 
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
 

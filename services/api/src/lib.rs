@@ -4,6 +4,7 @@
 //! stores jobs in Redis, arms their timers on RabbitMQ, and takes the agents' callbacks.
 
 pub mod auth;
+pub mod bcrypt_gate;
 pub mod error;
 pub mod follow;
 pub mod idempotency;

@@ -37,7 +37,7 @@ impl Application {
             ec2,
             broker: Arc::new(broker),
             keyring: Arc::new(keyring),
-            bcrypt: crate::auth::BcryptGate::new(&settings.auth),
+            bcrypt: crate::bcrypt_gate::BcryptGate::new(&settings.auth),
             follow_slots: Arc::new(crate::follow::FollowSlots::new(
                 settings.api.follow_streams_total,
             )),

@@ -12,7 +12,7 @@ pub struct AppState {
     pub ec2: spot_shared::instance_power::Ec2,
     pub broker: Arc<Broker>,
     pub keyring: Arc<Keyring>,
-    pub bcrypt: crate::auth::BcryptGate,
+    pub bcrypt: crate::bcrypt_gate::BcryptGate,
     pub follow_slots: Arc<crate::follow::FollowSlots>,
     pub settings: Settings,
 }

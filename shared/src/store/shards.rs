@@ -15,8 +15,7 @@
 /// Redis Cluster's slot count.
 pub const SLOTS: u16 = 16_384;
 
-/// The most shards a deployment may have (each costs the pump a lease and a query per round).
-pub const MAX_SHARDS: u16 = 1024;
+pub use crate::config::MAX_SHARDS;
 
 /// The slot Redis Cluster gives `key` (no hash tag: ids have no braces).
 pub fn slot(key: &[u8]) -> u16 {

@@ -1,0 +1,109 @@
+//! A job: what to run and when, for which account and group, and the one place its schedule is
+//! read in its own terms (its zone, its window).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::Result;
+use crate::schedule::{parse_time_zone, Schedule};
+
+use super::*;
+
+/// A job: what to run and when. Runs are its executions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub account: String,
+    pub group: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Who last changed the job, as the client says (minion's `modified_by`).
+    #[serde(default)]
+    pub modified_by: String,
+    /// Free key/value labels of the job.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// The schedule as the user wrote it; see [`crate::schedule`].
+    pub schedule: String,
+    /// IANA time zone the schedule is read in.
+    pub timezone: String,
+    pub runner: Runner,
+    pub enabled: bool,
+    /// Bumped on every change; a timer armed for an older generation is stale and dropped.
+    pub generation: u64,
+    #[serde(default)]
+    pub policies: Policies,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the next run is due; `None` once a one-shot job has fired, or while disabled.
+    /// Kept in the store's timer index, not in the job record.
+    #[serde(skip)]
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// A key/value label on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl Job {
+    /// The container this job runs, if it runs one.
+    pub fn container(&self) -> Option<&ContainerSpec> {
+        match &self.runner {
+            Runner::Container(spec) => Some(spec),
+            Runner::Dummy(_) | Runner::Http(_) | Runner::Instance(_) => None,
+        }
+    }
+
+    /// The job's schedule, parsed in its time zone; periods count from its creation.
+    pub fn parsed_schedule(&self) -> Result<Schedule> {
+        let tz = parse_time_zone(&self.timezone, "timezone")?;
+        Schedule::parse(&self.schedule, tz, self.created_at, "schedule")
+    }
+
+    /// The first fire at or after `now`, inside the job's window. A one-shot's instant even if past.
+    pub fn first_fire(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let schedule = self.parsed_schedule()?;
+        let from = self.policies.start_at.map_or(now, |start| start.max(now));
+        let first = match schedule {
+            Schedule::Once(at) => Some(at.max(self.policies.start_at.unwrap_or(at))),
+            recurring => recurring.first_at_or_after(from),
+        };
+        Ok(self.within_window(first))
+    }
+
+    /// The fire after `after`, inside the job's window.
+    pub fn next_fire_after(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let schedule = self.parsed_schedule()?;
+        let next = match self.policies.start_at {
+            Some(start) if start > after => schedule.first_at_or_after(start),
+            _ => schedule.next_after(after),
+        };
+        Ok(self.within_window(next))
+    }
+
+    /// The next `count` fires after `after`, inside the window.
+    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Utc>>> {
+        let mut fires = Vec::with_capacity(count);
+        let mut cursor = after;
+        while fires.len() < count {
+            match self.next_fire_after(cursor)? {
+                Some(next) => {
+                    fires.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        Ok(fires)
+    }
+
+    fn within_window(&self, fire: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        fire.filter(|at| self.policies.end_at.is_none_or(|end| *at <= end))
+    }
+}

@@ -1,0 +1,21 @@
+//! The domain: jobs, their runs and the instances runs use, with the state machines that say which
+//! moves are legal. Every surface of the api and every service speaks these types. One file per
+//! aggregate: [`job`] (with its [`policies`] and [`runner`]), [`run`], [`instance`].
+
+mod instance;
+mod job;
+mod policies;
+mod run;
+mod runner;
+
+pub use crate::container_limits::ContainerLimits;
+pub use instance::{Instance, InstanceState, PriceSource};
+pub use job::{Job, Tag};
+pub use policies::{Concurrency, Policies, RetryPolicy};
+pub use run::{Run, RunState};
+pub use runner::{
+    limits, ContainerSpec, DummySpec, FileSpec, HttpSpec, InstanceSpec, PowerAction, Runner,
+};
+
+#[cfg(test)]
+mod tests;

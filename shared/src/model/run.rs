@@ -1,0 +1,225 @@
+//! A run: one execution of a job for one scheduled instant and attempt, and the state machine its
+//! state moves along.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+
+/// Where a run is. Only moves forward, along [`RunState::can_move_to`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Pending,
+    Provisioning,
+    Booting,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// The spot instance was reclaimed; the run is retried as a new attempt.
+    Interrupted,
+    Cancelled,
+    ProvisionFailed,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 10] = [
+        RunState::Pending,
+        RunState::Provisioning,
+        RunState::Booting,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::TimedOut,
+        RunState::Interrupted,
+        RunState::Cancelled,
+        RunState::ProvisionFailed,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded
+                | RunState::Failed
+                | RunState::TimedOut
+                | RunState::Interrupted
+                | RunState::Cancelled
+                | RunState::ProvisionFailed
+        )
+    }
+
+    /// The legal transitions. Anything else is a bug or a stale message and is refused.
+    pub fn can_move_to(self, next: RunState) -> bool {
+        use RunState::*;
+        match self {
+            // Light runners (dummy) need no instance: they go straight to running. A run that never
+            // got launched (its message or its provisioner went away) is relaunched by the reaper's
+            // sweep, and ends provision_failed when its relaunches run out.
+            Pending => matches!(
+                next,
+                Provisioning | Running | Cancelled | Failed | ProvisionFailed
+            ),
+            Provisioning => matches!(
+                next,
+                Booting | ProvisionFailed | Cancelled | TimedOut | Failed
+            ),
+            // An agent may fail before its container starts (an image that cannot be pulled).
+            Booting => matches!(next, Running | Failed | TimedOut | Interrupted | Cancelled),
+            Running => matches!(
+                next,
+                Succeeded | Failed | TimedOut | Interrupted | Cancelled
+            ),
+            Succeeded | Failed | TimedOut | Interrupted | Cancelled | ProvisionFailed => false,
+        }
+    }
+
+    /// Checks a transition, naming both ends when it is illegal.
+    pub fn check_move(self, next: RunState) -> Result<()> {
+        if self.can_move_to(next) {
+            Ok(())
+        } else {
+            Err(Error::conflict(format!(
+                "illegal run transition {self} -> {next}"
+            )))
+        }
+    }
+
+    /// The status word of seed 003's simple API (`scheduled`, `running`, `failed`, `finished`).
+    pub fn simple_status(self) -> &'static str {
+        use RunState::*;
+        match self {
+            Pending => "scheduled",
+            // An interrupted run is retried on a new instance, so the job is still under way.
+            Provisioning | Booting | Running | Interrupted => "running",
+            Succeeded => "finished",
+            Failed | TimedOut | Cancelled | ProvisionFailed => "failed",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use RunState::*;
+        match self {
+            Pending => "pending",
+            Provisioning => "provisioning",
+            Booting => "booting",
+            Running => "running",
+            Succeeded => "succeeded",
+            Failed => "failed",
+            TimedOut => "timed_out",
+            Interrupted => "interrupted",
+            Cancelled => "cancelled",
+            ProvisionFailed => "provision_failed",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::internal(format!("unknown run state {s:?}")))
+    }
+}
+
+/// One execution of a job, for one scheduled instant and attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Run {
+    pub id: String,
+    pub job_id: String,
+    pub account: String,
+    pub attempt: u32,
+    pub scheduled_at: DateTime<Utc>,
+    pub state: RunState,
+    /// When the run entered each state it has been in.
+    #[schema(value_type = Object)]
+    pub transitions: BTreeMap<RunState, DateTime<Utc>>,
+    pub instance_id: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    /// Why the run failed, when it did without an exit code (a pull error, a launch error).
+    pub error: Option<String>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// What the worker reported (HRM's `meta`): progress, or the action's `[status] body`.
+    pub meta: Option<String>,
+    /// How the completion callback went (HRM's `callback_status`).
+    pub callback_status: Option<String>,
+    /// What the cloud refused on the way to an instance (spot pools without capacity, say).
+    pub launch_errors: Option<String>,
+    /// How often the run was launched again because a fault of ours kept it from starting (a lost
+    /// launch, a provisioner that died); never counted against the job's retries.
+    pub relaunches: u32,
+    /// Why each relaunch was made, oldest first.
+    pub relaunch_reasons: Vec<String>,
+    /// When the latest relaunch was due.
+    pub relaunch_at: Option<DateTime<Utc>>,
+    /// What the run's instance cost, in USD, once it was terminated.
+    pub cost_usd: Option<f64>,
+    /// SHA-256 of the secret the run's agent presents; never serialised to callers.
+    #[serde(skip)]
+    pub secret_hash: String,
+}
+
+impl Run {
+    /// Which fire this is, as the user's code is told it (`SPOT_RUN_ID`, `SPOT_JOB_ID`,
+    /// `SPOT_SCHEDULED_AT`, `SPOT_ATTEMPT` in a container's environment, `X-Spot-Run-Id` and so on on
+    /// an HTTP action): delivery is at least once, so code that keys its own effects on the run (or
+    /// on the job and instant) makes them exactly once.
+    pub fn identity(&self) -> [(&'static str, String); 4] {
+        [
+            ("RUN_ID", self.id.clone()),
+            ("JOB_ID", self.job_id.clone()),
+            (
+                "SCHEDULED_AT",
+                self.scheduled_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
+            ("ATTEMPT", self.attempt.to_string()),
+        ]
+    }
+
+    /// [`Run::identity`] as environment variables (`SPOT_RUN_ID=...`).
+    pub fn identity_env(&self) -> Vec<String> {
+        self.identity()
+            .into_iter()
+            .map(|(name, value)| format!("SPOT_{name}={value}"))
+            .collect()
+    }
+
+    /// [`Run::identity`] as HTTP headers (`X-Spot-Run-Id: ...`).
+    pub fn identity_headers(&self) -> Vec<(String, String)> {
+        self.identity()
+            .into_iter()
+            .map(|(name, value)| {
+                let words: Vec<String> = name
+                    .split('_')
+                    .map(|word| {
+                        let lower = word.to_ascii_lowercase();
+                        let mut chars = lower.chars();
+                        chars
+                            .next()
+                            .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (format!("X-Spot-{}", words.join("-")), value)
+            })
+            .collect()
+    }
+}

@@ -9,12 +9,11 @@
 
 use std::sync::LazyLock;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::quarantine::QUARANTINE_LUA;
-use super::runs::LIVE_RUNS;
-use super::timers::UNARMED;
+use super::scripts::{JOB_STATE_LUA, LIVE_RUNS, QUARANTINE_LUA, UNARMED};
+use super::timers::{is_delayed, millis, parse_timer_member, timer_member};
 use super::{Moved, Store, UnarmedTimer};
 use crate::error::Result;
 use crate::messages::FireMessage;
@@ -22,71 +21,6 @@ use crate::model::{Run, RunState};
 
 /// Retries and run-nows not yet recorded as runs, scored by due time (ms).
 const DELAYED: &str = "timers:delayed";
-
-/// Reads a job's `enabled` and `generation` from the head of its JSON, where the store puts them
-/// (decoded in full for a job stored before they were put there). Shared by the scripts that check
-/// whether a fire is still wanted.
-pub(super) const JOB_STATE_LUA: &str = r#"
-local function job_state(raw)
-  local enabled, generation = string.match(raw, '^{"enabled":(%a+),"generation":(%d+)')
-  if enabled then return enabled == 'true', generation end
-  local job = cjson.decode(raw)
-  return job.enabled, tostring(job.generation)
-end
-"#;
-
-/// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
-/// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
-/// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{kind}`, where the kind is
-/// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started.
-pub(super) fn timer_member(fire: &FireMessage) -> String {
-    if is_delayed(fire) {
-        format!(
-            "{}|{}|{}|{}|{}",
-            fire.job_id,
-            fire.generation,
-            fire.scheduled_at.timestamp_millis(),
-            fire.attempt,
-            if fire.relaunch {
-                'l'
-            } else if fire.manual {
-                'm'
-            } else {
-                'r'
-            }
-        )
-    } else {
-        format!("{}|{}", fire.job_id, fire.generation)
-    }
-}
-
-/// Whether a fire is a retry or a run-now (kept in `timers:delayed`) rather than a scheduled one.
-pub fn is_delayed(fire: &FireMessage) -> bool {
-    fire.attempt > 1 || fire.manual || fire.relaunch
-}
-
-fn millis(ms: i64) -> Option<DateTime<Utc>> {
-    Utc.timestamp_millis_opt(ms).single()
-}
-
-/// Reads a member of `timers:unarmed` back, with its score (the due time, ms).
-pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTimer> {
-    let due = millis(score.parse::<f64>().ok()? as i64)?;
-    let parts: Vec<&str> = member.split('|').collect();
-    let fire = match parts.as_slice() {
-        [job_id, generation] => FireMessage::scheduled(job_id, generation.parse().ok()?, due),
-        [job_id, generation, instant, attempt, kind] => FireMessage {
-            job_id: job_id.to_string(),
-            generation: generation.parse().ok()?,
-            scheduled_at: millis(instant.parse().ok()?)?,
-            attempt: attempt.parse().ok()?,
-            manual: *kind == "m",
-            relaunch: *kind == "l",
-        },
-        _ => return None,
-    };
-    Some(UnarmedTimer { fire, due })
-}
 
 /// Compare-and-set of a run's state that also keeps the live-run index and arms a retry, in one step.
 /// KEYS: run, live runs, delayed, unarmed. ARGV: expected, new, run id, '1' if the new state ends the
@@ -397,55 +331,5 @@ impl Store {
         let mut conn = self.conn.clone();
         let _: () = conn.zrem(self.owned_key(run_id, LIVE_RUNS), run_id).await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_read_back_as_the_fires_they_name() {
-        let at = millis(1_800_000_000_123).unwrap();
-        let scheduled = FireMessage::scheduled("job1", 4, at);
-        let member = timer_member(&scheduled);
-        assert_eq!(member, "job1|4");
-        let back = parse_timer_member(&member, "1800000000123").unwrap();
-        assert_eq!((back.fire, back.due), (scheduled, at));
-
-        let retry = FireMessage {
-            attempt: 3,
-            ..FireMessage::scheduled("job1", 4, at)
-        };
-        let due = millis(1_800_000_060_000).unwrap();
-        let member = timer_member(&retry);
-        assert_eq!(member, "job1|4|1800000000123|3|r");
-        let back = parse_timer_member(&member, "1800000060000").unwrap();
-        assert_eq!((back.fire, back.due), (retry, due));
-
-        let relaunch = FireMessage {
-            relaunch: true,
-            ..FireMessage::scheduled("job1", 4, at)
-        };
-        assert!(timer_member(&relaunch).ends_with("|1|l"));
-        assert_eq!(
-            parse_timer_member(&timer_member(&relaunch), "1800000060000")
-                .unwrap()
-                .fire,
-            relaunch
-        );
-        let manual = FireMessage {
-            manual: true,
-            ..FireMessage::scheduled("job1", 4, at)
-        };
-        assert!(timer_member(&manual).ends_with("|1|m"));
-        assert_eq!(
-            parse_timer_member(&timer_member(&manual), "1800000000123")
-                .unwrap()
-                .fire,
-            manual
-        );
-        assert!(parse_timer_member("job1|x", "1").is_none());
-        assert!(parse_timer_member("a|1|2", "1").is_none());
     }
 }

@@ -10,33 +10,11 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 
-use super::delayed::JOB_STATE_LUA;
-use super::runs::FIRE_MARKER_TTL_SECS;
-use super::runs::TRIM_ENDED_LUA;
-use super::timers::UNARMED;
+pub use super::scripts::TimerMove;
+use super::scripts::{FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::{state_time_field, FireRecord, Store};
 use crate::error::Result;
 use crate::model::RunState;
-
-/// What a fire does to its job's timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimerMove {
-    /// Leave it (a manual run or a retry does not move the schedule).
-    Leave,
-    /// Move it from the fire's instant to the next (or clear it: `None`), unless it was moved already.
-    Advance(Option<DateTime<Utc>>),
-}
-
-impl TimerMove {
-    /// As the fire scripts take it: '' leave, '-' clear, else the next fire in ms.
-    pub(super) fn as_arg(&self) -> String {
-        match self {
-            TimerMove::Leave => String::new(),
-            TimerMove::Advance(None) => "-".to_string(),
-            TimerMove::Advance(Some(next)) => next.timestamp_millis().to_string(),
-        }
-    }
-}
 
 /// One light fire, prepared: everything the script writes is known before the instant comes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,11 +45,12 @@ mod light_fire;
 mod quarantine;
 mod quota_counts;
 mod runs;
+mod scripts;
 mod shards;
 mod timers;
 use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};
-pub use delayed::{is_delayed, ReconcileReport, Relaunch, StuckRun};
+pub use delayed::{ReconcileReport, Relaunch, StuckRun};
 pub use idempotency::{Begun, IdempotentRequest, SavedAnswer};
 pub use index_entries::SettledEntries;
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
@@ -58,6 +59,7 @@ pub use quarantine::{JobRecord, QuarantinedJob};
 pub use quota_counts::SlotKind;
 pub use runs::{CancelledRun, FireRecord, FireStep, RecordedFire};
 pub use shards::{Shards, MAX_SHARDS};
+pub use timers::is_delayed;
 pub use timers::UnarmedTimer;
 
 /// A state machine whose current state lives in the `state` field of a Redis hash.

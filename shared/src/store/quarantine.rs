@@ -12,25 +12,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use super::timers::UNARMED;
+use super::scripts::{QUARANTINE_LUA, UNARMED};
 use super::Store;
 use crate::error::Result;
 use crate::model::Job;
 
 /// The hash of jobs set aside, per shard.
 pub(super) const QUARANTINE: &str = "quarantine";
-
-/// Lua shared by the scripts that find an unreadable job: sets `job_id` aside in the quarantine hash
-/// `key` with `reason`, taking its timer (if any) off `timers` and keeping its instant.
-pub(super) const QUARANTINE_LUA: &str = r#"
-local function quarantine(key, timers, job_id, reason, now)
-  local score = redis.call('ZSCORE', timers, job_id)
-  redis.call('ZREM', timers, job_id)
-  local record = {reason = reason, at = now}
-  if score then record.timer_ms = tonumber(score) end
-  redis.call('HSET', key, job_id, cjson.encode(record))
-end
-"#;
 
 /// KEYS: quarantine, timers. ARGV: job id, reason, now (RFC 3339).
 const QUARANTINE_ONE: &str = "quarantine(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])";

@@ -15,21 +15,13 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::delayed::JOB_STATE_LUA;
-use super::light_fire::TimerMove;
-use super::timers::UNARMED;
+use super::scripts::{
+    TimerMove, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, LIVE_RUNS, TRIM_ENDED_LUA, UNARMED,
+};
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::ids::is_id;
 use crate::model::{Concurrency, Job, Run, RunState};
-
-/// The sorted set of runs not yet ended, scored by when they were recorded: what the stuck-run sweep
-/// walks. A hint kept up by the scripts that create and end runs; the sweep drops what has ended.
-pub(super) const LIVE_RUNS: &str = "runs:live";
-
-/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
-/// redelivery of its timer.
-pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Runs read per pipeline when a page of a job's runs is read.
 const RUN_READ_CHUNK: usize = 500;
@@ -145,43 +137,6 @@ pub struct CancelledRun {
     pub run_id: String,
     pub instance_id: Option<String>,
 }
-
-/// Deletes a job's ended runs beyond the newest `keep`, skipping runs still under way: a Lua function
-/// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
-/// are only known inside).
-pub(super) const TRIM_ENDED_LUA: &str = r#"
--- A run's log is about to go: take its bytes off its account's history total.
-local function forget_log(prefix, run)
-  local bytes = redis.call('STRLEN', run .. ':log')
-  if bytes == 0 then return end
-  local account = redis.call('HGET', run, 'account')
-  if account then redis.call('DECRBY', prefix .. ':quota:history:' .. account, bytes) end
-end
--- A costed run is about to go: take its cost off its job's total (when the job has one).
-local function forget_cost(prefix, run)
-  local cost = redis.call('HGET', run, 'cost_nano_usd')
-  if not cost then return end
-  local total = prefix .. ':job:' .. (redis.call('HGET', run, 'job_id') or '') .. ':cost_nano_usd'
-  if redis.call('EXISTS', total) == 1 then redis.call('DECRBY', total, cost) end
-end
-local live_states = {pending = true, provisioning = true, booting = true, running = true}
-local function trim_ended(runs, prefix, keep)
-  local excess = redis.call('ZCARD', runs) - keep
-  if excess <= 0 then return 0 end
-  local deleted = 0
-  for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
-    local run = prefix .. ':run:' .. old
-    if not live_states[redis.call('HGET', run, 'state') or ''] then
-      forget_log(prefix, run)
-      forget_cost(prefix, run)
-      redis.call('DEL', run, run .. ':log')
-      redis.call('ZREM', runs, old)
-      deleted = deleted + 1
-    end
-  end
-  return deleted
-end
-"#;
 
 /// KEYS[1] the job's runs; ARGV[1] key prefix, ARGV[2] runs to keep.
 const TRIM_RUNS: &str = r#"return trim_ended(KEYS[1], ARGV[1], tonumber(ARGV[2]))"#;

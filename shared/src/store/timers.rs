@@ -5,22 +5,71 @@
 //!   re-arms from
 //! - `p:timers:unarmed`: fires the pump has yet to hand over (it does so shortly before they are due),
 //!   scored by due time: `{job}|{generation}` for a scheduled fire, the longer member of
-//!   `p:timers:delayed` ([`super::delayed`]) for a retry or a run-now
+//!   `p:timers:delayed` ([`super::delayed`]) for a retry, a run-now or a relaunch; both are written
+//!   and read back here ([`timer_member`], [`parse_timer_member`])
 
 use std::sync::LazyLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::{delayed, Store};
+use super::scripts::JOB_STATE_LUA;
+pub(super) use super::scripts::{unarmed_member, UNARMED};
+use super::Store;
 use crate::error::Result;
+use crate::messages::FireMessage;
 
-/// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
-/// instant in milliseconds.
-pub(super) const UNARMED: &str = "timers:unarmed";
+/// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
+/// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
+/// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{kind}`, where the kind is
+/// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started.
+pub(super) fn timer_member(fire: &FireMessage) -> String {
+    if is_delayed(fire) {
+        format!(
+            "{}|{}|{}|{}|{}",
+            fire.job_id,
+            fire.generation,
+            fire.scheduled_at.timestamp_millis(),
+            fire.attempt,
+            if fire.relaunch {
+                'l'
+            } else if fire.manual {
+                'm'
+            } else {
+                'r'
+            }
+        )
+    } else {
+        format!("{}|{}", fire.job_id, fire.generation)
+    }
+}
 
-pub(super) fn unarmed_member(job_id: &str, generation: u64) -> String {
-    format!("{job_id}|{generation}")
+/// Whether a fire is a retry or a run-now (kept in `timers:delayed`) rather than a scheduled one.
+pub fn is_delayed(fire: &FireMessage) -> bool {
+    fire.attempt > 1 || fire.manual || fire.relaunch
+}
+
+pub(super) fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// Reads a member of `timers:unarmed` back, with its score (the due time, ms).
+pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTimer> {
+    let due = millis(score.parse::<f64>().ok()? as i64)?;
+    let parts: Vec<&str> = member.split('|').collect();
+    let fire = match parts.as_slice() {
+        [job_id, generation] => FireMessage::scheduled(job_id, generation.parse().ok()?, due),
+        [job_id, generation, instant, attempt, kind] => FireMessage {
+            job_id: job_id.to_string(),
+            generation: generation.parse().ok()?,
+            scheduled_at: millis(instant.parse().ok()?)?,
+            attempt: attempt.parse().ok()?,
+            manual: *kind == "m",
+            relaunch: *kind == "l",
+        },
+        _ => return None,
+    };
+    Some(UnarmedTimer { fire, due })
 }
 
 /// A timer the pump took to arm: the fire it delivers, and when.
@@ -89,7 +138,7 @@ end
 return 1
 "#;
         static ADVANCE_TIMER: LazyLock<Script> =
-            LazyLock::new(|| Script::new(&format!("{}{SCRIPT}", delayed::JOB_STATE_LUA)));
+            LazyLock::new(|| Script::new(&format!("{}{SCRIPT}", JOB_STATE_LUA)));
         let mut conn = self.conn.clone();
         let next = next
             .map(|t| t.timestamp_millis().to_string())
@@ -151,7 +200,7 @@ return due
             .chunks(2)
             .filter_map(|pair| {
                 let [member, score] = pair else { return None };
-                delayed::parse_timer_member(member, score)
+                parse_timer_member(member, score)
             })
             .collect())
     }
@@ -176,12 +225,62 @@ return due
             let mut conn = self.conn.clone();
             let items: Vec<(i64, String)> = timers
                 .iter()
-                .map(|t| (t.due.timestamp_millis(), delayed::timer_member(&t.fire)))
+                .map(|t| (t.due.timestamp_millis(), timer_member(&t.fire)))
                 .collect();
             let _: () = conn
                 .zadd_multiple(self.shard_key(shard, UNARMED), &items)
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_read_back_as_the_fires_they_name() {
+        let at = millis(1_800_000_000_123).unwrap();
+        let scheduled = FireMessage::scheduled("job1", 4, at);
+        let member = timer_member(&scheduled);
+        assert_eq!(member, "job1|4");
+        let back = parse_timer_member(&member, "1800000000123").unwrap();
+        assert_eq!((back.fire, back.due), (scheduled, at));
+
+        let retry = FireMessage {
+            attempt: 3,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        let due = millis(1_800_000_060_000).unwrap();
+        let member = timer_member(&retry);
+        assert_eq!(member, "job1|4|1800000000123|3|r");
+        let back = parse_timer_member(&member, "1800000060000").unwrap();
+        assert_eq!((back.fire, back.due), (retry, due));
+
+        let relaunch = FireMessage {
+            relaunch: true,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        assert!(timer_member(&relaunch).ends_with("|1|l"));
+        assert_eq!(
+            parse_timer_member(&timer_member(&relaunch), "1800000060000")
+                .unwrap()
+                .fire,
+            relaunch
+        );
+        let manual = FireMessage {
+            manual: true,
+            ..FireMessage::scheduled("job1", 4, at)
+        };
+        assert!(timer_member(&manual).ends_with("|1|m"));
+        assert_eq!(
+            parse_timer_member(&timer_member(&manual), "1800000000123")
+                .unwrap()
+                .fire,
+            manual
+        );
+        assert!(parse_timer_member("job1|x", "1").is_none());
+        assert!(parse_timer_member("a|1|2", "1").is_none());
     }
 }

@@ -1,0 +1,103 @@
+//! What the store's scripts share: the Lua functions several of them carry (a job's state read from
+//! its record's head, trimming a job's ended runs, setting an unreadable job aside), the names of the
+//! sets they touch, and what a fire does to its job's timer. Kept here so that the modules that own
+//! each kind of record need not import one another.
+
+use chrono::{DateTime, Utc};
+
+/// Reads a job's `enabled` and `generation` from the head of its JSON, where the store puts them
+/// (decoded in full for a job stored before they were put there). Shared by the scripts that check
+/// whether a fire is still wanted.
+pub(super) const JOB_STATE_LUA: &str = r#"
+local function job_state(raw)
+  local enabled, generation = string.match(raw, '^{"enabled":(%a+),"generation":(%d+)')
+  if enabled then return enabled == 'true', generation end
+  local job = cjson.decode(raw)
+  return job.enabled, tostring(job.generation)
+end
+"#;
+
+/// Deletes a job's ended runs beyond the newest `keep`, skipping runs still under way: a Lua function
+/// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
+/// are only known inside).
+pub(super) const TRIM_ENDED_LUA: &str = r#"
+-- A run's log is about to go: take its bytes off its account's history total.
+local function forget_log(prefix, run)
+  local bytes = redis.call('STRLEN', run .. ':log')
+  if bytes == 0 then return end
+  local account = redis.call('HGET', run, 'account')
+  if account then redis.call('DECRBY', prefix .. ':quota:history:' .. account, bytes) end
+end
+-- A costed run is about to go: take its cost off its job's total (when the job has one).
+local function forget_cost(prefix, run)
+  local cost = redis.call('HGET', run, 'cost_nano_usd')
+  if not cost then return end
+  local total = prefix .. ':job:' .. (redis.call('HGET', run, 'job_id') or '') .. ':cost_nano_usd'
+  if redis.call('EXISTS', total) == 1 then redis.call('DECRBY', total, cost) end
+end
+local live_states = {pending = true, provisioning = true, booting = true, running = true}
+local function trim_ended(runs, prefix, keep)
+  local excess = redis.call('ZCARD', runs) - keep
+  if excess <= 0 then return 0 end
+  local deleted = 0
+  for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
+    local run = prefix .. ':run:' .. old
+    if not live_states[redis.call('HGET', run, 'state') or ''] then
+      forget_log(prefix, run)
+      forget_cost(prefix, run)
+      redis.call('DEL', run, run .. ':log')
+      redis.call('ZREM', runs, old)
+      deleted = deleted + 1
+    end
+  end
+  return deleted
+end
+"#;
+
+/// Lua shared by the scripts that find an unreadable job: sets `job_id` aside in the quarantine hash
+/// `key` with `reason`, taking its timer (if any) off `timers` and keeping its instant.
+pub(super) const QUARANTINE_LUA: &str = r#"
+local function quarantine(key, timers, job_id, reason, now)
+  local score = redis.call('ZSCORE', timers, job_id)
+  redis.call('ZREM', timers, job_id)
+  local record = {reason = reason, at = now}
+  if score then record.timer_ms = tonumber(score) end
+  redis.call('HSET', key, job_id, cjson.encode(record))
+end
+"#;
+
+/// The sorted set of runs not yet ended, scored by when they were recorded: what the stuck-run sweep
+/// walks. A hint kept up by the scripts that create and end runs; the sweep drops what has ended.
+pub(super) const LIVE_RUNS: &str = "runs:live";
+
+/// How long a fire's marker (`fire:{job}:{ms}:{attempt}` → run id) outlives the fire: long past any
+/// redelivery of its timer.
+pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
+/// instant in milliseconds.
+pub(super) const UNARMED: &str = "timers:unarmed";
+
+pub(super) fn unarmed_member(job_id: &str, generation: u64) -> String {
+    format!("{job_id}|{generation}")
+}
+
+/// What a fire does to its job's timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerMove {
+    /// Leave it (a manual run or a retry does not move the schedule).
+    Leave,
+    /// Move it from the fire's instant to the next (or clear it: `None`), unless it was moved already.
+    Advance(Option<DateTime<Utc>>),
+}
+
+impl TimerMove {
+    /// As the fire scripts take it: '' leave, '-' clear, else the next fire in ms.
+    pub(super) fn as_arg(&self) -> String {
+        match self {
+            TimerMove::Leave => String::new(),
+            TimerMove::Advance(None) => "-".to_string(),
+            TimerMove::Advance(Some(next)) => next.timestamp_millis().to_string(),
+        }
+    }
+}

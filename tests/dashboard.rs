@@ -466,6 +466,9 @@ async fn the_dashboard_is_served_with_versioned_assets_and_a_strict_policy() {
         .unwrap()
         .to_string();
     assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     let html = page.text().await.unwrap();
     let script = html
         .split('"')
@@ -474,6 +477,7 @@ async fn the_dashboard_is_served_with_versioned_assets_and_a_strict_policy() {
         .to_string();
     let asset = app.client.get(app.url(&script)).send().await.unwrap();
     assert_eq!(asset.status(), 200);
+    assert_eq!(asset.headers()["x-content-type-options"], "nosniff");
     assert!(asset.headers()["cache-control"]
         .to_str()
         .unwrap()

@@ -12,18 +12,37 @@ use spot_tests::*;
 struct Worker {
     address: String,
     calls: Arc<Mutex<Vec<String>>>,
+    /// The `X-Spot-*` headers of each call, in order.
+    identities: Arc<Mutex<Vec<Vec<(String, String)>>>>,
     server: actix_web::dev::ServerHandle,
 }
 
 async fn spawn_worker() -> Worker {
     let calls = Arc::new(Mutex::new(Vec::new()));
+    let identities = Arc::new(Mutex::new(Vec::new()));
     let recorded = calls.clone();
+    let identified = identities.clone();
     let server = HttpServer::new(move || {
         let recorded = recorded.clone();
+        let identified = identified.clone();
         App::new().default_service(web::to(move |req: HttpRequest| {
             let recorded = recorded.clone();
+            let identified = identified.clone();
             async move {
                 recorded.lock().unwrap().push(req.uri().to_string());
+                let mut identity: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .filter(|(name, _)| name.as_str().starts_with("x-spot-"))
+                    .map(|(name, value)| {
+                        (
+                            name.as_str().to_string(),
+                            value.to_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                identity.sort();
+                identified.lock().unwrap().push(identity);
                 match req.path() {
                     "/work" => {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -49,6 +68,7 @@ async fn spawn_worker() -> Worker {
     Worker {
         address,
         calls,
+        identities,
         server: handle,
     }
 }
@@ -124,6 +144,25 @@ async fn a_task_calls_its_action_then_its_callback() {
             format!("/done?hrm_task_id={id}")
         ]
     );
+    // The action and the callback are told which fire they serve.
+    let run = app.runs(&id).await[0].clone();
+    let told = worker.identities.lock().unwrap().clone();
+    let expected: Vec<(String, String)> = vec![
+        ("x-spot-attempt".into(), "1".into()),
+        ("x-spot-job-id".into(), id.clone()),
+        (
+            "x-spot-run-id".into(),
+            run["id"].as_str().unwrap().to_string(),
+        ),
+        (
+            "x-spot-scheduled-at".into(),
+            chrono::DateTime::parse_from_rfc3339(run["scheduled_at"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ];
+    assert_eq!(told, vec![expected.clone(), expected]);
     let status: Value = app.get("/status", ACCOUNT_KEY).await.json().await.unwrap();
     assert_eq!(status["pending_tasks"], json!({}));
 

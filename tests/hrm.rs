@@ -8,12 +8,15 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 use spot_tests::*;
 
+/// The `X-Spot-*` headers of one call, sorted by name.
+type Identity = Vec<(String, String)>;
+
 /// A worker: `/work` answers after a second, `/fail` with 500, `/slow` after a minute, `/done` records.
 struct Worker {
     address: String,
     calls: Arc<Mutex<Vec<String>>>,
     /// The `X-Spot-*` headers of each call, in order.
-    identities: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    identities: Arc<Mutex<Vec<Identity>>>,
     server: actix_web::dev::ServerHandle,
 }
 
@@ -30,7 +33,7 @@ async fn spawn_worker() -> Worker {
             let identified = identified.clone();
             async move {
                 recorded.lock().unwrap().push(req.uri().to_string());
-                let mut identity: Vec<(String, String)> = req
+                let mut identity: Identity = req
                     .headers()
                     .iter()
                     .filter(|(name, _)| name.as_str().starts_with("x-spot-"))
@@ -147,7 +150,7 @@ async fn a_task_calls_its_action_then_its_callback() {
     // The action and the callback are told which fire they serve.
     let run = app.runs(&id).await[0].clone();
     let told = worker.identities.lock().unwrap().clone();
-    let expected: Vec<(String, String)> = vec![
+    let expected: Identity = vec![
         ("x-spot-attempt".into(), "1".into()),
         ("x-spot-job-id".into(), id.clone()),
         (

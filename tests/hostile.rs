@@ -9,7 +9,6 @@ use chrono::Utc;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use spot_shared::broker::serve;
 use spot_shared::model::Policies;
@@ -498,13 +497,7 @@ async fn compatibility_listings_are_paged_in_headers() {
 
 /// Overwrites the stored record of job `id` with `raw`, past the api (a bug, or a hand in Redis).
 async fn overwrite_job_record(env: &TestEnv, id: &str, raw: &str) {
-    let client = redis::Client::open(env.settings.redis.url.expose_secret()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{}*:job:{id}", env.settings.redis.key_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = env.raw_keys(&format!(":job:{id}")).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let () = redis::cmd("SET")
         .arg(&keys[0])
@@ -610,13 +603,7 @@ async fn a_permanent_redis_error_is_a_500_with_an_error_id() {
             json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
         )
         .await;
-    let client = redis::Client::open(env.settings.redis.url.expose_secret()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{}*:job:{id}", env.settings.redis.key_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = env.raw_keys(&format!(":job:{id}")).await;
     let runs_key = format!("{}:runs", keys[0]);
     let () = redis::cmd("SET")
         .arg(&runs_key)

@@ -259,6 +259,20 @@ impl TestEnv {
             .expect("redis is up")
     }
 
+    /// A plain connection to this test's (single) Redis and the keys of its prefix that end with
+    /// `suffix` (`*` allowed): for tests that break records past the store on purpose.
+    pub async fn raw_keys(&self, suffix: &str) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+        use secrecy::ExposeSecret;
+        let client = redis::Client::open(self.settings.redis.url.expose_secret()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*{}*{suffix}", self.settings.redis.key_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (conn, keys)
+    }
+
     pub async fn broker(&self) -> Broker {
         let broker = Broker::connect(&self.settings.rabbitmq)
             .await

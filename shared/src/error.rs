@@ -137,13 +137,46 @@ impl From<redis::RedisError> for Error {
     }
 }
 
-/// Whether the same Redis call may succeed later (see `From<RedisError>`): redis-rs's own retry
-/// advice, plus the server's BUSY (a long script) and OOM (memory may be freed).
+/// Whether the same Redis call may succeed later (see `From<RedisError>`). Permanent only when the
+/// server answered with an error it will give again (redis-rs's retry advice for server errors, but
+/// BUSY, OOM and a script error caused by a failover are transient) or the reply had the wrong shape
+/// for what was asked; anything about the link or the cluster's state is transient, since a failover
+/// shows every kind of those for a moment.
 fn redis_error_is_transient(err: &redis::RedisError) -> bool {
-    if matches!(err.code(), Some("BUSY" | "OOM")) {
-        return true;
+    use redis::ErrorKind;
+    /// Server error codes that pass: a long script, memory full, and a failover's moments.
+    const PASSING: [&str; 9] = [
+        "BUSY",
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+    ];
+    let passing = |code: &str, details: Option<&str>| {
+        PASSING.contains(&code)
+            || details.is_some_and(|text| PASSING.iter().any(|passing| text.contains(passing)))
+    };
+    match err.kind() {
+        ErrorKind::Server(_) | ErrorKind::Extension => {
+            if !matches!(err.retry_method(), redis::RetryMethod::NoRetry) {
+                return true;
+            }
+            // A transaction or pipeline aborted by its commands' errors (MOVED during a failover,
+            // say) passes if any of them does; a script error caused by a failover names its cause.
+            match err.clone().into_server_errors() {
+                Some(errors) => errors
+                    .iter()
+                    .any(|(_, server)| passing(server.code(), server.details())),
+                None => passing(err.code().unwrap_or(""), err.detail()),
+            }
+        }
+        ErrorKind::UnexpectedReturnType => false,
+        _ => true,
     }
-    !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 impl From<lapin::Error> for Error {
@@ -184,6 +217,11 @@ mod tests {
         assert!(Error::from(io(std::io::ErrorKind::TimedOut)).is_retryable());
         let wrong_shape = RedisError::from((ErrorKind::UnexpectedReturnType, "not an integer"));
         assert_eq!(Error::from(wrong_shape).code, ErrorCode::Internal);
+        // What a cluster's failover shows for a moment is never taken as permanent.
+        let dropped = RedisError::from((ErrorKind::Io, "connection dropped"));
+        assert!(Error::from(dropped).is_retryable());
+        let client = RedisError::from((ErrorKind::Client, "no connection to the slot's node"));
+        assert!(Error::from(client).is_retryable());
     }
 
     #[test]

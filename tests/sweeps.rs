@@ -301,3 +301,40 @@ async fn an_http_action_held_by_a_live_provisioner_heartbeats() {
         RunState::Running
     );
 }
+
+/// A run that never started, behind thousands of older runs on instances in the live-run index,
+/// is still found by the sweep (it once read only the 5,000 oldest entries and skipped the ones on
+/// instances, so a run behind them was never looked at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_run_behind_many_runs_on_instances_is_still_found() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let (job_id, run_id) = lost_fire(&store, &app, container(1)).await;
+    // 6,000 older live runs, each on an instance, written past the store (their records only).
+    let (mut conn, live) = env.raw_keys("runs:live").await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let index = live[0].clone();
+    let run_prefix = index.trim_end_matches("runs:live").to_string();
+    let long_ago = Utc::now().timestamp_millis() - 3_600_000;
+    let mut pipe = redis::pipe();
+    for n in 0..6000 {
+        let id = format!("onaninstance{n:05}");
+        pipe.zadd(&index, &id, long_ago + n)
+            .ignore()
+            .hset(
+                format!("{run_prefix}run:{id}"),
+                "instance_id",
+                format!("i-{n:05}"),
+            )
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+
+    let reaper = reaper(&env, 0, 120).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = reaper.sweep_once().await.unwrap();
+    assert_eq!(report.relaunched, 1, "{report:?}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!((run.relaunches, run.job_id), (1, job_id));
+}

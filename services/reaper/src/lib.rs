@@ -233,7 +233,11 @@ impl Reaper {
         now: chrono::DateTime<chrono::Utc>,
         report: &mut SweepReport,
     ) -> Result<()> {
-        for entry in self.store.live_runs(LIVE_RUNS_PER_SWEEP).await? {
+        for entry in self
+            .store
+            .live_runs_without_instance(LIVE_RUNS_SCANNED)
+            .await?
+        {
             let run = match self.store.get_run(&entry.run_id).await {
                 Ok(Some(run)) if !run.state.is_terminal() => run,
                 // Ended (or trimmed) since: the index only lags.
@@ -492,8 +496,9 @@ impl Reaper {
     }
 }
 
-/// Live runs looked at per sweep, oldest first (the stuck ones are the old ones).
-const LIVE_RUNS_PER_SWEEP: usize = 5000;
+/// Live-run index entries a sweep walks at most per shard (state and instance read in pipelines of
+/// 2,000): far more than a deployment keeps under way, so none is out of its reach.
+const LIVE_RUNS_SCANNED: usize = 1_000_000;
 
 /// How a run without an instance is stuck.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -307,22 +307,52 @@ impl Store {
         Ok(report)
     }
 
-    /// Runs not yet ended, oldest first (over every shard), as the live-run indexes hold them (they
-    /// may still hold a few that ended: check each run's state).
-    pub async fn live_runs(&self, limit: usize) -> Result<Vec<StuckRun>> {
-        let mut runs: Vec<StuckRun> = self
-            .lowest_in_every_shard(LIVE_RUNS, limit)
-            .await?
-            .into_iter()
-            .filter_map(|(run_id, ms)| {
-                Some(StuckRun {
-                    run_id,
-                    recorded_at: millis(ms as i64)?,
-                })
+    /// Every run of the live-run indexes that no instance speaks for (or that ended or is gone,
+    /// for the index to forget), oldest first within each shard, up to `scan` index entries per
+    /// shard looked at: the whole index is walked in pages with one pipeline each (the runs' state
+    /// and instance read, nothing more), so runs on instances, however many and old, never hide the
+    /// runs behind them from the stuck-run sweep.
+    pub async fn live_runs_without_instance(&self, scan: usize) -> Result<Vec<StuckRun>> {
+        const PAGE: usize = 2000;
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let index = self.shard_key(shard, LIVE_RUNS);
+                let mut found = Vec::new();
+                let mut offset = 0;
+                while offset < scan {
+                    let mut conn = self.conn.clone();
+                    let rows: Vec<(String, f64)> = conn
+                        .zrange_withscores(&index, offset as isize, (offset + PAGE) as isize - 1)
+                        .await?;
+                    let mut pipe = redis::pipe();
+                    for (run_id, _) in &rows {
+                        pipe.hget(
+                            self.shard_key(shard, &format!("run:{run_id}")),
+                            "instance_id",
+                        );
+                    }
+                    let instances: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+                    for ((run_id, ms), instance) in rows.iter().zip(instances) {
+                        if instance.is_some() {
+                            continue;
+                        }
+                        if let Some(recorded_at) = millis(*ms as i64) {
+                            found.push(StuckRun {
+                                run_id: run_id.clone(),
+                                recorded_at,
+                            });
+                        }
+                    }
+                    if rows.len() < PAGE {
+                        break;
+                    }
+                    offset += PAGE;
+                }
+                Ok(found)
             })
-            .collect();
+            .await?;
+        let mut runs: Vec<StuckRun> = per_shard.into_iter().flatten().collect();
         runs.sort_by_key(|run| run.recorded_at);
-        runs.truncate(limit);
         Ok(runs)
     }
 

@@ -82,16 +82,11 @@ impl FireStep {
 /// nothing cancelled: a duplicate never cancels its own fire's run), 2 stale, 3 forbidden (a run of
 /// the job is under way), 4 the timer moved past this scheduled fire (fired before), 5 misfired.
 const RECORD_FIRE: &str = r#"
-local existing = redis.call('GET', KEYS[1])
-if existing then return {'1', existing} end
-local raw = redis.call('GET', KEYS[4])
-if not raw then return {'2', ''} end
-local enabled, generation = job_state(raw)
-if generation ~= ARGV[2] or not enabled then return {'2', ''} end
 local move = ARGV[8]
-if move ~= '' then
+-- Moves the job's timer on from this fire's instant; false if it no longer points there.
+local function move_timer(generation)
   local score = redis.call('ZSCORE', KEYS[6], ARGV[10])
-  if not score or tonumber(score) ~= tonumber(ARGV[9]) then return {'4', ''} end
+  if not score or tonumber(score) ~= tonumber(ARGV[9]) then return false end
   if move == '-' then
     redis.call('ZREM', KEYS[6], ARGV[10])
   else
@@ -99,7 +94,21 @@ if move ~= '' then
     -- the member as `unarmed_member` names it
     redis.call('ZADD', KEYS[7], move, ARGV[10] .. '|' .. generation)
   end
+  return true
 end
+local raw = redis.call('GET', KEYS[4])
+local enabled, generation = false, nil
+if raw then enabled, generation = job_state(raw) end
+local current = enabled and generation == ARGV[2]
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  -- Recorded before; a timer put back on this instant since (a save that rewrote it) moves on
+  -- again, or the reconciler would hand this fire over for ever.
+  if current and move ~= '' then move_timer(generation) end
+  return {'1', existing}
+end
+if not current then return {'2', ''} end
+if move ~= '' and not move_timer(generation) then return {'4', ''} end
 if ARGV[11] == '1' then return {'5', ''} end
 local policy, prefix, now = ARGV[5], ARGV[6], ARGV[7]
 local cancelled = {}

@@ -648,15 +648,7 @@ async fn instance_runners_without_ec2_are_refused_naming_the_field() {
 
     let form = "action_url=http%3A%2F%2F127.0.0.1%3A9%2Fx&instance_id=i-0123456789abcdef0\
         &access_key_id=AKIA&access_key_secret=s";
-    let response = app
-        .client
-        .post(app.url("/tasks"))
-        .header("X-Auth-Token", ACCOUNT_KEY)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_form("/tasks", ACCOUNT_KEY, form).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(

@@ -685,6 +685,18 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// POSTs a form-encoded body with the account's key (HRM's tasks).
+    pub async fn post_form(&self, path: &str, key: &str, form: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("X-Auth-Token", key)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))

@@ -445,15 +445,7 @@ async fn a_dummy_job_runs_now_and_on_schedule() {
     })
     .await;
     assert_legal_history(&run);
-    let output = app
-        .get(
-            &format!("/v1/runs/{}/logs", run["id"].as_str().unwrap()),
-            ACCOUNT_KEY,
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
+    let output = app.run_log(&run).await;
     assert_eq!(output, "Hello, acme!");
 
     // On a schedule (every 2 s), each run at its instant.

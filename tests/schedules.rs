@@ -512,13 +512,11 @@ async fn run_now_runs_a_just_created_job() {
             .find(|run| run["state"] == "succeeded")
     })
     .await;
-    let logs = app
-        .get(
-            &format!("/v1/runs/{}/logs", run["id"].as_str().unwrap()),
-            ACCOUNT_KEY,
-        )
-        .await;
-    assert_eq!(logs.text().await.unwrap(), "ran now\n");
+    assert_eq!(
+        app.run_log(&run).await,
+        "ran now
+"
+    );
     // The schedule did not move: the next fire is still next New Year.
     let job: Value = app
         .get(&format!("/v1/jobs/{id}"), ACCOUNT_KEY)

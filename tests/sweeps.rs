@@ -338,3 +338,20 @@ async fn a_stuck_run_behind_many_runs_on_instances_is_still_found() {
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert_eq!((run.relaunches, run.job_id), (1, job_id));
 }
+
+/// With several shards, those holding no live run must not stop the sweep finding a stuck run in
+/// another (an empty shard once made the whole stuck-run step fail: redis-rs refuses an empty pipeline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_run_is_found_while_other_shards_hold_no_live_run() {
+    let mut env = TestEnv::new();
+    env.settings.redis.timer_shards = 4;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let (_job_id, run_id) = lost_fire(&store, &app, container(1)).await;
+    let reaper = reaper(&env, 0, 120).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = reaper.sweep_once().await.unwrap();
+    assert_eq!(report.relaunched, 1, "{report:?}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.relaunches, 1);
+}

@@ -23,6 +23,7 @@ pub struct Settings {
     #[serde(default)]
     pub minion: MinionSettings,
     pub cronjob: CronjobSettings,
+    pub fetch: crate::file_source::FetchSettings,
     #[serde(default)]
     pub outbound: crate::outbound::OutboundSettings,
     pub ec2: Ec2Settings,

@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod config;
 pub mod container_limits;
 pub mod error;
+pub mod file_source;
 pub mod ids;
 pub mod instance_power;
 pub mod messages;

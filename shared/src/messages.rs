@@ -145,6 +145,9 @@ pub struct RunSpec {
     /// What the container may use (zeros: no limit, as from an api older than limits).
     #[serde(default)]
     pub limits: crate::container_limits::AppliedLimits,
+    /// How to fetch the files that name a source.
+    #[serde(default)]
+    pub fetch: crate::file_source::FetchSpec,
 }
 
 /// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent

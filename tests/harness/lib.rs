@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 pub mod cloud;
 pub mod ec2_stack;
+pub mod https_files;
 pub mod image;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
@@ -743,6 +744,14 @@ impl TestApp {
     }
 
     /// `GET /status/{id}` as JSON.
+    /// A run's output, as `GET /v1/runs/{id}/logs` gives it to its account.
+    pub async fn run_log(&self, run: &serde_json::Value) -> String {
+        let id = run["id"].as_str().expect("a run with an id");
+        let response = self.get(&format!("/v1/runs/{id}/logs"), ACCOUNT_KEY).await;
+        assert_eq!(response.status(), 200, "the log of {id}");
+        response.text().await.expect("a log")
+    }
+
     pub async fn status(&self, id: &str) -> serde_json::Value {
         let response = self.get(&format!("/status/{id}"), ACCOUNT_KEY).await;
         assert_eq!(response.status(), 200);

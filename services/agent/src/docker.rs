@@ -15,6 +15,7 @@ use spot_shared::cloud::{INSTANCE_LABEL, RUN_LABEL};
 use spot_shared::container_limits::AppliedLimits;
 use spot_shared::messages::{CallbackRequest, RunSpec};
 
+use crate::fetch::ContainerFile;
 use crate::{AgentSettings, ApiClient, Outcome, LOG_FLUSH_BYTES, LOG_FLUSH_EVERY};
 
 pub struct Engine {
@@ -40,7 +41,11 @@ impl Engine {
         if let Err(message) = self.ensure_image(&spec.image).await {
             return Outcome::Error(message);
         }
-        let container_id = match self.create_and_start(spec, settings, name).await {
+        let files = match crate::fetch::container_files(spec, &settings.metadata_url).await {
+            Ok(files) => files,
+            Err(message) => return Outcome::Error(message),
+        };
+        let container_id = match self.create_and_start(spec, &files, settings, name).await {
             Ok(id) => id,
             Err(err) => return Outcome::Error(format!("cannot start the container: {err}")),
         };
@@ -103,6 +108,7 @@ impl Engine {
     async fn create_and_start(
         &self,
         spec: &RunSpec,
+        files: &[ContainerFile],
         settings: &AgentSettings,
         name: &str,
     ) -> Result<String, bollard::errors::Error> {
@@ -122,9 +128,9 @@ impl Engine {
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = self.docker.create_container(Some(options), body).await?;
-        if !spec.files.is_empty() {
-            let archive = files_archive(&spec.files)
-                .map_err(|e| bollard::errors::Error::IOError { err: e })?;
+        if !files.is_empty() {
+            let archive =
+                files_archive(files).map_err(|e| bollard::errors::Error::IOError { err: e })?;
             let options = UploadToContainerOptionsBuilder::new().path("/").build();
             self.docker
                 .upload_to_container(
@@ -256,13 +262,10 @@ pub async fn heartbeat(api: ApiClient, every_secs: u64) {
 }
 
 /// A tar archive of the job's files, to unpack at the container's root.
-fn files_archive(files: &[spot_shared::model::FileSpec]) -> std::io::Result<Vec<u8>> {
-    use base64::Engine;
+fn files_archive(files: &[ContainerFile]) -> std::io::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
     for file in files {
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(file.content_base64.as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let content = &file.content;
         let mut header = tar::Header::new_gnu();
         header.set_mode(file.mode);
         header.set_size(content.len() as u64);

@@ -1,5 +1,5 @@
 //! The agent: runs on an instance, one per run. It fetches its run's spec from the api with the run's
-//! secret, pulls the image if the engine lacks it, runs the container with the job's command and
+//! secret, pulls the image if the engine lacks it, fetches the files the spec names by URL, runs the container with the job's command and
 //! environment, streams its output and heartbeats to the api, watches for a spot interruption notice,
 //! reports the result by `POST /callback`, and removes the container.
 //!
@@ -9,6 +9,7 @@
 
 mod api_client;
 mod docker;
+mod fetch;
 pub mod metadata;
 
 use std::path::PathBuf;

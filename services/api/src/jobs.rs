@@ -139,27 +139,56 @@ fn check_instances_usable(state: &AppState, runner: &Runner) -> Result<()> {
 }
 
 async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()> {
-    let Runner::Http(spec) = runner else {
-        return Ok(());
-    };
-    for (field, url) in spec.urls() {
-        let filled = fill_placeholders(url);
-        let Ok(parsed) = spot_shared::outbound::check_url(&filled) else {
-            continue;
-        };
-        if parsed.host_str() == Some(PLACEHOLDER_HOST) {
-            continue;
-        }
-        match spot_shared::outbound::checked_addresses(&parsed, &state.settings.outbound).await {
-            Ok(_) => {}
-            Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
-                return Err(Error::invalid(field, err.message));
+    match runner {
+        Runner::Http(spec) => {
+            for (field, url) in spec.urls() {
+                let filled = fill_placeholders(url);
+                let Ok(parsed) = spot_shared::outbound::check_url(&filled) else {
+                    continue;
+                };
+                if parsed.host_str() == Some(PLACEHOLDER_HOST) {
+                    continue;
+                }
+                check_target(state, &parsed, field).await?;
             }
-            // Not resolvable from here now: the provisioner resolves and checks it at call time.
-            Err(_) => {}
         }
+        Runner::Container(spec) => {
+            for (i, file) in spec.files.iter().enumerate() {
+                if let Some(source) = &file.source {
+                    check_source_target(state, source, &format!("runner.files[{i}].source"))
+                        .await?;
+                }
+            }
+        }
+        _ => {}
     }
     Ok(())
+}
+
+/// Refuses a file source on an HTTPS host the outbound rules block (the agent checks again when it
+/// fetches). S3 objects go to the deployment's S3 endpoint, never to a host the user names.
+pub async fn check_source_target(
+    state: &AppState,
+    source: &spot_shared::file_source::FileSource,
+    field: &str,
+) -> Result<()> {
+    match spot_shared::file_source::Location::parse(&source.url) {
+        Ok(spot_shared::file_source::Location::Https(url)) => {
+            check_target(state, &url, field).await
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn check_target(state: &AppState, url: &url::Url, field: &str) -> Result<()> {
+    match spot_shared::outbound::checked_addresses(url, &state.settings.outbound).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
+            Err(Error::invalid(field, err.message))
+        }
+        // Not resolvable from here now: it is resolved and checked again at call time.
+        Err(_) => Ok(()),
+    }
 }
 
 /// Refuses a job over its account's quotas (429 naming the quota), counting the refusal in

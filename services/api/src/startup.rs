@@ -32,6 +32,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = settings.api.max_body_bytes;
         let ec2 = spot_shared::instance_power::Ec2::for_deployment(&settings).await;
+        let fetch = spot_shared::file_source::FetchSpec::from_settings(
+            &settings.fetch,
+            &settings.outbound,
+        )?;
         let state = web::Data::new(AppState {
             store,
             ec2,
@@ -41,6 +45,7 @@ impl Application {
             follow_slots: Arc::new(crate::follow::FollowSlots::new(
                 settings.api.follow_streams_total,
             )),
+            fetch: Arc::new(fetch),
             settings,
         });
         let server = HttpServer::new(move || {

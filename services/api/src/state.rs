@@ -14,5 +14,7 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub bcrypt: crate::bcrypt_gate::BcryptGate,
     pub follow_slots: Arc<crate::follow::FollowSlots>,
+    /// What agents are told about fetching files named by URL (`[fetch]`, CA file read once).
+    pub fetch: Arc<spot_shared::file_source::FetchSpec>,
     pub settings: Settings,
 }

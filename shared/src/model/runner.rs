@@ -136,12 +136,17 @@ pub struct ContainerSpec {
     pub limits: ContainerLimits,
 }
 
-/// A file for the container: absolute path, mode, content in base64.
+/// A file for the container: absolute path, mode, and its content in base64 or where the agent fetches
+/// it from (one of the two).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileSpec {
     pub path: String,
     pub mode: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub content_base64: String,
+    /// Fetched on the instance before the container starts; a failed fetch ends the run with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::file_source::FileSource>,
 }
 
 /// What the instance runner can do to an instance.
@@ -263,6 +268,21 @@ impl ContainerSpec {
                     field(&format!("files[{i}]")),
                     "needs an absolute path without '..' and a mode up to 0o7777",
                 ));
+            }
+            if let Some(source) = &file.source {
+                if !file.content_base64.is_empty() {
+                    return Err(Error::invalid(
+                        field(&format!("files[{i}]")),
+                        "either content_base64 or source, not both",
+                    ));
+                }
+                if let Some(problem) = source.problem() {
+                    return Err(Error::invalid(
+                        field(&format!("files[{i}].source")),
+                        problem,
+                    ));
+                }
+                continue;
             }
             let content_ok = file.content_base64.len() <= limits::FILE_BASE64_LEN
                 && BASE64.decode(file.content_base64.as_bytes()).is_ok();

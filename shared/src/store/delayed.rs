@@ -324,6 +324,11 @@ impl Store {
                     let rows: Vec<(String, f64)> = conn
                         .zrange_withscores(&index, offset as isize, (offset + PAGE) as isize - 1)
                         .await?;
+                    // An empty pipeline is an error to redis-rs ("empty command"): an empty shard
+                    // (or page) has nothing to read.
+                    if rows.is_empty() {
+                        break;
+                    }
                     let mut pipe = redis::pipe();
                     for (run_id, _) in &rows {
                         pipe.hget(

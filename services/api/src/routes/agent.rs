@@ -42,6 +42,7 @@ pub async fn spec(
         timeout_secs: job.policies.timeout_secs,
         files: container.files.clone(),
         limits: container.limits.applied(&state.settings.container_limits),
+        fetch: (*state.fetch).clone(),
     };
     Ok(HttpResponse::Ok().json(spec))
 }

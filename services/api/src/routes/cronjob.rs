@@ -1,6 +1,8 @@
 //! Seed 002's API (distributed-cronjob): `GET /jobs`, `GET /jobs/{id}`, `POST /jobs` with `executable`,
 //! `schedule` (cron) and `type`. A `command` runs with `sh -c` in the configured image; a `script` or
-//! `binary` is uploaded as base64, placed in the container and executed. Statuses: scheduled (no run has
+//! `binary` is uploaded as base64 or, as the seed's samples do, named by URL (`s3://bucket/key`,
+//! `http(s)://s3.amazonaws.com/bucket/key`, any `https://` URL; optionally with its `sha256`) and
+//! fetched by the agent on the instance; either way it is placed in the container and executed. Statuses: scheduled (no run has
 //! ended yet), finished, error. Unlike the seed: a bad body gets 400, an unknown id 404, an empty list
 //! `[]`, and jobs really run.
 
@@ -8,6 +10,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::Digest;
+use spot_shared::file_source::FileSource;
 use spot_shared::model::{ContainerSpec, FileSpec, Job, RunState, Runner};
 use spot_shared::Error;
 use utoipa::ToSchema;
@@ -52,6 +56,9 @@ pub(super) struct CreateRequest {
     kind: String,
     /// An addition to the seed: the image to run in (the configured one otherwise).
     image: Option<String>,
+    /// An addition to the seed: the script's or binary's SHA-256 in hex; a fetched file with another
+    /// ends the run (an upload with another is refused).
+    sha256: Option<String>,
     /// The seed's documents carry these; they are the system's to set, so they are ignored.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -74,24 +81,14 @@ pub(super) async fn create(
         return Err(Error::invalid("executable", "must not be empty").into());
     }
     let (cmd, files) = match request.kind.as_str() {
-        "command" => (Some(shell(&request.executable)), Vec::new()),
-        "script" | "binary" => {
-            let content = base64::engine::general_purpose::STANDARD
-                .decode(request.executable.trim().as_bytes())
-                .map_err(|e| {
-                    Error::invalid(
-                        "executable",
-                        format!("a {} is uploaded as base64: {e}", request.kind),
-                    )
-                })?;
-            if content.len() > MAX_UPLOAD_BYTES {
-                return Err(Error::invalid("executable", "larger than 4 MiB").into());
+        "command" => {
+            if request.sha256.is_some() {
+                return Err(Error::invalid("sha256", "applies to a script or binary").into());
             }
-            let file = FileSpec {
-                path: UPLOAD_PATH.into(),
-                mode: 0o755,
-                content_base64: request.executable.trim().to_string(),
-            };
+            (Some(shell(&request.executable)), Vec::new())
+        }
+        "script" | "binary" => {
+            let file = executable_file(&state, &request).await?;
             // sh runs a script without a shebang line itself; a binary is executed directly.
             let cmd = if request.kind == "script" {
                 shell(UPLOAD_PATH)
@@ -118,6 +115,62 @@ pub(super) async fn create(
     let id = key.job_id(&caller.0.account, "/jobs");
     let job = jobs::create(&state, &caller.0.account, spec, id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &job).await?))
+}
+
+/// The script or binary as a file for the container: fetched by URL on the instance, or uploaded.
+async fn executable_file(state: &AppState, request: &CreateRequest) -> Result<FileSpec, Error> {
+    let executable = request.executable.trim();
+    let by_url = ["s3://", "http://", "https://"]
+        .iter()
+        .any(|scheme| executable.starts_with(scheme));
+    if by_url {
+        let source = FileSource {
+            url: executable.to_string(),
+            sha256: request.sha256.clone(),
+        };
+        if let Err(problem) = spot_shared::file_source::Location::parse(executable) {
+            return Err(Error::invalid("executable", problem));
+        }
+        if let Some(problem) = source.problem() {
+            return Err(Error::invalid("sha256", problem));
+        }
+        jobs::check_source_target(state, &source, "executable").await?;
+        return Ok(FileSpec {
+            path: UPLOAD_PATH.into(),
+            mode: 0o755,
+            content_base64: String::new(),
+            source: Some(source),
+        });
+    }
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(executable.as_bytes())
+        .map_err(|e| {
+            Error::invalid(
+                "executable",
+                format!(
+                    "a {} is uploaded as base64 or named by URL (s3://bucket/key, https://…): {e}",
+                    request.kind
+                ),
+            )
+        })?;
+    if content.len() > MAX_UPLOAD_BYTES {
+        return Err(Error::invalid("executable", "larger than 4 MiB"));
+    }
+    if let Some(expected) = &request.sha256 {
+        let actual = hex::encode(sha2::Sha256::digest(&content));
+        if !expected.eq_ignore_ascii_case(&actual) {
+            return Err(Error::invalid(
+                "sha256",
+                format!("the upload's SHA-256 is {actual}, not {expected}"),
+            ));
+        }
+    }
+    Ok(FileSpec {
+        path: UPLOAD_PATH.into(),
+        mode: 0o755,
+        content_base64: executable.to_string(),
+        source: None,
+    })
 }
 
 /// `sh -c '<text>'`, quoted so that the agent's shell-like split gives back the text whole.
@@ -188,18 +241,30 @@ async fn view(state: &AppState, job: &Job) -> Result<Value, Error> {
             } else {
                 "binary"
             };
-            (kind, c.files[0].content_base64.clone())
+            let executable = match &c.files[0].source {
+                Some(source) => source.url.clone(),
+                None => c.files[0].content_base64.clone(),
+            };
+            (kind, executable)
         }
         Some(c) => ("command", unshell(c.cmd.as_deref().unwrap_or(""))),
         None => ("command", String::new()),
     };
-    Ok(json!({
+    let mut document = json!({
         "id": job.id,
         "status": status,
         "executable": executable,
         "schedule": job.schedule,
         "type": kind,
-    }))
+    });
+    let sha256 = container
+        .and_then(|c| c.files.first())
+        .and_then(|file| file.source.as_ref())
+        .and_then(|source| source.sha256.as_ref());
+    if let Some(sha256) = sha256 {
+        document["sha256"] = json!(sha256);
+    }
+    Ok(document)
 }
 
 /// The command as it was given: undo [`shell`].

@@ -190,15 +190,7 @@ async fn a_fire_lost_just_after_its_record_step_still_runs_the_users_code_once()
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reaper.sweep_once().await.unwrap().relaunched, 1);
     let _provisioner = spawn_provisioner(&env, &app.address).await;
-    let run = eventually(
-        Duration::from_secs(60),
-        "the relaunched run to end",
-        || async {
-            let run = store.get_run(&run_id).await.ok()??;
-            run.state.is_terminal().then_some(run)
-        },
-    )
-    .await;
+    let run = ended_run(&store, &run_id).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:?}");
     assert_eq!((run.attempt, run.relaunches), (1, 1));
     assert_eq!(app.runs(&job_id).await.len(), 1, "one run, launched once");
@@ -354,4 +346,173 @@ async fn a_stuck_run_is_found_while_other_shards_hold_no_live_run() {
     assert_eq!(report.relaunched, 1, "{report:?}");
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert_eq!(run.relaunches, 1);
+}
+
+/// An instance that never starts the container (here its agent cannot reach the api, so it never
+/// fetches its spec nor heartbeats) is terminated by the sweep once the boot timeout passes, and its
+/// run goes back to `pending` and is launched again as the same attempt (not a retry): a second
+/// provisioner, whose agents can reach the api, runs the user's code to its end, once, on an instance
+/// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_starts_the_container_is_replaced_as_the_same_attempt() {
+    let mut env = TestEnv::new();
+    env.settings.reaper.boot_timeout_secs = 2;
+    let image = image::busybox_image().await;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let (job_id, run_id, first_instance) = booting_on_a_silent_instance(&env, &app, image).await;
+
+    let reaper = spot_reaper::Reaper::build(env.settings.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = reaper.sweep_once().await.unwrap();
+    assert_eq!((report.relaunched, report.lost), (1, 0), "{report:?}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.attempt, run.relaunches),
+        (RunState::Pending, 1, 1)
+    );
+    assert_eq!(run.instance_id, None, "the run let go of the instance");
+    assert!(
+        run.relaunch_reasons[0].contains("never started the container"),
+        "{run:?}"
+    );
+    let terminated = store.get_instance(&first_instance).await.unwrap().unwrap();
+    assert_eq!(
+        terminated.state,
+        spot_shared::model::InstanceState::Terminated
+    );
+    assert!(
+        local_agents_of(&first_instance).is_empty(),
+        "its agent was stopped"
+    );
+
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let run = ended_run(&store, &run_id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!((run.attempt, run.relaunches), (1, 1));
+    let second_instance = run.instance_id.clone().unwrap_or_default();
+    assert!(
+        !second_instance.is_empty() && second_instance != first_instance,
+        "{run:?}"
+    );
+    let runs = app.runs(&job_id).await;
+    assert_eq!(runs.len(), 1, "one run of that instant, launched twice");
+    assert_legal_history(&runs[0]);
+    assert_eq!(
+        app.run_log(&runs[0]).await,
+        "ran\n",
+        "the user's code ran once"
+    );
+}
+
+/// A job whose run (now) is `booting` on an instance whose agent never gets going: the provisioner
+/// that launched it told its agents an api address where nothing listens, and is stopped.
+async fn booting_on_a_silent_instance(
+    env: &TestEnv,
+    app: &TestApp,
+    image: &str,
+) -> (String, String, String) {
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": "0 0 1 1 *",
+                "runner": {"type": "container", "image": image, "cmd": "echo ran"},
+                "policies": {"retries": {"max_attempts": 1}},
+            }),
+        )
+        .await;
+    // Agents of this provisioner are told an api address where nothing listens.
+    let unreachable = spawn_provisioner(env, "http://127.0.0.1:9").await;
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{job_id}/run"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert!(response.status().is_success(), "run now");
+    let (run_id, first_instance) = eventually(Duration::from_secs(30), "an instance", || async {
+        let run = app.runs(&job_id).await.into_iter().next()?;
+        let instance = run["instance_id"].as_str()?.to_string();
+        Some((run["id"].as_str()?.to_string(), instance))
+    })
+    .await;
+    unreachable.stop().await;
+    (job_id, run_id, first_instance)
+}
+
+/// The run once it has ended (a minute at most).
+async fn ended_run(store: &Store, run_id: &str) -> spot_shared::model::Run {
+    eventually(Duration::from_secs(60), "the run to end", || async {
+        let run = store.get_run(run_id).await.ok()??;
+        run.state.is_terminal().then_some(run)
+    })
+    .await
+}
+
+/// Live agent processes tagged with this instance id.
+fn local_agents_of(instance_id: &str) -> Vec<nix::unistd::Pid> {
+    spot_shared::cloud::local::tagged_processes(std::path::Path::new("/proc"), instance_id)
+}
+
+/// The agent's interruption notice arrives before the container started (the cloud reclaims a spot
+/// instance while it boots): not an attempt of the job. The api has the instance terminated and the
+/// run launched again as the same attempt, and a later launch runs the user's code once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_instance_reclaimed_before_the_container_started_is_relaunched_not_retried() {
+    let env = TestEnv::new();
+    let image = image::busybox_image().await;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let (job_id, run_id, instance) = booting_on_a_silent_instance(&env, &app, image).await;
+    // The agent's report, as it sends it on a notice (the test holds the run's secret).
+    let secret = "the-agents-secret";
+    store
+        .set_run_fields(
+            &run_id,
+            &[("secret_hash", spot_shared::ids::hash_secret(secret))],
+        )
+        .await
+        .unwrap();
+    let report = json!({"action": "terminate", "instance_id": instance, "run_id": run_id,
+        "job_id": job_id, "interrupted": true});
+    let report_as_agent = || {
+        app.client
+            .post(app.url("/callback"))
+            .header(spot_shared::messages::RUN_SECRET_HEADER, secret)
+            .json(&report)
+            .send()
+    };
+    let response = report_as_agent().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["relaunched"], true, "{answer}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.attempt, run.relaunches),
+        (RunState::Pending, 1, 1)
+    );
+    assert!(run.relaunch_reasons[0].contains("reclaimed"), "{run:?}");
+    // The old agent's secret no longer speaks for the run.
+    assert_eq!(report_as_agent().await.unwrap().status(), 403);
+
+    let _reaper = spawn_reaper(&env).await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let run = ended_run(&store, &run_id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!(
+        (run.attempt, run.relaunches),
+        (1, 1),
+        "relaunched, never retried"
+    );
+    let old = store.get_instance(&instance).await.unwrap().unwrap();
+    assert_eq!(old.state, spot_shared::model::InstanceState::Terminated);
+    assert!(local_agents_of(&instance).is_empty());
+    let runs = app.runs(&job_id).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(app.run_log(&runs[0]).await, "ran\n");
 }

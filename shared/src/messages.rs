@@ -19,6 +19,14 @@ pub struct FireMessage {
     /// (its launch was lost); never records a new run.
     #[serde(default, skip_serializing_if = "is_false")]
     pub relaunch: bool,
+    /// Attempts of this instant before this one that spot interruptions ended: they count against
+    /// `retries.max_interruptions`, not `retries.max_attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interruptions: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 fn is_false(value: &bool) -> bool {
@@ -39,6 +47,7 @@ impl FireMessage {
             attempt: 1,
             manual: false,
             relaunch: false,
+            interruptions: 0,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Job policies that act at run time: retries with exponential backoff and full jitter, armed durably.
+//! Job policies that act at run time: retries with exponential backoff and full jitter, armed durably,
+//! and relaunches of runs that never started the user's code (not counted against retries).
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -6,25 +7,21 @@ use rand::Rng;
 use crate::error::Result;
 use crate::messages::FireMessage;
 use crate::model::{Job, Run, RunState};
-use crate::store::{Moved, Store};
+use crate::store::{Moved, Relaunch, Store};
 
-/// A reclaimed spot instance is not the job's fault: retry it at least this many attempts in all.
-const MIN_ATTEMPTS_AFTER_INTERRUPTION: u32 = 3;
-
-/// Whether a run that ended in `ended` gets another attempt under its job's policy.
+/// Whether a run that ended in `ended` gets another attempt under its job's policy. A reclaimed
+/// spot instance is not the job's fault: interrupted attempts count against
+/// `retries.max_interruptions`, never against `retries.max_attempts`.
 pub fn should_retry(job: &Job, run: &Run, ended: RunState) -> bool {
+    let retries = &job.policies.retries;
     let allowed = match ended {
         RunState::Failed | RunState::TimedOut | RunState::ProvisionFailed => {
-            job.policies.retries.max_attempts
+            run.attempt.saturating_sub(run.interruptions) < retries.max_attempts
         }
-        RunState::Interrupted => job
-            .policies
-            .retries
-            .max_attempts
-            .max(MIN_ATTEMPTS_AFTER_INTERRUPTION),
-        _ => return false,
+        RunState::Interrupted => run.interruptions < retries.max_interruptions,
+        _ => false,
     };
-    job.enabled && run.attempt < allowed
+    job.enabled && allowed
 }
 
 /// The next attempt of `run` if its job's policy allows one after it ended in `ended`: the fire and
@@ -46,6 +43,7 @@ pub fn next_attempt(job: &Job, run: &Run, ended: RunState) -> Option<(FireMessag
         attempt: next_attempt,
         manual: false,
         relaunch: false,
+        interruptions: run.interruptions + u32::from(ended == RunState::Interrupted),
     };
     tracing::info!(job_id = %job.id, run_id = %run.id, next_attempt, %due, "retry armed");
     Some((fire, due))
@@ -69,4 +67,122 @@ pub async fn end_run(
             retry.as_ref().map(|(fire, due)| (fire, *due)),
         )
         .await
+}
+
+/// What [`relaunch`] did with a run that never started the user's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relaunched {
+    /// Launched again (as the same attempt) after a backoff; this many relaunches so far.
+    Armed(u32),
+    /// Its relaunches had run out: it ended `provision_failed` (and is retried if its policy allows).
+    ProvisionFailed,
+    /// Its job is gone: it ended `failed`.
+    JobGone,
+    /// It moved on meanwhile (launched, or ended some other way): nothing done.
+    Moved,
+}
+
+/// Launches a run that never started the user's code again, as the same attempt, after a backoff
+/// (1 s, doubling up to a minute), until it has had `max_relaunches`; then it ends `provision_failed`
+/// with every reason kept. A `booting` run's instance must be terminated before.
+pub async fn relaunch(
+    store: &Store,
+    job: Option<&Job>,
+    run: &Run,
+    why: &str,
+    max_relaunches: u32,
+) -> Result<Relaunched> {
+    let Some(job) = job else {
+        let fields = [("error", why.to_string())];
+        return Ok(
+            match end_run(store, None, run, RunState::Failed, &fields).await? {
+                Moved::From(_) => Relaunched::JobGone,
+                Moved::AlreadyThere => Relaunched::Moved,
+            },
+        );
+    };
+    let backoff_secs = 1i64 << run.relaunches.min(6);
+    let due = Utc::now() + chrono::Duration::seconds(backoff_secs);
+    match store
+        .relaunch_run(run, job.generation, due, max_relaunches, why)
+        .await?
+    {
+        Relaunch::Armed(count) => {
+            tracing::warn!(run_id = %run.id, relaunch = count, %due, why, "run never started: launched again");
+            Ok(Relaunched::Armed(count))
+        }
+        Relaunch::Moved => Ok(Relaunched::Moved),
+        Relaunch::Exhausted => {
+            let mut reasons = run.relaunch_reasons.clone();
+            reasons.push(why.to_string());
+            let error = format!(
+                "provision failed: never started after {} relaunches ({})",
+                run.relaunches,
+                reasons.join("; ")
+            );
+            let fields = [("error", error)];
+            match end_run(store, Some(job), run, RunState::ProvisionFailed, &fields).await {
+                Ok(Moved::From(_)) => Ok(Relaunched::ProvisionFailed),
+                Ok(Moved::AlreadyThere) => Ok(Relaunched::Moved),
+                Err(err) if err.code == crate::ErrorCode::Conflict => Ok(Relaunched::Moved),
+                Err(err) => Err(err),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DummySpec, Policies, RetryPolicy, Runner};
+
+    fn job(max_attempts: u32, max_interruptions: u32) -> Job {
+        let runner = Runner::Dummy(DummySpec {
+            template: "x".into(),
+            runner_name: None,
+        });
+        let policies = Policies {
+            retries: RetryPolicy {
+                max_attempts,
+                max_interruptions,
+                ..RetryPolicy::default()
+            },
+            ..Policies::default()
+        };
+        Job::for_tests(runner, policies)
+    }
+
+    fn run(attempt: u32, interruptions: u32) -> Run {
+        Run {
+            attempt,
+            interruptions,
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn interruptions_have_their_own_bound_and_never_use_up_retries() {
+        let retrying = job(2, 3);
+        // Two interruptions, then a failure: still a retry left of max_attempts 2.
+        assert!(should_retry(&retrying, &run(1, 0), RunState::Interrupted));
+        assert!(should_retry(&retrying, &run(2, 1), RunState::Interrupted));
+        assert!(should_retry(&retrying, &run(3, 2), RunState::Failed));
+        assert!(!should_retry(&retrying, &run(4, 2), RunState::Failed));
+        // The fourth interruption of an instant is one too many.
+        assert!(!should_retry(&retrying, &run(4, 3), RunState::Interrupted));
+        // A job without retries is still retried after an interruption, and not after a failure.
+        let once = job(1, 3);
+        assert!(should_retry(&once, &run(1, 0), RunState::Interrupted));
+        assert!(!should_retry(&once, &run(2, 1), RunState::Failed));
+        assert!(!should_retry(&once, &run(1, 0), RunState::Succeeded));
+    }
+
+    #[test]
+    fn the_next_attempt_carries_the_interruptions_so_far() {
+        let retrying = job(2, 3);
+        let (fire, _) = next_attempt(&retrying, &run(1, 0), RunState::Interrupted).unwrap();
+        assert_eq!((fire.attempt, fire.interruptions), (2, 1));
+        let (fire, _) = next_attempt(&retrying, &run(2, 1), RunState::Failed).unwrap();
+        assert_eq!((fire.attempt, fire.interruptions), (3, 1));
+    }
 }

@@ -98,6 +98,24 @@ impl Provisioner {
         // A crash after an earlier launch: keep that instance as it is (its agent holds the secret
         // already recorded).
         if let Some(found) = self.cloud.find_launch(&run.id, run.attempt).await? {
+            // A launch of the attempt that the sweep or the api is terminating (it never started
+            // the container): wait for the cloud to let it go rather than take it back.
+            let dying = self
+                .store
+                .get_instance(&found.instance_id)
+                .await?
+                .is_some_and(|instance| {
+                    matches!(
+                        instance.state,
+                        InstanceState::Terminating | InstanceState::Terminated
+                    )
+                });
+            if dying {
+                return Err(Error::unavailable(format!(
+                    "run {} attempt {}: its earlier instance {} is being terminated",
+                    run.id, run.attempt, found.instance_id
+                )));
+            }
             tracing::warn!(run_id = %run.id, instance_id = %found.instance_id, "instance found launched already");
             self.record_launch(run, &found).await?;
             return Ok(LaunchOutcome::FoundRunning);
@@ -139,6 +157,7 @@ impl Provisioner {
         let request = LaunchRequest {
             run_id: &run.id,
             attempt: run.attempt,
+            relaunches: run.relaunches,
             account: &run.account,
             job_id: &job.id,
             spec,

@@ -193,6 +193,7 @@ impl Provisioner {
             generation: fire.generation,
             scheduled_at: fire.scheduled_at,
             attempt: fire.attempt,
+            interruptions: fire.interruptions,
             timer,
             too_late: misfired(&job, fire),
         };

@@ -23,7 +23,8 @@ use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{HttpSpec, Instance, InstanceState, Run, RunState, Runner};
-use spot_shared::store::{Moved, Relaunch, SlotKind, Store};
+use spot_shared::policy::Relaunched;
+use spot_shared::store::{Moved, SlotKind, Store};
 use spot_shared::supervise::supervise;
 use spot_shared::{policy, task_instances, ErrorCode, Result};
 
@@ -166,7 +167,8 @@ impl Reaper {
     /// An instance Redis holds live: terminated if no live run owns it, and its run ended if it is
     /// past its timeout or its agent went silent. A silent spot instance the cloud no longer lists
     /// was reclaimed without its agent seeing the notice: its run ends `interrupted` (and is retried
-    /// as interruptions are), not `failed`.
+    /// as interruptions are), not `failed`. A run whose container never started is relaunched instead
+    /// ([`Reaper::relaunch`]), after its instance is terminated.
     async fn sweep_recorded_instance(
         &self,
         instance_id: &str,
@@ -210,6 +212,14 @@ impl Reaper {
                 why = format!(
                     "interrupted: the spot instance is gone and its agent never said ({why})"
                 );
+            }
+            // The user's container never started (the instance never booted, its agent was lost
+            // or the cloud reclaimed it first): not the job's failure. The instance goes first,
+            // then the run is launched again as the same attempt.
+            if run.state == RunState::Booting && state != RunState::TimedOut {
+                let why = format!("instance {instance_id} never started the container: {why}");
+                self.terminate(instance_id, &run.id, &why).await?;
+                return self.relaunch(&run, &why, report).await;
             }
             if self.end_run(&run, state, &why).await? {
                 match state {
@@ -278,41 +288,18 @@ impl Reaper {
         }
     }
 
-    /// Launches a run that never started again, as the same attempt, after a backoff (1 s, doubling
-    /// up to a minute), until it has had `provisioner.max_relaunches`; then it ends
-    /// `provision_failed` with every reason kept (and is retried if its policy allows).
+    /// Launches a run that never started again ([`policy::relaunch`]), counting what it did.
     async fn relaunch(&self, run: &Run, why: &str, report: &mut SweepReport) -> Result<()> {
-        let Some(job) = self.store.get_job(&run.job_id).await? else {
-            if self.end_run(run, RunState::Failed, why).await? {
-                report.lost += 1;
+        let job = self.store.get_job(&run.job_id).await?;
+        match policy::relaunch(&self.store, job.as_ref(), run, why, self.max_relaunches).await? {
+            Relaunched::Armed(_) => report.relaunched += 1,
+            Relaunched::JobGone => report.lost += 1,
+            Relaunched::ProvisionFailed => {
+                tracing::warn!(run_id = %run.id, why, "run ended by the sweep: relaunches ran out");
+                report.provision_failed += 1;
+                self.release_task_instance(run).await?;
             }
-            return Ok(());
-        };
-        let backoff_secs = 1i64 << run.relaunches.min(6);
-        let due = chrono::Utc::now() + chrono::Duration::seconds(backoff_secs);
-        match self
-            .store
-            .relaunch_run(run, job.generation, due, self.max_relaunches, why)
-            .await?
-        {
-            Relaunch::Armed(count) => {
-                tracing::warn!(run_id = %run.id, relaunch = count, %due, why, "run never started: launched again");
-                report.relaunched += 1;
-            }
-            Relaunch::Moved => {}
-            Relaunch::Exhausted => {
-                let mut reasons = run.relaunch_reasons.clone();
-                reasons.push(why.to_string());
-                let error = format!(
-                    "provision failed: never started after {} relaunches ({})",
-                    run.relaunches,
-                    reasons.join("; ")
-                );
-                if self.end_run(run, RunState::ProvisionFailed, &error).await? {
-                    report.provision_failed += 1;
-                    self.release_task_instance(run).await?;
-                }
-            }
+            Relaunched::Moved => {}
         }
         Ok(())
     }
@@ -623,6 +610,7 @@ mod tests {
             relaunches: 0,
             relaunch_reasons: Vec::new(),
             relaunch_at: None,
+            interruptions: 0,
             cost_usd: None,
             secret_hash: String::new(),
         }

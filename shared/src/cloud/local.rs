@@ -55,9 +55,14 @@ impl LocalCloud {
         }
     }
 
-    /// The instance id of a run's attempt: chosen here, so a repeated launch finds the same one.
-    pub fn instance_id_for(run_id: &str, attempt: u32) -> String {
-        format!("local-{run_id}-{attempt}")
+    /// The instance id of a launch of a run's attempt: chosen here, so a repeated launch finds the
+    /// same one. A relaunch (after the sweep terminated an instance that never started the
+    /// container) gets an id of its own, `…r<relaunches>`, so the terminated one's record stays its own.
+    pub fn instance_id_for(run_id: &str, attempt: u32, relaunches: u32) -> String {
+        match relaunches {
+            0 => format!("local-{run_id}-{attempt}"),
+            n => format!("local-{run_id}-{attempt}r{n}"),
+        }
     }
 
     /// The pid of the agent process tagged with this instance id, if one is alive.
@@ -65,10 +70,19 @@ impl LocalCloud {
         find_tagged_process(Path::new("/proc"), instance_id)
     }
 
-    /// The attempt's instance, if its agent is alive.
+    /// The attempt's instance, whichever launch of it started it, if its agent is alive.
     pub fn find_launch(&self, run_id: &str, attempt: u32) -> Option<Launched> {
-        let instance_id = Self::instance_id_for(run_id, attempt);
-        self.find(&instance_id).map(|_| self.launched(&instance_id))
+        let first = Self::instance_id_for(run_id, attempt, 0);
+        let relaunched = format!("{first}r");
+        tagged_instance_ids(Path::new("/proc"), &self.cluster)
+            .into_iter()
+            .find(|id| {
+                *id == first
+                    || id
+                        .strip_prefix(&relaunched)
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|id| self.launched(&id))
     }
 
     /// Every live agent of this deployment, with the run its id names.
@@ -89,8 +103,14 @@ impl LocalCloud {
             .collect()
     }
 
-    pub async fn launch(&self, run_id: &str, attempt: u32, boot: &AgentBoot) -> Result<Launched> {
-        let instance_id = Self::instance_id_for(run_id, attempt);
+    pub async fn launch(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        relaunches: u32,
+        boot: &AgentBoot,
+    ) -> Result<Launched> {
+        let instance_id = Self::instance_id_for(run_id, attempt, relaunches);
         let instance_id = instance_id.as_str();
         if self.find(instance_id).is_some() {
             return Ok(self.launched(instance_id));

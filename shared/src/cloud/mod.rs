@@ -37,6 +37,8 @@ pub struct AgentBoot {
 pub struct LaunchRequest<'a> {
     pub run_id: &'a str,
     pub attempt: u32,
+    /// How often the attempt was launched again before (a new incarnation for the local provider).
+    pub relaunches: u32,
     pub account: &'a str,
     pub job_id: &'a str,
     pub spec: &'a ContainerSpec,
@@ -126,7 +128,12 @@ impl Cloud {
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, LaunchFailure> {
         match self {
             Cloud::Local(local) => Ok(local
-                .launch(request.run_id, request.attempt, request.boot)
+                .launch(
+                    request.run_id,
+                    request.attempt,
+                    request.relaunches,
+                    request.boot,
+                )
                 .await?),
             Cloud::Ec2(ec2) => ec2.launch(request).await,
         }

@@ -52,6 +52,30 @@ pub struct Tag {
 }
 
 impl Job {
+    /// A job of account `acme` every minute with this runner and these policies, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(runner: Runner, policies: Policies) -> Job {
+        let now = Utc::now();
+        Job {
+            id: "j1".into(),
+            account: "acme".into(),
+            group: "default".into(),
+            name: String::new(),
+            description: String::new(),
+            modified_by: String::new(),
+            tags: Vec::new(),
+            schedule: "* * * * *".into(),
+            timezone: "UTC".into(),
+            runner,
+            enabled: true,
+            generation: 1,
+            policies,
+            created_at: now,
+            updated_at: now,
+            next_fire_at: None,
+        }
+    }
+
     /// The container this job runs, if it runs one.
     pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {

@@ -24,8 +24,11 @@ pub enum Concurrency {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included; 1 means no retry.
+    /// Attempts in all, the first included; 1 means no retry. Attempts a spot interruption ended do
+    /// not count: they have their own bound below.
     pub max_attempts: u32,
+    /// Attempts a spot interruption may end (each retried) before the run is left interrupted.
+    pub max_interruptions: u32,
     pub backoff_secs: u64,
     pub backoff_max_secs: u64,
 }
@@ -34,6 +37,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 1,
+            max_interruptions: 3,
             backoff_secs: 10,
             backoff_max_secs: 600,
         }
@@ -113,6 +117,12 @@ impl Policies {
             return Err(Error::invalid(
                 field("retries.max_attempts"),
                 "must be 1..=20",
+            ));
+        }
+        if self.retries.max_interruptions > 20 {
+            return Err(Error::invalid(
+                field("retries.max_interruptions"),
+                "must be 0..=20",
             ));
         }
         for (name, secs) in [

@@ -13,10 +13,22 @@ use crate::error::{Error, Result};
 
 /// Where a run is. Only moves forward, along [`RunState::can_move_to`].
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    #[default]
     Pending,
     Provisioning,
     Booting,
@@ -71,8 +83,14 @@ impl RunState {
                 next,
                 Booting | ProvisionFailed | Cancelled | TimedOut | Failed
             ),
-            // An agent may fail before its container starts (an image that cannot be pulled).
-            Booting => matches!(next, Running | Failed | TimedOut | Interrupted | Cancelled),
+            // An agent may fail before its container starts (an image that cannot be pulled). An
+            // instance that never started the container (never booted, its agent lost, reclaimed
+            // first) is terminated and the run relaunched (back to pending), until its relaunches run
+            // out (provision_failed).
+            Booting => matches!(
+                next,
+                Running | Failed | TimedOut | Interrupted | Cancelled | Pending | ProvisionFailed
+            ),
             Running => matches!(
                 next,
                 Succeeded | Failed | TimedOut | Interrupted | Cancelled
@@ -139,7 +157,7 @@ impl FromStr for RunState {
 }
 
 /// One execution of a job, for one scheduled instant and attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Run {
     pub id: String,
     pub job_id: String,
@@ -167,6 +185,9 @@ pub struct Run {
     pub relaunches: u32,
     /// Why each relaunch was made, oldest first.
     pub relaunch_reasons: Vec<String>,
+    /// Attempts of this instant before this one that spot interruptions ended (counted against
+    /// `retries.max_interruptions`, not `retries.max_attempts`).
+    pub interruptions: u32,
     /// When the latest relaunch was due.
     pub relaunch_at: Option<DateTime<Utc>>,
     /// What the run's instance cost, in USD, once it was terminated.

@@ -97,6 +97,7 @@ fn backoff_doubles_up_to_its_cap() {
         max_attempts: 5,
         backoff_secs: 10,
         backoff_max_secs: 60,
+        ..RetryPolicy::default()
     };
     let ceilings: Vec<u64> = (2..=6)
         .map(|n| retry.backoff_ceiling(n).as_secs())

@@ -42,11 +42,17 @@ static RUN_CAS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_CAS))
 
 /// Arms a relaunch of a run that never started, counting it on the run, in one step. KEYS: run,
 /// delayed, unarmed. ARGV: the state the run must still be in, the most relaunches allowed, the
-/// relaunch's member, its due time (ms and RFC 3339), why. Returns the run's relaunches so far, -1 if
-/// its state moved meanwhile, -2 if it has had every relaunch allowed.
+/// relaunch's member, its due time (ms and RFC 3339), why. A run still `booting` (its instance, since
+/// terminated, never started the container) goes back to `pending` without its instance, container,
+/// heartbeat and secret, so nothing the old instance's agent might still say counts. Returns the run's
+/// relaunches so far, -1 if its state moved meanwhile, -2 if it has had every relaunch allowed.
 const RELAUNCH: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'relaunches') or '0') >= tonumber(ARGV[2]) then return -2 end
+if ARGV[1] == 'booting' then
+  redis.call('HDEL', KEYS[1], 'instance_id', 'container_id', 'heartbeat_at', 'secret_hash')
+  redis.call('HSET', KEYS[1], 'state', 'pending')
+end
 local count = redis.call('HINCRBY', KEYS[1], 'relaunches', 1)
 local reasons = redis.call('HGET', KEYS[1], 'relaunch_reasons')
 if reasons then reasons = reasons .. '\n' .. ARGV[6] else reasons = ARGV[6] end
@@ -167,7 +173,8 @@ impl Store {
 
     /// Launches `run` again at `due` (the provisioner finds it by its fire's marker), as the same
     /// attempt, if it is still in the state the caller found it in and has had fewer than
-    /// `max_relaunches`; counted on the run with `why`, in the same step as the fire is armed.
+    /// `max_relaunches`; counted on the run with `why`, in the same step as the fire is armed. A
+    /// `booting` run goes back to `pending` (its instance must be terminated first).
     pub async fn relaunch_run(
         &self,
         run: &Run,
@@ -183,6 +190,7 @@ impl Store {
             attempt: run.attempt,
             manual: false,
             relaunch: true,
+            interruptions: run.interruptions,
         };
         let mut conn = self.conn.clone();
         let count: i64 = RELAUNCH_SCRIPT

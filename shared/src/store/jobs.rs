@@ -479,25 +479,7 @@ mod tests {
     use crate::model::{ContainerSpec, DummySpec, Policies, Runner, Tag};
 
     fn job(runner: Runner, policies: Policies) -> Job {
-        let now = Utc::now();
-        Job {
-            id: "j1".into(),
-            account: "acme".into(),
-            group: "default".into(),
-            name: String::new(),
-            description: String::new(),
-            modified_by: String::new(),
-            tags: Vec::new(),
-            schedule: "* * * * *".into(),
-            timezone: "UTC".into(),
-            runner,
-            enabled: true,
-            generation: 1,
-            policies,
-            created_at: now,
-            updated_at: now,
-            next_fire_at: None,
-        }
+        Job::for_tests(runner, policies)
     }
 
     #[test]

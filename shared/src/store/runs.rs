@@ -50,6 +50,8 @@ pub struct FireStep {
     pub generation: u64,
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
+    /// Attempts of this instant before this one that spot interruptions ended.
+    pub interruptions: u32,
     /// A scheduled fire moves its job's timer on; a retry or a run-now leaves it.
     pub timer: TimerMove,
     /// The misfire policy found the fire too late: it is skipped unless it was recorded before.
@@ -63,6 +65,7 @@ impl FireStep {
             generation,
             scheduled_at,
             attempt,
+            interruptions: 0,
             timer: TimerMove::Leave,
             too_late: false,
         }
@@ -211,7 +214,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let run_id = self.new_run_id(&job.id);
         let now = Utc::now();
-        let fields = [
+        let mut fields = vec![
             ("id", run_id.clone()),
             ("job_id", job.id.clone()),
             ("account", job.account.clone()),
@@ -219,6 +222,9 @@ impl Store {
             ("scheduled_at", scheduled_at.to_rfc3339()),
             ("state", RunState::Pending.to_string()),
         ];
+        if step.interruptions > 0 {
+            fields.push(("interruptions", step.interruptions.to_string()));
+        }
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
         let policy = match job.policies.concurrency {
             Concurrency::Allow => "allow",
@@ -555,6 +561,9 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
             .map(|reasons| reasons.lines().map(str::to_string).collect())
             .unwrap_or_default(),
         relaunch_at: optional(map, "relaunch_at").and_then(|v| parse_time(&v).ok()),
+        interruptions: optional(map, "interruptions")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         cost_usd: optional(map, "cost_nano_usd")
             .and_then(|v| v.parse::<u64>().ok())
             .map(crate::pricing::usd),

@@ -25,20 +25,26 @@ use crate::messages::FireMessage;
 /// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started.
 pub(super) fn timer_member(fire: &FireMessage) -> String {
     if is_delayed(fire) {
-        format!(
-            "{}|{}|{}|{}|{}",
+        let kind = if fire.relaunch {
+            'l'
+        } else if fire.manual {
+            'm'
+        } else {
+            'r'
+        };
+        let member = format!(
+            "{}|{}|{}|{}|{kind}",
             fire.job_id,
             fire.generation,
             fire.scheduled_at.timestamp_millis(),
             fire.attempt,
-            if fire.relaunch {
-                'l'
-            } else if fire.manual {
-                'm'
-            } else {
-                'r'
-            }
-        )
+        );
+        // Interruptions before this attempt, only when there were any (members of older versions
+        // have none).
+        match fire.interruptions {
+            0 => member,
+            n => format!("{member}|{n}"),
+        }
     } else {
         format!("{}|{}", fire.job_id, fire.generation)
     }
@@ -59,13 +65,17 @@ pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTim
     let parts: Vec<&str> = member.split('|').collect();
     let fire = match parts.as_slice() {
         [job_id, generation] => FireMessage::scheduled(job_id, generation.parse().ok()?, due),
-        [job_id, generation, instant, attempt, kind] => FireMessage {
+        [job_id, generation, instant, attempt, kind, rest @ ..] if rest.len() <= 1 => FireMessage {
             job_id: job_id.to_string(),
             generation: generation.parse().ok()?,
             scheduled_at: millis(instant.parse().ok()?)?,
             attempt: attempt.parse().ok()?,
             manual: *kind == "m",
             relaunch: *kind == "l",
+            interruptions: match rest {
+                [n] => n.parse().ok()?,
+                _ => 0,
+            },
         },
         _ => return None,
     };
@@ -256,13 +266,24 @@ mod tests {
         let member = timer_member(&retry);
         assert_eq!(member, "job1|4|1800000000123|3|r");
         let back = parse_timer_member(&member, "1800000060000").unwrap();
-        assert_eq!((back.fire, back.due), (retry, due));
+        assert_eq!((back.fire, back.due), (retry.clone(), due));
 
         let relaunch = FireMessage {
             relaunch: true,
             ..FireMessage::scheduled("job1", 4, at)
         };
         assert!(timer_member(&relaunch).ends_with("|1|l"));
+        let after_interruptions = FireMessage {
+            attempt: 3,
+            interruptions: 2,
+            ..retry.clone()
+        };
+        let member = timer_member(&after_interruptions);
+        assert_eq!(member, "job1|4|1800000000123|3|r|2");
+        assert_eq!(
+            parse_timer_member(&member, "1800000060000").unwrap().fire,
+            after_interruptions
+        );
         assert_eq!(
             parse_timer_member(&timer_member(&relaunch), "1800000060000")
                 .unwrap()

@@ -98,6 +98,23 @@ pub async fn callback(
                 fields.push(("container_id", container_id.clone()));
             }
             let job = state.store.get_job(&run.job_id).await?;
+            if end_state == RunState::Interrupted && run.state == RunState::Booting {
+                // Reclaimed before the user's container started: not the job's failure, and not an
+                // attempt. The instance goes, and the run is launched again as the same attempt.
+                state.store.note_event("spot_interruption", 1).await;
+                jobs::terminate_instance(&state, &run, "reclaimed before its container started")
+                    .await?;
+                let why =
+                    format!("instance {instance_id} was reclaimed before the container started");
+                let max = state.settings.provisioner.max_relaunches;
+                let outcome = policy::relaunch(&state.store, job.as_ref(), &run, &why, max).await?;
+                tracing::info!(run_id = %run.id, instance_id, ?outcome, "reclaimed before the container started");
+                return Ok(HttpResponse::Ok().json(json!({
+                    "status": "ok",
+                    "message": "instance termination requested; the run is launched again",
+                    "relaunched": matches!(outcome, policy::Relaunched::Armed(_)),
+                })));
+            }
             match policy::end_run(&state.store, job.as_ref(), &run, end_state, &fields).await {
                 Ok(Moved::From(_)) => {
                     if end_state == RunState::Interrupted {

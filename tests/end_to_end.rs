@@ -234,11 +234,23 @@ async fn a_container_runs_within_its_limits() {
     let app = spawn_app(&env).await;
     let _provisioner = spawn_provisioner(&env, &app.address).await;
     let _reaper = spawn_reaper(&env).await;
-    let read_limits = "sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes \
-        /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes /sys/fs/cgroup/pids/pids.max \
-        /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max 2>/dev/null; true'";
+    // Each limit as the container's own cgroup (v1 or v2) and process status tell it, one per line.
+    let read_limits = r#"sh -c '
+        v1=/sys/fs/cgroup; read_v1() { cat $v1/$1 2>/dev/null; }
+        if [ -f $v1/memory/memory.limit_in_bytes ]; then
+          echo memory=$(read_v1 memory/memory.limit_in_bytes)
+          echo memory_and_swap=$(read_v1 memory/memory.memsw.limit_in_bytes)
+          echo pids=$(read_v1 pids/pids.max)
+          echo cpu=$(read_v1 cpu/cpu.cfs_quota_us)/$(read_v1 cpu/cpu.cfs_period_us)
+        else
+          echo memory=$(cat $v1/memory.max)
+          echo swap=$(cat $v1/memory.swap.max)
+          echo pids=$(cat $v1/pids.max)
+          echo cpu=$(cat $v1/cpu.max | tr " " /)
+        fi
+        grep NoNewPrivs /proc/self/status | tr -d " \t"'"#;
     let mut ids = Vec::new();
-    for limits in [json!({"memory_mb": 64, "pids": 64}), json!({})] {
+    for limits in [json!({"memory_mb": 64, "pids": 64, "cpus": 0.5}), json!({})] {
         let body = json!({
             "schedule": Utc::now().to_rfc3339(),
             "docker_image": image,
@@ -262,14 +274,38 @@ async fn a_container_runs_within_its_limits() {
         outputs.push(status["output"].as_str().unwrap_or_default().to_string());
     }
     let lines = |output: &str| output.lines().map(str::to_string).collect::<Vec<_>>();
+    // What a container with these limits must show: memory without swap beyond it (cgroup v1: the
+    // memory+swap limit equals the memory limit; v2: no swap), its pids, its CPU quota per 100 ms
+    // period, and no privileges gained through setuid binaries.
+    let expected = |memory_mb: u64, pids: u64, cpus: f64| {
+        let memory = (memory_mb << 20).to_string();
+        let quota = (cpus * 100_000.0).round() as u64;
+        let mut wanted = vec![
+            format!("memory={memory}"),
+            format!("pids={pids}"),
+            format!("cpu={quota}/100000"),
+            "NoNewPrivs:1".to_string(),
+        ];
+        wanted.push(if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+            format!("memory_and_swap={memory}")
+        } else {
+            "swap=0".to_string()
+        });
+        wanted
+    };
     let own = lines(&outputs[0]);
-    assert!(own.contains(&(64u64 << 20).to_string()), "{own:?}");
-    assert!(own.contains(&"64".to_string()), "{own:?}");
+    for line in expected(64, 64, 0.5) {
+        assert!(own.contains(&line), "{line} in {own:?}");
+    }
     let defaults = &env.settings.container_limits;
     let default = lines(&outputs[1]);
-    let default_memory = (u64::from(defaults.memory_mb) << 20).to_string();
-    assert!(default.contains(&default_memory), "{default:?}");
-    assert!(default.contains(&defaults.pids.to_string()), "{default:?}");
+    for line in expected(
+        u64::from(defaults.memory_mb),
+        u64::from(defaults.pids),
+        defaults.cpus,
+    ) {
+        assert!(default.contains(&line), "{line} in {default:?}");
+    }
 
     // Out of range: refused at the door, naming the field.
     let body = json!({"schedule": "@hourly", "docker_image": image, "limits": {"memory_mb": 1}});

@@ -462,3 +462,47 @@ async fn every_service_heals_after_a_redis_restart() {
     stack.wait_runs(&later, 1, Duration::from_secs(30)).await;
     assert!(stack.all_running());
 }
+
+/// Every service starts while neither Redis nor RabbitMQ answers (both reached through fault proxies
+/// that refuse every connection), stays up answering 503 meanwhile, and works once they answer: a
+/// job created then fires once. Services started by an orchestrator before their dependencies must
+/// not crash-loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_start_while_redis_and_rabbitmq_are_down_and_work_once_they_answer() {
+    use spot_tests::fault_proxy::FaultProxy;
+    let _broker = BROKER.read().await;
+    let mut env = TestEnv::new();
+    let redis_url = secrecy::ExposeSecret::expose_secret(&env.settings.redis.url).to_string();
+    let amqp_url = secrecy::ExposeSecret::expose_secret(&env.settings.rabbitmq.url).to_string();
+    let (redis_proxy, redis_url) = FaultProxy::in_front_of(&redis_url).await;
+    let (amqp_proxy, amqp_url) = FaultProxy::in_front_of(&amqp_url).await;
+    redis_proxy.cut();
+    amqp_proxy.cut();
+    env.settings.redis.url = secrecy::SecretString::from(redis_url);
+    env.settings.rabbitmq.url = secrecy::SecretString::from(amqp_url);
+
+    let stack = spawn_stack(&env).await;
+    let (status, body) = health(&stack.app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["redis"], "ok", "{body}");
+    assert_ne!(body["rabbitmq"], "ok", "{body}");
+    let refused = stack
+        .app
+        .post_raw("/v1/jobs", ACCOUNT_KEY, &dummy(&in_secs(1)).to_string())
+        .await;
+    assert_eq!(refused.status(), 503);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stack.all_running(),
+        "no service exited while both were down"
+    );
+
+    redis_proxy.restore();
+    amqp_proxy.restore();
+    let healed = stack.wait_healthy(Duration::from_secs(30)).await;
+    eprintln!("{}: healthy {healed:?} after both answered", env.name);
+    let job = stack.app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
+    let runs = stack.wait_runs(&job, 1, Duration::from_secs(30)).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(stack.all_running());
+}

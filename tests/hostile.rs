@@ -333,6 +333,9 @@ async fn follow_streams_are_capped_per_account() {
     assert_eq!(third.status(), 429);
     let error: Value = third.json().await.unwrap();
     assert_eq!(error["field"], "quotas.max_log_streams", "{error}");
+    let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
+    let counted = "spot_scheduler_quota_refusals_total{quota=\"max_log_streams\"} 1";
+    assert!(metrics.contains(counted), "{counted} in {metrics}");
     // The output comes through as it is written, and the stream ends with the run.
     let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
         .await
@@ -355,8 +358,6 @@ async fn follow_streams_are_capped_per_account() {
     .await;
 }
 
-/// Per-account quotas: over one, 429 naming it, nothing stored, the refusal counted in `/metrics`;
-/// another account keeps the defaults.
 /// Listings are paged: `limit` at most 1,000, and `next_offset` leads through the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_are_paged() {

@@ -83,6 +83,8 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
         ("min_interval_secs", 2),
         ("max_jobs", 1),
         ("max_disk_gb", 1),
+        ("instance_types", 1),
+        ("registries", 1),
     ] {
         let line = format!("spot_scheduler_quota_refusals_total{{quota=\"{quota}\"}} {count}");
         assert!(metrics.contains(&line), "{line} in {metrics}");

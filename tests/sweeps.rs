@@ -1,8 +1,8 @@
 //! The reaper's sweep heals every stuck run, not only runs with an instance: a run left `pending` by a
 //! lost fire message or a crashed provisioner never started the user's code, so it is launched again
 //! as the same attempt (never counted against its retries) until `provisioner.max_relaunches`, then
-//! ends `provision_failed`; an HTTP action whose provisioner stopped heartbeating ends `failed`
-//! (lost) and is retried when its policy allows; work still under way is left alone.
+//! ends `provision_failed`; so is a run whose instance never started the container, and an HTTP
+//! action whose provisioner stopped heartbeating (called again); work still under way is left alone.
 
 use std::time::Duration;
 
@@ -228,13 +228,24 @@ async fn a_pending_run_whose_launch_is_under_way_is_left_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_action_whose_provisioner_died_is_swept_as_lost() {
+async fn an_http_action_whose_provisioner_died_is_called_again_as_the_same_attempt() {
     let env = TestEnv::new();
     let store = env.store().await;
     let app = spawn_app(&env).await;
-    // No provisioner runs: the task's fire is recorded here, then its holder "dies".
-    let task = http_task(&app, "http://127.0.0.1:9/work").await;
-    let run_id = record_fire(&store, &task).await;
+    let worker = spot_tests::http_worker::HttpWorker::start(Duration::ZERO).await;
+    // No provisioner runs: the task's fire is recorded here (its timer moved on, as a provisioner
+    // records it), then its holder "dies".
+    let task = http_task(&app, &format!("{}/work", worker.address)).await;
+    let job = store.get_job(&task).await.unwrap().unwrap();
+    let at = timer_of(&store, &task).await.expect("armed");
+    let recorder = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    let fire = FireMessage::scheduled(&task, job.generation, at);
+    let Recorded::Run { run_id, .. } = recorder.record(&fire).await.unwrap() else {
+        panic!("a run to start");
+    };
+    drop(recorder);
     // Started by a provisioner that then died: running, no instance, heartbeats stop.
     store
         .advance_run(&run_id, RunState::Running, &[])
@@ -245,15 +256,29 @@ async fn an_http_action_whose_provisioner_died_is_swept_as_lost() {
         .await
         .unwrap();
     let reaper = reaper(&env, 300, 1).await;
-    assert_eq!(reaper.sweep_once().await.unwrap().lost, 0, "it just beat");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(reaper.sweep_once().await.unwrap().lost, 1);
-    let run = store.get_run(&run_id).await.unwrap().unwrap();
-    assert_eq!(run.state, RunState::Failed);
-    assert!(
-        run.error.as_deref().unwrap_or("").contains("heartbeat"),
-        "{run:?}"
+    assert_eq!(
+        reaper.sweep_once().await.unwrap().relaunched,
+        0,
+        "it just beat"
     );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let report = reaper.sweep_once().await.unwrap();
+    assert_eq!((report.relaunched, report.lost), (1, 0), "{report:?}");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!((run.state, run.relaunches), (RunState::Pending, 1));
+    assert!(run.relaunch_reasons[0].contains("heartbeat"), "{run:?}");
+    // A provisioner calls the action again, as the same run and attempt.
+    assert_eq!(worker.calls(), 0, "nothing called it yet");
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let run = ended_run(&store, &run_id).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!((run.attempt, run.relaunches), (1, 1));
+    assert_eq!(
+        worker.calls(),
+        1,
+        "called once here (the dead holder's call never happened)"
+    );
+    assert_eq!(app.runs(&task).await.len(), 1);
 }
 
 /// An HTTP action held by a live provisioner heartbeats, so a sweep with a short heartbeat timeout

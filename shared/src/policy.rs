@@ -84,7 +84,8 @@ pub enum Relaunched {
 
 /// Launches a run that never started the user's code again, as the same attempt, after a backoff
 /// (1 s, doubling up to a minute), until it has had `max_relaunches`; then it ends `provision_failed`
-/// with every reason kept. A `booting` run's instance must be terminated before.
+/// with every reason kept. A `booting` run's instance must be terminated before; a `running` one is an
+/// HTTP action whose provisioner went silent.
 pub async fn relaunch(
     store: &Store,
     job: Option<&Job>,
@@ -116,7 +117,7 @@ pub async fn relaunch(
             let mut reasons = run.relaunch_reasons.clone();
             reasons.push(why.to_string());
             let error = format!(
-                "provision failed: never started after {} relaunches ({})",
+                "provision failed: never ran to its end after {} relaunches ({})",
                 run.relaunches,
                 reasons.join("; ")
             );

@@ -47,6 +47,7 @@ mod supervisor;
 mod tally;
 mod wipe;
 
+use spot_tests::fault_proxy::FaultProxy;
 use spot_tests::{image, rabbitmqctl, TestEnv, ACCOUNT_KEY};
 use supervisor::{Supervised, Supervisor};
 use tally::{containers_of, tally, Expect};
@@ -61,13 +62,17 @@ const SERVICES: [(&str, &str); 6] = [
     ("reaper-2", "spot-reaper"),
 ];
 
-/// The faults, in order, at these fractions of the window.
-const FAULTS: [(f64, Fault); 9] = [
+/// The faults, in order, at these fractions of the window. Those with a duration run beside the
+/// others and undo themselves when it is over.
+const FAULTS: [(f64, Fault); 12] = [
     (0.10, Fault::Kill("provisioner-1")),
+    (0.14, Fault::Pause("provisioner-2", 15)),
     (0.18, Fault::Kill("api-1")),
     (0.26, Fault::RabbitRestart),
+    (0.34, Fault::SlowLinks(10)),
     (0.40, Fault::Kill("reaper-1")),
     (0.48, Fault::WipeQueues),
+    (0.50, Fault::CutRedis(20)),
     (0.58, Fault::RedisRestart),
     (0.68, Fault::Kill("provisioner-2")),
     (0.76, Fault::Kill("api-2")),
@@ -77,19 +82,37 @@ const FAULTS: [(f64, Fault); 9] = [
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Kill(&'static str),
+    /// SIGSTOP for this many seconds (longer than its leases: another takes its shards and
+    /// launches), then SIGCONT.
+    Pause(&'static str, u64),
+    /// [`PROXIED`]'s links to Redis and RabbitMQ (through [`FaultProxy`]) hold every chunk back
+    /// 50-150 ms for this many seconds.
+    SlowLinks(u64),
+    /// [`PROXIED`]'s link to Redis cut for this many seconds (while it holds shard leases).
+    CutRedis(u64),
     RabbitRestart,
     WipeQueues,
     RedisRestart,
 }
 
-/// The two apis, tried in turn: a client of a replicated service retries on the other.
+/// The service whose Redis and RabbitMQ links go through fault proxies (not on the clusters, whose
+/// clients follow the servers' own addresses).
+const PROXIED: &str = "provisioner-1";
+
+/// The two apis, tried in turn: a client of a replicated service retries on the other. Every POST
+/// carries an `Idempotency-Key`, the same for each resend of one request, so a request whose answer
+/// was lost (an api killed mid-request, a timeout) is sent again without making anything twice; the
+/// answers the api gave again from its keys are counted.
 struct Client {
     http: reqwest::Client,
     apis: Vec<String>,
+    /// Answers marked `Idempotent-Replayed`: resends that would have made a second job or run.
+    replayed: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
-    /// Sends until a 2xx (returned) or a 4xx (an error), trying both apis, for up to a minute.
+    /// Sends until a 2xx (returned) or a 4xx other than 409 (an error), trying both apis, for up to a
+    /// minute. A 409 is a request with this key still in flight at another api: sent again.
     async fn send(
         &self,
         method: reqwest::Method,
@@ -97,6 +120,7 @@ impl Client {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let key = format!("chaos-{:032x}", rand::rng().random::<u128>());
         let mut turn = 0;
         loop {
             let api = &self.apis[turn % self.apis.len()];
@@ -106,14 +130,21 @@ impl Client {
                 .request(method.clone(), format!("{api}{path}"))
                 .header("X-Auth-Token", ACCOUNT_KEY)
                 .timeout(Duration::from_secs(10));
+            if method == reqwest::Method::POST {
+                request = request.header("Idempotency-Key", &key);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
+                    if response.headers().contains_key("idempotent-replayed") {
+                        self.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let text = response.text().await.unwrap_or_default();
                     return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
                 }
+                Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {}
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status();
                     bail!(
@@ -145,28 +176,6 @@ struct Job {
     id: String,
     expect: Expect,
     due: Option<DateTime<Utc>>,
-}
-
-/// A worker for the HTTP tasks: answers each action after a second.
-async fn spawn_worker() -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buffer = [0u8; 4096];
-                let _ = socket.read(&mut buffer).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nworked",
-                    )
-                    .await;
-            });
-        }
-    });
-    Ok(address)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -235,7 +244,8 @@ async fn main() -> anyhow::Result<()> {
             .push(("SPOT__REDIS__URL".to_string(), redis.url()));
     }
     let image = image::busybox_image().await;
-    let worker = spawn_worker().await?;
+    // A worker for the HTTP tasks: answers each action after a second.
+    let worker = spot_tests::http_worker::HttpWorker::start(Duration::from_secs(1)).await;
     let ports = [free_port()?, free_port()?];
     let apis: Vec<String> = ports
         .iter()
@@ -254,11 +264,29 @@ async fn main() -> anyhow::Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // The proxied provisioner's own links to Redis and RabbitMQ.
+    let proxies = if cluster {
+        None
+    } else {
+        let redis_url = secrecy::ExposeSecret::expose_secret(&env.settings.redis.url).to_string();
+        let amqp_url = secrecy::ExposeSecret::expose_secret(&env.settings.rabbitmq.url).to_string();
+        let (redis_proxy, redis_url) = FaultProxy::in_front_of(&redis_url).await;
+        let (amqp_proxy, amqp_url) = FaultProxy::in_front_of(&amqp_url).await;
+        let urls = (redis_url, amqp_url);
+        Some((redis_proxy, amqp_proxy, urls))
+    };
+    let proxies = Arc::new(proxies);
     let supervisor = Arc::new(Supervisor::default());
     {
         let mut services = supervisor.services.lock().expect("fresh lock");
         for (label, binary) in SERVICES {
             let mut vars = common.clone();
+            if let (Some((_, _, (redis_url, amqp_url))), true) =
+                (proxies.as_ref(), label == PROXIED)
+            {
+                vars.push(("SPOT__REDIS__URL".into(), redis_url.clone()));
+                vars.push(("SPOT__RABBITMQ__URL".into(), amqp_url.clone()));
+            }
             if let Some(n) = label.strip_prefix("api-") {
                 let port = ports[n.parse::<usize>()? - 1];
                 vars.push(("SPOT__API__PORT".into(), port.to_string()));
@@ -287,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let client = Arc::new(Client {
         http: reqwest::Client::new(),
         apis: apis.clone(),
+        replayed: Default::default(),
     });
     for api in &apis {
         spot_tests::wait_until_healthy(api, Duration::from_secs(60)).await?;
@@ -395,7 +424,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     for _ in 0..scale(8, 3) {
-        let (client, tasks, worker) = (client.clone(), http_tasks.clone(), worker.clone());
+        let (client, tasks, worker) = (client.clone(), http_tasks.clone(), worker.address.clone());
         let when = random_due();
         drivers.push(tokio::spawn(async move {
             tokio::time::sleep((when - Utc::now()).to_std().unwrap_or_default()).await;
@@ -417,6 +446,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The faults.
     let mut last_fault = Utc::now();
+    let mut lasting = Vec::new();
     for (fraction, fault) in FAULTS {
         let when = at(start, window * fraction);
         tokio::time::sleep((when - Utc::now()).to_std().unwrap_or_default()).await;
@@ -426,6 +456,39 @@ async fn main() -> anyhow::Result<()> {
         );
         match fault {
             Fault::Kill(label) => supervisor.kill(label),
+            Fault::Pause(label, secs) => {
+                supervisor.pause(label);
+                let supervisor = supervisor.clone();
+                lasting.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    supervisor.unpause(label);
+                    eprintln!("[chaos] {label} resumed");
+                }));
+            }
+            Fault::SlowLinks(secs) | Fault::CutRedis(secs) => {
+                if proxies.is_none() {
+                    eprintln!("[chaos] skipped: no proxied links on the clusters");
+                    continue;
+                }
+                let proxies = proxies.clone();
+                lasting.push(tokio::spawn(async move {
+                    let Some((redis, amqp, _)) = proxies.as_ref() else {
+                        return;
+                    };
+                    if let Fault::CutRedis(..) = fault {
+                        redis.cut();
+                    } else {
+                        let (latency, jitter) =
+                            (Duration::from_millis(50), Duration::from_millis(100));
+                        redis.slow_down(latency, jitter);
+                        amqp.slow_down(latency, jitter);
+                    }
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    redis.restore();
+                    amqp.restore();
+                    eprintln!("[chaos] {PROXIED}'s links restored");
+                }));
+            }
             Fault::RabbitRestart if cluster => {
                 // The node every service was given first goes away for a while; they move to the
                 // others, and the quorum queues' leaders on it move too.
@@ -473,6 +536,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
         }
+        last_fault = Utc::now();
+    }
+    for fault in lasting {
+        let _ = fault.await;
         last_fault = Utc::now();
     }
     for driver in drivers {
@@ -550,6 +617,10 @@ async fn main() -> anyhow::Result<()> {
         "cron_instants_collapsed": report.collapsed,
         "cron_last_caught_up": report.cron_caught_up,
         "runs_failed_lost": report.lost_runs,
+        "fires_undelivered": report.undelivered,
+        "relaunched": report.relaunched,
+        "quarantined": store.quarantined_jobs().await.map(|q| q.len()).unwrap_or(usize::MAX),
+        "duplicates_avoided_by_keys": client.replayed.load(Ordering::Relaxed),
         "faults": FAULTS.len(),
         "redis_fsync": if cluster { "always (cluster)" } else { fsync },
         "redis_cluster": cluster,
@@ -564,6 +635,8 @@ async fn main() -> anyhow::Result<()> {
     println!("{outcome}");
     let zero = [
         "lost",
+        "fires_undelivered",
+        "quarantined",
         "duplicated",
         "runs_not_ended",
         "instances_left",

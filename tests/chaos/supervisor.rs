@@ -75,6 +75,31 @@ impl Supervisor {
         }
     }
 
+    /// SIGSTOP: the service stops where it is, holding its connections and leases, until
+    /// [`Supervisor::unpause`].
+    pub fn pause(&self, label: &str) {
+        self.signal(label, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Supervisor::pause`].
+    pub fn unpause(&self, label: &str) {
+        self.signal(label, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, label: &str, signal: nix::sys::signal::Signal) {
+        let Ok(services) = self.services.lock() else {
+            return;
+        };
+        let pid = services
+            .iter()
+            .find(|s| s.label == label)
+            .and_then(|s| s.process.as_ref())
+            .map(|p| nix::unistd::Pid::from_raw(p.pid() as i32));
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
     /// Kills a service and keeps it down until [`Supervisor::resume`].
     pub fn hold_down(&self, label: &str) {
         let Ok(mut services) = self.services.lock() else {

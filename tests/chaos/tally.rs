@@ -32,6 +32,12 @@ pub struct Tally {
     pub collapsed: usize,
     /// Runs the sweeps ended as lost (then retried where the policy allows): reported.
     pub lost_runs: usize,
+    /// Fires whose last attempt did not end by the user's code (succeeded, failed with its own exit
+    /// code, timed out): ended lost, `provision_failed`, interrupted with no attempt after. Counted
+    /// in `lost` too.
+    pub undelivered: usize,
+    /// Relaunches of runs that never started, summed over the runs.
+    pub relaunched: usize,
     /// Those runs, as `(job id, run id, attempt, error)`: printed, to see which fault lost them.
     pub lost_run_errors: Vec<(String, String, u32, String)>,
     /// Cron jobs whose last instant was caught up on by a late fire rather than fired: reported.
@@ -99,6 +105,15 @@ pub async fn tally(
             }
         }
         tally.run_ids.extend(runs.iter().map(|r| r.id.clone()));
+        tally.relaunched += runs.iter().map(|r| r.relaunches as usize).sum::<usize>();
+        let undelivered = undelivered_fires(&runs);
+        if undelivered > 0 {
+            tally.undelivered += undelivered;
+            tally.lost += undelivered;
+            tally
+                .suspects
+                .push(describe(store, job_id, expect, &runs).await);
+        }
         let mut seen: BTreeMap<(i64, u32), usize> = BTreeMap::new();
         for run in &runs {
             *seen
@@ -160,6 +175,35 @@ pub async fn tally(
 }
 
 const LATEST_FIRES_SHOWN: usize = 5;
+
+/// Whether the user's code ran to its own end in this run: it succeeded, failed with an exit code
+/// of its own, or ran out its time. A run still under way is not judged yet.
+fn ended_by_the_users_code(run: &Run) -> Option<bool> {
+    use spot_shared::model::RunState::*;
+    match run.state {
+        Succeeded | TimedOut => Some(true),
+        Failed => Some(run.exit_code.is_some()),
+        ProvisionFailed | Interrupted | Cancelled => Some(false),
+        Pending | Provisioning | Booting | Running => None,
+    }
+}
+
+/// Fires (instants) whose last attempt ended without the user's code having run to its end.
+fn undelivered_fires(runs: &[Run]) -> usize {
+    let mut last_attempts: BTreeMap<i64, &Run> = BTreeMap::new();
+    for run in runs {
+        let slot = last_attempts
+            .entry(run.scheduled_at.timestamp_millis())
+            .or_insert(run);
+        if run.attempt > slot.attempt {
+            *slot = run;
+        }
+    }
+    last_attempts
+        .values()
+        .filter(|run| ended_by_the_users_code(run) == Some(false))
+        .count()
+}
 
 /// One job's runs, for a look at what went wrong: instant, attempt, state and when recorded.
 async fn describe(store: &Store, job_id: &str, expect: &Expect, runs: &[Run]) -> String {

@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 
 pub mod cloud;
 pub mod ec2_stack;
+pub mod fault_proxy;
+pub mod http_worker;
 pub mod https_files;
 pub mod image;
 pub mod rabbit_cluster;

@@ -235,9 +235,9 @@ impl Reaper {
 
     /// Runs no instance speaks for: one still `pending` or `provisioning` long after it was recorded
     /// with no launch under way (its fire message or its provisioner was lost) never started the
-    /// user's code, and is launched again ([`Reaper::relaunch`]); one running without an instance (an
-    /// HTTP action) whose provisioner stopped heartbeating ends `failed` ("lost") and is retried if
-    /// its policy allows. Runs with an instance are the instance sweep's.
+    /// user's code, and is launched again ([`Reaper::relaunch`]); so is one running without an
+    /// instance (an HTTP action) whose provisioner stopped heartbeating: its action is called again.
+    /// Runs with an instance are the instance sweep's.
     async fn sweep_live_runs(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -270,7 +270,10 @@ impl Reaper {
         Ok(())
     }
 
-    /// One run without an instance: relaunched if it never started, ended if its holder is lost.
+    /// One run without an instance: relaunched if it never started, or if the provisioner holding
+    /// its HTTP action went silent (the action is called again, as the same attempt: whether the
+    /// first call reached it and ran to its end is unknown, and `X-Spot-Run-Id` lets the receiver
+    /// tell the second call from a new run).
     async fn sweep_live_run(
         &self,
         run: &Run,
@@ -279,12 +282,10 @@ impl Reaper {
     ) -> Result<()> {
         let launching = self.store.lease_held(&format!("launch:{}", run.id)).await?;
         match stuck(&self.settings, run, launching, now) {
-            Some(Stuck::NeverStarted(why)) => self.relaunch(run, &why, report).await,
-            Some(Stuck::Lost(why)) if self.end_run(run, RunState::Failed, &why).await? => {
-                report.lost += 1;
-                self.release_task_instance(run).await
+            Some(Stuck::NeverStarted(why) | Stuck::HolderLost(why)) => {
+                self.relaunch(run, &why, report).await
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -492,8 +493,8 @@ const LIVE_RUNS_SCANNED: usize = 1_000_000;
 enum Stuck {
     /// The user's code never started (its launch was lost): to be launched again.
     NeverStarted(String),
-    /// It started and its holder went silent: to be ended `failed`.
-    Lost(String),
+    /// Its HTTP action was called by a provisioner that went silent: to be called again.
+    HolderLost(String),
 }
 
 /// Whether a run without an instance is stuck, and why: `pending` or `provisioning` past the pending
@@ -525,7 +526,7 @@ fn stuck(
                 .or_else(|| since(RunState::Running))
                 .or_else(|| since(RunState::Booting))?;
             (now - last_sign > secs(settings.heartbeat_timeout_secs)).then(|| {
-                Stuck::Lost(format!(
+                Stuck::HolderLost(format!(
                     "lost: no heartbeat from its provisioner for over {} s",
                     settings.heartbeat_timeout_secs
                 ))

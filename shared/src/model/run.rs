@@ -91,9 +91,11 @@ impl RunState {
                 next,
                 Running | Failed | TimedOut | Interrupted | Cancelled | Pending | ProvisionFailed
             ),
+            // An HTTP action whose provisioner went silent is called again (back to pending), until
+            // its relaunches run out (provision_failed).
             Running => matches!(
                 next,
-                Succeeded | Failed | TimedOut | Interrupted | Cancelled
+                Succeeded | Failed | TimedOut | Interrupted | Cancelled | Pending | ProvisionFailed
             ),
             Succeeded | Failed | TimedOut | Interrupted | Cancelled | ProvisionFailed => false,
         }

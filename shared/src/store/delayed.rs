@@ -43,13 +43,14 @@ static RUN_CAS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_CAS))
 /// Arms a relaunch of a run that never started, counting it on the run, in one step. KEYS: run,
 /// delayed, unarmed. ARGV: the state the run must still be in, the most relaunches allowed, the
 /// relaunch's member, its due time (ms and RFC 3339), why. A run still `booting` (its instance, since
-/// terminated, never started the container) goes back to `pending` without its instance, container,
-/// heartbeat and secret, so nothing the old instance's agent might still say counts. Returns the run's
-/// relaunches so far, -1 if its state moved meanwhile, -2 if it has had every relaunch allowed.
+/// terminated, never started the container) or `running` an HTTP action whose provisioner went silent
+/// goes back to `pending` without its instance, container, heartbeat and secret, so nothing the old
+/// instance's agent might still say counts. Returns the run's relaunches so far, -1 if its state moved
+/// meanwhile, -2 if it has had every relaunch allowed.
 const RELAUNCH: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], 'relaunches') or '0') >= tonumber(ARGV[2]) then return -2 end
-if ARGV[1] == 'booting' then
+if ARGV[1] == 'booting' or ARGV[1] == 'running' then
   redis.call('HDEL', KEYS[1], 'instance_id', 'container_id', 'heartbeat_at', 'secret_hash')
   redis.call('HSET', KEYS[1], 'state', 'pending')
 end

@@ -316,3 +316,49 @@ async fn a_container_runs_within_its_limits() {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["field"], "limits.memory_mb", "{error}");
 }
+
+/// An agent renews its run's heartbeat every beat: a container running over four beats, swept every
+/// half second with a heartbeat timeout shorter than two beats, is never taken for lost, and each
+/// beat moves `heartbeat_at` on. (Without renewal the sweep ends it `failed` "lost" after the timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_renews_its_heartbeat_every_beat() {
+    let mut env = TestEnv::new();
+    env.settings.reaper.agent_heartbeat_secs = 2;
+    env.settings.reaper.heartbeat_timeout_secs = 3;
+    let image = busybox_image().await;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let job = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": Utc::now().to_rfc3339(),
+                   "runner": {"type": "container", "image": image, "cmd": "sh -c 'sleep 8; echo done'"}}),
+        )
+        .await;
+    let run_id = eventually(Duration::from_secs(30), "the container running", || async {
+        let run = app.runs(&job).await.into_iter().next()?;
+        (run["state"] == "running").then(|| run["id"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    let reaper = spot_reaper::Reaper::build(env.settings.clone())
+        .await
+        .unwrap();
+    let mut beats = std::collections::BTreeSet::new();
+    loop {
+        let report = reaper.sweep_once().await.unwrap();
+        assert_eq!(report.lost, 0, "a beating agent taken for lost: {report:?}");
+        let run = store.get_run(&run_id).await.unwrap().unwrap();
+        if run.state.is_terminal() {
+            assert_eq!(
+                run.state,
+                spot_shared::model::RunState::Succeeded,
+                "{run:?}"
+            );
+            break;
+        }
+        beats.extend(run.heartbeat_at);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(beats.len() >= 3, "three beats or more seen: {beats:?}");
+}

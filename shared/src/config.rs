@@ -215,6 +215,8 @@ pub struct ReaperSettings {
     pub timeout_grace_secs: u64,
     /// A running run whose agent has not heartbeated for this long is lost.
     pub heartbeat_timeout_secs: u64,
+    /// How often agents heartbeat (told at launch); shorter than `heartbeat_timeout_secs`.
+    pub agent_heartbeat_secs: u64,
     /// A booting run whose agent never reported in within this long is lost.
     pub boot_timeout_secs: u64,
     /// Spot requests and fleets left open longer than this are cancelled.
@@ -376,6 +378,14 @@ impl Settings {
         }
         if !(1..=MAX_SHARDS).contains(&self.redis.timer_shards) {
             return refuse(format!("redis.timer_shards must be 1 to {}", MAX_SHARDS));
+        }
+        if self.reaper.agent_heartbeat_secs == 0
+            || self.reaper.agent_heartbeat_secs >= self.reaper.heartbeat_timeout_secs
+        {
+            return refuse(
+                "reaper.agent_heartbeat_secs must be at least 1 and below reaper.heartbeat_timeout_secs"
+                    .into(),
+            );
         }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
             return refuse("auth.max_bcrypt_cost must be 4 to 31".into());

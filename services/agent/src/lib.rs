@@ -79,7 +79,8 @@ impl AgentSettings {
                     builder = builder
                         .set_default("run_id", boot.run_id)?
                         .set_default("api_url", boot.api_url)?
-                        .set_default("secret", boot.secret)?;
+                        .set_default("secret", boot.secret)?
+                        .set_default("heartbeat_secs", boot.heartbeat_secs)?;
                 }
                 // The provider's name for the deployment, read from the command line by its sweeps.
                 "--cluster" => {

@@ -140,6 +140,7 @@ impl Provisioner {
             run_id: run.id.clone(),
             api_url: self.settings.api.public_url.clone(),
             secret,
+            heartbeat_secs: self.settings.reaper.agent_heartbeat_secs,
         };
         // Far into its budget, an account gets spot capacity or nothing.
         let spot_only;

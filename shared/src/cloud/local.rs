@@ -134,6 +134,7 @@ impl LocalCloud {
             .env("SPOT_AGENT_API_URL", &boot.api_url)
             .env("SPOT_AGENT_SECRET", &boot.secret)
             .env("SPOT_AGENT_INSTANCE_ID", instance_id)
+            .env("SPOT_AGENT_HEARTBEAT_SECS", boot.heartbeat_secs.to_string())
             // No instance metadata service here: nothing to watch for interruption.
             .env("SPOT_AGENT_METADATA_URL", "")
             .stdin(Stdio::null())

@@ -30,6 +30,13 @@ pub struct AgentBoot {
     pub run_id: String,
     pub api_url: String,
     pub secret: String,
+    /// Seconds between the agent's heartbeats (`reaper.agent_heartbeat_secs`); 0: the agent's own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_secs: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// One launch: a run's attempt, what it runs on, and what its agent is told.

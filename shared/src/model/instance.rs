@@ -12,10 +12,22 @@ use crate::error::{Error, Result};
 
 /// Where an instance is in its life.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
+    #[default]
     Requested,
     Running,
     Terminating,
@@ -114,7 +126,7 @@ impl PriceSource {
 }
 
 /// A machine a run executes on: an EC2 instance, or an agent process with the `local` provider.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Instance {
     pub id: String,
     pub run_id: String,

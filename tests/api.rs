@@ -694,3 +694,54 @@ async fn a_create_whose_answer_was_never_kept_still_makes_one_job() {
     assert_eq!(answered["id"], made["id"], "the same job");
     assert_eq!(jobs_held(&app).await, 1);
 }
+
+/// A run-now whose answer was never kept (the api died past its key's lease) and that is sent again
+/// with its key fires at the first sending's instant, so it makes one run; on minion's surface too.
+/// Without a key, two sendings are two run-nows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_now_sent_again_past_its_keys_lease_still_runs_once() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let job = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "0 0 1 1 *", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let path = format!("/v1/jobs/{job}/run");
+    let forget_kept_answers = || async {
+        let (mut redis, kept) = env.raw_keys("idem:*").await;
+        if !kept.is_empty() {
+            let () = redis::cmd("DEL")
+                .arg(&kept)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    };
+    let first = post_keyed(&app, &path, "application/json", "", "now-1").await;
+    assert_eq!(first.0, 202, "{first:?}");
+    forget_kept_answers().await;
+    let again = post_keyed(&app, &path, "application/json", "", "now-1").await;
+    assert_eq!(again.0, 202, "{again:?}");
+    assert!(!again.1, "answered anew, not replayed: {again:?}");
+    let instant =
+        |answer: &str| serde_json::from_str::<Value>(answer).unwrap()["scheduled_at"].clone();
+    assert_eq!(instant(&first.2), instant(&again.2), "the same instant");
+
+    let unkeyed = app.post_raw(&path, ACCOUNT_KEY, "").await;
+    assert_eq!(unkeyed.status(), 202);
+
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let runs = eventually(Duration::from_secs(30), "the run-nows to run", || async {
+        let runs = app.runs(&job).await;
+        (runs.len() >= 2).then_some(runs)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.runs(&job).await.len(),
+        2,
+        "one for the keyed run-now, one unkeyed: {runs:?}"
+    );
+}

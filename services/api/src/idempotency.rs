@@ -193,6 +193,15 @@ async fn forget(state: &AppState, request: &IdempotentRequest) {
 pub struct IdempotencyKey(Option<String>);
 
 impl IdempotencyKey {
+    /// The request's key, if it carried a valid one (the middleware refused an invalid one).
+    pub fn of(req: &HttpRequest) -> IdempotencyKey {
+        IdempotencyKey(key_of(req).and_then(|key| key.ok()))
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     pub fn job_id(&self, account: &str, route: &str) -> Option<String> {
         let key = self.0.as_deref()?;
         Some(ids::derived_id(&["job", account, route, key]))

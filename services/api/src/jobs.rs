@@ -355,14 +355,27 @@ pub async fn delete(state: &AppState, job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// Fires the job now, outside its schedule (which is not moved). Returns the fire's instant.
-pub async fn run_now(state: &AppState, job: &Job) -> Result<DateTime<Utc>> {
+/// Fires the job now, outside its schedule (which is not moved). Returns the fire's instant. A
+/// request with an idempotency key fires at its first sending's instant however often it is sent,
+/// so the fire's marker makes it one run even past the key's lease.
+pub async fn run_now(
+    state: &AppState,
+    job: &Job,
+    key: &crate::idempotency::IdempotencyKey,
+) -> Result<DateTime<Utc>> {
     if !job.enabled {
         return Err(Error::conflict("the job is disabled; enable it first"));
     }
     // Millisecond instants: two clicks in one millisecond are one fire.
-    let now =
+    let mut now =
         DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
+    if let Some(key) = key.key() {
+        let ttl = std::time::Duration::from_secs(state.settings.api.idempotency_ttl_secs);
+        now = state
+            .store
+            .keyed_instant(&job.account, &job.id, key, now, ttl)
+            .await?;
+    }
     let fire = FireMessage {
         manual: true,
         relaunch: false,

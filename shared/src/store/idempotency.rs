@@ -6,6 +6,9 @@
 //!   query and body, hashed), its `state` (`pending` while the first request is in flight, `done`),
 //!   and once done the answer's `status`, `content_type` and `body`. It expires: after the lease
 //!   while pending, after the TTL once done.
+//! - `p:idem-instant:{account}:{sha256 of job id and key}`: the instant a keyed run-now fires at, kept
+//!   for the TTL, so a resend made after the record's lease ran out (the api died before keeping its
+//!   answer) fires at the same instant, which the fire's own marker records once.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -161,6 +164,35 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         self.replicated_at(&request.record_key(self)).await
+    }
+
+    /// The instant a run-now of `job_id` sent with `key` fires at: `proposed` for the first request,
+    /// and the first request's instant for every resend within `ttl`.
+    pub async fn keyed_instant(
+        &self,
+        account: &str,
+        job_id: &str,
+        key: &str,
+        proposed: chrono::DateTime<chrono::Utc>,
+        ttl: Duration,
+    ) -> Result<chrono::DateTime<chrono::Utc>> {
+        let hash = hex::encode(Sha256::digest(format!("{job_id}\n{key}").as_bytes()));
+        let record = self.key(&format!("idem-instant:{account}:{hash}"));
+        let mut conn = self.conn.clone();
+        // SET NX GET: writes the proposal only if there is none, answers what was there.
+        let earlier: Option<i64> = redis::cmd("SET")
+            .arg(&record)
+            .arg(proposed.timestamp_millis())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        self.replicated_at(&record).await?;
+        Ok(earlier
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or(proposed))
     }
 
     /// Lets go of the key of a request that failed so that trying again may help (a 5xx).

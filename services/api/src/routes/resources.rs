@@ -307,9 +307,10 @@ pub async fn run_job_now(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    key: crate::idempotency::IdempotencyKey,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let at = jobs::run_now(&state, &job).await?;
+    let at = jobs::run_now(&state, &job, &key).await?;
     Ok(HttpResponse::Accepted().json(json!({ "job_id": job.id, "scheduled_at": at })))
 }
 

@@ -356,7 +356,8 @@ pub(super) async fn run_now(
     if !allowed.runners.contains(&runner_name) {
         return text(StatusCode::BAD_REQUEST, "runner not found for account");
     }
-    match jobs::run_now(&state, &job).await {
+    let key = crate::idempotency::IdempotencyKey::of(&req);
+    match jobs::run_now(&state, &job, &key).await {
         Ok(_) => ok_accepted(),
         Err(err) => from_error(err),
     }

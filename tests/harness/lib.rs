@@ -293,6 +293,7 @@ impl Default for TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        self.stop_local_agents();
         if self.rabbit_cluster {
             rabbit_cluster::delete_vhost(&self.name);
         } else {
@@ -302,6 +303,39 @@ impl Drop for TestEnv {
         // SPOT_TEST_KEEP_FILES=1 keeps agent and service logs for a look after a failure.
         if std::env::var_os("SPOT_TEST_KEEP_FILES").is_none() {
             let _ = std::fs::remove_dir_all(self.dir());
+        }
+    }
+}
+
+impl TestEnv {
+    /// Kills the agents this test's deployment started and removes their containers: a test that
+    /// ends while a run is under way (its api gone) would leave its agent retrying for minutes.
+    fn stop_local_agents(&self) {
+        use spot_shared::cloud::local::LocalCloud;
+        let Ok(cloud) =
+            LocalCloud::new(&self.settings.cloud.local, &self.settings.redis.key_prefix)
+        else {
+            return;
+        };
+        for instance in cloud.instances() {
+            if let Some(pid) = cloud.find(&instance.id) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let label = format!(
+                "label={}={}",
+                spot_shared::cloud::INSTANCE_LABEL,
+                instance.id
+            );
+            let listed = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &label])
+                .output();
+            if let Ok(listed) = listed {
+                for container in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f", container])
+                        .output();
+                }
+            }
         }
     }
 }

@@ -93,9 +93,6 @@ pub const MAX_URL_LEN: usize = 2048;
 impl FileSource {
     /// Why this source cannot be fetched, as a message for the field it came in; `None` when it can.
     pub fn problem(&self) -> Option<String> {
-        if self.url.len() > MAX_URL_LEN {
-            return Some(format!("a URL of at most {MAX_URL_LEN} bytes"));
-        }
         if let Err(problem) = Location::parse(&self.url) {
             return Some(problem);
         }
@@ -128,6 +125,9 @@ impl Location {
     /// Reads a source URL. A plain `http://` URL is refused unless it names S3 (whose objects are
     /// then fetched over HTTPS): code run on an instance is not fetched in the clear.
     pub fn parse(text: &str) -> Result<Location, String> {
+        if text.len() > MAX_URL_LEN {
+            return Err(format!("a URL of at most {MAX_URL_LEN} bytes"));
+        }
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             return s3_location(bucket, key.to_string(), None);
@@ -287,7 +287,9 @@ mod tests {
             Location::parse("https://ec2.amazonaws.com/x"),
             Ok(Location::Https(_))
         ));
+        let too_long = format!("s3://bucket/{}", "k".repeat(MAX_URL_LEN));
         for (url, says) in [
+            (too_long.as_str(), "at most"),
             ("http://example.com/run.sh", "http://"),
             ("ftp://example.com/run.sh", "https://"),
             ("s3://Bad_Bucket/key", "bucket"),

@@ -6,7 +6,8 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --workspace --bins \
+# The services and the agent only (scripts/up's build less spotctl): no test, bench or chaos tools.
+RUN cargo build --release -p spot-api -p spot-provisioner -p spot-reaper -p spot-agent \
     && mkdir /out \
     && cp target/release/spot-api target/release/spot-provisioner target/release/spot-reaper \
           target/release/spot-agent /out/

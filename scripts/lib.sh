@@ -27,19 +27,36 @@ wait_for() {
     done
 }
 
+# apt_install PACKAGE...: installs Debian packages (one `apt-get update` first).
+apt_install() {
+    log "installing $*"
+    $SUDO apt-get update -q >/dev/null
+    # policy-rc.d may forbid starting services at install time; we start them ourselves.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+# What the stack needs to build and run: nothing more, so that a fresh `scripts/up` is quick.
 ensure_packages() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
     command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v curl >/dev/null || missing+=(curl)
+    # jemalloc (the services' allocator) builds from C with make.
+    command -v make >/dev/null || missing+=(make)
+    if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# What only the tests, the chaos scenarios and the benchmarks use (scripts/test, scripts/chaos,
+# scripts/bench call it; scripts/up does not).
+ensure_test_packages() {
+    local missing=()
     # The tests build their image from Debian's static busybox.
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
-    command -v curl >/dev/null || missing+=(curl)
     # The dashboard's browser tests (tests/dashboard.rs) drive a headless Chromium over WebDriver.
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
-    # jemalloc (the services' allocator) builds from C with make.
-    command -v make >/dev/null || missing+=(make)
+    if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
     # moto's EC2 server plays AWS in the tests.
     if ! command -v moto_server >/dev/null; then
         log "installing moto[server]"
@@ -52,11 +69,20 @@ ensure_packages() {
         python3 -m pip install -q 'schemathesis>=4,<5'
         hash -r
     fi
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "installing ${missing[*]}"
-        $SUDO apt-get update -q >/dev/null
-        # policy-rc.d may forbid starting services at install time; we start them ourselves.
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The packages the stack runs: the services, the agent and spotctl. Every script builds them with
+# this one selection, and the workspace-hack crate gives it the same features as `--workspace`, so a
+# release build made by one script (up, compose-smoke, bench) serves the others.
+STACK_PACKAGES=(-p spot-api -p spot-provisioner -p spot-reaper -p spot-agent -p spotctl)
+
+# build_stack release|debug [cargo flags...]
+build_stack() {
+    local profile="$1"; shift
+    if [ "$profile" = release ]; then
+        cargo build --release "${STACK_PACKAGES[@]}" "$@"
+    else
+        cargo build "${STACK_PACKAGES[@]}" "$@"
     fi
 }
 

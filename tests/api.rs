@@ -745,3 +745,52 @@ async fn a_run_now_sent_again_past_its_keys_lease_still_runs_once() {
         "one for the keyed run-now, one unkeyed: {runs:?}"
     );
 }
+
+/// A batch sent again with its `Idempotency-Key` makes no second job: the kept answer comes back,
+/// and with the answer gone (an api that died before keeping it) the jobs' ids, derived from the
+/// key and each job's place, name the jobs made the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_with_its_key_creates_nothing_twice() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let batch = json!({"jobs": [{"schedule": "*/5 * * * *", "runner": {"type": "dummy", "template": "a"}}, {"schedule": "0 * * * *", "runner": {"type": "dummy", "template": "b"}}]});
+    let send = || async {
+        let response = app
+            .client
+            .post(app.url("/v1/jobs:batch"))
+            .header("X-Auth-Token", ACCOUNT_KEY)
+            .header("Idempotency-Key", "batch-1")
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let first = send().await;
+    let ids = |reply: &serde_json::Value| -> Vec<String> {
+        reply["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["job"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&send().await), ids(&first));
+    // The kept answer lost: the request runs again and finds the jobs it made.
+    let (mut conn, keys) = env.raw_keys("idem*").await;
+    assert!(
+        !keys.is_empty(),
+        "the answer was kept under an idempotency key"
+    );
+    for key in keys {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(ids(&send().await), ids(&first));
+    assert_eq!(store.count_jobs("acme").await.unwrap(), 2);
+}

@@ -295,3 +295,119 @@ async fn a_single_light_fire_delivered_twice_runs_once() {
     assert_eq!(runs.len(), 1);
     assert_eq!(store.get_log(&runs[0]).await.unwrap(), b"once");
 }
+
+/// `POST /v1/jobs:batch`: each job created or refused on its own (a 400 naming `jobs[i].field`, the
+/// account's job quota counted in order), the created ones listed and each fired once; on the Redis
+/// Cluster (scripts/test runs this file again there) the save spans shards and the account's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_jobs_is_created_each_on_its_own_and_each_fires_once() {
+    let mut env = TestEnv::new();
+    env.settings.quotas.max_jobs = 5;
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let soon = |ms: i64| (Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339();
+    let before = app
+        .create_job(ACCOUNT_KEY, dummy(&soon(2_000), "alone"))
+        .await;
+
+    let mut bad_field = dummy(&soon(2_000), "x");
+    bad_field["bogus"] = json!(1);
+    let batch = json!({"jobs": [
+        dummy(&soon(2_000), "first"),
+        dummy(&soon(2_500), "second"),
+        dummy("not a schedule", "x"),
+        bad_field,
+        dummy(&soon(3_000), "third"),
+        dummy("*/5 * * * *", "fourth"),
+        dummy(&soon(3_000), "over the quota"),
+    ]});
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs:batch",
+            ACCOUNT_KEY,
+            Some(batch),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let reply: serde_json::Value = response.json().await.unwrap();
+    let statuses: Vec<u64> = reply["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 400, 400, 201, 201, 429], "{reply}");
+    assert_eq!(
+        (reply["created"].as_u64(), reply["refused"].as_u64()),
+        (Some(4), Some(3))
+    );
+    let error = |i: usize| reply["results"][i]["error"].clone();
+    assert_eq!(error(2)["field"], "jobs[2].schedule", "{reply}");
+    assert_eq!(error(3)["field"], "jobs[3].bogus", "{reply}");
+    assert_eq!(error(6)["field"], "jobs[6].quotas.max_jobs", "{reply}");
+    assert!(error(6)["message"].as_str().unwrap().contains("quota"));
+    let created: Vec<String> = [0, 1, 4, 5]
+        .iter()
+        .map(|&i| {
+            reply["results"][i]["job"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(reply["results"][5]["job"]["runner"]["template"], "fourth");
+    assert!(reply["results"][5]["next_fire_at"].is_null());
+    assert!(!reply["results"][5]["job"]["next_fire_at"].is_null());
+
+    // Listed like any job, and read back as created.
+    let listed: serde_json::Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
+    let mut listed: Vec<String> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut expected = created.clone();
+    expected.push(before.clone());
+    expected.sort();
+    assert_eq!(listed, expected);
+    let second = store.get_job(&created[1]).await.unwrap().unwrap();
+    assert_eq!(second.generation, 1);
+    assert!(second.next_fire_at.is_some());
+
+    // Every one-shot of the batch fires once.
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let one_shots = [
+        created[0].clone(),
+        created[1].clone(),
+        created[2].clone(),
+        before,
+    ];
+    assert_each_fires_once(&store, &one_shots, Duration::from_secs(30)).await;
+
+    // Not a batch: refused whole, naming the field, nothing stored.
+    for (body, field) in [
+        (json!({"jobs": []}), "jobs"),
+        (
+            json!({"jobs": vec![dummy("*/5 * * * *", "x"); 1001]}),
+            "jobs",
+        ),
+        (json!({"jobs": [], "extra": 1}), "extra"),
+        (json!([dummy("*/5 * * * *", "x")]), "body"),
+    ] {
+        let response = app
+            .send(
+                reqwest::Method::POST,
+                "/v1/jobs:batch",
+                ACCOUNT_KEY,
+                Some(body),
+            )
+            .await;
+        assert_eq!(response.status(), 400);
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["field"], field, "{error}");
+    }
+    assert_eq!(store.count_jobs("acme").await.unwrap(), 5);
+}

@@ -29,30 +29,6 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let err = &self.0;
-        let mut error_id = None;
-        let message = match err.code {
-            ErrorCode::Internal => {
-                // An error that will not clear by trying again: the caller gets an id to quote, the
-                // log has the details under the same id.
-                let id = spot_shared::ids::new_id();
-                tracing::error!(error = %err, error_id = %id, "internal error");
-                let message = format!("internal error (error id {id}); trying again will not help");
-                error_id = Some(id);
-                message
-            }
-            ErrorCode::Unavailable => {
-                tracing::warn!(error = %err, "dependency unavailable");
-                // Name the dependency (the store and broker errors start with it), not its details.
-                let dependency = match err.message.split(':').next() {
-                    Some("redis") => "Redis",
-                    Some("rabbitmq") => "RabbitMQ",
-                    Some("docker") => "Docker",
-                    _ => "a backing service",
-                };
-                format!("{dependency} is unavailable; nothing was changed; try again shortly")
-            }
-            _ => err.message.clone(),
-        };
         let mut response = HttpResponse::build(self.status_code());
         if err.code == ErrorCode::Unavailable {
             // Dependencies come back within seconds: the services reconnect on their own.
@@ -61,20 +37,50 @@ impl ResponseError for ApiError {
         if err.code == ErrorCode::TooManyRequests {
             response.insert_header((actix_web::http::header::RETRY_AFTER, "60"));
         }
-        let mut body = json!({
-            "status": "error",
-            "error": err.code.as_str(),
-            "message": match &err.field {
-                Some(field) => format!("{field}: {message}"),
-                None => message,
-            },
-            "field": err.field,
-        });
-        if let Some(id) = error_id {
-            body["error_id"] = json!(id);
-        }
-        response.json(body)
+        response.json(error_body(err))
     }
+}
+
+/// The JSON body of an error: its code, a message naming the field, the field. An internal error's
+/// details go to the log under an id the body quotes; a dependency's are not sent either.
+pub fn error_body(err: &Error) -> serde_json::Value {
+    let mut error_id = None;
+    let message = match err.code {
+        ErrorCode::Internal => {
+            // An error that will not clear by trying again: the caller gets an id to quote, the
+            // log has the details under the same id.
+            let id = spot_shared::ids::new_id();
+            tracing::error!(error = %err, error_id = %id, "internal error");
+            let message = format!("internal error (error id {id}); trying again will not help");
+            error_id = Some(id);
+            message
+        }
+        ErrorCode::Unavailable => {
+            tracing::warn!(error = %err, "dependency unavailable");
+            // Name the dependency (the store and broker errors start with it), not its details.
+            let dependency = match err.message.split(':').next() {
+                Some("redis") => "Redis",
+                Some("rabbitmq") => "RabbitMQ",
+                Some("docker") => "Docker",
+                _ => "a backing service",
+            };
+            format!("{dependency} is unavailable; nothing was changed; try again shortly")
+        }
+        _ => err.message.clone(),
+    };
+    let mut body = json!({
+        "status": "error",
+        "error": err.code.as_str(),
+        "message": match &err.field {
+            Some(field) => format!("{field}: {message}"),
+            None => message,
+        },
+        "field": err.field,
+    });
+    if let Some(id) = error_id {
+        body["error_id"] = json!(id);
+    }
+    body
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
 use spot_shared::model::{Job, Policies, Runner, Tag};
 use spot_shared::schedule::parse_time_zone;
+use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
 
 use crate::auth::Caller;
@@ -191,22 +192,14 @@ async fn check_target(state: &AppState, url: &url::Url, field: &str) -> Result<(
     }
 }
 
-/// Refuses a job over its account's quotas (429 naming the quota), counting the refusal in
-/// `/metrics`. The job count is read before the write: creates racing at the limit may pass it by
-/// the number in flight.
-async fn enforce_quotas(
-    state: &AppState,
-    job: &Job,
-    creating: bool,
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// Refuses a job over its account's schedule and container quotas (429 naming the quota), counting
+/// the refusal in `/metrics`. The job count quota is the create's to check: in the same step as its
+/// save ([`spot_shared::store::Store::create_job`]), or once for a batch.
+async fn enforce_quotas(state: &AppState, job: &Job, now: DateTime<Utc>) -> Result<()> {
     let quotas = state.settings.quotas.for_account(&job.account);
     let mut checked = quotas.check_schedule(&job.parsed_schedule()?, now);
     if let (Ok(()), Runner::Container(spec)) = (&checked, &job.runner) {
         checked = quotas.check_container(spec);
-    }
-    if checked.is_ok() && creating {
-        checked = quotas.check_job_count(state.store.count_jobs(&job.account).await?);
     }
     if let Err(err) = &checked {
         let quota = err.field.as_deref().unwrap_or_default();
@@ -237,19 +230,125 @@ pub async fn create(
     spec: JobSpec,
     id: Option<String>,
 ) -> Result<Job> {
+    let now = Utc::now();
+    let job = match prepare(state, account, spec, id, now).await? {
+        Prepared::MadeBefore(job) => return Ok(job),
+        Prepared::New(job) => job,
+    };
+    // The job count quota is checked by the save itself, in the same step.
+    let quotas = state.settings.quotas.for_account(account);
+    if let Created::OverQuota(held) = state.store.create_job(&job, quotas.max_jobs).await? {
+        state.store.note_quota_refusal("max_jobs", account).await;
+        tracing::info!(account, quota = "max_jobs", "over a quota");
+        return Err(quotas
+            .check_job_count(held)
+            .err()
+            .unwrap_or_else(|| Error::internal("refused under the job quota")));
+    }
+    tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
+    Ok(job)
+}
+
+/// A create's job, checked and ready to save, or the one an earlier sending of the same request
+/// made (its answer was lost), to answer as it is.
+enum Prepared {
+    New(Job),
+    MadeBefore(Job),
+}
+
+/// Checks `spec` (fields, outbound targets, instances, the schedule and container quotas) and
+/// makes its job, with its first fire. `id` is the id the request's idempotency key gives it: a job
+/// of the account with that id already is the one this create made before.
+async fn prepare(
+    state: &AppState,
+    account: &str,
+    spec: JobSpec,
+    id: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Prepared> {
     spec.validate("")?;
     if let Some(id) = &id {
         if let Some(made) = state.store.get_job(id).await? {
             if made.account == account {
                 tracing::info!(job_id = %id, "create retried with its idempotency key: the job it made");
-                return Ok(made);
+                return Ok(Prepared::MadeBefore(made));
             }
         }
     }
     check_outbound_targets(state, &spec.runner).await?;
     check_instances_usable(state, &spec.runner)?;
+    let mut job = new_job(account, spec, id, now);
+    // Parse once more in the job's own terms (periods count from its creation) and reject a schedule
+    // that has no fire left in its window.
+    job.next_fire_at = if job.enabled {
+        first_fire(&job, now)?
+    } else {
+        None
+    };
+    enforce_quotas(state, &job, now).await?;
+    Ok(Prepared::New(job))
+}
+
+/// The most jobs one `POST /v1/jobs:batch` may create.
+pub const MAX_BATCH: usize = 1000;
+
+/// Creates many jobs for `account` at once, each valid or refused on its own: the answer has one
+/// result per spec, in order. Each spec comes with the id its idempotency key gives it (see
+/// [`create`]). The accepted jobs are saved together ([`spot_shared::store::Store::save_new_jobs`]);
+/// if that save fails, the whole request fails and none is kept.
+pub async fn create_many(
+    state: &AppState,
+    account: &str,
+    specs: Vec<(Result<JobSpec>, Option<String>)>,
+) -> Result<Vec<Result<Job>>> {
     let now = Utc::now();
-    let mut job = Job {
+    let mut results: Vec<Result<Job>> = Vec::with_capacity(specs.len());
+    // Jobs an earlier sending of the same batch made: answered as they are, not saved again.
+    let mut made_before = vec![false; specs.len()];
+    for (index, (spec, id)) in specs.into_iter().enumerate() {
+        let job = match spec {
+            Ok(spec) => prepare(state, account, spec, id, now).await,
+            Err(err) => Err(err),
+        };
+        let job = job.map(|prepared| match prepared {
+            Prepared::MadeBefore(job) => {
+                made_before[index] = true;
+                job
+            }
+            Prepared::New(job) => job,
+        });
+        results.push(job);
+    }
+    // The job count quota, read once: the batch's jobs count against it in order.
+    let quotas = state.settings.quotas.for_account(account);
+    let mut stored = state.store.count_jobs(account).await?;
+    for (index, result) in results.iter_mut().enumerate() {
+        if made_before[index] || result.is_err() {
+            continue;
+        }
+        if let Err(err) = quotas.check_job_count(stored) {
+            state.store.note_quota_refusal("max_jobs", account).await;
+            *result = Err(err);
+        } else {
+            stored += 1;
+        }
+    }
+    let new_jobs: Vec<Job> = results
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !made_before[*index])
+        .filter_map(|(_, result)| result.as_ref().ok().cloned())
+        .collect();
+    // A failed save keeps nothing of the batch and fails the whole request (503 or 500), so that
+    // the client sends it again rather than reading half an answer.
+    state.store.save_new_jobs(&new_jobs).await?;
+    tracing::info!(account, created = new_jobs.len(), "jobs created in a batch");
+    Ok(results)
+}
+
+/// A new job (generation 1) from `spec`, with no next fire yet.
+fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>) -> Job {
+    Job {
         id: id.unwrap_or_else(ids::new_id),
         account: account.to_string(),
         group: spec.group,
@@ -266,18 +365,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         next_fire_at: None,
-    };
-    // Parse once more in the job's own terms (periods count from its creation) and reject a schedule
-    // that has no fire left in its window.
-    job.next_fire_at = if job.enabled {
-        first_fire(&job, now)?
-    } else {
-        None
-    };
-    enforce_quotas(state, &job, true, now).await?;
-    state.store.save_job(&job).await?;
-    tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
-    Ok(job)
+    }
 }
 
 /// Replaces a job's specification, keeping its id, account and history.
@@ -315,7 +403,7 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
             job.next_fire_at = None;
         }
     }
-    enforce_quotas(state, &job, false, now).await?;
+    enforce_quotas(state, &job, now).await?;
     // A job moved to another group leaves the old one's index in the same step.
     state
         .store

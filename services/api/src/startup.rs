@@ -48,6 +48,8 @@ impl Application {
             fetch: Arc::new(fetch),
             settings,
         });
+        let access_log =
+            tracing::enabled!(target: "actix_web::middleware::logger", tracing::Level::INFO);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -55,7 +57,11 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(
                     crate::idempotency::idempotency,
                 ))
-                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthcheck"))
+                // The access log formats a line per request: only when it would be written.
+                .wrap(actix_web::middleware::Condition::new(
+                    access_log,
+                    actix_web::middleware::Logger::new("%r %s %Dms").exclude("/healthcheck"),
+                ))
                 .configure(routes::configure)
         })
         .listen(listener)?

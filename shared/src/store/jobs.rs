@@ -26,7 +26,7 @@ use crate::model::Job;
 /// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
 /// tags, default policies), so that a million waiting jobs, mostly defaults, take under a kilobyte
 /// each; `enabled` and `generation` lead, where the light-fire script reads them without decoding.
-fn stored_job_json(job: &Job) -> Result<String> {
+pub(super) fn stored_job_json(job: &Job) -> Result<String> {
     fn strip_nulls(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
@@ -129,7 +129,7 @@ impl Store {
     }
 
     /// The account's index of its jobs, or of one group's.
-    fn account_index(&self, job: &Job, group: Option<&str>) -> String {
+    pub(super) fn account_index(&self, job: &Job, group: Option<&str>) -> String {
         match group {
             Some(group) => self.key(&format!("account:{}:group:{group}:jobs", job.account)),
             None => self.key(&format!("account:{}:jobs", job.account)),

@@ -23,26 +23,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         );
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return Error::invalid("body", format!("not valid JSON: {inner}"));
-        }
-        // serde names missing and unknown fields in its message; strip its position suffix.
-        let message = inner.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_string();
-        let field = if path == "." || path.is_empty() {
-            field_in_message(&message).unwrap_or_else(|| "body".to_string())
-        } else {
-            path
-        };
-        Error::invalid(field, message)
-    })?;
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
     deserializer.end().map_err(|e| {
         Error::invalid(
             "body",
@@ -50,6 +31,51 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         )
     })?;
     Ok(value)
+}
+
+/// Reads an already parsed JSON value (one element of a batch) into `T`; the field an error names
+/// starts with `prefix` (`jobs[3].`).
+pub(crate) fn parse_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, Error> {
+    if !value.is_object() {
+        return Err(Error::invalid(
+            prefix.trim_end_matches('.'),
+            "must be a JSON object",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let mut err = shape_error(err);
+        err.field = Some(match err.field.as_deref() {
+            None | Some("body") => prefix.trim_end_matches('.').to_string(),
+            Some(field) => format!("{prefix}{field}"),
+        });
+        err
+    })
+}
+
+/// A deserialization error as a 400 naming the field: the path where it failed, or the field a
+/// "missing field" / "unknown field" message names.
+fn shape_error(err: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return Error::invalid("body", format!("not valid JSON: {inner}"));
+    }
+    // serde names missing and unknown fields in its message; strip its position suffix.
+    let message = inner.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    let field = if path == "." || path.is_empty() {
+        field_in_message(&message).unwrap_or_else(|| "body".to_string())
+    } else {
+        path
+    };
+    Error::invalid(field, message)
 }
 
 /// The first backquoted name in a serde message ("missing field `schedule`"), if not empty.
@@ -128,6 +154,22 @@ mod tests {
         let err = parse_json::<Body>(br#"{"name": "x", "": 1}"#).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("body"));
         assert!(parse_json::<Body>(br#"{"name": "x"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_batch_element_errors_name_the_field_within_the_batch() {
+        let field =
+            |value: serde_json::Value| parse_value::<Body>(value, "jobs[3].").unwrap_err().field;
+        assert_eq!(
+            field(serde_json::json!({"items": []})).as_deref(),
+            Some("jobs[3].name")
+        );
+        assert_eq!(
+            field(serde_json::json!({"name": "x", "items": [1]})).as_deref(),
+            Some("jobs[3].items[0]")
+        );
+        assert_eq!(field(serde_json::json!([1])).as_deref(), Some("jobs[3]"));
+        assert!(parse_value::<Body>(serde_json::json!({"name": "x"}), "jobs[0].").is_ok());
     }
 
     #[derive(Debug, serde::Deserialize)]

@@ -6,6 +6,7 @@ mod cronjob;
 mod health;
 mod hrm;
 mod input;
+mod job_batch;
 pub mod metrics;
 mod minion;
 pub mod openapi;
@@ -24,7 +25,7 @@ use actix_web::dev::ResourceDef;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-pub(crate) use input::{parse_json, parse_query, Query};
+pub(crate) use input::{parse_json, parse_query, parse_value, Query};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthcheck", web::get().to(health::healthcheck))
@@ -51,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/JobScheduler", web::get().to(operations::list))
         .configure(cronjob::configure)
         .configure(hrm::configure)
+        .route("/v1/jobs:batch", web::post().to(job_batch::create_jobs))
         .configure(resources::configure)
         .configure(quarantine::configure)
         .default_service(web::to(not_found));

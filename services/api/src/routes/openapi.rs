@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, callback, cronjob, health, hrm, metrics, minion, operations, overview, quarantine,
-    resources, simple, usage,
+    agent, callback, cronjob, health, hrm, job_batch, metrics, minion, operations, overview,
+    quarantine, resources, simple, usage,
 };
 
 #[derive(OpenApi)]
@@ -24,6 +24,7 @@ use super::{
         health::healthcheck,
         callback::callback,
         resources::create_job,
+        job_batch::create_jobs,
         resources::list_jobs,
         resources::get_job,
         resources::replace_job,
@@ -73,6 +74,9 @@ use super::{
         resources::JobRequest,
         resources::RunnerRequest,
         resources::JobView,
+        job_batch::BatchRequest,
+        job_batch::BatchResponse,
+        job_batch::BatchResult,
         simple::ScheduleRequest,
         spot_shared::model::Job,
         spot_shared::model::Run,

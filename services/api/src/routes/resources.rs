@@ -163,6 +163,15 @@ pub struct JobView {
     pub next_fire_at: Option<chrono::DateTime<Utc>>,
 }
 
+impl JobView {
+    pub fn of(job: Job) -> JobView {
+        JobView {
+            next_fire_at: job.next_fire_at,
+            job,
+        }
+    }
+}
+
 fn view(job: &Job) -> serde_json::Value {
     json!(JobView {
         job: job.clone(),
@@ -206,7 +215,8 @@ pub async fn create_job(
     let request: JobRequest = parse_json(&body)?;
     let id = key.job_id(&caller.0.account, "/v1/jobs");
     let job = jobs::create(&state, &caller.0.account, request.into(), id).await?;
-    Ok(HttpResponse::Created().json(view(&job)))
+    // Serialised straight from the job: the hottest answer, with no JSON tree built on the way.
+    Ok(HttpResponse::Created().json(JobView::of(job)))
 }
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", summary = "List the account's jobs, newest first", security(("api_key" = [])), params(ListQuery), responses((status = 200, description = "`{\"jobs\": [JobView]}`"), (status = 403)))]

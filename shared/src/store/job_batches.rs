@@ -1,0 +1,190 @@
+//! New jobs saved in as few round trips as they can be: one job with its account's job quota
+//! checked in the same step ([`Store::create_job`]), or many at a time (`POST /v1/jobs:batch`,
+//! [`Store::save_new_jobs`]) in a few variadic commands (`MSET`, `ZADD` with many members). Both
+//! write the keys [`Store::save_job`] writes.
+//!
+//! On one Redis node, or a cluster with one shard, the whole batch is one transaction. On a cluster
+//! with shards the account's indexes come first, with their crash-safety notes (as for one job, see
+//! [`super::index_entries`]), then one transaction per shard the batch touches, each in its slot.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use chrono::Utc;
+use redis::Script;
+
+use super::jobs::stored_job_json;
+use super::timers::{unarmed_member, UNARMED};
+use super::Store;
+use crate::error::Result;
+use crate::model::Job;
+
+/// Creates one job unless its account holds `max_jobs` already: the count and the writes in one
+/// step, so a create costs one round trip and creates racing at the limit cannot pass it.
+/// KEYS: account index, group index, job record, timers, unarmed timers. ARGV: job id, creation
+/// (ms), record, next fire (ms, '' for none), unarmed member, max_jobs. Returns -1 when created,
+/// else the account's job count.
+const CREATE_JOB: &str = r#"
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[6]) then return held end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5])
+end
+return -1
+"#;
+static CREATE_JOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_JOB));
+
+/// What [`Store::create_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Saved,
+    /// Not saved: the account holds this many jobs, its quota or more.
+    OverQuota(u64),
+}
+
+impl Store {
+    /// Saves a new job (generation 1) with its timer unless its account holds `max_jobs` already.
+    /// One script where the account's indexes share the job's node or slot; on a cluster with
+    /// shards, the count and then [`Store::save_job`]'s two steps.
+    pub async fn create_job(&self, job: &Job, max_jobs: u64) -> Result<Created> {
+        if self.indexes_apart() {
+            let held = self.count_jobs(&job.account).await?;
+            if held >= max_jobs {
+                return Ok(Created::OverQuota(held));
+            }
+            self.save_job(job).await?;
+            return Ok(Created::Saved);
+        }
+        let mut conn = self.conn.clone();
+        let next = job
+            .next_fire_at
+            .map(|next| next.timestamp_millis().to_string())
+            .unwrap_or_default();
+        let held: i64 = CREATE_JOB_SCRIPT
+            .key(self.account_index(job, None))
+            .key(self.account_index(job, Some(&job.group)))
+            .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
+            .key(self.owned_key(&job.id, "timers"))
+            .key(self.owned_key(&job.id, UNARMED))
+            .arg(&job.id)
+            .arg(job.created_at.timestamp_millis())
+            .arg(stored_job_json(job)?)
+            .arg(next)
+            .arg(unarmed_member(&job.id, job.generation))
+            .arg(max_jobs)
+            .invoke_async(&mut conn)
+            .await?;
+        if held >= 0 {
+            return Ok(Created::OverQuota(held as u64));
+        }
+        self.replicated(&job.id).await?;
+        Ok(Created::Saved)
+    }
+
+    /// Saves jobs made by a create (generation 1, none stored before) with their timers. Either
+    /// every job of the batch is saved or, on an error, none is visible in a listing; a retried
+    /// batch writes the same keys again.
+    pub async fn save_new_jobs(&self, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut indexes = redis::pipe();
+        indexes.atomic();
+        self.index_new_jobs(&mut indexes, jobs);
+
+        let mut by_shard: BTreeMap<u16, Vec<&Job>> = BTreeMap::new();
+        for job in jobs {
+            by_shard
+                .entry(self.shards.of(&job.id))
+                .or_default()
+                .push(job);
+        }
+        if self.indexes_apart() {
+            let now = Utc::now();
+            for job in jobs {
+                self.note_unsettled(&mut indexes, job, now);
+            }
+            indexes.query_async::<()>(&mut conn).await?;
+            let mut writes = Vec::with_capacity(by_shard.len());
+            for (shard, jobs) in &by_shard {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                self.add_shard_writes(&mut pipe, *shard, jobs)?;
+                let mut conn = self.conn.clone();
+                writes.push(async move { pipe.query_async::<()>(&mut conn).await });
+            }
+            futures::future::try_join_all(writes).await?;
+        } else {
+            // One slot (or one node): the indexes and every shard's writes in one transaction.
+            let mut pipe = indexes;
+            for (shard, jobs) in &by_shard {
+                self.add_shard_writes(&mut pipe, *shard, jobs)?;
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        let waits = by_shard
+            .values()
+            .map(|jobs| self.replicated_with_account(&jobs[0].id));
+        futures::future::try_join_all(waits).await?;
+        Ok(())
+    }
+
+    /// Adds every job to its account's index and its group's, one `ZADD` per index.
+    fn index_new_jobs(&self, pipe: &mut redis::Pipeline, jobs: &[Job]) {
+        let mut entries: BTreeMap<String, Vec<(i64, &str)>> = BTreeMap::new();
+        for job in jobs {
+            let created = job.created_at.timestamp_millis();
+            for index in [
+                self.account_index(job, None),
+                self.account_index(job, Some(&job.group)),
+            ] {
+                entries.entry(index).or_default().push((created, &job.id));
+            }
+        }
+        for (index, members) in &entries {
+            pipe.zadd_multiple(index, members).ignore();
+        }
+    }
+
+    /// Adds to `pipe` the records of `jobs` (all in `shard`) and their timers.
+    fn add_shard_writes(
+        &self,
+        pipe: &mut redis::Pipeline,
+        shard: u16,
+        jobs: &[&Job],
+    ) -> Result<()> {
+        let records = jobs
+            .iter()
+            .map(|job| {
+                Ok((
+                    self.shard_key(shard, &format!("job:{}", job.id)),
+                    stored_job_json(job)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        pipe.mset(&records).ignore();
+        let timers: Vec<(i64, &str)> = jobs
+            .iter()
+            .filter_map(|job| Some((job.next_fire_at?.timestamp_millis(), job.id.as_str())))
+            .collect();
+        if !timers.is_empty() {
+            pipe.zadd_multiple(self.shard_key(shard, "timers"), &timers)
+                .ignore();
+            let unarmed: Vec<(i64, String)> = jobs
+                .iter()
+                .filter_map(|job| {
+                    let next = job.next_fire_at?.timestamp_millis();
+                    Some((next, unarmed_member(&job.id, job.generation)))
+                })
+                .collect();
+            pipe.zadd_multiple(self.shard_key(shard, UNARMED), &unarmed)
+                .ignore();
+        }
+        Ok(())
+    }
+}

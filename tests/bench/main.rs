@@ -4,7 +4,7 @@
 //! many concurrent clients, reads the fire instants back from the run records, and prints one JSON line
 //! per scenario. `scripts/bench` builds it and starts Redis and RabbitMQ first.
 //!
-//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs]
+//! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [creates] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs]
 //!        [scale-out] [--jobs N] [--clients N] [--pump-level L] [--spread SECONDS] [--cluster] [--shards S]
 //!
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
@@ -17,12 +17,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Timelike, Utc};
-use futures::StreamExt;
 use serde_json::json;
 
 const KEY: &str = "bench-key";
@@ -80,6 +78,8 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
 }
 
 mod bcrypt_flood;
+mod creates;
+mod http_load;
 mod lifecycle;
 mod op_costs;
 mod scale_out;
@@ -374,34 +374,25 @@ async fn schedule_jobs(
     clients: usize,
     body: impl Fn(usize) -> serde_json::Value,
 ) -> anyhow::Result<(Vec<String>, f64)> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()?;
-    let url = Arc::new(format!("{}/v1/jobs", stack.api));
     let began = Instant::now();
-    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..jobs)
-        .map(|i| {
-            let client = client.clone();
-            let url = url.clone();
-            let body = body(i);
-            async move {
-                let response = client
-                    .post(url.as_str())
-                    .header("X-Auth-Token", KEY)
-                    .json(&body)
-                    .send()
-                    .await?;
-                if response.status() != 201 {
-                    bail!("schedule answered {}", response.status());
-                }
-                let job: serde_json::Value = response.json().await?;
-                Ok(job["id"].as_str().unwrap_or_default().to_string())
-            }
-        })
-        .buffered(clients)
-        .collect()
-        .await;
+    let answers = http_load::post_all(&stack.api, "/v1/jobs", KEY, jobs, clients, |i| {
+        serde_json::to_vec(&body(i)).unwrap_or_default()
+    })
+    .await?;
     let rate = jobs as f64 / began.elapsed().as_secs_f64();
+    #[derive(serde::Deserialize)]
+    struct Created {
+        id: String,
+    }
+    let ids: Vec<anyhow::Result<String>> = answers
+        .into_iter()
+        .map(|answer| {
+            if answer.status != 201 {
+                bail!("schedule answered {}", answer.status);
+            }
+            Ok(serde_json::from_slice::<Created>(&answer.body)?.id)
+        })
+        .collect();
     Ok((
         ids.into_iter().collect::<anyhow::Result<_>>()?,
         rate.round(),
@@ -725,13 +716,14 @@ async fn main() -> anyhow::Result<()> {
                 .await?
             }
             "cron-10k" => cron(&bin_dir, jobs(10_000), 3, options).await?,
+            "creates" => creates::run(&bin_dir, jobs(20_000), options).await?,
             "pending-1m" => pending(&bin_dir, jobs(1_000_000), options).await?,
             "bcrypt-flood" => bcrypt_flood::run(&bin_dir, options).await?,
             "lifecycle-200" => lifecycle::run(&bin_dir, jobs(200), options).await?,
             "op-costs" => op_costs::run(&bin_dir, jobs(10_000), options).await?,
             "scale-out" => scale_out::run(&bin_dir, jobs(10_000), options).await?,
             other => bail!(
-                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, pending-1m, bcrypt-flood, lifecycle-200, op-costs, scale-out)"
+                "unknown scenario {other} (burst-20k, burst-100k, cron-10k, creates, pending-1m, bcrypt-flood, lifecycle-200, op-costs, scale-out)"
             ),
         };
         let mut result = result;

@@ -794,3 +794,36 @@ async fn a_batch_sent_again_with_its_key_creates_nothing_twice() {
     assert_eq!(ids(&send().await), ids(&first));
     assert_eq!(store.count_jobs("acme").await.unwrap(), 2);
 }
+
+/// A batch of a thousand container jobs passes one job's body limit (256 KiB) and is taken whole,
+/// with an idempotency key or without.
+#[tokio::test]
+async fn a_batch_of_container_jobs_may_pass_one_jobs_body_limit() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let job = |i: usize| {
+        json!({"name": format!("nightly-{i}"), "schedule": "0 3 * * *", "runner": {
+            "type": "container", "image": "busybox:local", "cmd": "sh -c 'echo hello'",
+            "env": ["A=1", "B=2", "LONG=".to_string() + &"x".repeat(120)]}})
+    };
+    for (key, first) in [(None, 0), (Some("big-batch"), 1000)] {
+        let batch = json!({"jobs": (first..first + 1000).map(job).collect::<Vec<_>>()});
+        let body = serde_json::to_vec(&batch).unwrap();
+        assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+        let mut request = app
+            .client
+            .post(app.url("/v1/jobs:batch"))
+            .header("X-Auth-Token", ACCOUNT_KEY)
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "key {key:?}");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(reply["created"], 1000, "key {key:?}");
+    }
+    assert_eq!(store.count_jobs("acme").await.unwrap(), 2000);
+}

@@ -16,6 +16,18 @@ use crate::routes::resources::{JobRequest, JobView};
 use crate::routes::{parse_json, parse_value};
 use crate::state::AppState;
 
+/// The largest batch body: a thousand jobs of up to 4 KiB each (one job's own limit is
+/// `api.max_body_bytes`, 256 KiB by default, which a batch of container jobs would pass).
+const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/jobs:batch")
+            .app_data(web::PayloadConfig::new(MAX_BATCH_BODY_BYTES))
+            .route(web::post().to(create_jobs)),
+    );
+}
+
 /// Many jobs to create at once.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

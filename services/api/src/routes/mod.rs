@@ -52,7 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/JobScheduler", web::get().to(operations::list))
         .configure(cronjob::configure)
         .configure(hrm::configure)
-        .route("/v1/jobs:batch", web::post().to(job_batch::create_jobs))
+        .configure(job_batch::configure)
         .configure(resources::configure)
         .configure(quarantine::configure)
         .default_service(web::to(not_found));

@@ -22,8 +22,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures::future::{ready, Ready};
+use futures::StreamExt;
 use spot_shared::store::{Begun, IdempotentRequest, SavedAnswer};
 use spot_shared::{ids, Error};
 
@@ -36,6 +37,28 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Keys are opaque to us; a UUID or a hash fits well within this.
 const MAX_KEY_LEN: usize = 255;
+
+/// The largest body the middleware reads to fingerprint a request: the largest any route takes
+/// (`cronjob`'s uploads, the batch route). The route's own, smaller limit applies after it, as
+/// without a key; the app-wide `PayloadConfig` cannot be used here, as it would refuse the routes
+/// that allow more.
+const MAX_FINGERPRINTED_BODY: usize = 8 * 1024 * 1024;
+
+/// The request's body, refused with 413 past [`MAX_FINGERPRINTED_BODY`].
+async fn read_body(mut payload: Payload) -> Result<web::Bytes, Error> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| Error::invalid("body", err.to_string()))?;
+        if body.len() + chunk.len() > MAX_FINGERPRINTED_BODY {
+            return Err(Error::new(
+                spot_shared::ErrorCode::PayloadTooLarge,
+                format!("the body is over {MAX_FINGERPRINTED_BODY} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
 
 /// The middleware (see the module's doc).
 pub async fn idempotency(
@@ -57,7 +80,10 @@ pub async fn idempotency(
     let Ok(principal) = principal_of(req.request(), &state).await else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    let body = req.extract::<web::Bytes>().await?;
+    let body = match read_body(req.take_payload()).await {
+        Ok(body) => body,
+        Err(err) => return Ok(req.into_response(ApiError(err).error_response())),
+    };
     req.set_payload(Payload::from(body.clone()));
     let request = IdempotentRequest::new(
         &principal.account,

@@ -13,6 +13,10 @@ use super::*;
 /// A job: what to run and when. Runs are its executions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
+    /// Left out of the stored record, whose key names it (see `store::stored_job_json`), and put
+    /// back by the store as it reads the record.
+    #[serde(default)]
+    #[schema(required = true)]
     pub id: String,
     pub account: String,
     pub group: String,
@@ -29,6 +33,8 @@ pub struct Job {
     /// The schedule as the user wrote it; see [`crate::schedule`].
     pub schedule: String,
     /// IANA time zone the schedule is read in.
+    #[serde(default = "utc_zone")]
+    #[schema(required = true)]
     pub timezone: String,
     pub runner: Runner,
     pub enabled: bool,
@@ -37,11 +43,22 @@ pub struct Job {
     #[serde(default)]
     pub policies: Policies,
     pub created_at: DateTime<Utc>,
+    /// Left out of the stored record while it equals `created_at`; read back as the epoch, which
+    /// the store replaces with `created_at`.
+    #[serde(default)]
+    #[schema(required = true)]
     pub updated_at: DateTime<Utc>,
     /// When the next run is due; `None` once a one-shot job has fired, or while disabled.
     /// Kept in the store's timer index, not in the job record.
     #[serde(skip)]
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// The zone a job's schedule is read in unless it names one.
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
+
+fn utc_zone() -> String {
+    DEFAULT_TIME_ZONE.to_string()
 }
 
 /// A key/value label on a job.

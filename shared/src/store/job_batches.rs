@@ -14,7 +14,8 @@ use chrono::Utc;
 use redis::Script;
 
 use super::jobs::stored_job_json;
-use super::timers::{unarmed_member, UNARMED};
+use super::scripts::ARM_LUA;
+use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
 use crate::error::Result;
 use crate::model::Job;
@@ -32,11 +33,12 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5])
+  arm(KEYS[5], ARGV[4], ARGV[5])
 end
 return -1
 "#;
-static CREATE_JOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_JOB));
+static CREATE_JOB_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{CREATE_JOB}")));
 
 /// What [`Store::create_job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,8 +184,7 @@ impl Store {
                     Some((next, unarmed_member(&job.id, job.generation)))
                 })
                 .collect();
-            pipe.zadd_multiple(self.shard_key(shard, UNARMED), &unarmed)
-                .ignore();
+            arm_many(pipe, &self.shard_key(shard, UNARMED), &unarmed);
         }
         Ok(())
     }

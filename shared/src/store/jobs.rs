@@ -13,19 +13,21 @@
 //! so that a crash between the two leaves at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
 //! [`super::index_entries`]), never a job no listing shows.
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use redis::AsyncCommands;
 
 use super::quarantine::JobRecord;
-use super::timers::{unarmed_member, UNARMED};
+use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::ids::is_id;
-use crate::model::Job;
+use crate::model::{Job, DEFAULT_TIME_ZONE};
 
 /// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
-/// tags, default policies), so that a million waiting jobs, mostly defaults, take under a kilobyte
-/// each; `enabled` and `generation` lead, where the light-fire script reads them without decoding.
+/// tags, default policies, the default zone, its id, which its key holds, and `updated_at` while it
+/// is `created_at`), so that a million waiting jobs, mostly defaults, take little room; `enabled`
+/// and `generation` lead, where the light-fire script reads them without decoding.
+/// [`decode_stored_job`] reads it back.
 pub(super) fn stored_job_json(job: &Job) -> Result<String> {
     fn strip_nulls(value: &mut serde_json::Value) {
         match value {
@@ -43,6 +45,13 @@ pub(super) fn stored_job_json(job: &Job) -> Result<String> {
             if map.get(field).and_then(|v| v.as_str()) == Some("") {
                 map.remove(field);
             }
+        }
+        map.remove("id");
+        if job.timezone == DEFAULT_TIME_ZONE {
+            map.remove("timezone");
+        }
+        if job.updated_at == job.created_at {
+            map.remove("updated_at");
         }
         if map
             .get("tags")
@@ -67,6 +76,19 @@ pub(super) fn stored_job_json(job: &Job) -> Result<String> {
         value = serde_json::Value::Object(ordered);
     }
     Ok(serde_json::to_string(&value)?)
+}
+
+/// Reads back a job stored by [`stored_job_json`] (or by an earlier version, which kept every field)
+/// under the key of job `id`.
+pub(super) fn decode_stored_job(id: &str, raw: &str) -> serde_json::Result<Job> {
+    let mut job: Job = serde_json::from_str(raw)?;
+    if job.id.is_empty() {
+        job.id = id.to_string();
+    }
+    if job.updated_at == DateTime::<Utc>::default() {
+        job.updated_at = job.created_at;
+    }
+    Ok(job)
 }
 
 impl Store {
@@ -120,10 +142,11 @@ impl Store {
         }
         let member = unarmed_member(&job.id, job.generation);
         match job.next_fire_at {
-            Some(next) => pipe.zadd(&unarmed, member, next.timestamp_millis()),
-            None => pipe.zrem(&unarmed, member),
+            Some(next) => arm_many(&mut pipe, &unarmed, &[(next.timestamp_millis(), member)]),
+            None => {
+                pipe.zrem(&unarmed, member).ignore();
+            }
         }
-        .ignore();
         pipe.query_async::<()>(&mut conn).await?;
         self.replicated_with_account(&job.id).await
     }
@@ -227,7 +250,7 @@ impl Store {
         let Some(raw) = raw else {
             return Ok(JobRecord::Missing);
         };
-        Ok(match serde_json::from_str::<Job>(&raw) {
+        Ok(match decode_stored_job(id, &raw) {
             Ok(mut job) => {
                 job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
                 JobRecord::Found(Box::new(job))
@@ -269,7 +292,7 @@ impl Store {
             .zip(raws)
             .map(|(id, raw)| {
                 let raw = raw?;
-                serde_json::from_str(&raw)
+                decode_stored_job(id, &raw)
                     .inspect_err(|err| tracing::error!(job_id = %id, error = %err, "stored job unreadable; left out"))
                     .ok()
             })
@@ -492,11 +515,13 @@ mod tests {
             Policies::default(),
         );
         let text = stored_job_json(&dummy).unwrap();
-        assert!(
-            !text.contains("policies") && !text.contains("null"),
-            "{text}"
-        );
-        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), dummy);
+        for left_out in ["policies", "null", "\"id\"", "timezone", "updated_at"] {
+            assert!(!text.contains(left_out), "{left_out} in {text}");
+        }
+        assert_eq!(decode_stored_job(&dummy.id, &text).unwrap(), dummy);
+        // As an earlier version stored it, every field written out.
+        let full = serde_json::to_string(&dummy).unwrap();
+        assert_eq!(decode_stored_job(&dummy.id, &full).unwrap(), dummy);
 
         let mut container = job(
             Runner::Container(ContainerSpec {
@@ -517,8 +542,10 @@ mod tests {
             key: "team".into(),
             value: "data".into(),
         }];
+        container.timezone = "Europe/Berlin".into();
+        container.updated_at = container.created_at + chrono::Duration::seconds(5);
         let text = stored_job_json(&container).unwrap();
-        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), container);
+        assert_eq!(decode_stored_job(&container.id, &text).unwrap(), container);
     }
 
     /// The light-fire script matches `^{"enabled":(%a+),"generation":(%d+)` on the stored text.
@@ -538,6 +565,6 @@ mod tests {
             text.starts_with(r#"{"enabled":false,"generation":12,"#),
             "{text}"
         );
-        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), disabled);
+        assert_eq!(decode_stored_job(&disabled.id, &text).unwrap(), disabled);
     }
 }

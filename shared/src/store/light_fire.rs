@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 pub use super::scripts::TimerMove;
-use super::scripts::{FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
+use super::scripts::{ARM_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::{state_time_field, FireRecord, Store};
 use crate::error::Result;
 use crate::model::RunState;
@@ -82,7 +82,7 @@ for i = 0, fires - 1 do
     elseif move ~= '' then
       redis.call('ZADD', KEYS[1], move, job_id)
       -- the member as `unarmed_member` names it
-      redis.call('ZADD', KEYS[2], move, job_id .. '|' .. generation)
+      arm(KEYS[2], move, job_id .. '|' .. generation)
     end
     trim_ended(runs, prefix, tonumber(ARGV[a + 9]))
   end
@@ -92,8 +92,11 @@ end
 return results
 "#;
 
-static FIRE_LIGHT_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}")));
+static FIRE_LIGHT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{JOB_STATE_LUA}{ARM_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}"
+    ))
+});
 
 impl Store {
     /// Records light fires due together, each once, as runs that succeeded at `now` with their

@@ -2,8 +2,8 @@
 //! opening with the keys it owns (under the configured prefix `p`):
 //! - jobs, in [`jobs`]: `p:job:{id}` and the account and group indexes (on a cluster, with the notes
 //!   that settle them in [`index_entries`]);
-//! - timers, in [`timers`]: `p:timers` (each job's next fire) and `p:timers:unarmed` (fires the pump
-//!   has yet to hand to RabbitMQ);
+//! - timers, in [`timers`]: `p:timers` (each job's next fire), `p:timers:unarmed` (near fires the
+//!   pump has yet to hand to RabbitMQ) and `p:timers:unarmed:until` (how near);
 //! - delayed fires, in [`delayed`]: `p:timers:delayed` (retries and run-nows not yet recorded);
 //! - runs, in [`runs`]: `p:fire:*` markers, `p:run:{id}`, `p:job:{id}:runs`, logs, `p:runs:live`
 //!   ([`light_fire`] records many light runs in one script);

@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use super::scripts::{QUARANTINE_LUA, UNARMED};
+use super::scripts::{ARM_LUA, QUARANTINE_LUA, UNARMED};
 use super::Store;
 use crate::error::Result;
 use crate::model::Job;
@@ -34,13 +34,14 @@ if not raw then return 0 end
 local record = cjson.decode(raw)
 if record.timer_ms then
   redis.call('ZADD', KEYS[2], record.timer_ms, ARGV[1])
-  redis.call('ZADD', KEYS[3], record.timer_ms, ARGV[1] .. '|' .. ARGV[2])
+  arm(KEYS[3], record.timer_ms, ARGV[1] .. '|' .. ARGV[2])
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 "#;
 
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static RELEASE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{RELEASE}")));
 
 /// A job set aside because its record cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
 use super::scripts::{
-    TimerMove, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, LIVE_RUNS, TRIM_ENDED_LUA, UNARMED,
+    TimerMove, ARM_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, LIVE_RUNS, TRIM_ENDED_LUA, UNARMED,
 };
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
@@ -95,7 +95,7 @@ local function move_timer(generation)
   else
     redis.call('ZADD', KEYS[6], move, ARGV[10])
     -- the member as `unarmed_member` names it
-    redis.call('ZADD', KEYS[7], move, ARGV[10] .. '|' .. generation)
+    arm(KEYS[7], move, ARGV[10] .. '|' .. generation)
   end
   return true
 end
@@ -177,8 +177,11 @@ end
 return {len, first_cut}
 "#;
 
-static RECORD_FIRE_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TRIM_ENDED_LUA}{RECORD_FIRE}")));
+static RECORD_FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{JOB_STATE_LUA}{ARM_LUA}{TRIM_ENDED_LUA}{RECORD_FIRE}"
+    ))
+});
 static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_CAPPED));
 
 impl Store {

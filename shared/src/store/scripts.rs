@@ -75,8 +75,37 @@ pub(super) const LIVE_RUNS: &str = "runs:live";
 pub(super) const FIRE_MARKER_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The sorted set of timers not yet handed to RabbitMQ: member `{job_id}|{generation}`, score the due
-/// instant in milliseconds.
+/// instant in milliseconds. A scheduled fire is in it only once it is near: see [`ARM_LUA`].
 pub(super) const UNARMED: &str = "timers:unarmed";
+
+/// Lua shared by the scripts that set a job's timer: `arm(unarmed, score, member)` puts the fire in
+/// `timers:unarmed` only if it is due by `timers:unarmed:until`, the instant up to which the pump has
+/// taken the timers of `timers` over (see [`super::timers`]). A later fire stays in `timers` alone,
+/// where the pump finds it when it comes near: a job waiting for next month costs one sorted-set
+/// entry less. Before any pump has run (no `until` yet) every fire goes in, as it always did.
+pub(super) const ARM_LUA: &str = r#"
+local function arm(unarmed, score, member)
+  local armed_until = redis.call('GET', unarmed .. ':until')
+  if not armed_until or tonumber(score) <= tonumber(armed_until) then
+    redis.call('ZADD', unarmed, score, member)
+  end
+end
+"#;
+
+/// [`ARM_LUA`] for many fires of one shard, as its own script, for the transactions that save jobs
+/// (`EVAL` inside `MULTI`). KEYS: the unarmed set. ARGV: score, member pairs.
+pub(super) const ARM_MANY: &str = r#"
+local armed_until = redis.call('GET', KEYS[1] .. ':until')
+local near = {}
+for i = 1, #ARGV, 2 do
+  if not armed_until or tonumber(ARGV[i]) <= tonumber(armed_until) then
+    near[#near + 1] = ARGV[i]
+    near[#near + 1] = ARGV[i + 1]
+  end
+end
+if #near > 0 then redis.call('ZADD', KEYS[1], unpack(near)) end
+return #near / 2
+"#;
 
 pub(super) fn unarmed_member(job_id: &str, generation: u64) -> String {
     format!("{job_id}|{generation}")

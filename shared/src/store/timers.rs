@@ -7,14 +7,20 @@
 //!   scored by due time: `{job}|{generation}` for a scheduled fire, the longer member of
 //!   `p:timers:delayed` ([`super::delayed`]) for a retry, a run-now or a relaunch; both are written
 //!   and read back here ([`timer_member`], [`parse_timer_member`])
+//! - `p:timers:unarmed:until`: the instant (ms) up to which the pump has taken the scheduled fires of
+//!   `p:timers` into its hands. A scheduled fire due later is not in `p:timers:unarmed` at all: the
+//!   pump finds it in `p:timers` when its round's bound passes it ([`Store::claim_unarmed_in`]), and
+//!   a timer set at or before the instant is armed at once ([`super::scripts::ARM_LUA`]). So a job
+//!   waiting for next month is one sorted-set entry, not two, and no fire falls between the two
+//!   sets: the bound moves and the timers are written in atomic steps that both read it.
 
 use std::sync::LazyLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::scripts::JOB_STATE_LUA;
 pub(super) use super::scripts::{unarmed_member, UNARMED};
+use super::scripts::{ARM_LUA, ARM_MANY, JOB_STATE_LUA};
 use super::Store;
 use crate::error::Result;
 use crate::messages::FireMessage;
@@ -59,6 +65,20 @@ pub(super) fn millis(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
+/// Adds to a transaction the arming of scheduled fires of one shard (due ms, member), each put in
+/// `unarmed` only if it is near ([`ARM_MANY`]). `EVAL` with the source rather than `EVALSHA`: a
+/// transaction cannot load a script a restarted Redis has forgotten.
+pub(super) fn arm_many(pipe: &mut redis::Pipeline, unarmed: &str, fires: &[(i64, String)]) {
+    // Lua's `unpack` takes a few thousand values at most.
+    for chunk in fires.chunks(1000) {
+        let cmd = pipe.cmd("EVAL").arg(ARM_MANY).arg(1).arg(unarmed);
+        for (due, member) in chunk {
+            cmd.arg(due).arg(member);
+        }
+        cmd.ignore();
+    }
+}
+
 /// Reads a member of `timers:unarmed` back, with its score (the due time, ms).
 pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTimer> {
     let due = millis(score.parse::<f64>().ok()? as i64)?;
@@ -81,6 +101,43 @@ pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTim
     };
     Some(UnarmedTimer { fire, due })
 }
+
+/// Takes the fires of one shard due by a bound for the pump. KEYS: unarmed, timers. ARGV: bound (ms),
+/// limit, the shard's key prefix. First the scheduled fires of `timers` past `unarmed:until` and due
+/// by the bound join the unarmed set, `limit` at a time (and the rest of the last millisecond, so
+/// that `until` can stand on it), each under its job's current generation; a job gone, disabled or
+/// unreadable is left to the reconciler, which drops or quarantines it. Then up to `limit` of the
+/// unarmed set are taken off it and returned, with their scores.
+const CLAIM: &str = r#"
+local unarmed, timers, bound, limit, prefix = KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local until_key = unarmed .. ':until'
+local armed_until = tonumber(redis.call('GET', until_key) or '')
+if not armed_until then
+  -- The first round: every timer set so far is in the unarmed set already.
+  redis.call('SET', until_key, bound)
+elseif armed_until < bound then
+  local rows = redis.call('ZRANGEBYSCORE', timers, '(' .. armed_until, bound, 'WITHSCORES', 'LIMIT', 0, limit)
+  local reached = bound
+  if #rows >= 2 * limit then
+    reached = tonumber(rows[#rows])
+    rows = redis.call('ZRANGEBYSCORE', timers, '(' .. armed_until, reached, 'WITHSCORES')
+  end
+  for i = 1, #rows, 2 do
+    local raw = redis.call('GET', prefix .. ':job:' .. rows[i])
+    if raw then
+      local read, enabled, generation = pcall(job_state, raw)
+      if read and enabled then redis.call('ZADD', unarmed, rows[i + 1], rows[i] .. '|' .. generation) end
+    end
+  end
+  redis.call('SET', until_key, reached)
+end
+local due = redis.call('ZRANGEBYSCORE', unarmed, '-inf', bound, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do redis.call('ZREM', unarmed, due[i]) end
+return due
+"#;
+
+static CLAIM_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{CLAIM}")));
 
 /// A timer the pump took to arm: the fire it delivers, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,12 +200,12 @@ if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  arm(KEYS[2], ARGV[3], ARGV[4])
 end
 return 1
 "#;
         static ADVANCE_TIMER: LazyLock<Script> =
-            LazyLock::new(|| Script::new(&format!("{}{SCRIPT}", JOB_STATE_LUA)));
+            LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{ARM_LUA}{SCRIPT}")));
         let mut conn = self.conn.clone();
         let next = next
             .map(|t| t.timestamp_millis().to_string())
@@ -186,24 +243,21 @@ return 1
     }
 
     /// Takes up to `limit` timers of `shard` due at or before `bound` off its unarmed set, for the
-    /// pump to arm. Atomic, so several pumps never take the same timer.
+    /// pump to arm. Atomic, so several pumps never take the same timer. Scheduled fires that came
+    /// within `bound` since the last round are taken from `timers` first (see the module's notes).
     pub async fn claim_unarmed_in(
         &self,
         shard: u16,
         bound: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<UnarmedTimer>> {
-        const SCRIPT: &str = r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
-return due
-"#;
-        static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
         let mut conn = self.conn.clone();
-        let rows: Vec<String> = CLAIM
+        let rows: Vec<String> = CLAIM_SCRIPT
             .key(self.shard_key(shard, UNARMED))
+            .key(self.shard_key(shard, "timers"))
             .arg(bound.timestamp_millis())
-            .arg(limit)
+            .arg(limit.max(1))
+            .arg(self.shards.prefix(shard))
             .invoke_async(&mut conn)
             .await?;
         Ok(rows

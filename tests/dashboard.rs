@@ -231,7 +231,7 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .create_job(
             ACCOUNT_KEY,
             json!({"name": "nightly-report", "group": "reports", "schedule": "0 3 * * *",
-                "timezone": "America/New_York",
+                "timezone": "America/New_York", "policies": {"jitter_secs": 300},
                 "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo no data; exit 3'"}}),
         )
         .await;
@@ -405,6 +405,15 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     click(&browser, &format!("{row} .disable")).await;
     wait_for(&browser, &format!("{row} .enable"), 10).await;
     assert_eq!(job_json(&app, &job_id).await.1["enabled"], false);
+
+    // A jittered job says so beside the fires it shows: 03:00 plus under five minutes.
+    browser
+        .goto(&app.url(&format!("/ui#/jobs/{failing}")))
+        .await
+        .unwrap();
+    wait_for_text(&browser, "#jitter", "up to 300 s after its instant", 10).await;
+    let first_fire = wait_for_text(&browser, "#next-fires tbody tr", "03:0", 10).await;
+    assert!(first_fire.contains("03:0"), "{first_fire}");
 
     // The overview draws its charts from data: this minute's fire, its lateness, the run's state.
     browser.goto(&app.url("/ui#/overview")).await.unwrap();

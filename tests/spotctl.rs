@@ -132,6 +132,26 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
     assert_eq!(next.matches("02:30:00 CE").count(), 3, "{next}");
     let next = ctl.json(&["next", &id, "-n", "3"]).await;
     assert_eq!(next["next"].as_array().unwrap().len(), 3);
+    assert!(!ctl.table(&["get", &id]).await.contains("jitter"));
+
+    // A jittered job: its times are when the fires start, and both views say so.
+    let jittered_file = write(
+        &dir,
+        "jittered.toml",
+        "schedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n[runner]\ntype = \"dummy\"\n\
+         template = \"x\"\n[policies]\njitter_secs = 600\n",
+    );
+    let jittered = ctl.json(&["schedule", "-f", &jittered_file]).await;
+    let jittered = jittered["id"].as_str().expect("an id").to_string();
+    let next = ctl.table(&["next", &jittered, "-n", "3"]).await;
+    // 02:30 plus under ten minutes.
+    assert_eq!(next.matches(" 02:3").count(), 3, "{next}");
+    assert!(next.contains("up to 600 s after its instant"), "{next}");
+    assert!(ctl
+        .table(&["get", &jittered])
+        .await
+        .contains("jitter: each fire starts up to 600 s"));
+    ctl.run(&["delete", &jittered, "--yes"]).await.ok();
 
     // edit from a JSON file; disable, enable.
     let edit_file = write(

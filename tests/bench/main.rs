@@ -6,7 +6,10 @@
 //!
 //! Usage: spot-bench [burst-20k] [burst-100k] [cron-10k] [creates] [pending-1m] [bcrypt-flood] [lifecycle-200] [op-costs]
 //!        [scale-out] [--jobs N] [--clients N] [--pump-level L] [--spread SECONDS] [--cluster] [--shards S]
+//!        [--jitter SECONDS]
 //!
+//! `--jitter J`: `cron-10k`'s jobs get `policies.jitter_secs: J`; its figures then show how the
+//! starts spread over each minute (the point of jitter) beside their lateness.
 //! `--cluster`: against `scripts/cluster` (Redis Cluster, one replica waited for after each
 //! acknowledged write; three RabbitMQ nodes with quorum queues) instead of the single servers.
 //! `--shards S`: `redis.timer_shards` for the bursts, `cron-10k`, `pending-1m` (its memory summed
@@ -102,6 +105,8 @@ struct Options {
     shards: Option<u16>,
     /// Provisioner processes (1 unless given, at most 4).
     provisioners: usize,
+    /// `policies.jitter_secs` of `cron-10k`'s jobs, when given.
+    jitter_secs: Option<u64>,
 }
 
 impl Stack {
@@ -474,6 +479,36 @@ fn fire_figures(fires: &[(DateTime<Utc>, DateTime<Utc>)]) -> serde_json::Value {
     })
 }
 
+/// How a minute's fires are spread: the fires recorded in each second of the minute (averaged over
+/// `minutes`), the busiest second's share of them, and how long after the minute's instant the runs
+/// were recorded (with jitter, the delay plus the lateness).
+fn spread_over_the_minute(
+    fires: &[(DateTime<Utc>, DateTime<Utc>)],
+    minutes: i64,
+) -> serde_json::Value {
+    let mut by_second = [0usize; 60];
+    let mut after_instant: Vec<i64> = Vec::with_capacity(fires.len());
+    for (due, at) in fires {
+        let instant = due
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(*due);
+        let after = (*at - instant).num_milliseconds();
+        after_instant.push(after);
+        by_second[(after / 1000).clamp(0, 59) as usize] += 1;
+    }
+    after_instant.sort_unstable();
+    let busiest = by_second.iter().max().copied().unwrap_or(0);
+    let per_minute = |n: usize| (n as f64 / minutes.max(1) as f64).round();
+    json!({
+        "fires_by_second_of_minute": by_second.iter().map(|n| per_minute(*n)).collect::<Vec<_>>(),
+        "busiest_second_fires": per_minute(busiest),
+        "busiest_second_share": ((busiest as f64 / fires.len().max(1) as f64) * 1000.0).round() / 1000.0,
+        "after_instant_ms_p50": percentile(&after_instant, 50.0),
+        "after_instant_ms_p99": percentile(&after_instant, 99.0),
+    })
+}
+
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
         for (key, value) in from {
@@ -545,7 +580,11 @@ async fn cron(
 ) -> anyhow::Result<serde_json::Value> {
     let stack = Stack::start(bin_dir, options).await?;
     let (ids, rate) = schedule_jobs(&stack, jobs, options.clients, |_| {
-        dummy_job("* * * * *".into())
+        let mut job = dummy_job("* * * * *".into());
+        if let Some(jitter) = options.jitter_secs {
+            job["policies"] = json!({ "jitter_secs": jitter });
+        }
+        job
     })
     .await?;
     // Watch whole minutes that start after every job is in.
@@ -575,11 +614,13 @@ async fn cron(
     let mut result = json!({
         "scenario": "cron-10k",
         "jobs": jobs,
+        "jitter_secs": options.jitter_secs.unwrap_or(0),
         "minutes": minutes,
         "schedule_per_s": rate,
         "jobs_firing_exactly_once_a_minute": exact,
     });
     merge(&mut result, fire_figures(&in_window));
+    merge(&mut result, spread_over_the_minute(&in_window, minutes));
     merge(&mut result, stack.written_lateness().await?);
     merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
@@ -654,6 +695,9 @@ async fn main() -> anyhow::Result<()> {
             }
             "--cluster" => options.cluster = true,
             "--shards" => options.shards = Some(args.next().context("--shards S")?.parse()?),
+            "--jitter" => {
+                options.jitter_secs = Some(args.next().context("--jitter SECONDS")?.parse()?)
+            }
             "--spread" => {
                 options.spread_secs = Some(args.next().context("--spread SECONDS")?.parse()?)
             }

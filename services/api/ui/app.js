@@ -391,6 +391,8 @@ async function jobPage(id) {
       ["Description", job.description || "—"],
       ["Cost of kept runs", money(job.cost_usd_total)],
       ["Policies", el("code", {}, JSON.stringify(job.policies))],
+      ...(job.policies.jitter_secs ? [["Jitter", el("span", { id: "jitter" },
+        `each fire starts up to ${job.policies.jitter_secs} s after its instant (the fires below include it)`)]] : []),
     ])),
     el("section", { class: "card" }, el("h2", {}, "Next 10 fires"),
       next.next.length
@@ -502,7 +504,7 @@ async function editPage(id) {
   field("runner.type", "Runner", type),
   containerFields, dummyFields,
   field("description", "Description", input("description", job && job.description)),
-  field("policies", "Policies (JSON)", policies, "Retries, timeout, concurrency, misfire grace: see the README."),
+  field("policies", "Policies (JSON)", policies, "Retries, timeout, concurrency, misfire grace, jitter: see the README."),
   el("div", { class: "field inline" }, enabled, el("label", { for: "f-enabled" }, "Enabled")),
   formError,
   el("div", { class: "actions" },

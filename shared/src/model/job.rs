@@ -108,24 +108,44 @@ impl Job {
     }
 
     /// The first fire at or after `now`, inside the job's window. A one-shot's instant even if past.
+    /// With jitter, the instant plus its delay (see [`Job::jittered`]).
     pub fn first_fire(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         let schedule = self.parsed_schedule()?;
         let from = self.policies.start_at.map_or(now, |start| start.max(now));
-        let first = match schedule {
-            Schedule::Once(at) => Some(at.max(self.policies.start_at.unwrap_or(at))),
+        let first = match &schedule {
+            Schedule::Once(at) => Some((*at).max(self.policies.start_at.unwrap_or(*at))),
             recurring => recurring.first_at_or_after(from),
         };
-        Ok(self.within_window(first))
+        Ok(self.jittered(&schedule, self.within_window(first)))
     }
 
-    /// The fire after `after`, inside the job's window.
+    /// The fire after `after` (a fire's time, jittered or not), inside the job's window.
     pub fn next_fire_after(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         let schedule = self.parsed_schedule()?;
         let next = match self.policies.start_at {
             Some(start) if start > after => schedule.first_at_or_after(start),
             _ => schedule.next_after(after),
         };
-        Ok(self.within_window(next))
+        Ok(self.jittered(&schedule, self.within_window(next)))
+    }
+
+    /// The time the fire of `instant` starts: the instant plus the job's jitter delay, short of the
+    /// schedule's next instant. The window applies to the instant, the jitter after it.
+    fn jittered(
+        &self,
+        schedule: &Schedule,
+        instant: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let instant = instant?;
+        let max = i64::try_from(self.policies.jitter_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or_default();
+        if max.is_zero() {
+            return Some(instant);
+        }
+        let room = schedule.next_after(instant).map(|next| next - instant);
+        Some(instant + crate::schedule::jitter::delay(&self.id, instant, max, room))
     }
 
     /// The next `count` fires after `after`, inside the window.

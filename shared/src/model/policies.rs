@@ -74,6 +74,10 @@ pub struct Policies {
     pub start_at: Option<DateTime<Utc>>,
     /// No fire after this instant.
     pub end_at: Option<DateTime<Utc>>,
+    /// Each fire starts this many seconds after its instant at most: a delay in `[0, jitter_secs)`,
+    /// the same for a given job and instant wherever it is computed, and always before the next
+    /// instant. Spreads the start of many jobs on one pattern. 0: exactly at the instant.
+    pub jitter_secs: u64,
 }
 
 impl Default for Policies {
@@ -86,6 +90,7 @@ impl Default for Policies {
             history_limit: 100,
             start_at: None,
             end_at: None,
+            jitter_secs: 0,
         }
     }
 }
@@ -95,6 +100,8 @@ impl Policies {
     /// A grace longer than a year means none: larger values are refused rather than overflowing
     /// the time arithmetic they feed.
     pub const MAX_MISFIRE_GRACE_SECS: u64 = 366 * 24 * 3600;
+    /// A day: EventBridge Scheduler's longest flexible window.
+    pub const MAX_JITTER_SECS: u64 = 24 * 3600;
 
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
@@ -135,6 +142,12 @@ impl Policies {
                     "must be at most 86400 (a day)",
                 ));
             }
+        }
+        if self.jitter_secs > Self::MAX_JITTER_SECS {
+            return Err(Error::invalid(
+                field("jitter_secs"),
+                format!("must be 0..={} (a day)", Self::MAX_JITTER_SECS),
+            ));
         }
         if !(1..=10_000).contains(&self.history_limit) {
             return Err(Error::invalid(field("history_limit"), "must be 1..=10000"));

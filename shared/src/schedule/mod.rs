@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod dst_tests;
+pub mod jitter;
 mod wall_clock;
 
 use std::str::FromStr;

@@ -117,6 +117,17 @@ fn show_job(output: Output, job: &Value) {
         "runner: {}",
         serde_json::to_string_pretty(&job["runner"]).unwrap_or_default()
     );
+    if let Some(line) = jitter_line(&job["policies"]["jitter_secs"]) {
+        println!("{line}");
+    }
+}
+
+/// What a job's jitter means, unless it has none.
+fn jitter_line(jitter_secs: &Value) -> Option<String> {
+    let secs = jitter_secs.as_u64().filter(|secs| *secs > 0)?;
+    Some(format!(
+        "jitter: each fire starts up to {secs} s after its instant"
+    ))
 }
 
 pub async fn edit(
@@ -248,5 +259,10 @@ pub async fn next(api: &ApiClient, output: Output, job: &str, count: usize) -> C
         .collect();
     let zone_header = format!("IN {}", text(&answer["timezone"]));
     output::print(output, &answer, &["#", &zone_header, "UTC"], rows);
+    if output != Output::Json {
+        if let Some(line) = jitter_line(&answer["jitter_secs"]) {
+            println!("{line} (the times above include it)");
+        }
+    }
     Ok(())
 }

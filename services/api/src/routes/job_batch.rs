@@ -75,7 +75,8 @@ pub async fn create_jobs(
         .enumerate()
         .map(|(i, value)| {
             let prefix = format!("jobs[{i}].");
-            let spec = parse_value::<JobRequest>(value, &prefix).map(Into::into);
+            let spec = parse_value::<JobRequest>(value, &prefix)
+                .and_then(|request| request.into_spec(&prefix));
             // A resent batch names the same jobs: each one's id comes from the key and its place.
             let id = key.job_id(account, &format!("/v1/jobs:batch#{i}"));
             (spec, id)

@@ -72,6 +72,7 @@ use super::{
     components(schemas(
         spot_shared::store::QuarantinedJob,
         resources::JobRequest,
+        resources::FlexibleTimeWindow,
         resources::RunnerRequest,
         resources::JobView,
         job_batch::BatchRequest,

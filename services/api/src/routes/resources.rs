@@ -55,6 +55,37 @@ pub struct JobRequest {
     pub enabled: bool,
     #[serde(default)]
     pub policies: Policies,
+    /// EventBridge Scheduler's form of `policies.jitter_secs`: `{"mode": "FLEXIBLE",
+    /// "maximum_window_in_minutes": 15}` starts each fire within 15 minutes after its instant.
+    pub flexible_time_window: Option<FlexibleTimeWindow>,
+}
+
+/// EventBridge Scheduler's `FlexibleTimeWindow`, read as `policies.jitter_secs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlexibleTimeWindow {
+    /// `OFF` or `FLEXIBLE`.
+    #[schema(example = "FLEXIBLE")]
+    pub mode: String,
+    /// 1 to 1440, with `FLEXIBLE`.
+    pub maximum_window_in_minutes: Option<u64>,
+}
+
+impl FlexibleTimeWindow {
+    /// The jitter it means, in seconds; `prefix` goes before field names in errors.
+    fn jitter_secs(&self, prefix: &str) -> Result<u64, Error> {
+        let field = format!("{prefix}flexible_time_window.maximum_window_in_minutes");
+        match (self.mode.as_str(), self.maximum_window_in_minutes) {
+            ("OFF", None) => Ok(0),
+            ("OFF", Some(_)) => Err(Error::invalid(field, "not allowed with mode OFF")),
+            ("FLEXIBLE", Some(minutes @ 1..=1440)) => Ok(minutes * 60),
+            ("FLEXIBLE", _) => Err(Error::invalid(field, "1 to 1440 with mode FLEXIBLE")),
+            _ => Err(Error::invalid(
+                format!("{prefix}flexible_time_window.mode"),
+                "must be OFF or FLEXIBLE",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,6 +131,28 @@ fn default_timezone() -> String {
 
 fn enabled_by_default() -> bool {
     true
+}
+
+impl JobRequest {
+    /// The job it asks for; `prefix` goes before field names in errors (a batch's `jobs[i].`).
+    pub fn into_spec(self, prefix: &str) -> Result<JobSpec, Error> {
+        let mut policies = self.policies;
+        if let Some(window) = &self.flexible_time_window {
+            let jitter = window.jitter_secs(prefix)?;
+            if policies.jitter_secs != 0 && policies.jitter_secs != jitter {
+                return Err(Error::invalid(
+                    format!("{prefix}flexible_time_window"),
+                    "says otherwise than policies.jitter_secs: give one of them",
+                ));
+            }
+            policies.jitter_secs = jitter;
+        }
+        Ok(JobSpec::from(JobRequest {
+            policies,
+            flexible_time_window: None,
+            ..self
+        }))
+    }
 }
 
 impl From<JobRequest> for JobSpec {
@@ -214,7 +267,7 @@ pub async fn create_job(
 ) -> ApiResult<HttpResponse> {
     let request: JobRequest = parse_json(&body)?;
     let id = key.job_id(&caller.0.account, "/v1/jobs");
-    let job = jobs::create(&state, &caller.0.account, request.into(), id).await?;
+    let job = jobs::create(&state, &caller.0.account, request.into_spec("")?, id).await?;
     // Serialised straight from the job: the hottest answer, with no JSON tree built on the way.
     Ok(HttpResponse::Created().json(JobView::of(job)))
 }
@@ -275,7 +328,7 @@ pub async fn replace_job(
 ) -> ApiResult<HttpResponse> {
     let current = jobs::load_owned(&state, &caller, &path).await?;
     let request: JobRequest = parse_json(&body)?;
-    let job = jobs::replace(&state, current, request.into()).await?;
+    let job = jobs::replace(&state, current, request.into_spec("")?).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
@@ -331,7 +384,7 @@ pub struct NextQuery {
     count: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, next: [instant]}`"), (status = 400), (status = 404)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times (with jitter, when each fire starts)", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, jitter_secs, next: [instant]}`"), (status = 400), (status = 404)))]
 pub async fn next_fires(
     caller: Caller,
     state: web::Data<AppState>,
@@ -351,8 +404,13 @@ pub async fn next_fires(
         }
         None => Vec::new(),
     };
-    Ok(HttpResponse::Ok()
-        .json(json!({ "job_id": job.id, "timezone": job.timezone, "next": fires })))
+    // With jitter, each time is its instant plus the job's delay for it: when the fire starts.
+    Ok(HttpResponse::Ok().json(json!({
+        "job_id": job.id,
+        "timezone": job.timezone,
+        "jitter_secs": job.policies.jitter_secs,
+        "next": fires,
+    })))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -415,6 +415,28 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     let first_fire = wait_for_text(&browser, "#next-fires tbody tr", "03:0", 10).await;
     assert!(first_fire.contains("03:0"), "{first_fire}");
 
+    // Pause it with a note typed into the prompt: its page shows the note and the flag; resume.
+    click(&browser, ".pause").await;
+    let question = eventually(Duration::from_secs(10), "the pause prompt", || async {
+        browser.get_alert_text().await.ok()
+    })
+    .await;
+    assert!(question.contains("why?"), "{question}");
+    browser
+        .send_alert_text("bad data upstream, INC-9")
+        .await
+        .unwrap();
+    browser.accept_alert().await.unwrap();
+    wait_for_text(&browser, "#pause-note", "bad data upstream, INC-9", 10).await;
+    assert_eq!(
+        job_json(&app, &failing).await.1["paused"]["note"],
+        "bad data upstream, INC-9"
+    );
+    wait_for_text(&browser, "h1", "paused", 10).await;
+    click(&browser, ".resume").await;
+    wait_for(&browser, ".pause", 10).await;
+    assert!(job_json(&app, &failing).await.1["paused"].is_null());
+
     // The overview draws its charts from data: this minute's fire, its lateness, the run's state.
     browser.goto(&app.url("/ui#/overview")).await.unwrap();
     for chart in ["#chart-fires", "#chart-lateness", "#chart-states"] {

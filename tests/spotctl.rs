@@ -120,7 +120,13 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
 
     // jobs, get: the table has the job's row.
     let table = ctl.table(&["jobs"]).await;
-    for cell in [id.as_str(), "nightly", "30 2 * * *", "Europe/Berlin", "yes"] {
+    for cell in [
+        id.as_str(),
+        "nightly",
+        "30 2 * * *",
+        "Europe/Berlin",
+        "enabled",
+    ] {
         assert!(table.contains(cell), "{cell} missing from\n{table}");
     }
     let got = ctl.json(&["get", &id]).await;
@@ -192,7 +198,19 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
     let disabled = ctl.json(&["disable", &id]).await;
     assert_eq!(disabled["enabled"], false);
     let table = ctl.table(&["enable", &id]).await;
-    assert!(table.contains("yes"), "{table}");
+    assert!(table.contains("enabled"), "{table}");
+
+    // pause with a note: the listing shows it; resume clears it and arms the next fire.
+    let paused = ctl
+        .json(&["pause", &id, "--note", "upstream down, INC-7"])
+        .await;
+    assert_eq!(paused["paused"]["note"], "upstream down, INC-7");
+    assert!(paused["next_fire_at"].is_null(), "{paused}");
+    let table = ctl.table(&["jobs"]).await;
+    assert!(table.contains("paused: upstream down, INC-7"), "{table}");
+    let resumed = ctl.json(&["resume", &id]).await;
+    assert!(resumed["paused"].is_null(), "{resumed}");
+    assert!(resumed["next_fire_at"].is_string(), "{resumed}");
 
     // run --wait on the dummy runner: it succeeds, so spotctl exits 0 and shows the states it passed.
     let waited = ctl

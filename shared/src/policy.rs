@@ -59,14 +59,60 @@ pub async fn end_run(
     fields: &[(&str, String)],
 ) -> Result<Moved<RunState>> {
     let retry = job.and_then(|job| next_attempt(job, run, ended));
-    store
+    let moved = store
         .end_run(
             &run.id,
             ended,
             fields,
             retry.as_ref().map(|(fire, due)| (fire, *due)),
         )
-        .await
+        .await?;
+    // Counted only by the step that moved the run: an ending reported again counts once.
+    if let (Moved::From(_), Some(job)) = (moved, job) {
+        if let Err(err) = count_toward_pause(store, job, run, ended, retry.is_some()).await {
+            tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
+                "the run's outcome was not counted toward pause_after_failures");
+        }
+    }
+    Ok(moved)
+}
+
+/// Counts a run's end toward its job's `pause_after_failures`, and pauses the job, with a note
+/// saying why, once that many runs in a row have ended failed for good (an attempt that is retried
+/// has not ended its fire; an interrupted or cancelled run is not the job's failure and neither
+/// counts nor ends a streak).
+async fn count_toward_pause(
+    store: &Store,
+    job: &Job,
+    run: &Run,
+    ended: RunState,
+    retried: bool,
+) -> Result<()> {
+    // A job paused or disabled meanwhile: its runs still in flight count toward nothing.
+    let Some(limit) = job.policies.pause_after_failures.filter(|_| job.enabled) else {
+        return Ok(());
+    };
+    let failed = matches!(
+        ended,
+        RunState::Failed | RunState::TimedOut | RunState::ProvisionFailed
+    );
+    if (failed && retried) || !(failed || ended == RunState::Succeeded) {
+        return Ok(());
+    }
+    let in_a_row = store.count_run_outcome(&job.id, failed).await?;
+    if !failed || in_a_row < u64::from(limit) {
+        return Ok(());
+    }
+    let note = format!(
+        "paused after {in_a_row} runs in a row ended failed (pause_after_failures {limit}; the last: run {}, {ended})",
+        run.id
+    );
+    let paused = job.clone().paused_with(note, Utc::now());
+    if store.pause_job_if_current(&paused, job.generation).await? {
+        tracing::warn!(job_id = %job.id, in_a_row, "job paused after failing in a row");
+        store.note_event("paused_after_failures", 1).await;
+    }
+    Ok(())
 }
 
 /// What [`relaunch`] did with a run that never started the user's code.

@@ -60,6 +60,15 @@ pub enum Command {
     Enable { job: String },
     /// Disable a job; its armed timers are dropped.
     Disable { job: String },
+    /// Pause a job with a note saying why: it fires nothing until resumed, and listings show the note.
+    Pause {
+        job: String,
+        /// Why (shown wherever the job is listed).
+        #[arg(long, short, default_value = "")]
+        note: String,
+    },
+    /// Resume a paused job: its note is cleared and its next fire armed from now.
+    Resume { job: String },
     /// Delete a job with its runs.
     Delete {
         job: String,

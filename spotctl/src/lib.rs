@@ -38,6 +38,8 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Edit { job, file } => jobs::edit(&api, out, &job, file.as_deref()).await?,
         Command::Enable { job } => jobs::set_enabled(&api, out, &job, true).await?,
         Command::Disable { job } => jobs::set_enabled(&api, out, &job, false).await?,
+        Command::Pause { job, note } => jobs::pause(&api, out, &job, &note).await?,
+        Command::Resume { job } => jobs::resume(&api, out, &job).await?,
         Command::Delete { job, yes } => jobs::delete(&api, &job, yes).await?,
         Command::Next { job, count } => jobs::next(&api, out, &job, count).await?,
         Command::Runs { job, limit } => runs::list(&api, out, &job, limit).await?,

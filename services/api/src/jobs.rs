@@ -361,6 +361,7 @@ fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>)
         runner: spec.runner,
         enabled: spec.enabled,
         generation: 1,
+        paused: None,
         policies: spec.policies,
         created_at: now,
         updated_at: now,
@@ -386,6 +387,8 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
         enabled: spec.enabled,
         policies: spec.policies,
         generation: current.generation + 1,
+        // Saved enabled, it is resumed; saved disabled, it keeps its note.
+        paused: current.paused.clone().filter(|_| !spec.enabled),
         updated_at: now,
         next_fire_at: None,
         ..current.clone()
@@ -421,6 +424,8 @@ pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Resul
     let mut job = Job {
         enabled,
         generation: current.generation + 1,
+        // Enabled, a paused job is resumed; disabled, it keeps its note.
+        paused: current.paused.clone().filter(|_| !enabled),
         updated_at: now,
         next_fire_at: None,
         ..current
@@ -434,6 +439,24 @@ pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Resul
         }
     }
     state.store.save_job(&job).await?;
+    Ok(job)
+}
+
+/// The longest pause note kept, in bytes.
+pub const MAX_PAUSE_NOTE: usize = 1024;
+
+/// Pauses a job with `note`: disabled (its timer dropped) and marked with why and since when. A
+/// paused job paused again keeps its first time and takes the new note. [`set_enabled`] resumes it.
+pub async fn pause(state: &AppState, current: Job, note: String) -> Result<Job> {
+    if note.len() > MAX_PAUSE_NOTE || note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::invalid(
+            "note",
+            format!("at most {MAX_PAUSE_NOTE} bytes, no control characters but line breaks"),
+        ));
+    }
+    let job = current.paused_with(note, Utc::now());
+    state.store.save_job(&job).await?;
+    tracing::info!(job_id = %job.id, "job paused");
     Ok(job)
 }
 

@@ -263,7 +263,7 @@ async function jobsPage() {
   const group = el("input", { id: "filter-group", type: "search", value: filters.group, placeholder: "any" });
   const name = el("input", { id: "filter-name", type: "search", value: filters.name, placeholder: "any" });
   const state = el("select", { id: "filter-state" },
-    [["", "any"], ["enabled", "enabled"], ["disabled", "disabled"], ["failing", "last run failed"],
+    [["", "any"], ["enabled", "enabled"], ["disabled", "disabled"], ["paused", "paused"], ["failing", "last run failed"],
       ["active", "a run under way"]].map(([value, label]) =>
       el("option", { value, selected: filters.state === value }, label)));
   const table = el("div", { id: "jobs", "aria-live": "polite" }, el("p", { class: "muted" }, "Loading…"));
@@ -296,6 +296,7 @@ function matchesFilters(job) {
   switch (filters.state) {
     case "enabled": return job.enabled;
     case "disabled": return !job.enabled;
+    case "paused": return !!job.paused;
     case "failing": return !!last && isEnded(last.state) && last.state !== "succeeded";
     case "active": return (job.last_runs || []).some((run) => !isEnded(run.state));
     default: return true;
@@ -314,7 +315,7 @@ function jobsTable(jobs, reload) {
       el("td", { "data-label": "Schedule" }, el("code", {}, job.schedule)),
       el("td", { "data-label": "Zone" }, job.timezone),
       el("td", { "data-label": "Next fire", title: job.next_fire_at ? `${inZone(job.next_fire_at, job.timezone)} ${job.timezone}` : "" }, relative(job.next_fire_at)),
-      el("td", { "data-label": "State" }, el("span", { class: job.enabled ? "flag on" : "flag off" }, job.enabled ? "enabled" : "disabled")),
+      el("td", { "data-label": "State" }, stateFlag(job), job.paused && job.paused.note ? el("div", { class: "pause-note muted" }, job.paused.note) : null),
       el("td", { "data-label": "Last runs" }, runGrid(job.last_runs || [])),
       el("td", { "data-label": "Actions", class: "actions" }, jobActions(job, reload)))))));
 }
@@ -332,6 +333,12 @@ function runGrid(runs) {
     }));
 }
 
+// A job's state as a flag: enabled, disabled, or paused (with its note as the title).
+function stateFlag(job) {
+  if (job.paused) return el("span", { class: "flag off paused", title: job.paused.note || "" }, "paused");
+  return el("span", { class: job.enabled ? "flag on" : "flag off" }, job.enabled ? "enabled" : "disabled");
+}
+
 function jobActions(job, reload, after) {
   const act = async (what, method, path, message) => {
     try {
@@ -346,7 +353,20 @@ function jobActions(job, reload, after) {
       onclick: () => act("run", "POST", `/v1/jobs/${id}/run`, `${job.name || job.id}: run requested`) }, "Run now"),
     job.enabled
       ? el("button", { type: "button", class: "disable", onclick: () => act("disable", "POST", `/v1/jobs/${id}/disable`, `${job.name || job.id} disabled`) }, "Disable")
-      : el("button", { type: "button", class: "enable", onclick: () => act("enable", "POST", `/v1/jobs/${id}/enable`, `${job.name || job.id} enabled`) }, "Enable"),
+      : job.paused
+        ? el("button", { type: "button", class: "resume", onclick: () => act("resume", "POST", `/v1/jobs/${id}/resume`, `${job.name || job.id} resumed`) }, "Resume")
+        : el("button", { type: "button", class: "enable", onclick: () => act("enable", "POST", `/v1/jobs/${id}/enable`, `${job.name || job.id} enabled`) }, "Enable"),
+    job.enabled
+      ? el("button", { type: "button", class: "pause", onclick: async () => {
+        const note = prompt(`Pause ${job.name || job.id}: why? (shown wherever the job is listed)`, "");
+        if (note === null) return;
+        try {
+          await api("POST", `/v1/jobs/${id}/pause`, { note });
+          toast(`${job.name || job.id} paused`);
+          if (after) after("pause"); else await reload();
+        } catch (err) { reportError(err); }
+      } }, "Pause…")
+      : null,
     el("button", { type: "button", class: "delete danger", onclick: () => {
       if (confirm(`Delete the job ${job.name || job.id} and its runs?`)) act("delete", "DELETE", `/v1/jobs/${id}`, `${job.name || job.id} deleted`);
     } }, "Delete"),
@@ -380,7 +400,7 @@ async function jobPage(id) {
   show(job.name || job.id,
     el("nav", { class: "crumbs" }, el("a", { href: "#/jobs" }, "Jobs"), " / ", job.name || job.id),
     el("div", { class: "heading" },
-      el("h1", {}, job.name || job.id, " ", el("span", { class: job.enabled ? "flag on" : "flag off" }, job.enabled ? "enabled" : "disabled")),
+      el("h1", {}, job.name || job.id, " ", stateFlag(job)),
       el("div", { class: "actions" }, actions, el("a", { class: "button", href: `#/jobs/${encodeURIComponent(id)}/edit`, id: "edit-job" }, "Edit"))),
     el("section", { class: "card" }, el("h2", {}, "Job"), details([
       ["Id", el("code", {}, job.id)],
@@ -390,6 +410,7 @@ async function jobPage(id) {
       ["Runner", runnerText(job.runner)],
       ["Description", job.description || "—"],
       ["Cost of kept runs", money(job.cost_usd_total)],
+      ...(job.paused ? [["Paused", el("span", { id: "pause-note" }, `since ${utc(job.paused.at)}: ${job.paused.note || "no note"}`)]] : []),
       ["Policies", el("code", {}, JSON.stringify(job.policies))],
       ...(job.policies.jitter_secs ? [["Jitter", el("span", { id: "jitter" },
         `each fire starts up to ${job.policies.jitter_secs} s after its instant (the fires below include it)`)]] : []),
@@ -399,7 +420,7 @@ async function jobPage(id) {
         ? el("div", { class: "scroll" }, el("table", { id: "next-fires" },
           el("thead", {}, el("tr", {}, el("th", { scope: "col" }, `In ${next.timezone}`), el("th", { scope: "col" }, "UTC"), el("th", { scope: "col" }, "From now"))),
           el("tbody", {}, next.next.map((at) => el("tr", {}, el("td", {}, inZone(at, next.timezone)), el("td", {}, utc(at)), el("td", {}, relative(at)))))))
-        : el("p", { class: "muted" }, job.enabled ? "No more fires: the schedule has ended." : "Disabled: nothing will fire.")),
+        : el("p", { class: "muted" }, job.enabled ? "No more fires: the schedule has ended." : job.paused ? "Paused: nothing will fire until it is resumed." : "Disabled: nothing will fire.")),
     el("section", { class: "card" }, el("h2", {}, "Runs"), runs));
   await loadRuns();
   every(REFRESH_MS, () => loadRuns().catch(reportError));

@@ -40,6 +40,9 @@ pub struct Job {
     pub enabled: bool,
     /// Bumped on every change; a timer armed for an older generation is stale and dropped.
     pub generation: u64,
+    /// Set while the job is paused (it is then disabled): why, and since when.
+    #[serde(default)]
+    pub paused: Option<Pause>,
     #[serde(default)]
     pub policies: Policies,
     pub created_at: DateTime<Utc>,
@@ -52,6 +55,14 @@ pub struct Job {
     /// Kept in the store's timer index, not in the job record.
     #[serde(skip)]
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// Why and since when a job is paused (`POST /v1/jobs/{id}/pause`): a paused job fires nothing until
+/// it is resumed, and every listing shows the note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Pause {
+    pub note: String,
+    pub at: DateTime<Utc>,
 }
 
 /// The zone a job's schedule is read in unless it names one.
@@ -87,6 +98,7 @@ impl Job {
             enabled: true,
             generation: 1,
             policies,
+            paused: None,
             created_at: now,
             updated_at: now,
             next_fire_at: None,
@@ -98,6 +110,20 @@ impl Job {
         match &self.runner {
             Runner::Container(spec) => Some(spec),
             Runner::Dummy(_) | Runner::Http(_) | Runner::Instance(_) => None,
+        }
+    }
+
+    /// This job paused with `note` at `now`: disabled, its timer dropped, marked with why. A job
+    /// paused already keeps the time it was first paused and takes the new note.
+    pub fn paused_with(self, note: String, now: DateTime<Utc>) -> Job {
+        let since = self.paused.as_ref().map_or(now, |pause| pause.at);
+        Job {
+            enabled: false,
+            generation: self.generation + 1,
+            paused: Some(Pause { note, at: since }),
+            updated_at: now,
+            next_fire_at: None,
+            ..self
         }
     }
 

@@ -10,7 +10,7 @@ mod runner;
 
 pub use crate::container_limits::ContainerLimits;
 pub use instance::{Instance, InstanceState, PriceSource};
-pub use job::{Job, Tag, DEFAULT_TIME_ZONE};
+pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
 pub use policies::{Concurrency, Policies, RetryPolicy};
 pub use run::{Run, RunState};
 pub use runner::{

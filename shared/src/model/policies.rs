@@ -78,6 +78,9 @@ pub struct Policies {
     /// the same for a given job and instant wherever it is computed, and always before the next
     /// instant. Spreads the start of many jobs on one pattern. 0: exactly at the instant.
     pub jitter_secs: u64,
+    /// Pause the job (with a note saying so) once this many of its runs in a row have ended
+    /// failed, timed out or provision-failed with no retry left. `None`: never.
+    pub pause_after_failures: Option<u32>,
 }
 
 impl Default for Policies {
@@ -91,6 +94,7 @@ impl Default for Policies {
             start_at: None,
             end_at: None,
             jitter_secs: 0,
+            pause_after_failures: None,
         }
     }
 }
@@ -147,6 +151,15 @@ impl Policies {
             return Err(Error::invalid(
                 field("jitter_secs"),
                 format!("must be 0..={} (a day)", Self::MAX_JITTER_SECS),
+            ));
+        }
+        if self
+            .pause_after_failures
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            return Err(Error::invalid(
+                field("pause_after_failures"),
+                "must be 1..=1000",
             ));
         }
         if !(1..=10_000).contains(&self.history_limit) {

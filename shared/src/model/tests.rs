@@ -122,6 +122,7 @@ fn windows_bound_the_fires() {
         runner: Runner::Container(spec(None, &[])),
         enabled: true,
         generation: 1,
+        paused: None,
         policies: Policies {
             start_at: Some(at(5)),
             end_at: Some(at(7)),

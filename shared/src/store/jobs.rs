@@ -192,6 +192,8 @@ impl Store {
             .del(self.shard_key(shard, &format!("job:{}:runs", job.id)))
             .ignore()
             .del(self.shard_key(shard, &super::costs::job_cost_key(&job.id)))
+            .ignore()
+            .del(self.shard_key(shard, &super::pauses::failures_key(&job.id)))
             .ignore();
         for run_id in &run_ids {
             pipe.del(self.shard_key(shard, &format!("run:{run_id}")))

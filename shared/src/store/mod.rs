@@ -14,7 +14,8 @@
 //! - what the run-time quotas count (slots held, fires per minute), in [`quota_counts`];
 //! - what terminated instances cost, summed per day, month, account and market, in [`costs`];
 //! - jobs set aside because their record cannot be read, in [`quarantine`]: `p:quarantine`;
-//! - the first answers to requests with an `Idempotency-Key`, in [`idempotency`]: `p:idem:*`.
+//! - the first answers to requests with an `Idempotency-Key`, in [`idempotency`]: `p:idem:*`;
+//! - each job's failures in a row, which may pause it, in [`pauses`].
 //!
 //! The connection (a single Redis or a cluster) and the `WAIT` after acknowledged writes are in
 //! [`connection`]. This file holds the handle and the compare-and-set every state change goes
@@ -43,6 +44,7 @@ mod jobs;
 mod lateness;
 mod leases;
 mod light_fire;
+mod pauses;
 mod quarantine;
 mod quota_counts;
 mod runs;

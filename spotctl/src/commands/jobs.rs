@@ -80,7 +80,7 @@ const JOB_HEADER: &[&str] = &[
     "GROUP",
     "SCHEDULE",
     "TIME ZONE",
-    "ENABLED",
+    "STATE",
     "NEXT FIRE",
 ];
 
@@ -91,14 +91,19 @@ fn job_row(job: &Value) -> Vec<String> {
         text(&job["group"]),
         text(&job["schedule"]),
         text(&job["timezone"]),
-        if job["enabled"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
-        }
-        .into(),
+        state_cell(job),
         when(&job["next_fire_at"]),
     ]
+}
+
+/// Enabled, disabled, or paused with its note.
+fn state_cell(job: &Value) -> String {
+    match job["paused"]["note"].as_str() {
+        Some("") => "paused".into(),
+        Some(note) => format!("paused: {note}"),
+        None if job["enabled"].as_bool() == Some(true) => "enabled".into(),
+        None => "disabled".into(),
+    }
 }
 
 pub async fn get(api: &ApiClient, output: Output, job: &str) -> CtlResult<()> {
@@ -207,6 +212,21 @@ pub async fn set_enabled(
 ) -> CtlResult<()> {
     let verb = if enabled { "enable" } else { "disable" };
     let path = format!("/v1/jobs/{}/{verb}", segment(job));
+    let answer = api.json(Method::POST, &path, None).await?;
+    show_job(output, &answer);
+    Ok(())
+}
+
+pub async fn pause(api: &ApiClient, output: Output, job: &str, note: &str) -> CtlResult<()> {
+    let path = format!("/v1/jobs/{}/pause", segment(job));
+    let body = Body::Json(json!({ "note": note }));
+    let answer = api.json(Method::POST, &path, Some(body)).await?;
+    show_job(output, &answer);
+    Ok(())
+}
+
+pub async fn resume(api: &ApiClient, output: Output, job: &str) -> CtlResult<()> {
+    let path = format!("/v1/jobs/{}/resume", segment(job));
     let answer = api.json(Method::POST, &path, None).await?;
     show_job(output, &answer);
     Ok(())

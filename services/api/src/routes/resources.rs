@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}", web::delete().to(delete_job))
         .route("/v1/jobs/{id}/enable", web::post().to(enable_job))
         .route("/v1/jobs/{id}/disable", web::post().to(disable_job))
+        .route("/v1/jobs/{id}/pause", web::post().to(pause_job))
+        .route("/v1/jobs/{id}/resume", web::post().to(resume_job))
         .route("/v1/jobs/{id}/run", web::post().to(run_job_now))
         .route("/v1/jobs/{id}/next", web::get().to(next_fires))
         .route("/v1/jobs/{id}/runs", web::get().to(list_runs))
@@ -363,6 +365,41 @@ pub async fn disable_job(
     let job = jobs::load_owned(&state, &caller, &path).await?;
     let job = jobs::set_enabled(&state, job, false).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+/// Why a job is paused.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PauseRequest {
+    /// Shown wherever the job is listed, until it is resumed (at most 1,024 bytes).
+    #[schema(example = "upstream API down, see INC-1234")]
+    pub note: String,
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/pause", tag = "jobs", summary = "Pause a job with a note: it fires nothing until resumed; the note shows wherever it is listed", security(("api_key" = [])), params(("id" = String, Path)), request_body = PauseRequest, responses((status = 200, body = JobView), (status = 400), (status = 404)))]
+pub async fn pause_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: PauseRequest = if body.is_empty() {
+        PauseRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let job = jobs::load_owned(&state, &caller, &path).await?;
+    let job = jobs::pause(&state, job, request.note).await?;
+    Ok(HttpResponse::Ok().json(view(&job)))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "jobs", summary = "Resume a paused job (as enable does): its note is cleared and its next fire armed from now", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 200, body = JobView), (status = 404)))]
+pub async fn resume_job(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    enable_job(caller, state, path).await
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/run", tag = "jobs", summary = "Run the job now, outside its schedule", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 202, description = "`{job_id, scheduled_at}`"), (status = 404), (status = 409, description = "The job is disabled")))]

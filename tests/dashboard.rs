@@ -231,7 +231,8 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .create_job(
             ACCOUNT_KEY,
             json!({"name": "nightly-report", "group": "reports", "schedule": "0 3 * * *",
-                "timezone": "America/New_York", "policies": {"jitter_secs": 300},
+                "timezone": "America/New_York",
+                "policies": {"jitter_secs": 300, "exclude": ["0 3 * * sat,sun"]},
                 "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo no data; exit 3'"}}),
         )
         .await;
@@ -414,6 +415,9 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     wait_for_text(&browser, "#jitter", "up to 300 s after its instant", 10).await;
     let first_fire = wait_for_text(&browser, "#next-fires tbody tr", "03:0", 10).await;
     assert!(first_fire.contains("03:0"), "{first_fire}");
+    // Its weekends are excluded: the page names the pattern and the instants it skips.
+    wait_for_text(&browser, "#exclusions", "0 3 * * sat,sun", 10).await;
+    wait_for_text(&browser, "#skipped-fires", "03:00:00", 10).await;
 
     // Pause it with a note typed into the prompt: its page shows the note and the flag; resume.
     click(&browser, ".pause").await;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
 use spot_shared::model::{Job, Policies, Runner, Tag};
-use spot_shared::schedule::parse_time_zone;
+use spot_shared::schedule::{parse_time_zone, Exclusions};
 use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
 
@@ -98,7 +98,10 @@ impl JobSpec {
                 }
             }
         }
-        self.policies.validate(&format!("{prefix}policies."))
+        self.policies.validate(&format!("{prefix}policies."))?;
+        let tz = parse_time_zone(&self.timezone, &field("timezone"))?;
+        Exclusions::parse(&self.policies.exclude, tz, &field("policies.exclude"))?;
+        Ok(())
     }
 }
 

@@ -412,6 +412,8 @@ async function jobPage(id) {
       ["Cost of kept runs", money(job.cost_usd_total)],
       ...(job.paused ? [["Paused", el("span", { id: "pause-note" }, `since ${utc(job.paused.at)}: ${job.paused.note || "no note"}`)]] : []),
       ["Policies", el("code", {}, JSON.stringify(job.policies))],
+      ...(job.policies.exclude && job.policies.exclude.length ? [["Excluded", el("span", { id: "exclusions" },
+        job.policies.exclude.join(", "), ` (in ${job.timezone})`)]] : []),
       ...(job.policies.jitter_secs ? [["Jitter", el("span", { id: "jitter" },
         `each fire starts up to ${job.policies.jitter_secs} s after its instant (the fires below include it)`)]] : []),
     ])),
@@ -420,7 +422,11 @@ async function jobPage(id) {
         ? el("div", { class: "scroll" }, el("table", { id: "next-fires" },
           el("thead", {}, el("tr", {}, el("th", { scope: "col" }, `In ${next.timezone}`), el("th", { scope: "col" }, "UTC"), el("th", { scope: "col" }, "From now"))),
           el("tbody", {}, next.next.map((at) => el("tr", {}, el("td", {}, inZone(at, next.timezone)), el("td", {}, utc(at)), el("td", {}, relative(at)))))))
-        : el("p", { class: "muted" }, job.enabled ? "No more fires: the schedule has ended." : job.paused ? "Paused: nothing will fire until it is resumed." : "Disabled: nothing will fire.")),
+        : el("p", { class: "muted" }, job.enabled ? "No more fires: the schedule has ended." : job.paused ? "Paused: nothing will fire until it is resumed." : "Disabled: nothing will fire."),
+      next.skipped && next.skipped.length
+        ? el("p", { id: "skipped-fires", class: "muted" }, "Skipped by an exclusion: ",
+          next.skipped.map((at) => inZone(at, next.timezone)).join(", "))
+        : null),
     el("section", { class: "card" }, el("h2", {}, "Runs"), runs));
   await loadRuns();
   every(REFRESH_MS, () => loadRuns().catch(reportError));

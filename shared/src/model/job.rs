@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::Result;
-use crate::schedule::{parse_time_zone, Schedule};
+use crate::schedule::{parse_time_zone, Exclusions, Schedule};
 
 use super::*;
 
@@ -64,6 +64,10 @@ pub struct Pause {
     pub note: String,
     pub at: DateTime<Utc>,
 }
+
+/// The most instants in a row exclusions may skip before a schedule counts as ending (a
+/// every-second job excluded for a whole day skips 86,400).
+pub const MAX_SKIPPED: usize = 100_000;
 
 /// The zone a job's schedule is read in unless it names one.
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
@@ -142,6 +146,7 @@ impl Job {
             Schedule::Once(at) => Some((*at).max(self.policies.start_at.unwrap_or(*at))),
             recurring => recurring.first_at_or_after(from),
         };
+        let first = self.skip_excluded(&schedule, first)?;
         Ok(self.jittered(&schedule, self.within_window(first)))
     }
 
@@ -152,7 +157,62 @@ impl Job {
             Some(start) if start > after => schedule.first_at_or_after(start),
             _ => schedule.next_after(after),
         };
+        let next = self.skip_excluded(&schedule, next)?;
         Ok(self.jittered(&schedule, self.within_window(next)))
+    }
+
+    /// The job's exclusions, parsed in its zone.
+    pub fn exclusions(&self) -> Result<Exclusions> {
+        let tz = parse_time_zone(&self.timezone, "timezone")?;
+        Exclusions::parse(&self.policies.exclude, tz, "policies.exclude")
+    }
+
+    /// `next`, or the first instant after it that no exclusion skips. A schedule excluded for
+    /// [`MAX_SKIPPED`] instants in a row has no next fire.
+    fn skip_excluded(
+        &self,
+        schedule: &Schedule,
+        mut next: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if self.policies.exclude.is_empty() {
+            return Ok(next);
+        }
+        let exclusions = self.exclusions()?;
+        for _ in 0..MAX_SKIPPED {
+            match next {
+                Some(at) if exclusions.excludes(at) => next = schedule.next_after(at),
+                _ => return Ok(next),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The instants after `after` and up to `until` that an exclusion skips, `limit` at most (what
+    /// `GET /v1/jobs/{id}/next` shows as skipped).
+    pub fn skipped_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DateTime<Utc>>> {
+        if self.policies.exclude.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (schedule, exclusions) = (self.parsed_schedule()?, self.exclusions()?);
+        let mut skipped = Vec::new();
+        let mut cursor = after;
+        for _ in 0..MAX_SKIPPED {
+            match schedule.next_after(cursor) {
+                Some(at) if at <= until && skipped.len() < limit => {
+                    if exclusions.excludes(at) {
+                        skipped.push(at);
+                    }
+                    cursor = at;
+                }
+                _ => break,
+            }
+        }
+        Ok(skipped)
     }
 
     /// The time the fire of `instant` starts: the instant plus the job's jitter delay, short of the

@@ -81,6 +81,9 @@ pub struct Policies {
     /// Pause the job (with a note saying so) once this many of its runs in a row have ended
     /// failed, timed out or provision-failed with no retry left. `None`: never.
     pub pause_after_failures: Option<u32>,
+    /// Days (`2026-12-25`) and cron patterns (`0 * * * sat,sun`), in the job's zone, whose instants
+    /// the schedule skips (see [`crate::schedule::Exclusions`]). Checked with the zone, by the job.
+    pub exclude: Vec<String>,
 }
 
 impl Default for Policies {
@@ -95,6 +98,7 @@ impl Default for Policies {
             end_at: None,
             jitter_secs: 0,
             pause_after_failures: None,
+            exclude: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod dst_tests;
+mod exclusions;
 pub mod jitter;
 mod wall_clock;
 
@@ -24,6 +25,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 
 use crate::error::{Error, Result};
+pub use exclusions::{Exclusions, MAX_EXCLUSIONS};
 pub use wall_clock::HourField;
 use wall_clock::ZonedCron;
 

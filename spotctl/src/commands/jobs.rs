@@ -283,6 +283,11 @@ pub async fn next(api: &ApiClient, output: Output, job: &str, count: usize) -> C
         if let Some(line) = jitter_line(&answer["jitter_secs"]) {
             println!("{line} (the times above include it)");
         }
+        let skipped = output::items(&answer, "skipped");
+        if !skipped.is_empty() {
+            let skipped: Vec<String> = skipped.iter().map(when).collect();
+            println!("skipped by an exclusion: {}", skipped.join(", "));
+        }
     }
     Ok(())
 }

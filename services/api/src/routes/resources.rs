@@ -421,7 +421,7 @@ pub struct NextQuery {
     count: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times (with jitter, when each fire starts)", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, jitter_secs, next: [instant]}`"), (status = 400), (status = 404)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times (with jitter, when each fire starts)", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, jitter_secs, next: [instant], skipped: [instant]}`: `skipped`, the instants up to the last shown that `policies.exclude` skips"), (status = 400), (status = 404)))]
 pub async fn next_fires(
     caller: Caller,
     state: web::Data<AppState>,
@@ -441,12 +441,18 @@ pub async fn next_fires(
         }
         None => Vec::new(),
     };
+    // The instants an exclusion skips, from now to the last fire shown.
+    let skipped = match fires.last() {
+        Some(last) => job.skipped_between(Utc::now(), *last, count)?,
+        None => Vec::new(),
+    };
     // With jitter, each time is its instant plus the job's delay for it: when the fire starts.
     Ok(HttpResponse::Ok().json(json!({
         "job_id": job.id,
         "timezone": job.timezone,
         "jitter_secs": job.policies.jitter_secs,
         "next": fires,
+        "skipped": skipped,
     })))
 }
 

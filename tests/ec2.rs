@@ -413,7 +413,14 @@ async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
     stack
         .services
         .push(spawn_provisioner(&stack.env, &stack.app.address).await);
-    let job = stack.job("sleep 300", json!({})).await;
+    // A retry's wait is drawn from 0 to its backoff: an hour here, so that attempt 2 is still
+    // waiting in Redis when the test looks (with 10 s it was sometimes launched already).
+    let job = stack
+        .job_with_policies(
+            "sleep 300",
+            json!({"retries": {"backoff_secs": 3600, "backoff_max_secs": 3600}}),
+        )
+        .await;
     let run = stack.run_in(&job, 1, &["running"]).await;
     let instance_id = run["instance_id"].as_str().unwrap().to_string();
     assert_eq!(

@@ -570,6 +570,70 @@ async fn a_failing_run_is_retried_with_backoff_up_to_its_attempts() {
     reaper.stop().await;
 }
 
+/// Retry rules by exit code, the first that matches deciding: the container reads its attempt from
+/// `SPOT_ATTEMPT`, exits 75 ("try again", listed in `on_exit_codes`) the first time and 2 ("bad
+/// input", listed in `never_on_exit_codes`) the second, so exactly two attempts run though five are
+/// allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_rules_retry_one_exit_code_and_never_another() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let due = Utc::now() + chrono::Duration::seconds(1);
+    let policies = json!({"retries": {
+        "max_attempts": 5, "backoff_secs": 1, "backoff_max_secs": 1,
+        "on_exit_codes": [75], "never_on_exit_codes": [2],
+    }});
+    let cmd = r#"sh -c 'if [ "$SPOT_ATTEMPT" = 1 ]; then exit 75; else exit 2; fi'"#;
+    let id = container_job(&app, &due.to_rfc3339(), cmd, policies).await;
+
+    let runs = eventually(Duration::from_secs(60), "two failed attempts", || async {
+        let runs = app.runs(&id).await;
+        (runs.len() == 2 && runs.iter().all(|run| run["state"] == "failed")).then_some(runs)
+    })
+    .await;
+    let mut outcomes: Vec<(u64, i64, bool)> = runs
+        .iter()
+        .map(|run| {
+            assert_legal_history(run);
+            let exit = run["exit_code"].as_i64().unwrap();
+            (
+                run["attempt"].as_u64().unwrap(),
+                exit,
+                run["will_retry"] == true,
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes, vec![(1, 75, true), (2, 2, false)]);
+    // The rule held: no third attempt comes, though the policy allows five.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.runs(&id).await.len(), 2);
+
+    // Rules that contradict each other are refused, naming the field.
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            ACCOUNT_KEY,
+            Some(json!({
+                "schedule": due.to_rfc3339(),
+                "runner": {"type": "dummy", "template": "t"},
+                "policies": {"retries": {"on_exit_codes": [3], "never_on_exit_codes": [3]}},
+            })),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.to_string().contains("policies.retries.on_exit_codes"),
+        "{body}"
+    );
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_past_its_timeout_is_timed_out_and_its_instance_terminated() {
     let env = TestEnv::new();

@@ -6,14 +6,21 @@ use rand::Rng;
 
 use crate::error::Result;
 use crate::messages::FireMessage;
-use crate::model::{Job, Run, RunState};
+use crate::model::{Job, RetryReason, Run, RunState};
 use crate::store::{Moved, Relaunch, Store};
 
-/// Whether a run that ended in `ended` gets another attempt under its job's policy. A reclaimed
-/// spot instance is not the job's fault: interrupted attempts count against
+/// Whether a run that ended in `ended` (with `exit_code`, if its container exited) gets another
+/// attempt under its job's policy: its retry rules must retry the ending, and an attempt must be
+/// left. A reclaimed spot instance is not the job's fault: interrupted attempts count against
 /// `retries.max_interruptions`, never against `retries.max_attempts`.
-pub fn should_retry(job: &Job, run: &Run, ended: RunState) -> bool {
+pub fn should_retry(job: &Job, run: &Run, ended: RunState, exit_code: Option<i64>) -> bool {
     let retries = &job.policies.retries;
+    let Some(reason) = RetryReason::of(ended) else {
+        return false;
+    };
+    if !retries.retries_ending(reason, exit_code) {
+        return false;
+    }
     let allowed = match ended {
         RunState::Failed | RunState::TimedOut | RunState::ProvisionFailed => {
             run.attempt.saturating_sub(run.interruptions) < retries.max_attempts
@@ -28,8 +35,13 @@ pub fn should_retry(job: &Job, run: &Run, ended: RunState) -> bool {
 /// when it is due (exponential backoff with full jitter). The caller hands both to
 /// [`Store::end_run`](crate::store::Store::end_run), which records the retry in the same step that
 /// ends the run, so no crash in between can lose it.
-pub fn next_attempt(job: &Job, run: &Run, ended: RunState) -> Option<(FireMessage, DateTime<Utc>)> {
-    if !should_retry(job, run, ended) {
+pub fn next_attempt(
+    job: &Job,
+    run: &Run,
+    ended: RunState,
+    exit_code: Option<i64>,
+) -> Option<(FireMessage, DateTime<Utc>)> {
+    if !should_retry(job, run, ended, exit_code) {
         return None;
     }
     let next_attempt = run.attempt + 1;
@@ -50,7 +62,8 @@ pub fn next_attempt(job: &Job, run: &Run, ended: RunState) -> Option<(FireMessag
 }
 
 /// Ends `run` in `ended` with `fields`, arming its next attempt in the same step if `job` (when it
-/// still exists) allows one. What [`Store::end_run`](crate::store::Store::end_run) returned.
+/// still exists) allows one (its retry rules read the `exit_code` among `fields`). What
+/// [`Store::end_run`](crate::store::Store::end_run) returned.
 pub async fn end_run(
     store: &Store,
     job: Option<&Job>,
@@ -58,7 +71,11 @@ pub async fn end_run(
     ended: RunState,
     fields: &[(&str, String)],
 ) -> Result<Moved<RunState>> {
-    let retry = job.and_then(|job| next_attempt(job, run, ended));
+    let exit_code = fields
+        .iter()
+        .find(|(name, _)| *name == "exit_code")
+        .and_then(|(_, code)| code.parse().ok());
+    let retry = job.and_then(|job| next_attempt(job, run, ended, exit_code));
     let moved = store
         .end_run(
             &run.id,
@@ -211,25 +228,102 @@ mod tests {
     fn interruptions_have_their_own_bound_and_never_use_up_retries() {
         let retrying = job(2, 3);
         // Two interruptions, then a failure: still a retry left of max_attempts 2.
-        assert!(should_retry(&retrying, &run(1, 0), RunState::Interrupted));
-        assert!(should_retry(&retrying, &run(2, 1), RunState::Interrupted));
-        assert!(should_retry(&retrying, &run(3, 2), RunState::Failed));
-        assert!(!should_retry(&retrying, &run(4, 2), RunState::Failed));
+        assert!(should_retry(
+            &retrying,
+            &run(1, 0),
+            RunState::Interrupted,
+            None
+        ));
+        assert!(should_retry(
+            &retrying,
+            &run(2, 1),
+            RunState::Interrupted,
+            None
+        ));
+        assert!(should_retry(&retrying, &run(3, 2), RunState::Failed, None));
+        assert!(!should_retry(&retrying, &run(4, 2), RunState::Failed, None));
         // The fourth interruption of an instant is one too many.
-        assert!(!should_retry(&retrying, &run(4, 3), RunState::Interrupted));
+        assert!(!should_retry(
+            &retrying,
+            &run(4, 3),
+            RunState::Interrupted,
+            None
+        ));
         // A job without retries is still retried after an interruption, and not after a failure.
         let once = job(1, 3);
-        assert!(should_retry(&once, &run(1, 0), RunState::Interrupted));
-        assert!(!should_retry(&once, &run(2, 1), RunState::Failed));
-        assert!(!should_retry(&once, &run(1, 0), RunState::Succeeded));
+        assert!(should_retry(&once, &run(1, 0), RunState::Interrupted, None));
+        assert!(!should_retry(&once, &run(2, 1), RunState::Failed, None));
+        assert!(!should_retry(&once, &run(1, 0), RunState::Succeeded, None));
+    }
+
+    fn with_rules(rules: serde_json::Value) -> Job {
+        let mut job = job(5, 3);
+        job.policies.retries = serde_json::from_value(rules).unwrap();
+        job.policies.retries.max_attempts = 5;
+        job
+    }
+
+    #[test]
+    fn the_first_retry_rule_that_matches_decides() {
+        let first = run(1, 0);
+        // never_on_exit_codes wins over everything.
+        let job =
+            with_rules(serde_json::json!({"never_on_exit_codes": [2], "on_exit_codes": [75]}));
+        assert!(!should_retry(&job, &first, RunState::Failed, Some(2)));
+        assert!(should_retry(&job, &first, RunState::Failed, Some(75)));
+        // on_exit_codes alone: other failing codes are not retried, other endings still are.
+        assert!(!should_retry(&job, &first, RunState::Failed, Some(1)));
+        assert!(!should_retry(&job, &first, RunState::Failed, None));
+        assert!(should_retry(&job, &first, RunState::TimedOut, None));
+        assert!(should_retry(&job, &first, RunState::Interrupted, None));
+        // on_reasons names the endings retried when no code rule matched.
+        let job = with_rules(serde_json::json!({"on_exit_codes": [75], "on_reasons": ["failed"]}));
+        assert!(should_retry(&job, &first, RunState::Failed, Some(1)));
+        assert!(!should_retry(&job, &first, RunState::TimedOut, None));
+        assert!(!should_retry(&job, &first, RunState::Interrupted, None));
+        assert!(!should_retry(&job, &first, RunState::ProvisionFailed, None));
+        // No rules: every failing ending is retried, success and cancel never.
+        let job = with_rules(serde_json::json!({}));
+        assert!(should_retry(&job, &first, RunState::Failed, Some(1)));
+        assert!(should_retry(&job, &first, RunState::ProvisionFailed, None));
+        assert!(!should_retry(&job, &first, RunState::Succeeded, Some(0)));
+        assert!(!should_retry(&job, &first, RunState::Cancelled, None));
+        // A rule that retries still leaves the attempt bound in force.
+        let job = with_rules(serde_json::json!({"on_exit_codes": [75]}));
+        assert!(!should_retry(&job, &run(5, 0), RunState::Failed, Some(75)));
+    }
+
+    #[test]
+    fn retry_rules_that_contradict_or_name_no_failure_are_refused() {
+        let refused = |rules: serde_json::Value| {
+            let policies = Policies {
+                retries: serde_json::from_value(rules).unwrap(),
+                ..Policies::default()
+            };
+            policies.validate("policies.").unwrap_err().to_string()
+        };
+        let err = refused(serde_json::json!({"on_exit_codes": [3], "never_on_exit_codes": [3]}));
+        assert!(
+            err.contains("policies.retries.on_exit_codes") && err.contains("3"),
+            "{err}"
+        );
+        let err = refused(serde_json::json!({"on_exit_codes": [0]}));
+        assert!(err.contains("not a failing exit code"), "{err}");
+        let err = refused(serde_json::json!({"never_on_exit_codes": [256]}));
+        assert!(err.contains("never_on_exit_codes"), "{err}");
+        let err = refused(serde_json::json!({"on_reasons": ["failed", "failed"]}));
+        assert!(err.contains("names failed twice"), "{err}");
+        let unknown: std::result::Result<RetryPolicy, _> =
+            serde_json::from_value(serde_json::json!({"on_reasons": ["crashed"]}));
+        assert!(unknown.is_err());
     }
 
     #[test]
     fn the_next_attempt_carries_the_interruptions_so_far() {
         let retrying = job(2, 3);
-        let (fire, _) = next_attempt(&retrying, &run(1, 0), RunState::Interrupted).unwrap();
+        let (fire, _) = next_attempt(&retrying, &run(1, 0), RunState::Interrupted, None).unwrap();
         assert_eq!((fire.attempt, fire.interruptions), (2, 1));
-        let (fire, _) = next_attempt(&retrying, &run(2, 1), RunState::Failed).unwrap();
+        let (fire, _) = next_attempt(&retrying, &run(2, 1), RunState::Failed, None).unwrap();
         assert_eq!((fire.attempt, fire.interruptions), (3, 1));
     }
 }

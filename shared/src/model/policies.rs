@@ -20,7 +20,8 @@ pub enum Concurrency {
     Replace,
 }
 
-/// Retry of a failed run: attempts in all, exponential backoff with full jitter between them.
+/// Retry of a failed run: attempts in all, exponential backoff with full jitter between them, and
+/// which endings are retried at all (see [`RetryPolicy::retries_ending`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
@@ -31,6 +32,55 @@ pub struct RetryPolicy {
     pub max_interruptions: u32,
     pub backoff_secs: u64,
     pub backoff_max_secs: u64,
+    /// A run that exits with one of these codes is never retried (the code says retrying is
+    /// pointless: bad input, say). Checked first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub never_on_exit_codes: Vec<i64>,
+    /// A run that exits with one of these codes is retried. Checked second. Given alone, a failure
+    /// with any other code is not retried (`on_reasons` then leaves `failed` out by default).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_exit_codes: Vec<i64>,
+    /// The endings retried when no exit-code rule matched. Checked last. Unset: all of them, but
+    /// `failed` only if `on_exit_codes` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_reasons: Option<Vec<RetryReason>>,
+}
+
+/// How a run ended, as retry rules name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryReason {
+    /// The container exited non-zero, or could not start (an image that could not be pulled).
+    Failed,
+    /// It ran past `timeout_secs`.
+    TimedOut,
+    /// Its spot instance was reclaimed (bounded by `max_interruptions`, not `max_attempts`).
+    Interrupted,
+    /// No instance could be had for it.
+    ProvisionFailed,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Failed => "failed",
+            RetryReason::TimedOut => "timed_out",
+            RetryReason::Interrupted => "interrupted",
+            RetryReason::ProvisionFailed => "provision_failed",
+        }
+    }
+
+    /// The reason of a run that ended in `state`; `None` for endings never retried.
+    pub fn of(state: crate::model::RunState) -> Option<RetryReason> {
+        use crate::model::RunState;
+        match state {
+            RunState::Failed => Some(RetryReason::Failed),
+            RunState::TimedOut => Some(RetryReason::TimedOut),
+            RunState::Interrupted => Some(RetryReason::Interrupted),
+            RunState::ProvisionFailed => Some(RetryReason::ProvisionFailed),
+            _ => None,
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -40,11 +90,90 @@ impl Default for RetryPolicy {
             max_interruptions: 3,
             backoff_secs: 10,
             backoff_max_secs: 600,
+            never_on_exit_codes: Vec::new(),
+            on_exit_codes: Vec::new(),
+            on_reasons: None,
         }
     }
 }
 
 impl RetryPolicy {
+    /// The most codes a list of exit codes may hold.
+    pub const MAX_EXIT_CODES: usize = 256;
+
+    /// Whether the rules retry a run that ended `reason` with `exit_code` (the attempt bounds aside).
+    /// The first rule that matches decides: `never_on_exit_codes`, then `on_exit_codes`, then
+    /// `on_reasons`.
+    pub fn retries_ending(&self, reason: RetryReason, exit_code: Option<i64>) -> bool {
+        if let Some(code) = exit_code {
+            if self.never_on_exit_codes.contains(&code) {
+                return false;
+            }
+            if self.on_exit_codes.contains(&code) {
+                return true;
+            }
+        }
+        match &self.on_reasons {
+            Some(reasons) => reasons.contains(&reason),
+            None => reason != RetryReason::Failed || self.on_exit_codes.is_empty(),
+        }
+    }
+
+    fn validate(&self, field: impl Fn(&str) -> String) -> Result<()> {
+        if !(1..=20).contains(&self.max_attempts) {
+            return Err(Error::invalid(field("max_attempts"), "must be 1..=20"));
+        }
+        if self.max_interruptions > 20 {
+            return Err(Error::invalid(field("max_interruptions"), "must be 0..=20"));
+        }
+        for (name, secs) in [
+            ("backoff_secs", self.backoff_secs),
+            ("backoff_max_secs", self.backoff_max_secs),
+        ] {
+            if secs > 86_400 {
+                return Err(Error::invalid(field(name), "must be at most 86400 (a day)"));
+            }
+        }
+        for (name, codes) in [
+            ("never_on_exit_codes", &self.never_on_exit_codes),
+            ("on_exit_codes", &self.on_exit_codes),
+        ] {
+            if codes.len() > Self::MAX_EXIT_CODES {
+                return Err(Error::invalid(
+                    field(name),
+                    format!("at most {} codes", Self::MAX_EXIT_CODES),
+                ));
+            }
+            if let Some(code) = codes.iter().find(|code| !(1..=255).contains(*code)) {
+                return Err(Error::invalid(
+                    field(name),
+                    format!("{code} is not a failing exit code (1..=255)"),
+                ));
+            }
+        }
+        if let Some(code) = self
+            .on_exit_codes
+            .iter()
+            .find(|code| self.never_on_exit_codes.contains(code))
+        {
+            return Err(Error::invalid(
+                field("on_exit_codes"),
+                format!("{code} is also in never_on_exit_codes"),
+            ));
+        }
+        if let Some(reasons) = &self.on_reasons {
+            for (i, reason) in reasons.iter().enumerate() {
+                if reasons[..i].contains(reason) {
+                    return Err(Error::invalid(
+                        field("on_reasons"),
+                        format!("names {} twice", reason.as_str()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The longest wait before attempt `next_attempt` (2, 3, ...): base * 2^(n-2), capped. The actual
     /// wait is drawn uniformly below it (full jitter), so retries of many runs spread out.
     pub fn backoff_ceiling(&self, next_attempt: u32) -> std::time::Duration {
@@ -128,29 +257,8 @@ impl Policies {
                 format!("must be 0..={}", Self::MAX_MISFIRE_GRACE_SECS),
             ));
         }
-        if !(1..=20).contains(&self.retries.max_attempts) {
-            return Err(Error::invalid(
-                field("retries.max_attempts"),
-                "must be 1..=20",
-            ));
-        }
-        if self.retries.max_interruptions > 20 {
-            return Err(Error::invalid(
-                field("retries.max_interruptions"),
-                "must be 0..=20",
-            ));
-        }
-        for (name, secs) in [
-            ("backoff_secs", self.retries.backoff_secs),
-            ("backoff_max_secs", self.retries.backoff_max_secs),
-        ] {
-            if secs > 86_400 {
-                return Err(Error::invalid(
-                    field(&format!("retries.{name}")),
-                    "must be at most 86400 (a day)",
-                ));
-            }
-        }
+        self.retries
+            .validate(|name| format!("{prefix}retries.{name}"))?;
         if self.jitter_secs > Self::MAX_JITTER_SECS {
             return Err(Error::invalid(
                 field("jitter_secs"),

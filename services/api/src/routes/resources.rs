@@ -488,7 +488,9 @@ pub async fn list_runs(
 /// attempt (a new run of the same instant, once its backoff is over).
 fn run_view(run: &Run, job: Option<&Job>) -> serde_json::Value {
     let will_retry = run.state.is_terminal()
-        && job.is_some_and(|job| spot_shared::policy::should_retry(job, run, run.state));
+        && job.is_some_and(|job| {
+            spot_shared::policy::should_retry(job, run, run.state, run.exit_code)
+        });
     let mut view = json!(run);
     view["will_retry"] = json!(will_retry);
     view

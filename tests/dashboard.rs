@@ -232,7 +232,8 @@ async fn a_user_drives_a_job_through_the_dashboard() {
             ACCOUNT_KEY,
             json!({"name": "nightly-report", "group": "reports", "schedule": "0 3 * * *",
                 "timezone": "America/New_York",
-                "policies": {"jitter_secs": 300, "exclude": ["0 3 * * sat,sun"]},
+                "policies": {"jitter_secs": 300, "exclude": ["0 3 * * sat,sun"],
+                    "max_runs": 30, "on_last_run": "disable"},
                 "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo no data; exit 3'"}}),
         )
         .await;
@@ -413,6 +414,14 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .await
         .unwrap();
     wait_for_text(&browser, "#jitter", "up to 300 s after its instant", 10).await;
+    // A finite schedule says how many fires it has left, and what then.
+    wait_for_text(
+        &browser,
+        "#remaining-runs",
+        "30 of 30 scheduled fires; then the job disables itself",
+        10,
+    )
+    .await;
     let first_fire = wait_for_text(&browser, "#next-fires tbody tr", "03:0", 10).await;
     assert!(first_fire.contains("03:0"), "{first_fire}");
     // Its weekends are excluded: the page names the pattern and the instants it skips.

@@ -145,7 +145,7 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
         &dir,
         "jittered.toml",
         "schedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n[runner]\ntype = \"dummy\"\n\
-         template = \"x\"\n[policies]\njitter_secs = 600\n",
+         template = \"x\"\n[policies]\njitter_secs = 600\nmax_runs = 5\non_last_run = \"delete\"\n",
     );
     let jittered = ctl.json(&["schedule", "-f", &jittered_file]).await;
     let jittered = jittered["id"].as_str().expect("an id").to_string();
@@ -153,10 +153,16 @@ async fn every_command_answers_in_tables_and_json_with_conventional_exit_codes()
     // 02:30 plus under ten minutes.
     assert_eq!(next.matches(" 02:3").count(), 3, "{next}");
     assert!(next.contains("up to 600 s after its instant"), "{next}");
-    assert!(ctl
-        .table(&["get", &jittered])
-        .await
-        .contains("jitter: each fire starts up to 600 s"));
+    let got = ctl.table(&["get", &jittered]).await;
+    assert!(
+        got.contains("jitter: each fire starts up to 600 s"),
+        "{got}"
+    );
+    // A finite schedule: the fires it has left, and what then.
+    assert!(
+        got.contains("runs left: 5 of 5 scheduled fires; then the job deletes itself"),
+        "{got}"
+    );
     ctl.run(&["delete", &jittered, "--yes"]).await.ok();
 
     // edit from a JSON file; disable, enable.

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::error::Result;
 use crate::messages::FireMessage;
-use crate::model::{Job, RetryReason, Run, RunState};
+use crate::model::{Job, OnLastRun, RetryReason, Run, RunState};
 use crate::store::{Moved, Relaunch, Store};
 
 /// Whether a run that ended in `ended` (with `exit_code`, if its container exited) gets another
@@ -90,8 +90,45 @@ pub async fn end_run(
             tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
                 "the run's outcome was not counted toward pause_after_failures");
         }
+        if retry.is_none() {
+            if let Err(err) = finish_if_over(store, job).await {
+                tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
+                    "on_last_run not applied");
+            }
+        }
     }
     Ok(moved)
+}
+
+/// Applies the job's `on_last_run` if its schedule is over (no fire to come: `max_runs` reached, past
+/// `end_at`, a one-shot fired) and none of its runs is under way: called as a run ends for good, so
+/// the last to end applies it. `true` if the job was disabled or deleted now. Deleting goes through
+/// disabling, so that a crash between the two leaves a disabled job, never a firing one.
+pub async fn finish_if_over(store: &Store, job: &Job) -> Result<bool> {
+    if job.policies.on_last_run == OnLastRun::Keep || !job.enabled {
+        return Ok(false);
+    }
+    let now = Utc::now();
+    let disabled = Job {
+        enabled: false,
+        generation: job.generation + 1,
+        updated_at: now,
+        next_fire_at: None,
+        ..job.clone()
+    };
+    if !store.disable_job_if_over(&disabled, job.generation).await? {
+        return Ok(false);
+    }
+    if job.policies.on_last_run == OnLastRun::Delete {
+        store
+            .delete_job_keeping_runs(&disabled, crate::store::DELETED_JOB_RUNS_TTL_SECS)
+            .await?;
+        tracing::info!(job_id = %job.id, "schedule over and its last run ended: job deleted");
+    } else {
+        tracing::info!(job_id = %job.id, "schedule over and its last run ended: job disabled");
+    }
+    store.note_event("schedule_finished", 1).await;
+    Ok(true)
 }
 
 /// Counts a run's end toward its job's `pause_after_failures`, and pauses the job, with a note

@@ -401,6 +401,10 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
     } else {
         None
     };
+    // A finite schedule whose runs are used up stays over (raise max_runs to go on).
+    if remaining_runs(state, &job).await? == Some(0) {
+        job.next_fire_at = None;
+    }
     // An edit never re-fires the past: a one-shot whose instant has come is armed again only if the
     // job never fired (a past instant runs at once for a job that has not run).
     if let Some(next) = job.next_fire_at {
@@ -434,15 +438,24 @@ pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Resul
         ..current
     };
     if enabled {
-        // A one-shot that already ran stays done.
+        // A one-shot that already ran stays done, as does a schedule whose max_runs are used up.
         let ran = !job.parsed_schedule()?.is_recurring()
             && !state.store.job_run_ids(&job.id, 1).await?.is_empty();
-        if !ran {
+        if !ran && remaining_runs(state, &job).await? != Some(0) {
             job.next_fire_at = job.first_fire(now)?;
         }
     }
     state.store.save_job(&job).await?;
     Ok(job)
+}
+
+/// How many scheduled fires the job's `max_runs` has left, if it has one.
+pub async fn remaining_runs(state: &AppState, job: &Job) -> Result<Option<u64>> {
+    let Some(max) = job.policies.max_runs else {
+        return Ok(None);
+    };
+    let fired = state.store.scheduled_fire_count(&job.id).await?;
+    Ok(Some(u64::from(max).saturating_sub(fired)))
 }
 
 /// The longest pause note kept, in bytes.

@@ -416,6 +416,9 @@ async function jobPage(id) {
         job.policies.exclude.join(", "), ` (in ${job.timezone})`)]] : []),
       ...(job.policies.jitter_secs ? [["Jitter", el("span", { id: "jitter" },
         `each fire starts up to ${job.policies.jitter_secs} s after its instant (the fires below include it)`)]] : []),
+      ...(job.policies.max_runs ? [["Runs left", el("span", { id: "remaining-runs" },
+        `${job.remaining_runs} of ${job.policies.max_runs} scheduled fires`,
+        job.policies.on_last_run && job.policies.on_last_run !== "keep" ? `; then the job ${job.policies.on_last_run === "delete" ? "deletes" : "disables"} itself` : "")]] : []),
     ])),
     el("section", { class: "card" }, el("h2", {}, "Next 10 fires"),
       next.next.length

@@ -103,9 +103,10 @@ impl Provisioner {
                             self.launch_run(&run_id).await?;
                             outcome.recorded_before += 1;
                         }
-                        FireRecord::Passed | FireRecord::Forbidden(_) | FireRecord::Misfired => {
-                            outcome.recorded_before += 1
-                        }
+                        FireRecord::Passed
+                        | FireRecord::Forbidden(_)
+                        | FireRecord::Misfired
+                        | FireRecord::Finished => outcome.recorded_before += 1,
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }

@@ -161,9 +161,7 @@ impl Provisioner {
         meta: String,
     ) -> Result<()> {
         self.record_output(run, meta.as_bytes()).await?;
-        self.store
-            .advance_run(&run.id, end, &[("meta", meta)])
-            .await?;
+        self.end_light(run, end, &[("meta", meta)]).await?;
         self.callback(run, spec, task_id).await
     }
 
@@ -210,9 +208,7 @@ impl Provisioner {
             Err(CallFailure::Other(reason)) => (RunState::Failed, reason),
         };
         self.record_output(run, meta.as_bytes()).await?;
-        self.store
-            .advance_run(&run.id, end, &[("meta", meta.clone())])
-            .await?;
+        self.end_light(run, end, &[("meta", meta.clone())]).await?;
         tracing::info!(run_id = %run.id, state = %end, "http action done");
         self.callback(run, spec, task_id).await
     }

@@ -329,7 +329,19 @@ impl Provisioner {
         fields: &[(&str, String)],
     ) -> Result<()> {
         self.record_output(run, output.as_bytes()).await?;
-        self.store.advance_run(&run.id, end, fields).await?;
+        self.end_light(run, end, fields).await
+    }
+
+    /// Ends a run this provisioner ran itself (light, or an HTTP action) as its job's policies say:
+    /// retried, counted toward a pause, ending a finite schedule ([`policy::end_run`]).
+    pub(crate) async fn end_light(
+        &self,
+        run: &Run,
+        end: RunState,
+        fields: &[(&str, String)],
+    ) -> Result<()> {
+        let job = self.store.get_job(&run.job_id).await?;
+        policy::end_run(&self.store, job.as_ref(), run, end, fields).await?;
         Ok(())
     }
 

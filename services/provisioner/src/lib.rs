@@ -25,7 +25,8 @@ use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
-use spot_shared::model::{Concurrency, Job};
+use spot_shared::model::{Concurrency, Job, OnLastRun};
+use spot_shared::policy;
 use spot_shared::store::{
     CancelledRun, FireRecord, FireStep, JobRecord, LatenessHistogram, LightFire, ReconcileReport,
     Store, TimerMove,
@@ -211,7 +212,14 @@ impl Provisioner {
             FireRecord::Misfired => {
                 tracing::warn!(job_id = %job.id, late_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
                     "misfire: skipped");
+                // A skipped last fire ends the schedule with no run to end it.
+                policy::finish_if_over(&self.store, &job).await?;
                 return Ok(Recorded::Done(FireOutcome::Skipped { reason: "misfire" }));
+            }
+            FireRecord::Finished => {
+                tracing::info!(job_id = %job.id, "max_runs reached: fire skipped, schedule over");
+                policy::finish_if_over(&self.store, &job).await?;
+                return Ok(Recorded::Done(FireOutcome::Skipped { reason: "max_runs" }));
             }
             FireRecord::Passed => return Ok(Recorded::Done(FireOutcome::Passed)),
             FireRecord::Stale => return Ok(Recorded::Done(FireOutcome::Stale)),
@@ -256,10 +264,12 @@ impl Provisioner {
                 _ => FireOutcome::Launched { run_id, new: false },
             },
             Some(FireRecord::Passed) => FireOutcome::Passed,
-            // Light fires have no concurrency or misfire policy; kept for completeness.
-            Some(FireRecord::Forbidden(_) | FireRecord::Misfired) => FireOutcome::Skipped {
-                reason: "concurrency",
-            },
+            // Light fires have no concurrency, misfire or max_runs policy; kept for completeness.
+            Some(FireRecord::Forbidden(_) | FireRecord::Misfired | FireRecord::Finished) => {
+                FireOutcome::Skipped {
+                    reason: "concurrency",
+                }
+            }
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
     }
@@ -363,7 +373,11 @@ const RECONCILE_PAGE: usize = 2000;
 /// Whether the job's policies read its earlier runs when it fires (misfire, concurrency): such a job
 /// is never fired on the light path.
 fn policies_read_history(job: &Job) -> bool {
-    job.policies.misfire_grace_secs.is_some() || job.policies.concurrency != Concurrency::Allow
+    let policies = &job.policies;
+    policies.misfire_grace_secs.is_some()
+        || policies.concurrency != Concurrency::Allow
+        || policies.max_runs.is_some()
+        || policies.on_last_run != OnLastRun::Keep
 }
 
 /// Whether the misfire policy skips a fire this late (only a scheduled first attempt: a retry or a

@@ -11,7 +11,7 @@ mod runner;
 pub use crate::container_limits::ContainerLimits;
 pub use instance::{Instance, InstanceState, PriceSource};
 pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
-pub use policies::{Concurrency, Policies, RetryPolicy, RetryReason};
+pub use policies::{Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
 pub use run::{Run, RunState};
 pub use runner::{
     limits, ContainerSpec, DummySpec, FileSpec, HttpSpec, InstanceSpec, PowerAction, Runner,

@@ -20,6 +20,20 @@ pub enum Concurrency {
     Replace,
 }
 
+/// What becomes of a job once its schedule is over (its last fire by `max_runs`, `end_at` or a
+/// one-shot's instant) and the last of its runs has ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLastRun {
+    /// Left as it is: enabled, with no fire to come.
+    #[default]
+    Keep,
+    /// Disabled.
+    Disable,
+    /// Deleted; its runs stay readable by id for a week.
+    Delete,
+}
+
 /// Retry of a failed run: attempts in all, exponential backoff with full jitter between them, and
 /// which endings are retried at all (see [`RetryPolicy::retries_ending`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -213,6 +227,12 @@ pub struct Policies {
     /// Days (`2026-12-25`) and cron patterns (`0 * * * sat,sun`), in the job's zone, whose instants
     /// the schedule skips (see [`crate::schedule::Exclusions`]). Checked with the zone, by the job.
     pub exclude: Vec<String>,
+    /// The schedule ends after this many scheduled fires have made a run (each counted once however
+    /// often it is delivered; retries, run-nows and skipped fires do not count). `None`: no end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u32>,
+    /// What becomes of the job once its schedule is over and its last run has ended.
+    pub on_last_run: OnLastRun,
 }
 
 impl Default for Policies {
@@ -228,6 +248,8 @@ impl Default for Policies {
             jitter_secs: 0,
             pause_after_failures: None,
             exclude: Vec::new(),
+            max_runs: None,
+            on_last_run: OnLastRun::Keep,
         }
     }
 }
@@ -237,6 +259,8 @@ impl Policies {
     /// A grace longer than a year means none: larger values are refused rather than overflowing
     /// the time arithmetic they feed.
     pub const MAX_MISFIRE_GRACE_SECS: u64 = 366 * 24 * 3600;
+    /// The most fires `max_runs` may allow.
+    pub const MAX_RUNS: u32 = 1_000_000;
     /// A day: EventBridge Scheduler's longest flexible window.
     pub const MAX_JITTER_SECS: u64 = 24 * 3600;
 
@@ -272,6 +296,15 @@ impl Policies {
             return Err(Error::invalid(
                 field("pause_after_failures"),
                 "must be 1..=1000",
+            ));
+        }
+        if self
+            .max_runs
+            .is_some_and(|n| !(1..=Self::MAX_RUNS).contains(&n))
+        {
+            return Err(Error::invalid(
+                field("max_runs"),
+                format!("must be 1..={}", Self::MAX_RUNS),
             ));
         }
         if !(1..=10_000).contains(&self.history_limit) {

@@ -80,12 +80,15 @@ end
 
 /// The run's copy of its instance's cost (the run is in its job's shard, the instance is not, so
 /// this is a step of its own, after the sum; asked again it changes nothing), added to its job's
-/// total over kept runs (made first from the kept runs if the job has none). KEYS[1] the run,
+/// total over kept runs (made first from the kept runs if the job has none; none for a job that
+/// deleted itself, whose runs expire). KEYS[1] the run,
 /// KEYS[2] the job's runs, KEYS[3] the job's total; ARGV[1] nano-dollars, ARGV[2] the shard's key
 /// prefix.
 const RUN_COST: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'cost_nano_usd', ARGV[1]) == 0 then return 0 end
+-- The runs of a job that deleted itself are only kept a while: the job has no total to keep.
+if redis.call('TTL', KEYS[2]) ~= -1 then return 1 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('INCRBY', KEYS[3], ARGV[1])
 else

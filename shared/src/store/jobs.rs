@@ -161,6 +161,17 @@ impl Store {
 
     /// Deletes a job, its timer, its runs and their logs. Timers still in flight find no job and drop.
     pub async fn delete_job(&self, job: &Job) -> Result<()> {
+        self.remove_job(job, None).await
+    }
+
+    /// Deletes a job and its timer like [`Store::delete_job`], but leaves its runs and their logs
+    /// readable by id for `ttl_secs` (a job that deleted itself at the end of its schedule). Their
+    /// logs stop counting toward the account's history quota at once.
+    pub async fn delete_job_keeping_runs(&self, job: &Job, ttl_secs: u64) -> Result<()> {
+        self.remove_job(job, Some(ttl_secs)).await
+    }
+
+    async fn remove_job(&self, job: &Job, keep_runs_secs: Option<u64>) -> Result<()> {
         let run_ids = self.job_run_ids(&job.id, 0).await?;
         let mut conn = self.conn.clone();
         // The logs' bytes come off the account's history total as they go.
@@ -189,17 +200,33 @@ impl Store {
                 unarmed_member(&job.id, job.generation),
             )
             .ignore()
-            .del(self.shard_key(shard, &format!("job:{}:runs", job.id)))
-            .ignore()
             .del(self.shard_key(shard, &super::costs::job_cost_key(&job.id)))
             .ignore()
             .del(self.shard_key(shard, &super::pauses::failures_key(&job.id)))
+            .ignore()
+            .del(self.shard_key(shard, &super::finite::fired_key(&job.id)))
             .ignore();
-        for run_id in &run_ids {
-            pipe.del(self.shard_key(shard, &format!("run:{run_id}")))
-                .ignore()
-                .del(self.shard_key(shard, &format!("run:{run_id}:log")))
-                .ignore();
+        let runs_key = self.shard_key(shard, &format!("job:{}:runs", job.id));
+        let run_keys = run_ids.iter().flat_map(|run_id| {
+            [
+                self.shard_key(shard, &format!("run:{run_id}")),
+                self.shard_key(shard, &format!("run:{run_id}:log")),
+            ]
+        });
+        match keep_runs_secs {
+            None => {
+                pipe.del(&runs_key).ignore();
+                for key in run_keys {
+                    pipe.del(key).ignore();
+                }
+            }
+            Some(ttl) => {
+                let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+                pipe.expire(&runs_key, ttl).ignore();
+                for key in run_keys {
+                    pipe.expire(key, ttl).ignore();
+                }
+            }
         }
         let unindex = |pipe: &mut redis::Pipeline| {
             pipe.zrem(self.account_index(job, None), &job.id)

@@ -41,6 +41,9 @@ pub enum FireRecord {
     Forbidden(String),
     /// The fire came later than the job's misfire grace: not recorded (the timer moved on).
     Misfired,
+    /// The job's `max_runs` scheduled fires were made before this one: not recorded, the timer
+    /// cleared (the schedule is over).
+    Finished,
 }
 
 /// One fire to record, with what it does to its job's timer and what its misfire policy decided,
@@ -77,15 +80,27 @@ impl FireStep {
 /// happened (the timer still points at the instant, for the reconciler to re-arm) or the run is
 /// recorded (or the skip decided) and the timer moved on.
 ///
-/// KEYS: fire marker, run hash, job runs, job, live runs, timers, unarmed. ARGV: run id, generation,
-/// score, marker TTL (seconds), policy (`allow`, `forbid`, `replace`), key prefix, now (RFC 3339),
-/// timer move ('' leave, '-' clear, else the next fire in ms), the fire's instant (ms), job id,
-/// '1' if the misfire policy skips the fire, then the run's field/value pairs. Returns {status, run
-/// id, then (cancelled run, its instance or '') pairs}: status 0 new, 1 recorded before (its run, and
-/// nothing cancelled: a duplicate never cancels its own fire's run), 2 stale, 3 forbidden (a run of
-/// the job is under way), 4 the timer moved past this scheduled fire (fired before), 5 misfired.
+/// KEYS: fire marker, run hash, job runs, job, live runs, timers, unarmed, the job's count of
+/// scheduled fires. ARGV: run id, generation, score, marker TTL (seconds), policy (`allow`, `forbid`,
+/// `replace`), key prefix, now (RFC 3339), timer move ('' leave, '-' clear, else the next fire in
+/// ms), the fire's instant (ms), job id, '1' if the misfire policy skips the fire, `max_runs` ('' for
+/// none), then the run's field/value pairs. Returns {status, run id, then (cancelled run, its
+/// instance or '') pairs}: status 0 new, 1 recorded before (its run, and nothing cancelled: a
+/// duplicate never cancels its own fire's run), 2 stale, 3 forbidden (a run of the job is under way),
+/// 4 the timer moved past this scheduled fire (fired before), 5 misfired, 6 the job's `max_runs`
+/// fires were made already (its timer cleared).
+///
+/// `max_runs` counts a scheduled fire when it is recorded, in this step, so a redelivery (which finds
+/// the marker) never counts twice; the fire that reaches the count clears the timer, so the schedule
+/// ends there whatever else is in flight.
 const RECORD_FIRE: &str = r#"
 local move = ARGV[8]
+local limit = tonumber(ARGV[12])
+-- Takes the job's timer off, and its fire off the unarmed set.
+local function clear_timer(generation)
+  redis.call('ZREM', KEYS[6], ARGV[10])
+  redis.call('ZREM', KEYS[7], ARGV[10] .. '|' .. generation)
+end
 -- Moves the job's timer on from this fire's instant; false if it no longer points there.
 local function move_timer(generation)
   local score = redis.call('ZSCORE', KEYS[6], ARGV[10])
@@ -111,6 +126,11 @@ if existing then
   return {'1', existing}
 end
 if not current then return {'2', ''} end
+if move ~= '' and limit and tonumber(redis.call('GET', KEYS[8]) or '0') >= limit then
+  local score = redis.call('ZSCORE', KEYS[6], ARGV[10])
+  if score and tonumber(score) == tonumber(ARGV[9]) then clear_timer(generation) end
+  return {'6', ''}
+end
 if move ~= '' and not move_timer(generation) then return {'4', ''} end
 if ARGV[11] == '1' then return {'5', ''} end
 local policy, prefix, now = ARGV[5], ARGV[6], ARGV[7]
@@ -128,9 +148,10 @@ if policy ~= 'allow' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('HSET', KEYS[2], unpack(ARGV, 12))
+redis.call('HSET', KEYS[2], unpack(ARGV, 13))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+if move ~= '' and limit and redis.call('INCR', KEYS[8]) >= limit then clear_timer(generation) end
 local out = {'0', ARGV[1]}
 for _, value in ipairs(cancelled) do out[#out + 1] = value end
 return out
@@ -243,6 +264,7 @@ impl Store {
             .key(self.owned_key(&job.id, LIVE_RUNS))
             .key(self.owned_key(&job.id, "timers"))
             .key(self.owned_key(&job.id, UNARMED))
+            .key(self.owned_key(&job.id, &super::finite::fired_key(&job.id)))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
@@ -253,7 +275,13 @@ impl Store {
             .arg(step.timer.as_arg())
             .arg(scheduled_at.timestamp_millis())
             .arg(&job.id)
-            .arg(if step.too_late { "1" } else { "0" });
+            .arg(if step.too_late { "1" } else { "0" })
+            .arg(
+                job.policies
+                    .max_runs
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            );
         for (field, value) in &fields {
             script.arg(*field).arg(value);
         }
@@ -268,6 +296,7 @@ impl Store {
             "3" => FireRecord::Forbidden(id),
             "4" => FireRecord::Passed,
             "5" => FireRecord::Misfired,
+            "6" => FireRecord::Finished,
             _ => FireRecord::Stale,
         };
         let cancelled = reply

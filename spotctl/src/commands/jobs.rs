@@ -125,6 +125,21 @@ fn show_job(output: Output, job: &Value) {
     if let Some(line) = jitter_line(&job["policies"]["jitter_secs"]) {
         println!("{line}");
     }
+    if let Some(line) = remaining_line(job) {
+        println!("{line}");
+    }
+}
+
+/// How many fires a finite schedule has left and what then, unless it has no `max_runs`.
+fn remaining_line(job: &Value) -> Option<String> {
+    let max = job["policies"]["max_runs"].as_u64()?;
+    let left = job["remaining_runs"].as_u64().unwrap_or(max);
+    let then = match job["policies"]["on_last_run"].as_str() {
+        Some("delete") => "; then the job deletes itself",
+        Some("disable") => "; then the job disables itself",
+        _ => "",
+    };
+    Some(format!("runs left: {left} of {max} scheduled fires{then}"))
 }
 
 /// What a job's jitter means, unless it has none.

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use spot_shared::model::{ContainerSpec, DummySpec, Job, Policies, Run, Runner, Tag};
+use spot_shared::model::{ContainerSpec, DummySpec, Job, OnLastRun, Policies, Run, Runner, Tag};
 use spot_shared::Error;
 use utoipa::{IntoParams, ToSchema};
 
@@ -60,6 +60,10 @@ pub struct JobRequest {
     /// EventBridge Scheduler's form of `policies.jitter_secs`: `{"mode": "FLEXIBLE",
     /// "maximum_window_in_minutes": 15}` starts each fire within 15 minutes after its instant.
     pub flexible_time_window: Option<FlexibleTimeWindow>,
+    /// EventBridge Scheduler's `ActionAfterCompletion`: `DELETE` deletes the job once its schedule
+    /// is over and its last run has ended (`policies.on_last_run: delete`); `NONE` keeps it.
+    #[schema(example = "DELETE")]
+    pub action_after_completion: Option<String>,
 }
 
 /// EventBridge Scheduler's `FlexibleTimeWindow`, read as `policies.jitter_secs`.
@@ -149,9 +153,25 @@ impl JobRequest {
             }
             policies.jitter_secs = jitter;
         }
+        if let Some(action) = &self.action_after_completion {
+            let field = format!("{prefix}action_after_completion");
+            let on_last_run = match action.as_str() {
+                "NONE" => OnLastRun::Keep,
+                "DELETE" => OnLastRun::Delete,
+                _ => return Err(Error::invalid(field, "must be NONE or DELETE")),
+            };
+            if policies.on_last_run != OnLastRun::Keep && policies.on_last_run != on_last_run {
+                return Err(Error::invalid(
+                    field,
+                    "says otherwise than policies.on_last_run: give one of them",
+                ));
+            }
+            policies.on_last_run = on_last_run;
+        }
         Ok(JobSpec::from(JobRequest {
             policies,
             flexible_time_window: None,
+            action_after_completion: None,
             ..self
         }))
     }
@@ -299,6 +319,9 @@ pub async fn list_jobs(
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         let mut shown = view(job);
+        if let Some(left) = jobs::remaining_runs(&state, job).await? {
+            shown["remaining_runs"] = json!(left);
+        }
         if last_runs > 0 {
             shown["last_runs"] = json!(state.store.job_runs_from(&job.id, 0, last_runs).await?);
         }
@@ -318,6 +341,9 @@ pub async fn get_job(
     let total = state.store.job_cost_usd(&job).await?;
     let mut shown = view(&job);
     shown["cost_usd_total"] = json!(total);
+    if let Some(left) = jobs::remaining_runs(&state, &job).await? {
+        shown["remaining_runs"] = json!(left);
+    }
     Ok(HttpResponse::Ok().json(shown))
 }
 
@@ -421,7 +447,7 @@ pub struct NextQuery {
     count: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times (with jitter, when each fire starts)", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, jitter_secs, next: [instant], skipped: [instant]}`: `skipped`, the instants up to the last shown that `policies.exclude` skips"), (status = 400), (status = 404)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/next", tag = "jobs", summary = "The next N fire times (with jitter, when each fire starts)", security(("api_key" = [])), params(("id" = String, Path), NextQuery), responses((status = 200, description = "`{job_id, timezone, jitter_secs, remaining_runs, next: [instant], skipped: [instant]}`: `skipped`, the instants up to the last shown that `policies.exclude` skips; `remaining_runs` (null without `max_runs`) caps `next`"), (status = 400), (status = 404)))]
 pub async fn next_fires(
     caller: Caller,
     state: web::Data<AppState>,
@@ -433,13 +459,16 @@ pub async fn next_fires(
     if !(1..=1000).contains(&count) {
         return Err(Error::invalid("count", "must be 1..=1000").into());
     }
+    // A finite schedule shows only the fires it has left (a skipped fire would leave one more).
+    let remaining = jobs::remaining_runs(&state, &job).await?;
+    let count = remaining.map_or(count, |left| count.min(left as usize));
     let fires = match job.next_fire_at {
-        Some(next) => {
+        Some(next) if count > 0 => {
             let mut fires = vec![next];
             fires.extend(job.upcoming(next, count - 1)?);
             fires
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     // The instants an exclusion skips, from now to the last fire shown.
     let skipped = match fires.last() {
@@ -451,6 +480,7 @@ pub async fn next_fires(
         "job_id": job.id,
         "timezone": job.timezone,
         "jitter_secs": job.policies.jitter_secs,
+        "remaining_runs": remaining,
         "next": fires,
         "skipped": skipped,
     })))

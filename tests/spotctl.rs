@@ -382,6 +382,26 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
         .iter()
         .any(|r| r["attempt"] == 1 && r["will_retry"] == true));
 
+    // run --env/--cmd: this run alone runs another command with another variable; the job keeps its.
+    let overridden = ctl
+        .run(&[
+            "run",
+            &id,
+            "--wait",
+            "--timeout",
+            "120",
+            "--env",
+            "CODE=5",
+            "--cmd",
+            "sh -c 'exit $CODE'",
+        ])
+        .await;
+    assert_eq!(overridden.code, 5, "stderr: {}", overridden.stderr);
+    // A bad override is the api's 400: exit code 2, naming the item.
+    let bad = ctl.run(&["run", &id, "--env", "no-equals"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("env[0]"), "{}", bad.stderr);
+
     // The simple API's fields: scheduled, with an id.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%SZ")

@@ -94,9 +94,19 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Run a job now, outside its schedule.
+    /// Run a job now, outside its schedule; a container job's image, command and environment may
+    /// be overridden for that run alone.
     Run {
         job: String,
+        /// KEY=value for this run's environment, replacing the job's KEY (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The command for this run instead of the job's.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// The image for this run instead of the job's.
+        #[arg(long)]
+        image: Option<String>,
         /// Show the run's states until it ends, then exit with the container's exit code.
         #[arg(long, short)]
         wait: bool,

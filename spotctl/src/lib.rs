@@ -44,9 +44,17 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Next { job, count } => jobs::next(&api, out, &job, count).await?,
         Command::Runs { job, limit } => runs::list(&api, out, &job, limit).await?,
         Command::Instances { job, limit } => runs::instances(&api, out, &job, limit).await?,
-        Command::Run { job, wait, timeout } => {
+        Command::Run {
+            job,
+            env,
+            cmd,
+            image,
+            wait,
+            timeout,
+        } => {
             let timeout = Duration::from_secs(timeout);
-            return runs::run_now(&api, out, &job, wait, timeout).await;
+            let overrides = runs::Overrides { env, cmd, image };
+            return runs::run_now(&api, out, &job, &overrides, wait, timeout).await;
         }
         Command::Logs { run, follow } => runs::logs(&api, &run, follow).await?,
         Command::Status => return system::status(&api, out).await,

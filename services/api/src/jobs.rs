@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
-use spot_shared::model::{Job, Policies, Runner, Tag};
+use spot_shared::model::{Job, Policies, RunOverrides, Runner, Tag};
 use spot_shared::schedule::{parse_time_zone, Exclusions};
 use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
@@ -490,8 +490,29 @@ pub async fn run_now(
     job: &Job,
     key: &crate::idempotency::IdempotencyKey,
 ) -> Result<DateTime<Utc>> {
+    run_now_with(state, job, key, &RunOverrides::default()).await
+}
+
+/// [`run_now`] with `overrides` (image, command, environment) for that run alone: checked like a
+/// job's fields, kept with the fire before it is scheduled, so its run (and every retry of it) is
+/// recorded with them.
+pub async fn run_now_with(
+    state: &AppState,
+    job: &Job,
+    key: &crate::idempotency::IdempotencyKey,
+    overrides: &RunOverrides,
+) -> Result<DateTime<Utc>> {
     if !job.enabled {
         return Err(Error::conflict("the job is disabled; enable it first"));
+    }
+    if !overrides.is_empty() {
+        let Some(container) = job.container() else {
+            return Err(Error::invalid(
+                "overrides",
+                "image, cmd and env apply to container jobs only",
+            ));
+        };
+        overrides.validate(container)?;
     }
     // Millisecond instants: two clicks in one millisecond are one fire.
     let mut now =
@@ -501,6 +522,12 @@ pub async fn run_now(
         now = state
             .store
             .keyed_instant(&job.account, &job.id, key, now, ttl)
+            .await?;
+    }
+    if !overrides.is_empty() {
+        state
+            .store
+            .set_fire_overrides(&job.id, now, overrides)
             .await?;
     }
     let fire = FireMessage {

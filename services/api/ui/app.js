@@ -586,6 +586,7 @@ async function runPage(id) {
       ["Reason", run.error || "—"],
       ["Relaunches", run.relaunches ? el("ol", {}, (run.relaunch_reasons || []).map((why) => el("li", {}, why))) : "—"],
       ["Container", run.container_id ? el("code", {}, run.container_id.slice(0, 12)) : "—"],
+      ...(run.overrides ? [["Overrides", el("code", { id: "run-overrides" }, JSON.stringify(run.overrides))]] : []),
     ]), runTimelines([run]));
     if (run.instance_id) {
       const found = await api("GET", `/v1/instances/${encodeURIComponent(run.instance_id)}`).catch(() => null);

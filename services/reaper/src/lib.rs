@@ -605,15 +605,7 @@ mod tests {
             exit_code: None,
             error: None,
             heartbeat_at: heartbeat_secs_ago.map(|s| now - Duration::seconds(s)),
-            meta: None,
-            callback_status: None,
-            launch_errors: None,
-            relaunches: 0,
-            relaunch_reasons: Vec::new(),
-            relaunch_at: None,
-            interruptions: 0,
-            cost_usd: None,
-            secret_hash: String::new(),
+            ..Run::default()
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod instance;
 mod job;
+mod overrides;
 mod policies;
 mod run;
 mod runner;
@@ -11,6 +12,7 @@ mod runner;
 pub use crate::container_limits::ContainerLimits;
 pub use instance::{Instance, InstanceState, PriceSource};
 pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
+pub use overrides::RunOverrides;
 pub use policies::{Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
 pub use run::{Run, RunState};
 pub use runner::{

@@ -192,6 +192,10 @@ pub struct Run {
     pub interruptions: u32,
     /// When the latest relaunch was due.
     pub relaunch_at: Option<DateTime<Utc>>,
+    /// The image, command or environment `POST /v1/jobs/{id}/run` gave this run (and its retries)
+    /// in place of its job's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<super::RunOverrides>,
     /// What the run's instance cost, in USD, once it was terminated.
     pub cost_usd: Option<f64>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.

@@ -21,7 +21,7 @@ use super::scripts::{
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::ids::is_id;
-use crate::model::{Concurrency, Job, Run, RunState};
+use crate::model::{Concurrency, Job, Run, RunOverrides, RunState};
 
 /// Runs read per pipeline when a page of a job's runs is read.
 const RUN_READ_CHUNK: usize = 500;
@@ -81,7 +81,7 @@ impl FireStep {
 /// recorded (or the skip decided) and the timer moved on.
 ///
 /// KEYS: fire marker, run hash, job runs, job, live runs, timers, unarmed, the job's count of
-/// scheduled fires. ARGV: run id, generation, score, marker TTL (seconds), policy (`allow`, `forbid`,
+/// scheduled fires, the fire's overrides (a run-now's, copied onto the run of every attempt). ARGV: run id, generation, score, marker TTL (seconds), policy (`allow`, `forbid`,
 /// `replace`), key prefix, now (RFC 3339), timer move ('' leave, '-' clear, else the next fire in
 /// ms), the fire's instant (ms), job id, '1' if the misfire policy skips the fire, `max_runs` ('' for
 /// none), then the run's field/value pairs. Returns {status, run id, then (cancelled run, its
@@ -149,6 +149,8 @@ if policy ~= 'allow' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 redis.call('HSET', KEYS[2], unpack(ARGV, 13))
+local overrides = redis.call('GET', KEYS[9])
+if overrides then redis.call('HSET', KEYS[2], 'overrides', overrides) end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 if move ~= '' and limit and redis.call('INCR', KEYS[8]) >= limit then clear_timer(generation) end
@@ -265,6 +267,7 @@ impl Store {
             .key(self.owned_key(&job.id, "timers"))
             .key(self.owned_key(&job.id, UNARMED))
             .key(self.owned_key(&job.id, &super::finite::fired_key(&job.id)))
+            .key(self.overrides_key(&job.id, scheduled_at))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
@@ -341,6 +344,37 @@ impl Store {
                 scheduled_at.timestamp_millis()
             ),
         )
+    }
+
+    /// Where a run-now's overrides wait for its fire to be recorded: keyed by the job and instant, so
+    /// that every attempt of that instant runs with them.
+    fn overrides_key(&self, job_id: &str, scheduled_at: DateTime<Utc>) -> String {
+        self.owned_key(
+            job_id,
+            &format!(
+                "fire:{job_id}:{}:overrides",
+                scheduled_at.timestamp_millis()
+            ),
+        )
+    }
+
+    /// Keeps `overrides` for the fire of `job_id` at `scheduled_at` (a run-now's), for as long as
+    /// the fire's marker: the script that records the fire copies them onto its run.
+    pub async fn set_fire_overrides(
+        &self,
+        job_id: &str,
+        scheduled_at: DateTime<Utc>,
+        overrides: &RunOverrides,
+    ) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let () = conn
+            .set_ex(
+                self.overrides_key(job_id, scheduled_at),
+                serde_json::to_string(overrides)?,
+                FIRE_MARKER_TTL_SECS,
+            )
+            .await?;
+        self.replicated(job_id).await
     }
 
     /// The run recorded for a fire, if it was recorded.
@@ -593,6 +627,7 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
             .map(|reasons| reasons.lines().map(str::to_string).collect())
             .unwrap_or_default(),
         relaunch_at: optional(map, "relaunch_at").and_then(|v| parse_time(&v).ok()),
+        overrides: optional(map, "overrides").and_then(|v| serde_json::from_str(&v).ok()),
         interruptions: optional(map, "interruptions")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::Output;
-use crate::client::{segment, ApiClient, CtlError, CtlResult};
+use crate::client::{segment, ApiClient, Body, CtlError, CtlResult};
 use crate::output::{self, instant, span, text, when};
 
 async fn runs_of(api: &ApiClient, job: &str, limit: usize) -> CtlResult<Value> {
@@ -118,18 +118,49 @@ pub async fn instances(api: &ApiClient, output: Output, job: &str, limit: usize)
     Ok(())
 }
 
-/// Runs the job now. With `wait`, follows the run's states on stderr until it ends and returns the
-/// container's exit code; a run its job's policy retries (`will_retry`) is followed into its next
-/// attempt.
+/// What `spotctl run` overrides of the job for that run alone (the api checks each).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub env: Vec<String>,
+    pub cmd: Option<String>,
+    pub image: Option<String>,
+}
+
+impl Overrides {
+    /// The request's body: `None` when nothing is overridden.
+    fn body(&self) -> Option<Value> {
+        if self.env.is_empty() && self.cmd.is_none() && self.image.is_none() {
+            return None;
+        }
+        let mut body = json!({});
+        if !self.env.is_empty() {
+            body["env"] = json!(self.env);
+        }
+        if let Some(cmd) = &self.cmd {
+            body["cmd"] = json!(cmd);
+        }
+        if let Some(image) = &self.image {
+            body["image"] = json!(image);
+        }
+        Some(body)
+    }
+}
+
+/// Runs the job now, with `overrides` for that run. With `wait`, follows the run's states on stderr
+/// until it ends and returns the container's exit code; a run its job's policy retries
+/// (`will_retry`) is followed into its next attempt.
 pub async fn run_now(
     api: &ApiClient,
     output: Output,
     job: &str,
+    overrides: &Overrides,
     wait: bool,
     timeout: Duration,
 ) -> CtlResult<u8> {
     let path = format!("/v1/jobs/{}/run", segment(job));
-    let answer = api.json(Method::POST, &path, None).await?;
+    let answer = api
+        .json(Method::POST, &path, overrides.body().map(Body::Json))
+        .await?;
     if !wait {
         let row = vec![text(&answer["job_id"]), when(&answer["scheduled_at"])];
         output::print(output, &answer, &["JOB", "RUNS AT"], vec![row]);

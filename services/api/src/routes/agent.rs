@@ -25,6 +25,11 @@ pub async fn spec(
     let container = job
         .container()
         .ok_or_else(|| Error::conflict(format!("job {} runs no container", job.id)))?;
+    // A run-now's image, command or environment for this run alone.
+    let container = match &run.overrides {
+        Some(overrides) => overrides.applied_to(container),
+        None => container.clone(),
+    };
     let spec = RunSpec {
         run_id: run.id.clone(),
         job_id: job.id.clone(),

@@ -5,7 +5,9 @@ use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use spot_shared::model::{ContainerSpec, DummySpec, Job, OnLastRun, Policies, Run, Runner, Tag};
+use spot_shared::model::{
+    ContainerSpec, DummySpec, Job, OnLastRun, Policies, Run, RunOverrides, Runner, Tag,
+};
 use spot_shared::Error;
 use utoipa::{IntoParams, ToSchema};
 
@@ -428,15 +430,22 @@ pub async fn resume_job(
     enable_job(caller, state, path).await
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/run", tag = "jobs", summary = "Run the job now, outside its schedule", security(("api_key" = [])), params(("id" = String, Path)), responses((status = 202, description = "`{job_id, scheduled_at}`"), (status = 404), (status = 409, description = "The job is disabled")))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/run", tag = "jobs", summary = "Run the job now, outside its schedule; a container job's image, cmd and env may be overridden for that run alone", security(("api_key" = [])), params(("id" = String, Path)), request_body(content = Option<RunOverrides>, description = "Optional: `{image, cmd, env}` for this run (and its retries), recorded on the run"), responses((status = 202, description = "`{job_id, scheduled_at}`"), (status = 400, description = "A bad override, naming the field"), (status = 404), (status = 409, description = "The job is disabled")))]
 pub async fn run_job_now(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
     key: crate::idempotency::IdempotencyKey,
+    body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
+    // No body (or an empty one): the job as it is.
+    let overrides: RunOverrides = if body.iter().all(u8::is_ascii_whitespace) {
+        RunOverrides::default()
+    } else {
+        parse_json(&body)?
+    };
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let at = jobs::run_now(&state, &job, &key).await?;
+    let at = jobs::run_now_with(&state, &job, &key, &overrides).await?;
     Ok(HttpResponse::Accepted().json(json!({ "job_id": job.id, "scheduled_at": at })))
 }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod catch_up;
 pub mod cloud;
 pub mod config;
 pub mod container_limits;

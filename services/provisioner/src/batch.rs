@@ -141,8 +141,10 @@ impl Provisioner {
             return Ok(None);
         }
         let timer = if fire.attempt == 1 && !fire.manual {
-            // As on every path: the first fire after now, so downtime costs one fire, not a burst.
-            TimerMove::Advance(job.next_fire_after(fire.scheduled_at.max(Utc::now()))?)
+            // As on every path (a light job's catch-up is `latest`: the first fire after now, so
+            // downtime costs one fire, not a burst).
+            let catch_up = spot_shared::catch_up::step(job, fire.scheduled_at, Utc::now())?;
+            TimerMove::Advance(catch_up.next)
         } else {
             TimerMove::Leave
         };

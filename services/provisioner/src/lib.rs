@@ -25,7 +25,7 @@ use spot_shared::cloud::Cloud;
 use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::{FireMessage, TerminateRequest};
-use spot_shared::model::{Concurrency, Job, OnLastRun};
+use spot_shared::model::{CatchUp, Concurrency, Job, OnLastRun};
 use spot_shared::policy;
 use spot_shared::store::{
     CancelledRun, FireRecord, FireStep, JobRecord, LatenessHistogram, LightFire, ReconcileReport,
@@ -51,7 +51,8 @@ pub enum FireOutcome {
     Rearmed,
     /// The launch failed for good; the run is `provision_failed`.
     ProvisionFailed { run_id: String },
-    /// A policy skipped the fire: `misfire` (too late) or `concurrency` (a run is active, `forbid`).
+    /// A policy skipped the fire: `misfire` (too late: the misfire grace or the catch-up policy),
+    /// `concurrency` (a run is active, `forbid`) or `max_runs` (the schedule is over).
     Skipped { reason: &'static str },
     /// The job's stored record cannot be read: it was set aside (see `Store::quarantine_job`).
     Quarantined,
@@ -183,12 +184,17 @@ impl Provisioner {
             return self.fire_light(light).await.map(Recorded::Done);
         }
         let scheduled = fire.attempt == 1 && !fire.manual;
-        // Whatever becomes of this fire, the schedule moves on: to the first fire after now, so a
-        // job that missed several fires during downtime runs once for all of them.
-        let timer = if scheduled {
-            TimerMove::Advance(job.next_fire_after(fire.scheduled_at.max(Utc::now()))?)
+        // Whatever becomes of this fire, the schedule moves on, as its catch-up policy says: by
+        // default to the first fire after now, so a job that missed several fires during downtime
+        // runs once for all of them.
+        let (timer, too_late) = if scheduled {
+            let catch_up = spot_shared::catch_up::step(&job, fire.scheduled_at, Utc::now())?;
+            (
+                TimerMove::Advance(catch_up.next),
+                !catch_up.run || misfired(&job, fire),
+            )
         } else {
-            TimerMove::Leave
+            (TimerMove::Leave, false)
         };
         let step = FireStep {
             generation: fire.generation,
@@ -196,7 +202,7 @@ impl Provisioner {
             attempt: fire.attempt,
             interruptions: fire.interruptions,
             timer,
-            too_late: misfired(&job, fire),
+            too_late,
         };
         let recorded = self.store.record_fire_step(&job, &step).await?;
         let (run_id, new) = match recorded.record {
@@ -211,7 +217,7 @@ impl Provisioner {
             }
             FireRecord::Misfired => {
                 tracing::warn!(job_id = %job.id, late_ms = (Utc::now() - fire.scheduled_at).num_milliseconds(),
-                    "misfire: skipped");
+                    "late fire skipped (misfire grace or catch_up)");
                 // A skipped last fire ends the schedule with no run to end it.
                 policy::finish_if_over(&self.store, &job).await?;
                 return Ok(Recorded::Done(FireOutcome::Skipped { reason: "misfire" }));
@@ -376,6 +382,7 @@ fn policies_read_history(job: &Job) -> bool {
     let policies = &job.policies;
     policies.misfire_grace_secs.is_some()
         || policies.concurrency != Concurrency::Allow
+        || policies.catch_up != CatchUp::Latest
         || policies.max_runs.is_some()
         || policies.on_last_run != OnLastRun::Keep
 }

@@ -13,7 +13,7 @@ pub use crate::container_limits::ContainerLimits;
 pub use instance::{Instance, InstanceState, PriceSource};
 pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
 pub use overrides::RunOverrides;
-pub use policies::{Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
+pub use policies::{CatchUp, Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
 pub use run::{Run, RunState};
 pub use runner::{
     limits, ContainerSpec, DummySpec, FileSpec, HttpSpec, InstanceSpec, PowerAction, Runner,

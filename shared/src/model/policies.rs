@@ -20,6 +20,21 @@ pub enum Concurrency {
     Replace,
 }
 
+/// What a recurring job does with the instants it missed (our downtime, a broker wiped, a backlog):
+/// see [`crate::catch_up`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// One run for all that was missed, then on schedule.
+    #[default]
+    Latest,
+    /// A run for each missed instant, oldest first: the newest `max_catch_up` of them.
+    All,
+    /// None of them: a fire handled after its next instant has come is skipped.
+    #[serde(rename = "none")]
+    Skip,
+}
+
 /// What becomes of a job once its schedule is over (its last fire by `max_runs`, `end_at` or a
 /// one-shot's instant) and the last of its runs has ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -206,8 +221,13 @@ impl RetryPolicy {
 pub struct Policies {
     pub concurrency: Concurrency,
     /// A fire later than this is skipped (the next one is armed). `None`: late fires still run.
-    /// After downtime a recurring job runs at most once for everything it missed either way.
+    /// Also the catch-up window (`catch_up_window_secs`): no missed instant older than this runs.
+    #[serde(alias = "catch_up_window_secs")]
     pub misfire_grace_secs: Option<u64>,
+    /// What a recurring job does with the instants it missed.
+    pub catch_up: CatchUp,
+    /// Under `catch_up: all`, the most missed instants run (the newest ones).
+    pub max_catch_up: u32,
     pub retries: RetryPolicy,
     /// How long a run may take before it is timed out.
     pub timeout_secs: u64,
@@ -240,6 +260,8 @@ impl Default for Policies {
         Policies {
             concurrency: Concurrency::Allow,
             misfire_grace_secs: None,
+            catch_up: CatchUp::Latest,
+            max_catch_up: 10,
             retries: RetryPolicy::default(),
             timeout_secs: 30 * 60,
             history_limit: 100,
@@ -297,6 +319,9 @@ impl Policies {
                 field("pause_after_failures"),
                 "must be 1..=1000",
             ));
+        }
+        if !(1..=1000).contains(&self.max_catch_up) {
+            return Err(Error::invalid(field("max_catch_up"), "must be 1..=1000"));
         }
         if self
             .max_runs

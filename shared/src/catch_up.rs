@@ -117,7 +117,8 @@ mod tests {
 
     /// Minute `m` of a fixed hour: the test jobs fire every minute.
     fn at(m: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 3600 + m * 60, 0).unwrap()
+        // 1,800,000,000 s is a whole hour.
+        DateTime::from_timestamp(1_800_000_000 + m * 60, 0).unwrap()
     }
 
     /// Hands fires over the way the pump does, from `first`, until the timer passes `now`; returns

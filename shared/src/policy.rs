@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::error::Result;
 use crate::messages::FireMessage;
 use crate::model::{Job, OnLastRun, RetryReason, Run, RunState};
-use crate::store::{Moved, Relaunch, Store};
+use crate::store::{Moved, QueueStep, Relaunch, Store};
 
 /// Whether a run that ended in `ended` (with `exit_code`, if its container exited) gets another
 /// attempt under its job's policy: its retry rules must retry the ending, and an attempt must be
@@ -89,6 +89,22 @@ pub async fn end_run(
         if let Err(err) = count_toward_pause(store, job, run, ended, retry.is_some()).await {
             tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
                 "the run's outcome was not counted toward pause_after_failures");
+        }
+        if job
+            .policies
+            .concurrency
+            .queue_bound(job.policies.max_queued)
+            > 0
+        {
+            // The next waiting fire starts now; a crash before this step leaves it to the sweep.
+            match store.start_next_queued(&job.id, Some(job)).await {
+                Ok(QueueStep::Started(next)) => {
+                    tracing::info!(job_id = %job.id, run_id = %next, after = %run.id, "queued run started");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(job_id = %job.id, error = %err,
+                    "the next queued run was not started; the sweep will"),
+            }
         }
         if retry.is_none() {
             if let Err(err) = finish_if_over(store, job).await {

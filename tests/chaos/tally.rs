@@ -184,7 +184,7 @@ fn ended_by_the_users_code(run: &Run) -> Option<bool> {
         Succeeded | TimedOut => Some(true),
         Failed => Some(run.exit_code.is_some()),
         ProvisionFailed | Interrupted | Cancelled => Some(false),
-        Pending | Provisioning | Booting | Running => None,
+        Queued | Pending | Provisioning | Booting | Running => None,
     }
 }
 

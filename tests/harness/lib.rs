@@ -871,7 +871,14 @@ pub fn assert_legal_history(run: &serde_json::Value) {
         })
         .collect();
     steps.sort();
-    assert_eq!(steps.first().map(|s| s.1), Some(RunState::Pending), "{run}");
+    // A run starts pending, or queued behind the run before it (`concurrency: queue`).
+    assert!(
+        matches!(
+            steps.first().map(|s| s.1),
+            Some(RunState::Pending | RunState::Queued)
+        ),
+        "{run}"
+    );
     for pair in steps.windows(2) {
         assert!(
             pair[0].1.can_move_to(pair[1].1),

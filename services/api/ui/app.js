@@ -10,6 +10,7 @@ const REFRESH_MS = 5000;
 // Run states: label, a letter for the grid cell (states are told by text, not colour alone), and
 // whether the run has ended.
 const RUN_STATES = {
+  queued: ["queued", "Q", false],
   pending: ["pending", "P", false],
   provisioning: ["provisioning", "V", false],
   booting: ["booting", "B", false],

@@ -106,7 +106,9 @@ impl Provisioner {
                         FireRecord::Passed
                         | FireRecord::Forbidden(_)
                         | FireRecord::Misfired
-                        | FireRecord::Finished => outcome.recorded_before += 1,
+                        | FireRecord::Finished
+                        | FireRecord::Queued(_)
+                        | FireRecord::QueueFull => outcome.recorded_before += 1,
                         FireRecord::Stale => outcome.stale += 1,
                     }
                 }

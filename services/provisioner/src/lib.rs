@@ -52,10 +52,13 @@ pub enum FireOutcome {
     /// The launch failed for good; the run is `provision_failed`.
     ProvisionFailed { run_id: String },
     /// A policy skipped the fire: `misfire` (too late: the misfire grace or the catch-up policy),
-    /// `concurrency` (a run is active, `forbid`) or `max_runs` (the schedule is over).
+    /// `concurrency` (a run is active, `forbid`), `queue_full` (as many fires wait as `queue` or
+    /// `queue_all` allow) or `max_runs` (the schedule is over).
     Skipped { reason: &'static str },
     /// The job's stored record cannot be read: it was set aside (see `Store::quarantine_job`).
     Quarantined,
+    /// A run of the job is under way: this fire's run waits, `queued`, and starts when it ends.
+    Queued { run_id: String },
 }
 
 /// What the first half of a fire's work ([`Provisioner::record`]) left to do.
@@ -222,6 +225,17 @@ impl Provisioner {
                 policy::finish_if_over(&self.store, &job).await?;
                 return Ok(Recorded::Done(FireOutcome::Skipped { reason: "misfire" }));
             }
+            FireRecord::Queued(run_id) => {
+                tracing::info!(job_id = %job.id, run_id = %run_id, "a run is under way: fire queued");
+                return Ok(Recorded::Done(FireOutcome::Queued { run_id }));
+            }
+            FireRecord::QueueFull => {
+                tracing::info!(job_id = %job.id, "a run is under way and the queue is full: fire skipped");
+                self.store.note_event("queue_full_skip", 1).await;
+                return Ok(Recorded::Done(FireOutcome::Skipped {
+                    reason: "queue_full",
+                }));
+            }
             FireRecord::Finished => {
                 tracing::info!(job_id = %job.id, "max_runs reached: fire skipped, schedule over");
                 policy::finish_if_over(&self.store, &job).await?;
@@ -271,11 +285,15 @@ impl Provisioner {
             },
             Some(FireRecord::Passed) => FireOutcome::Passed,
             // Light fires have no concurrency, misfire or max_runs policy; kept for completeness.
-            Some(FireRecord::Forbidden(_) | FireRecord::Misfired | FireRecord::Finished) => {
-                FireOutcome::Skipped {
-                    reason: "concurrency",
-                }
-            }
+            Some(
+                FireRecord::Forbidden(_)
+                | FireRecord::Misfired
+                | FireRecord::Finished
+                | FireRecord::Queued(_)
+                | FireRecord::QueueFull,
+            ) => FireOutcome::Skipped {
+                reason: "concurrency",
+            },
             Some(FireRecord::Stale) | None => FireOutcome::Stale,
         })
     }

@@ -24,7 +24,7 @@ use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{HttpSpec, Instance, InstanceState, Run, RunState, Runner};
 use spot_shared::policy::Relaunched;
-use spot_shared::store::{Moved, SlotKind, Store};
+use spot_shared::store::{Moved, QueueStep, SlotKind, Store};
 use spot_shared::supervise::supervise;
 use spot_shared::{policy, task_instances, ErrorCode, Result};
 
@@ -57,6 +57,9 @@ pub struct SweepReport {
     pub stale_requests: usize,
     /// Account index entries naming no job, left by a crash on a cluster, removed.
     pub index_entries: usize,
+    /// Queued runs started because the run before them had ended without starting them (a crash
+    /// between the two steps), or cancelled with their disabled job.
+    pub queued_started: usize,
 }
 
 impl Reaper {
@@ -103,6 +106,9 @@ impl Reaper {
         if let Err(err) = self.sweep_live_runs(now, &mut report).await {
             tracing::warn!(error = %err, "sweep: live runs skipped");
         }
+        if let Err(err) = self.sweep_queues(&mut report).await {
+            tracing::warn!(error = %err, "sweep: queues skipped");
+        }
         let index_grace = chrono::Duration::seconds(self.settings.index_grace_secs as i64);
         match self.store.settle_index_entries(index_grace).await {
             Ok(settled) => report.index_entries = settled.removed,
@@ -125,10 +131,29 @@ impl Reaper {
             ("swept_interrupted", report.interrupted),
             ("stale_request_cancelled", report.stale_requests),
             ("swept_index_entry", report.index_entries),
+            ("swept_queued_started", report.queued_started),
         ] {
             self.store.note_event(event, count as u64).await;
         }
         Ok(report)
+    }
+
+    /// Starts the next waiting run of every job with a line and no run under way: the step a run's
+    /// end takes, taken again for an end whose process died before it (or a line of a job since
+    /// disabled, which is cancelled).
+    async fn sweep_queues(&self, report: &mut SweepReport) -> Result<()> {
+        for job_id in self.store.jobs_with_queues().await? {
+            let job = self.store.get_job(&job_id).await?;
+            match self.store.start_next_queued(&job_id, job.as_ref()).await? {
+                QueueStep::Started(run_id) => {
+                    tracing::warn!(job_id, run_id, "sweep: queued run started");
+                    report.queued_started += 1;
+                }
+                QueueStep::Cancelled(n) => report.queued_started += n as usize,
+                QueueStep::Busy | QueueStep::Empty => {}
+            }
+        }
+        Ok(())
     }
 
     /// The instance steps of a sweep, given what the cloud lists: every instance Redis holds live,

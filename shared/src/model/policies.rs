@@ -18,6 +18,34 @@ pub enum Concurrency {
     Forbid,
     /// Cancel the active run, then start this one.
     Replace,
+    /// Wait, as a `queued` run, for the active run to end, then start; at most one waits (a later
+    /// fire is skipped and counted).
+    Queue,
+    /// Wait in order behind the active run and those queued before, up to `max_queued`.
+    #[serde(rename = "queue_all")]
+    QueueAll,
+}
+
+impl Concurrency {
+    /// As the record-fire script takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Concurrency::Allow => "allow",
+            Concurrency::Forbid => "forbid",
+            Concurrency::Replace => "replace",
+            Concurrency::Queue => "queue",
+            Concurrency::QueueAll => "queue_all",
+        }
+    }
+
+    /// The most fires that may wait under this policy with `max_queued`; 0 when fires never wait.
+    pub fn queue_bound(self, max_queued: u32) -> u32 {
+        match self {
+            Concurrency::Queue => 1,
+            Concurrency::QueueAll => max_queued,
+            _ => 0,
+        }
+    }
 }
 
 /// What a recurring job does with the instants it missed (our downtime, a broker wiped, a backlog):
@@ -220,6 +248,8 @@ impl RetryPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct Policies {
     pub concurrency: Concurrency,
+    /// Under `concurrency: queue_all`, the most fires that may wait; a fire beyond is skipped.
+    pub max_queued: u32,
     /// A fire later than this is skipped (the next one is armed). `None`: late fires still run.
     /// Also the catch-up window (`catch_up_window_secs`): no missed instant older than this runs.
     #[serde(alias = "catch_up_window_secs")]
@@ -259,6 +289,7 @@ impl Default for Policies {
     fn default() -> Self {
         Policies {
             concurrency: Concurrency::Allow,
+            max_queued: 100,
             misfire_grace_secs: None,
             catch_up: CatchUp::Latest,
             max_catch_up: 10,
@@ -319,6 +350,9 @@ impl Policies {
                 field("pause_after_failures"),
                 "must be 1..=1000",
             ));
+        }
+        if !(1..=10_000).contains(&self.max_queued) {
+            return Err(Error::invalid(field("max_queued"), "must be 1..=10000"));
         }
         if !(1..=1000).contains(&self.max_catch_up) {
             return Err(Error::invalid(field("max_catch_up"), "must be 1..=1000"));

@@ -28,6 +28,8 @@ use crate::error::{Error, Result};
 )]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// Waiting for the job's run under way to end (`concurrency: queue` or `queue_all`).
+    Queued,
     #[default]
     Pending,
     Provisioning,
@@ -43,7 +45,8 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 10] = [
+    pub const ALL: [RunState; 11] = [
+        RunState::Queued,
         RunState::Pending,
         RunState::Provisioning,
         RunState::Booting,
@@ -72,6 +75,8 @@ impl RunState {
     pub fn can_move_to(self, next: RunState) -> bool {
         use RunState::*;
         match self {
+            // A queued fire starts once the run before it ends, or is cancelled with its job.
+            Queued => matches!(next, Pending | Cancelled),
             // Light runners (dummy) need no instance: they go straight to running. A run that never
             // got launched (its message or its provisioner went away) is relaunched by the reaper's
             // sweep, and ends provision_failed when its relaunches run out.
@@ -116,7 +121,7 @@ impl RunState {
     pub fn simple_status(self) -> &'static str {
         use RunState::*;
         match self {
-            Pending => "scheduled",
+            Queued | Pending => "scheduled",
             // An interrupted run is retried on a new instance, so the job is still under way.
             Provisioning | Booting | Running | Interrupted => "running",
             Succeeded => "finished",
@@ -127,6 +132,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         use RunState::*;
         match self {
+            Queued => "queued",
             Pending => "pending",
             Provisioning => "provisioning",
             Booting => "booting",

@@ -20,7 +20,7 @@ use crate::messages::FireMessage;
 use crate::model::{Run, RunState};
 
 /// Retries and run-nows not yet recorded as runs, scored by due time (ms).
-const DELAYED: &str = "timers:delayed";
+pub(super) const DELAYED: &str = "timers:delayed";
 
 /// Compare-and-set of a run's state that also keeps the live-run index and arms a retry, in one step.
 /// KEYS: run, live runs, delayed, unarmed. ARGV: expected, new, run id, '1' if the new state ends the

@@ -205,6 +205,10 @@ impl Store {
             .del(self.shard_key(shard, &super::pauses::failures_key(&job.id)))
             .ignore()
             .del(self.shard_key(shard, &super::finite::fired_key(&job.id)))
+            .ignore()
+            .del(self.shard_key(shard, &super::queues::queue_key(&job.id)))
+            .ignore()
+            .srem(self.shard_key(shard, super::queues::QUEUES), &job.id)
             .ignore();
         let runs_key = self.shard_key(shard, &format!("job:{}:runs", job.id));
         let run_keys = run_ids.iter().flat_map(|run_id| {

@@ -21,7 +21,7 @@ use super::scripts::{
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::ids::is_id;
-use crate::model::{Concurrency, Job, Run, RunOverrides, RunState};
+use crate::model::{Job, Run, RunOverrides, RunState};
 
 /// Runs read per pipeline when a page of a job's runs is read.
 const RUN_READ_CHUNK: usize = 500;
@@ -44,6 +44,11 @@ pub enum FireRecord {
     /// The job's `max_runs` scheduled fires were made before this one: not recorded, the timer
     /// cleared (the schedule is over).
     Finished,
+    /// A run of the job is under way (`concurrency: queue` or `queue_all`): the fire's run waits,
+    /// `queued`, until the runs before it end.
+    Queued(String),
+    /// As many fires wait already as the policy allows: not recorded.
+    QueueFull,
 }
 
 /// One fire to record, with what it does to its job's timer and what its misfire policy decided,
@@ -81,14 +86,17 @@ impl FireStep {
 /// recorded (or the skip decided) and the timer moved on.
 ///
 /// KEYS: fire marker, run hash, job runs, job, live runs, timers, unarmed, the job's count of
-/// scheduled fires, the fire's overrides (a run-now's, copied onto the run of every attempt). ARGV: run id, generation, score, marker TTL (seconds), policy (`allow`, `forbid`,
-/// `replace`), key prefix, now (RFC 3339), timer move ('' leave, '-' clear, else the next fire in
-/// ms), the fire's instant (ms), job id, '1' if the misfire policy skips the fire, `max_runs` ('' for
-/// none), then the run's field/value pairs. Returns {status, run id, then (cancelled run, its
-/// instance or '') pairs}: status 0 new, 1 recorded before (its run, and nothing cancelled: a
-/// duplicate never cancels its own fire's run), 2 stale, 3 forbidden (a run of the job is under way),
-/// 4 the timer moved past this scheduled fire (fired before), 5 misfired, 6 the job's `max_runs`
-/// fires were made already (its timer cleared).
+/// scheduled fires, the fire's overrides (a run-now's, copied onto the run of every attempt), the
+/// job's queue of waiting fires, the shard's set of jobs with a queue. ARGV: run id, generation,
+/// score, marker TTL (seconds), policy (`allow`, `forbid`, `replace`, `queue`, `queue_all`), key
+/// prefix, now (RFC 3339), timer move ('' leave, '-' clear, else the next fire in ms), the fire's
+/// instant (ms), job id, '1' if the misfire policy skips the fire, `max_runs` ('' for none), the
+/// most fires that may wait (0 when none do), then the run's field/value pairs. Returns {status,
+/// run id, then (cancelled run, its instance or '') pairs}: status 0 new, 1 recorded before (its
+/// run, and nothing cancelled: a duplicate never cancels its own fire's run), 2 stale, 3 forbidden
+/// (a run of the job is under way), 4 the timer moved past this scheduled fire (fired before), 5
+/// misfired, 6 the job's `max_runs` fires were made already (its timer cleared), 7 the queue is
+/// full (skipped), 8 queued (its run waits in state `queued`).
 ///
 /// `max_runs` counts a scheduled fire when it is recorded, in this step, so a redelivery (which finds
 /// the marker) never counts twice; the fire that reaches the count clears the timer, so the schedule
@@ -134,12 +142,19 @@ end
 if move ~= '' and not move_timer(generation) then return {'4', ''} end
 if ARGV[11] == '1' then return {'5', ''} end
 local policy, prefix, now = ARGV[5], ARGV[6], ARGV[7]
+local queue_bound = tonumber(ARGV[13])
 local cancelled = {}
-if policy ~= 'allow' then
+-- Under queue and queue_all a fire waits while a run is under way or fires wait before it.
+local waits = queue_bound > 0 and redis.call('LLEN', KEYS[10]) > 0
+if policy ~= 'allow' and not waits then
   for _, id in ipairs(redis.call('ZREVRANGE', KEYS[3], 0, 199)) do
     local run = prefix .. ':run:' .. id
     if live_states[redis.call('HGET', run, 'state') or ''] then
       if policy == 'forbid' then return {'3', id} end
+      if queue_bound > 0 then
+        waits = true
+        break
+      end
       redis.call('HSET', run, 'state', 'cancelled', 't:cancelled', now)
       redis.call('ZREM', KEYS[5], id)
       cancelled[#cancelled + 1] = id
@@ -147,13 +162,22 @@ if policy ~= 'allow' then
     end
   end
 end
+-- The bound holds scheduled fires back; a retry or a run-now always gets in line.
+if waits and move ~= '' and redis.call('LLEN', KEYS[10]) >= queue_bound then return {'7', ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('HSET', KEYS[2], unpack(ARGV, 13))
+redis.call('HSET', KEYS[2], unpack(ARGV, 14))
 local overrides = redis.call('GET', KEYS[9])
 if overrides then redis.call('HSET', KEYS[2], 'overrides', overrides) end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 if move ~= '' and limit and redis.call('INCR', KEYS[8]) >= limit then clear_timer(generation) end
+if waits then
+  redis.call('HSET', KEYS[2], 'state', 'queued', 't:queued', now)
+  redis.call('HDEL', KEYS[2], 't:pending')
+  redis.call('RPUSH', KEYS[10], ARGV[1])
+  redis.call('SADD', KEYS[11], ARGV[10])
+  return {'8', ARGV[1]}
+end
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 local out = {'0', ARGV[1]}
 for _, value in ipairs(cancelled) do out[#out + 1] = value end
 return out
@@ -252,11 +276,7 @@ impl Store {
             fields.push(("interruptions", step.interruptions.to_string()));
         }
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
-        let policy = match job.policies.concurrency {
-            Concurrency::Allow => "allow",
-            Concurrency::Forbid => "forbid",
-            Concurrency::Replace => "replace",
-        };
+        let policy = job.policies.concurrency.as_str();
         let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
         script
             .key(self.fire_key(&job.id, scheduled_at, attempt))
@@ -268,6 +288,8 @@ impl Store {
             .key(self.owned_key(&job.id, UNARMED))
             .key(self.owned_key(&job.id, &super::finite::fired_key(&job.id)))
             .key(self.overrides_key(&job.id, scheduled_at))
+            .key(self.owned_key(&job.id, &super::queues::queue_key(&job.id)))
+            .key(self.owned_key(&job.id, super::queues::QUEUES))
             .arg(&run_id)
             .arg(generation)
             .arg(now.timestamp_millis())
@@ -284,6 +306,11 @@ impl Store {
                     .max_runs
                     .map(|n| n.to_string())
                     .unwrap_or_default(),
+            )
+            .arg(
+                job.policies
+                    .concurrency
+                    .queue_bound(job.policies.max_queued),
             );
         for (field, value) in &fields {
             script.arg(*field).arg(value);
@@ -300,6 +327,8 @@ impl Store {
             "4" => FireRecord::Passed,
             "5" => FireRecord::Misfired,
             "6" => FireRecord::Finished,
+            "7" => FireRecord::QueueFull,
+            "8" => FireRecord::Queued(id),
             _ => FireRecord::Stale,
         };
         let cancelled = reply

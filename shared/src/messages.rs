@@ -23,6 +23,10 @@ pub struct FireMessage {
     /// `retries.max_interruptions`, not `retries.max_attempts`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub interruptions: u32,
+    /// Launches this recorded run (one a backfill started), found by its id rather than by its
+    /// fire's marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -48,6 +52,7 @@ impl FireMessage {
             manual: false,
             relaunch: false,
             interruptions: 0,
+            run_id: None,
         }
     }
 }
@@ -81,7 +86,8 @@ impl CarriesFires for FireBatch {
 /// management UI is readable without decoding the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FireLabel {
-    /// `scheduled`, `retry`, `run-now`, `relaunch`, or `mixed` for a batch of several kinds.
+    /// `scheduled`, `retry`, `run-now`, `relaunch`, `backfill`, or `mixed` for a batch of several
+    /// kinds.
     pub kind: &'static str,
     pub count: usize,
     /// The earliest and the latest instant among the fires.
@@ -94,6 +100,7 @@ pub struct FireLabel {
 impl FireLabel {
     pub fn of(fires: &[FireMessage]) -> FireLabel {
         let kind_of = |fire: &FireMessage| match (fire.manual, fire.attempt) {
+            _ if fire.run_id.is_some() => "backfill",
             _ if fire.relaunch => "relaunch",
             (true, _) => "run-now",
             (false, 1) => "scheduled",

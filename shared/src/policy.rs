@@ -18,6 +18,10 @@ pub fn should_retry(job: &Job, run: &Run, ended: RunState, exit_code: Option<i64
     let Some(reason) = RetryReason::of(ended) else {
         return false;
     };
+    // A backfill's runs are one attempt each: run the backfill again for what failed.
+    if run.backfill.is_some() {
+        return false;
+    }
     if !retries.retries_ending(reason, exit_code) {
         return false;
     }
@@ -56,6 +60,7 @@ pub fn next_attempt(
         manual: false,
         relaunch: false,
         interruptions: run.interruptions + u32::from(ended == RunState::Interrupted),
+        run_id: None,
     };
     tracing::info!(job_id = %job.id, run_id = %run.id, next_attempt, %due, "retry armed");
     Some((fire, due))
@@ -89,6 +94,13 @@ pub async fn end_run(
         if let Err(err) = count_toward_pause(store, job, run, ended, retry.is_some()).await {
             tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
                 "the run's outcome was not counted toward pause_after_failures");
+        }
+        if let Some(backfill) = &run.backfill {
+            // The backfill's next run starts now; a crash before this step leaves it to the sweep.
+            if let Err(err) = store.start_backfill_runs(job, backfill).await {
+                tracing::warn!(job_id = %job.id, backfill, error = %err,
+                    "the backfill's next run was not started; the sweep will");
+            }
         }
         if job
             .policies

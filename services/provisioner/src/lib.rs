@@ -166,6 +166,14 @@ impl Provisioner {
         if job.generation != fire.generation || !job.enabled {
             return Ok(Recorded::Done(FireOutcome::Stale));
         }
+        if let Some(run_id) = &fire.run_id {
+            // A backfill's run, started by its backfill: launched by its id.
+            return Ok(Recorded::Run {
+                run_id: run_id.clone(),
+                new: false,
+                job: Box::new(job),
+            });
+        }
         if fire.relaunch {
             // A run that never started: found by its fire's marker, launched again as it is.
             return Ok(

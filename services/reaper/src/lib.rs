@@ -57,8 +57,8 @@ pub struct SweepReport {
     pub stale_requests: usize,
     /// Account index entries naming no job, left by a crash on a cluster, removed.
     pub index_entries: usize,
-    /// Queued runs started because the run before them had ended without starting them (a crash
-    /// between the two steps), or cancelled with their disabled job.
+    /// Queued and backfill runs started because the run before them had ended without starting
+    /// them (a crash between the two steps), or cancelled with their disabled job.
     pub queued_started: usize,
 }
 
@@ -142,6 +142,20 @@ impl Reaper {
     /// end takes, taken again for an end whose process died before it (or a line of a job since
     /// disabled, which is cancelled).
     async fn sweep_queues(&self, report: &mut SweepReport) -> Result<()> {
+        for (job_id, backfill) in self.store.running_backfills().await? {
+            match self.store.get_job(&job_id).await? {
+                Some(job) => {
+                    let started = self.store.start_backfill_runs(&job, &backfill).await?;
+                    if !started.is_empty() {
+                        tracing::warn!(job_id, backfill, started = started.len(), "sweep: backfill runs started");
+                    }
+                    report.queued_started += started.len();
+                }
+                None => {
+                    self.store.cancel_backfill(&job_id, &backfill).await?;
+                }
+            }
+        }
         for job_id in self.store.jobs_with_queues().await? {
             let job = self.store.get_job(&job_id).await?;
             match self.store.start_next_queued(&job_id, job.as_ref()).await? {

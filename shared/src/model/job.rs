@@ -234,6 +234,34 @@ impl Job {
         Some(instant + crate::schedule::jitter::delay(&self.id, instant, max, room))
     }
 
+    /// The instants of the schedule from `from` to `to`, both included, that no exclusion skips,
+    /// without jitter (what a backfill runs); `Ok(None)` if there are more than `limit`.
+    pub fn instants_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Option<Vec<DateTime<Utc>>>> {
+        let schedule = self.parsed_schedule()?;
+        let exclusions = self.exclusions()?;
+        let mut instants = Vec::new();
+        let mut next = schedule.first_at_or_after(from);
+        // Exclusions may skip many in a row; the walk is bounded like theirs.
+        for _ in 0..limit.saturating_add(MAX_SKIPPED) {
+            let Some(at) = next.filter(|at| *at <= to) else {
+                return Ok(Some(instants));
+            };
+            if !exclusions.excludes(at) {
+                if instants.len() == limit {
+                    return Ok(None);
+                }
+                instants.push(at);
+            }
+            next = schedule.next_after(at);
+        }
+        Ok(None)
+    }
+
     /// The next `count` fires after `after`, inside the window.
     pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Result<Vec<DateTime<Utc>>> {
         let mut fires = Vec::with_capacity(count);

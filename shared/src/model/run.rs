@@ -202,6 +202,9 @@ pub struct Run {
     /// in place of its job's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overrides: Option<super::RunOverrides>,
+    /// The backfill (`POST /v1/jobs/{id}/backfill`) this run is one of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<String>,
     /// What the run's instance cost, in USD, once it was terminated.
     pub cost_usd: Option<f64>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.

@@ -192,6 +192,8 @@ impl Store {
             manual: false,
             relaunch: true,
             interruptions: run.interruptions,
+            // A backfill's run has no marker of its own: it is launched by its id.
+            run_id: run.backfill.as_ref().map(|_| run.id.clone()),
         };
         let mut conn = self.conn.clone();
         let count: i64 = RELAUNCH_SCRIPT

@@ -32,7 +32,7 @@ local read, enabled, generation = pcall(job_state, raw)
 if not read or not enabled or generation ~= ARGV[2] then return 0 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 for _, id in ipairs(redis.call('ZREVRANGE', KEYS[4], 0, 199)) do
-  if live_states[redis.call('HGET', ARGV[3] .. ':run:' .. id, 'state') or ''] then return 0 end
+  if unfinished(redis.call('HGET', ARGV[3] .. ':run:' .. id, 'state') or '') then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[5])

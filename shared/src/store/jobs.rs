@@ -174,6 +174,8 @@ impl Store {
     async fn remove_job(&self, job: &Job, keep_runs_secs: Option<u64>) -> Result<()> {
         let run_ids = self.job_run_ids(&job.id, 0).await?;
         let mut conn = self.conn.clone();
+        let backfills_key = self.owned_key(&job.id, &format!("job:{}:backfills", job.id));
+        let backfill_ids: Vec<String> = conn.zrange(&backfills_key, 0, -1).await?;
         // The logs' bytes come off the account's history total as they go.
         let mut log_bytes: i64 = 0;
         if !run_ids.is_empty() {
@@ -209,7 +211,17 @@ impl Store {
             .del(self.shard_key(shard, &super::queues::queue_key(&job.id)))
             .ignore()
             .srem(self.shard_key(shard, super::queues::QUEUES), &job.id)
+            .ignore()
+            .del(&backfills_key)
             .ignore();
+        for id in &backfill_ids {
+            for part in ["", ":line", ":live"] {
+                pipe.del(self.shard_key(shard, &format!("backfill:{id}{part}")))
+                    .ignore();
+            }
+            pipe.srem(self.shard_key(shard, "backfills"), format!("{}/{id}", job.id))
+                .ignore();
+        }
         let runs_key = self.shard_key(shard, &format!("job:{}:runs", job.id));
         let run_keys = run_ids.iter().flat_map(|run_id| {
             [

@@ -33,6 +33,7 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod backfills;
 mod connection;
 mod costs;
 mod delayed;
@@ -54,6 +55,7 @@ mod scripts;
 mod shards;
 mod timers;
 use connection::{Connection, Replicated, Replication};
+pub use backfills::{Backfill, MAX_BACKFILL_CONCURRENCY, MAX_BACKFILL_RUNS};
 pub use costs::{CostRecord, UsageRow};
 pub use delayed::{ReconcileReport, Relaunch, StuckRun};
 pub use finite::DELETED_JOB_RUNS_TTL_SECS;

@@ -117,6 +117,7 @@ impl Store {
                     manual: false,
                     relaunch: true,
                     interruptions: run.interruptions,
+                    run_id: None,
                 }),
                 // Gone or moved on: popped by the script without a start.
                 _ => String::new(),

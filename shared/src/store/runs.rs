@@ -657,6 +657,7 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
             .unwrap_or_default(),
         relaunch_at: optional(map, "relaunch_at").and_then(|v| parse_time(&v).ok()),
         overrides: optional(map, "overrides").and_then(|v| serde_json::from_str(&v).ok()),
+        backfill: optional(map, "backfill"),
         interruptions: optional(map, "interruptions")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),

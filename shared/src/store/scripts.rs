@@ -17,7 +17,7 @@ local function job_state(raw)
 end
 "#;
 
-/// Deletes a job's ended runs beyond the newest `keep`, skipping runs still under way: a Lua function
+/// Deletes a job's ended runs beyond the newest `keep`, skipping runs under way or waiting: a Lua function
 /// shared by [`TRIM_RUNS`] and the light-fire script. Run keys are built from the prefix (their ids
 /// are only known inside).
 pub(super) const TRIM_ENDED_LUA: &str = r#"
@@ -36,13 +36,17 @@ local function forget_cost(prefix, run)
   if redis.call('EXISTS', total) == 1 then redis.call('DECRBY', total, cost) end
 end
 local live_states = {pending = true, provisioning = true, booting = true, running = true}
+-- Not ended: under way, or waiting its turn (queued).
+local function unfinished(state)
+  return live_states[state] or state == 'queued'
+end
 local function trim_ended(runs, prefix, keep)
   local excess = redis.call('ZCARD', runs) - keep
   if excess <= 0 then return 0 end
   local deleted = 0
   for _, old in ipairs(redis.call('ZRANGE', runs, 0, excess - 1)) do
     local run = prefix .. ':run:' .. old
-    if not live_states[redis.call('HGET', run, 'state') or ''] then
+    if not unfinished(redis.call('HGET', run, 'state') or '') then
       forget_log(prefix, run)
       forget_cost(prefix, run)
       redis.call('DEL', run, run .. ':log')

@@ -28,8 +28,19 @@ use crate::messages::FireMessage;
 /// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
 /// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
 /// its instant, attempt and kind, `{job}|{generation}|{instant ms}|{attempt}|{kind}`, where the kind is
-/// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started.
+/// `r` for a retry, `m` for a run-now and `l` for a relaunch of a run that never started; `b`, the
+/// launch of a run by its id (a backfill's), adds the run's id.
 pub(super) fn timer_member(fire: &FireMessage) -> String {
+    if let Some(run_id) = &fire.run_id {
+        // The launch of a run by its id (a backfill's): kind `b`, the run last.
+        return format!(
+            "{}|{}|{}|{}|b|{run_id}",
+            fire.job_id,
+            fire.generation,
+            fire.scheduled_at.timestamp_millis(),
+            fire.attempt,
+        );
+    }
     if is_delayed(fire) {
         let kind = if fire.relaunch {
             'l'
@@ -85,6 +96,13 @@ pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTim
     let parts: Vec<&str> = member.split('|').collect();
     let fire = match parts.as_slice() {
         [job_id, generation] => FireMessage::scheduled(job_id, generation.parse().ok()?, due),
+        [job_id, generation, instant, attempt, "b", run_id] => FireMessage {
+            scheduled_at: millis(instant.parse().ok()?)?,
+            attempt: attempt.parse().ok()?,
+            relaunch: true,
+            run_id: Some(run_id.to_string()),
+            ..FireMessage::scheduled(job_id, generation.parse().ok()?, due)
+        },
         [job_id, generation, instant, attempt, kind, rest @ ..] if rest.len() <= 1 => FireMessage {
             job_id: job_id.to_string(),
             generation: generation.parse().ok()?,
@@ -96,6 +114,7 @@ pub(super) fn parse_timer_member(member: &str, score: &str) -> Option<UnarmedTim
                 [n] => n.parse().ok()?,
                 _ => 0,
             },
+            run_id: None,
         },
         _ => return None,
     };

@@ -1,6 +1,7 @@
 //! The routes, one module per surface.
 
 mod agent;
+mod backfills;
 mod callback;
 mod cronjob;
 mod health;
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(hrm::configure)
         .configure(job_batch::configure)
         .configure(resources::configure)
+        .configure(backfills::configure)
         .configure(quarantine::configure)
         .default_service(web::to(not_found));
 }

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, callback, cronjob, health, hrm, job_batch, metrics, minion, operations, overview,
+    agent, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion, operations, overview,
     quarantine, resources, simple, usage,
 };
 
@@ -59,6 +59,9 @@ use super::{
         minion::update,
         minion::delete_one,
         minion::run_now,
+        backfills::create,
+        backfills::list,
+        backfills::cancel,
         operations::operation,
         operations::list,
         cronjob::create,
@@ -76,6 +79,8 @@ use super::{
         resources::JobRequest,
         resources::FlexibleTimeWindow,
         resources::PauseRequest,
+        backfills::BackfillRequest,
+        spot_shared::store::Backfill,
         spot_shared::model::Pause,
         resources::RunnerRequest,
         resources::JobView,

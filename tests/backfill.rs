@@ -20,9 +20,16 @@ fn at(run: &Value, state: &str) -> Option<DateTime<Utc>> {
 }
 
 fn ended(run: &Value) -> Option<DateTime<Utc>> {
-    ["succeeded", "failed", "timed_out", "cancelled", "interrupted", "provision_failed"]
-        .iter()
-        .find_map(|state| at(run, state))
+    [
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "interrupted",
+        "provision_failed",
+    ]
+    .iter()
+    .find_map(|state| at(run, state))
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
@@ -61,13 +68,16 @@ async fn a_backfill_runs_each_instant_once_two_at_a_time_across_a_wiped_broker()
             }),
         )
         .await;
-    let minute = Utc::now().duration_trunc(chrono::Duration::minutes(1)).unwrap();
+    let minute = Utc::now()
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap();
     let (from, to) = (
         minute - chrono::Duration::minutes(5) - chrono::Duration::seconds(30),
         minute - chrono::Duration::minutes(1),
     );
-    let expected: BTreeSet<DateTime<Utc>> =
-        (1..=5).map(|m| minute - chrono::Duration::minutes(m)).collect();
+    let expected: BTreeSet<DateTime<Utc>> = (1..=5)
+        .map(|m| minute - chrono::Duration::minutes(m))
+        .collect();
     let (status, backfill) = post(
         &app,
         &format!("/v1/jobs/{id}/backfill"),
@@ -136,9 +146,15 @@ async fn a_backfill_is_cancelled_as_a_whole_and_bad_ranges_name_their_field() {
     let now = Utc::now();
     let years = |n: i64| now - chrono::Duration::days(366 * n);
     for (body, field) in [
-        (json!({"from": years(3), "to": now + chrono::Duration::hours(1)}), "to"),
+        (
+            json!({"from": years(3), "to": now + chrono::Duration::hours(1)}),
+            "to",
+        ),
         (json!({"from": now, "to": years(1)}), "to"),
-        (json!({"from": years(3), "to": now, "concurrency": 0}), "concurrency"),
+        (
+            json!({"from": years(3), "to": now, "concurrency": 0}),
+            "concurrency",
+        ),
         (json!({"from": years(3)}), "to"),
     ] {
         let (status, answer) = post(&app, &path, body).await;
@@ -167,10 +183,16 @@ async fn a_backfill_is_cancelled_as_a_whole_and_bad_ranges_name_their_field() {
     let backfill_id = backfill["id"].as_str().unwrap().to_string();
     let total = backfill["total"].as_u64().unwrap();
     assert!(total >= 19, "{backfill}");
-    eventually(Duration::from_secs(60), "the first run under way", || async {
-        let runs = backfill_runs(&app, &id, &backfill_id).await;
-        runs.iter().any(|run| run["state"] == "running").then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the first run under way",
+        || async {
+            let runs = backfill_runs(&app, &id, &backfill_id).await;
+            runs.iter()
+                .any(|run| run["state"] == "running")
+                .then_some(())
+        },
+    )
     .await;
     let cancel = format!("/v1/jobs/{id}/backfills/{backfill_id}/cancel");
     let (status, cancelled) = post(&app, &cancel, json!({})).await;
@@ -181,9 +203,14 @@ async fn a_backfill_is_cancelled_as_a_whole_and_bad_ranges_name_their_field() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let runs = backfill_runs(&app, &id, &backfill_id).await;
     assert_eq!(runs.len() as u64, total);
-    assert!(runs.iter().all(|run| run["state"] == "cancelled"), "{runs:?}");
+    assert!(
+        runs.iter().all(|run| run["state"] == "cancelled"),
+        "{runs:?}"
+    );
     assert_eq!(
-        runs.iter().filter(|run| at(run, "running").is_some()).count(),
+        runs.iter()
+            .filter(|run| at(run, "running").is_some())
+            .count(),
         1,
         "nothing started after the cancel"
     );

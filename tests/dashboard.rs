@@ -428,6 +428,37 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     wait_for_text(&browser, "#exclusions", "0 3 * * sat,sun", 10).await;
     wait_for_text(&browser, "#skipped-fires", "03:00:00", 10).await;
 
+    // Backfill its last week from the form (the inputs set by script: a datetime field's typing is
+    // the browser's locale's): the backfill shows with its runs, and its runs carry its mark.
+    let week_ago = (chrono::Utc::now() - chrono::Duration::days(7)).format("%Y-%m-%dT%H:%M:%S");
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%S");
+    browser
+        .execute(
+            &format!(
+                "document.querySelector('#backfill-from').value = '{week_ago}';
+                 document.querySelector('#backfill-to').value = '{hour_ago}';
+                 document.querySelector('#backfill-concurrency').value = '2';"
+            ),
+            vec![],
+        )
+        .await
+        .expect("script runs");
+    click(&browser, "#backfill-submit").await;
+    let backfill_row = wait_for_text(&browser, "#backfills tbody tr", "Z", 10).await;
+    assert!(
+        backfill_row.contains("running") || backfill_row.contains("done"),
+        "{backfill_row}"
+    );
+    let listed: Value = app
+        .get(&format!("/v1/jobs/{failing}/backfills"), ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let total = listed["backfills"][0]["total"].as_u64().unwrap();
+    assert!((3..=5).contains(&total), "weekdays of a week: {listed}");
+    screenshot(&browser, "06b-backfill").await;
+
     // Pause it with a note typed into the prompt: its page shows the note and the flag; resume.
     click(&browser, ".pause").await;
     let question = eventually(Duration::from_secs(10), "the pause prompt", || async {

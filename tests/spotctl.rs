@@ -397,6 +397,32 @@ async fn run_wait_exits_with_the_containers_exit_code_and_shows_its_instance() {
         ])
         .await;
     assert_eq!(overridden.code, 5, "stderr: {}", overridden.stderr);
+    // backfill: the job's instants of the last three years, two at a time; listed with progress.
+    let from = (chrono::Utc::now() - chrono::Duration::days(3 * 366)).to_rfc3339();
+    let to = chrono::Utc::now().to_rfc3339();
+    let made = ctl
+        .json(&[
+            "backfill",
+            &id,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--concurrency",
+            "2",
+        ])
+        .await;
+    assert_eq!(made["total"], 3, "{made}");
+    let backfill_id = made["id"].as_str().unwrap().to_string();
+    let listed = ctl.table(&["backfills", &id]).await;
+    assert!(
+        listed.contains(&backfill_id) && listed.contains("UNDER WAY"),
+        "{listed}"
+    );
+    let unknown = ctl
+        .run(&["backfills", &id, "--cancel", "no-such-backfill"])
+        .await;
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
     // A bad override is the api's 400: exit code 2, naming the item.
     let bad = ctl.run(&["run", &id, "--env", "no-equals"]).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);

@@ -69,6 +69,25 @@ pub enum Command {
     },
     /// Resume a paused job: its note is cleared and its next fire armed from now.
     Resume { job: String },
+    /// Run a job for each instant of its schedule in a past range, some at a time.
+    Backfill {
+        job: String,
+        /// The range's first instant (RFC 3339), included.
+        #[arg(long)]
+        from: String,
+        /// The range's last instant (RFC 3339), included; not in the future.
+        #[arg(long)]
+        to: String,
+        /// At most this many of its runs under way at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+    },
+    /// A job's backfills with their progress; `--cancel ID` cancels one as a whole.
+    Backfills {
+        job: String,
+        #[arg(long, value_name = "BACKFILL")]
+        cancel: Option<String>,
+    },
     /// Delete a job with its runs.
     Delete {
         job: String,

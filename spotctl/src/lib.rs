@@ -40,6 +40,15 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Disable { job } => jobs::set_enabled(&api, out, &job, false).await?,
         Command::Pause { job, note } => jobs::pause(&api, out, &job, &note).await?,
         Command::Resume { job } => jobs::resume(&api, out, &job).await?,
+        Command::Backfill {
+            job,
+            from,
+            to,
+            concurrency,
+        } => runs::backfill(&api, out, &job, (&from, &to), concurrency).await?,
+        Command::Backfills { job, cancel } => {
+            runs::backfills(&api, out, &job, cancel.as_deref()).await?
+        }
         Command::Delete { job, yes } => jobs::delete(&api, &job, yes).await?,
         Command::Next { job, count } => jobs::next(&api, out, &job, count).await?,
         Command::Runs { job, limit } => runs::list(&api, out, &job, limit).await?,

@@ -431,6 +431,7 @@ async function jobPage(id) {
         ? el("p", { id: "skipped-fires", class: "muted" }, "Skipped by an exclusion: ",
           next.skipped.map((at) => inZone(at, next.timezone)).join(", "))
         : null),
+    backfillCard(job, () => loadRuns().catch(reportError)),
     el("section", { class: "card" }, el("h2", {}, "Runs"), runs));
   await loadRuns();
   every(REFRESH_MS, () => loadRuns().catch(reportError));
@@ -466,6 +467,7 @@ function runTimelines(runs) {
         el("a", { href: `#/runs/${encodeURIComponent(run.id)}` }, utc(run.scheduled_at)),
         " ", stateBadge(run.state), ` attempt ${run.attempt}`,
         run.relaunches ? ` · relaunched ${run.relaunches}×` : "",
+        run.backfill ? el("span", { class: "backfill-mark" }, ` · backfill ${run.backfill.slice(0, 8)}`) : "",
         run.exit_code !== null && run.exit_code !== undefined ? ` · exit ${run.exit_code}` : "",
         run.error ? el("span", { class: "error" }, ` · ${run.error}`) : ""),
       bar,
@@ -566,6 +568,50 @@ function showFieldError(form, formError, field, message) {
   } else {
     formError.textContent = message;
   }
+}
+
+// A job's backfills: a form to run a past range, and each backfill's progress with a Cancel.
+function backfillCard(job, onChange) {
+  const base = `/v1/jobs/${encodeURIComponent(job.id)}`;
+  const list = el("div", { id: "backfills" });
+  const load = async () => {
+    const data = await api("GET", `${base}/backfills`);
+    list.replaceChildren(data.backfills.length
+      ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Backfill", "From (UTC)", "To (UTC)", "Runs", "Waiting", "Under way", "State", ""].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, data.backfills.map((b) => el("tr", { "data-backfill": b.id },
+          el("td", {}, el("code", {}, b.id.slice(0, 8))), el("td", {}, utc(b.from)), el("td", {}, utc(b.to)),
+          el("td", {}, String(b.total)), el("td", {}, String(b.waiting)), el("td", {}, String(b.under_way)), el("td", { class: "backfill-state" }, b.state),
+          el("td", {}, b.state === "running" ? el("button", { type: "button", class: "cancel-backfill danger", onclick: async () => {
+            try {
+              await api("POST", `${base}/backfills/${encodeURIComponent(b.id)}/cancel`);
+              toast("backfill cancelled");
+              await load();
+              onChange();
+            } catch (err) { reportError(err); }
+          } }, "Cancel") : "")))))
+      : el("p", { class: "muted" }, "No backfills."));
+  };
+  const from = el("input", { type: "datetime-local", id: "backfill-from", required: true, step: "1" });
+  const to = el("input", { type: "datetime-local", id: "backfill-to", required: true, step: "1" });
+  const concurrency = el("input", { type: "number", id: "backfill-concurrency", min: "1", max: "100", value: "1" });
+  const form = el("form", { class: "backfill-form", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const made = await api("POST", `${base}/backfill`, {
+        from: new Date(`${from.value}Z`).toISOString(), to: new Date(`${to.value}Z`).toISOString(),
+        concurrency: Number(concurrency.value),
+      });
+      toast(`backfill of ${made.total} runs started`);
+      await load();
+      onChange();
+    } catch (err) { reportError(err); }
+  } },
+  el("label", {}, "From (UTC) ", from), " ", el("label", {}, "To (UTC) ", to), " ",
+  el("label", {}, "At once ", concurrency), " ", el("button", { type: "submit", id: "backfill-submit" }, "Backfill"));
+  load().catch(reportError);
+  return el("section", { class: "card" }, el("h2", {}, "Backfills"),
+    el("p", { class: "muted" }, "Run the job for each instant of its schedule in a past range (10,000 at most)."), form, list);
 }
 
 // ----- one run -----

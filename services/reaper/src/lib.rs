@@ -147,7 +147,12 @@ impl Reaper {
                 Some(job) => {
                     let started = self.store.start_backfill_runs(&job, &backfill).await?;
                     if !started.is_empty() {
-                        tracing::warn!(job_id, backfill, started = started.len(), "sweep: backfill runs started");
+                        tracing::warn!(
+                            job_id,
+                            backfill,
+                            started = started.len(),
+                            "sweep: backfill runs started"
+                        );
                     }
                     report.queued_started += started.len();
                 }

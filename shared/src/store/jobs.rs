@@ -219,8 +219,11 @@ impl Store {
                 pipe.del(self.shard_key(shard, &format!("backfill:{id}{part}")))
                     .ignore();
             }
-            pipe.srem(self.shard_key(shard, "backfills"), format!("{}/{id}", job.id))
-                .ignore();
+            pipe.srem(
+                self.shard_key(shard, "backfills"),
+                format!("{}/{id}", job.id),
+            )
+            .ignore();
         }
         let runs_key = self.shard_key(shard, &format!("job:{}:runs", job.id));
         let run_keys = run_ids.iter().flat_map(|run_id| {

@@ -272,6 +272,87 @@ pub async fn logs(api: &ApiClient, run: &str, follow: bool) -> CtlResult<()> {
     Ok(())
 }
 
+const BACKFILL_HEADER: [&str; 7] = [
+    "BACKFILL",
+    "FROM",
+    "TO",
+    "RUNS",
+    "WAITING",
+    "UNDER WAY",
+    "STATE",
+];
+
+fn backfill_row(backfill: &Value) -> Vec<String> {
+    vec![
+        text(&backfill["id"]),
+        when(&backfill["from"]),
+        when(&backfill["to"]),
+        text(&backfill["total"]),
+        text(&backfill["waiting"]),
+        text(&backfill["under_way"]),
+        text(&backfill["state"]),
+    ]
+}
+
+/// Backfills the job over `range` (RFC 3339 instants), `concurrency` runs at a time.
+pub async fn backfill(
+    api: &ApiClient,
+    output: Output,
+    job: &str,
+    range: (&str, &str),
+    concurrency: u32,
+) -> CtlResult<()> {
+    let path = format!("/v1/jobs/{}/backfill", segment(job));
+    let body = json!({"from": range.0, "to": range.1, "concurrency": concurrency});
+    let answer = api
+        .json(Method::POST, &path, Some(Body::Json(body)))
+        .await?;
+    output::print(
+        output,
+        &answer,
+        &BACKFILL_HEADER,
+        vec![backfill_row(&answer)],
+    );
+    Ok(())
+}
+
+/// The job's backfills, or, with `cancel`, that one cancelled as a whole.
+pub async fn backfills(
+    api: &ApiClient,
+    output: Output,
+    job: &str,
+    cancel: Option<&str>,
+) -> CtlResult<()> {
+    if let Some(backfill) = cancel {
+        let path = format!(
+            "/v1/jobs/{}/backfills/{}/cancel",
+            segment(job),
+            segment(backfill)
+        );
+        let answer = api.json(Method::POST, &path, None).await?;
+        output::print(
+            output,
+            &answer,
+            &BACKFILL_HEADER,
+            vec![backfill_row(&answer)],
+        );
+        return Ok(());
+    }
+    let answer = api
+        .json(
+            Method::GET,
+            &format!("/v1/jobs/{}/backfills", segment(job)),
+            None,
+        )
+        .await?;
+    let rows = output::items(&answer, "backfills")
+        .iter()
+        .map(backfill_row)
+        .collect();
+    output::print(output, &answer, &BACKFILL_HEADER, rows);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

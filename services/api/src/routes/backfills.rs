@@ -64,13 +64,17 @@ pub async fn create(
         return Err(Error::invalid("to", "must not be before from").into());
     }
     if request.to > Utc::now() {
-        return Err(Error::invalid("to", "must not be in the future: a backfill runs the past").into());
+        return Err(
+            Error::invalid("to", "must not be in the future: a backfill runs the past").into(),
+        );
     }
     if !job.enabled {
         return Err(Error::conflict("the job is disabled; enable it first").into());
     }
     if !job.parsed_schedule()?.is_recurring() {
-        return Err(Error::invalid("schedule", "a one-shot job has no instants to backfill").into());
+        return Err(
+            Error::invalid("schedule", "a one-shot job has no instants to backfill").into(),
+        );
     }
     let Some(instants) = job.instants_between(request.from, request.to, MAX_BACKFILL_RUNS)? else {
         return Err(Error::invalid(
@@ -84,7 +88,12 @@ pub async fn create(
     }
     let id = state
         .store
-        .create_backfill(&job, &instants, (request.from, request.to), request.concurrency)
+        .create_backfill(
+            &job,
+            &instants,
+            (request.from, request.to),
+            request.concurrency,
+        )
         .await?;
     let started = state.store.start_backfill_runs(&job, &id).await?;
     tracing::info!(job_id = %job.id, backfill = %id, runs = instants.len(), started = started.len(), "backfill created");
@@ -115,7 +124,12 @@ pub async fn cancel(
 ) -> ApiResult<HttpResponse> {
     let (job_id, backfill) = path.into_inner();
     let job = jobs::load_owned(&state, &caller, &job_id).await?;
-    if state.store.get_backfill(&job.id, &backfill).await?.is_none() {
+    if state
+        .store
+        .get_backfill(&job.id, &backfill)
+        .await?
+        .is_none()
+    {
         return Err(Error::not_found("no such backfill of this job").into());
     }
     let Some(under_way) = state.store.cancel_backfill(&job.id, &backfill).await? else {

@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion, operations, overview,
-    quarantine, resources, simple, usage,
+    agent, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion, operations,
+    overview, quarantine, resources, simple, usage,
 };
 
 #[derive(OpenApi)]

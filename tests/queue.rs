@@ -34,6 +34,7 @@ fn ended(run: &Value) -> Option<DateTime<Utc>> {
     .find_map(|state| at(run, state))
 }
 
+/// With the provisioner stopped and replaced while a fire waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of_its_end() {
     let env = TestEnv::new();
@@ -53,6 +54,16 @@ async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of
             }),
         )
         .await;
+    // A fire waits; the provisioner is stopped and replaced meanwhile.
+    eventually(Duration::from_secs(60), "a fire in line", || async {
+        let runs = app.runs(&id).await;
+        runs.iter()
+            .any(|run| run["state"] == "queued")
+            .then_some(())
+    })
+    .await;
+    provisioner.stop().await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
     eventually(
         Duration::from_secs(60),
         "a run started from the line",
@@ -111,6 +122,14 @@ async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of
             assert_eq!(app.run_log(run).await.trim(), "done");
         }
     }
+    let mut instants: Vec<&str> = runs
+        .iter()
+        .filter_map(|run| run["scheduled_at"].as_str())
+        .collect();
+    let all = instants.len();
+    instants.sort();
+    instants.dedup();
+    assert_eq!(instants.len(), all, "one run per instant");
     assert_eq!(store.queued_count(&id).await.unwrap(), 0);
     // The fires that found the line full were skipped, and counted.
     let events = store.event_counts().await.unwrap();

@@ -12,26 +12,6 @@ use serde_json::{json, Value};
 use spot_tests::image::busybox_image;
 use spot_tests::*;
 
-fn at(run: &Value, state: &str) -> Option<DateTime<Utc>> {
-    run["transitions"][state]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-fn ended(run: &Value) -> Option<DateTime<Utc>> {
-    [
-        "succeeded",
-        "failed",
-        "timed_out",
-        "cancelled",
-        "interrupted",
-        "provision_failed",
-    ]
-    .iter()
-    .find_map(|state| at(run, state))
-}
-
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     let response = app.send(Method::POST, path, ACCOUNT_KEY, Some(body)).await;
     let status = response.status().as_u16();
@@ -115,10 +95,12 @@ async fn a_backfill_runs_each_instant_once_two_at_a_time_across_a_wiped_broker()
     }
     // Never more than two under way at once.
     for run in &runs {
-        let start = at(run, "pending").unwrap();
+        let start = entered(run, "pending").unwrap();
         let together = runs
             .iter()
-            .filter(|other| at(other, "pending").unwrap() <= start && ended(other).unwrap() > start)
+            .filter(|other| {
+                entered(other, "pending").unwrap() <= start && ended(other).unwrap() > start
+            })
             .count();
         assert!(together <= 2, "{together} under way at {start}");
     }
@@ -209,7 +191,7 @@ async fn a_backfill_is_cancelled_as_a_whole_and_bad_ranges_name_their_field() {
     );
     assert_eq!(
         runs.iter()
-            .filter(|run| at(run, "running").is_some())
+            .filter(|run| entered(run, "running").is_some())
             .count(),
         1,
         "nothing started after the cancel"

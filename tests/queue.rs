@@ -13,27 +13,6 @@ use spot_shared::store::FireRecord;
 use spot_tests::image::busybox_image;
 use spot_tests::*;
 
-fn at(run: &Value, state: &str) -> Option<DateTime<Utc>> {
-    run["transitions"][state]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// When a run ended, whatever way.
-fn ended(run: &Value) -> Option<DateTime<Utc>> {
-    [
-        "succeeded",
-        "failed",
-        "timed_out",
-        "cancelled",
-        "interrupted",
-        "provision_failed",
-    ]
-    .iter()
-    .find_map(|state| at(run, state))
-}
-
 /// With the provisioner stopped and replaced while a fire waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of_its_end() {
@@ -70,7 +49,7 @@ async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of
         || async {
             let runs = app.runs(&id).await;
             runs.iter()
-                .any(|run| at(run, "queued").is_some() && at(run, "running").is_some())
+                .any(|run| entered(run, "queued").is_some() && entered(run, "running").is_some())
                 .then_some(())
         },
     )
@@ -93,22 +72,22 @@ async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of
 
     let mut ran: Vec<&Value> = runs
         .iter()
-        .filter(|run| at(run, "running").is_some())
+        .filter(|run| entered(run, "running").is_some())
         .collect();
-    ran.sort_by_key(|run| at(run, "running"));
+    ran.sort_by_key(|run| entered(run, "running"));
     assert!(ran.len() >= 2, "{runs:?}");
     for pair in ran.windows(2) {
         let (before, after) = (pair[0], pair[1]);
         let before_end = ended(before).expect("ended");
         // Never two at once: each started after the one before it ended.
         assert!(
-            at(after, "running").unwrap() >= before_end,
+            entered(after, "running").unwrap() >= before_end,
             "overlap: {before} {after}"
         );
         assert_eq!(before["state"], "succeeded", "{before}");
         // One that waited was being launched within a second of the end it waited for.
-        if at(after, "queued").is_some() {
-            let started = at(after, "provisioning").expect("launched");
+        if entered(after, "queued").is_some() {
+            let started = entered(after, "provisioning").expect("launched");
             let waited = started - before_end;
             assert!(
                 waited < chrono::Duration::seconds(1),
@@ -118,7 +97,7 @@ async fn a_queued_fire_waits_for_the_run_under_way_and_starts_within_a_second_of
     }
     for run in &runs {
         assert_legal_history(run);
-        if at(run, "running").is_some() {
+        if entered(run, "running").is_some() {
             assert_eq!(app.run_log(run).await.trim(), "done");
         }
     }
@@ -234,12 +213,12 @@ async fn a_line_survives_a_lost_start_step_and_a_wiped_broker() {
         assert_legal_history(run);
         let log = app.run_log(run).await;
         assert!(log.starts_with("ran "), "{log}");
-        let started = at(run, "running").unwrap();
+        let started = entered(run, "running").unwrap();
         if let Some(end) = previous_end {
             assert!(started >= end, "one at a time, in order");
         }
         previous_end = ended(run);
-        order.push(at(run, "running"));
+        order.push(entered(run, "running"));
     }
     assert_eq!(order.len(), 3);
     assert_eq!(store.queued_count(&id).await.unwrap(), 0);

@@ -857,6 +857,23 @@ pub async fn assert_each_fires_once(store: &Store, jobs: &[String], limit: Durat
     }
 }
 
+/// When a run (as the api shows it) entered `state`, if it did.
+pub fn entered(run: &serde_json::Value, state: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    run["transitions"][state]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// When a run (as the api shows it) ended, whichever way.
+pub fn ended(run: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    use spot_shared::model::RunState;
+    RunState::ALL
+        .into_iter()
+        .filter(|state| state.is_terminal())
+        .find_map(|state| entered(run, state.as_str()))
+}
+
 /// Fails unless a run's recorded transitions, in time order, form a legal path of the run state
 /// machine from `pending`.
 pub fn assert_legal_history(run: &serde_json::Value) {

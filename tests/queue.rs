@@ -226,3 +226,68 @@ async fn a_line_survives_a_lost_start_step_and_a_wiped_broker() {
     assert_eq!(reaper.sweep_once().await.unwrap().queued_started, 0);
     provisioner.stop().await;
 }
+
+/// A run that never reports its end cannot hold the line for ever: the first run's launch is lost
+/// (no provisioner), the reaper's sweep ends it `provision_failed` once its relaunches are used up,
+/// and that ending starts the fire waiting behind it, which then runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_the_sweeps_end_moves_the_line_on() {
+    let mut env = TestEnv::new();
+    env.settings.provisioner.max_relaunches = 0;
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let image = busybox_image().await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": "@yearly",
+                "runner": {"type": "container", "image": image, "cmd": "sh -c 'echo second'"},
+                "policies": {"concurrency": "queue"},
+            }),
+        )
+        .await;
+    let job = store.get_job(&id).await.unwrap().unwrap();
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let stuck = match store
+        .record_fire(&job, job.generation, now, 1)
+        .await
+        .unwrap()
+    {
+        FireRecord::New(run_id) => run_id,
+        other => panic!("{other:?}"),
+    };
+    let waiting = match store
+        .record_fire(&job, job.generation, now + chrono::Duration::seconds(1), 1)
+        .await
+        .unwrap()
+    {
+        FireRecord::Queued(run_id) => run_id,
+        other => panic!("{other:?}"),
+    };
+
+    let mut settings = env.settings.clone();
+    settings.reaper.pending_timeout_secs = 0;
+    let reaper = spot_reaper::Reaper::build(settings).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = reaper.sweep_once().await.unwrap();
+    assert_eq!(report.provision_failed, 1, "{report:?}");
+    let ended_run = store.get_run(&stuck).await.unwrap().unwrap();
+    assert_eq!(ended_run.state, RunState::ProvisionFailed);
+    assert_eq!(
+        store.get_run(&waiting).await.unwrap().unwrap().state,
+        RunState::Pending,
+        "the line moved on with the ending"
+    );
+
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let run = eventually(Duration::from_secs(60), "the waiting run ran", || async {
+        let runs = app.runs(&id).await;
+        runs.into_iter()
+            .find(|run| run["id"] == waiting.as_str() && run["state"] == "succeeded")
+    })
+    .await;
+    assert_legal_history(&run);
+    assert_eq!(app.run_log(&run).await.trim(), "second");
+    provisioner.stop().await;
+}

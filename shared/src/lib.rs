@@ -2,6 +2,7 @@
 //! schedule parsing, the Redis store, the RabbitMQ topology and timers, configuration, auth and the
 //! cloud providers that launch and terminate instances.
 
+pub mod alerts;
 pub mod auth;
 pub mod broker;
 pub mod catch_up;

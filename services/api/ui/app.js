@@ -468,6 +468,8 @@ function runTimelines(runs) {
         " ", stateBadge(run.state), ` attempt ${run.attempt}`,
         run.relaunches ? ` · relaunched ${run.relaunches}×` : "",
         run.backfill ? el("span", { class: "backfill-mark" }, ` · backfill ${run.backfill.slice(0, 8)}`) : "",
+        run.late_alert_at ? el("span", { class: "alert-mark", title: `late since ${utc(run.late_alert_at)}` }, " · late") : "",
+        run.long_running_alert_at ? el("span", { class: "alert-mark", title: `long running since ${utc(run.long_running_alert_at)}` }, " · long running") : "",
         run.exit_code !== null && run.exit_code !== undefined ? ` · exit ${run.exit_code}` : "",
         run.error ? el("span", { class: "error" }, ` · ${run.error}`) : ""),
       bar,
@@ -634,6 +636,8 @@ async function runPage(id) {
       ["Relaunches", run.relaunches ? el("ol", {}, (run.relaunch_reasons || []).map((why) => el("li", {}, why))) : "—"],
       ["Container", run.container_id ? el("code", {}, run.container_id.slice(0, 12)) : "—"],
       ...(run.overrides ? [["Overrides", el("code", { id: "run-overrides" }, JSON.stringify(run.overrides))]] : []),
+      ...(run.late_alert_at ? [["Late", el("span", { class: "alert-mark" }, `its code had not started by ${utc(run.late_alert_at)} (alert_late_secs)`)]] : []),
+      ...(run.long_running_alert_at ? [["Long running", el("span", { class: "alert-mark" }, `still running at ${utc(run.long_running_alert_at)} (alert_running_secs)`)]] : []),
     ]), runTimelines([run]));
     if (run.instance_id) {
       const found = await api("GET", `/v1/instances/${encodeURIComponent(run.instance_id)}`).catch(() => null);

@@ -11,7 +11,7 @@
 
 mod costs;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -22,7 +22,7 @@ use spot_shared::config::ReaperSettings;
 use spot_shared::config::Settings;
 use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
-use spot_shared::model::{HttpSpec, Instance, InstanceState, Run, RunState, Runner};
+use spot_shared::model::{HttpSpec, Instance, InstanceState, Job, Run, RunState, Runner};
 use spot_shared::policy::Relaunched;
 use spot_shared::store::{Moved, QueueStep, SlotKind, Store};
 use spot_shared::supervise::supervise;
@@ -60,6 +60,8 @@ pub struct SweepReport {
     /// Queued and backfill runs started because the run before them had ended without starting
     /// them (a crash between the two steps), or cancelled with their disabled job.
     pub queued_started: usize,
+    /// Runs marked late or long running (`policies.alert_late_secs`, `alert_running_secs`).
+    pub alerts: usize,
 }
 
 impl Reaper {
@@ -106,6 +108,9 @@ impl Reaper {
         if let Err(err) = self.sweep_live_runs(now, &mut report).await {
             tracing::warn!(error = %err, "sweep: live runs skipped");
         }
+        if let Err(err) = self.sweep_alerts(now, &mut report).await {
+            tracing::warn!(error = %err, "sweep: alerts skipped");
+        }
         if let Err(err) = self.sweep_queues(&mut report).await {
             tracing::warn!(error = %err, "sweep: queues skipped");
         }
@@ -136,6 +141,42 @@ impl Reaper {
             self.store.note_event(event, count as u64).await;
         }
         Ok(report)
+    }
+
+    /// Marks the runs not ended that their job's alert policies say are late or long running, each
+    /// alert once (the mark is set only if absent), counted as `alert_late` / `alert_long_running`.
+    async fn sweep_alerts(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
+        for run_id in self.store.live_run_ids(LIVE_RUNS_SCANNED).await? {
+            let Some(run) = self.store.get_run(&run_id).await? else {
+                continue;
+            };
+            if !jobs.contains_key(&run.job_id) {
+                let job = self.store.get_job(&run.job_id).await?;
+                jobs.insert(run.job_id.clone(), job);
+            }
+            let Some(Some(job)) = jobs.get(&run.job_id) else {
+                continue;
+            };
+            for alert in spot_shared::alerts::due(job, &run, now) {
+                if self
+                    .store
+                    .mark_run_alert(&run.id, alert.as_str(), now)
+                    .await?
+                {
+                    tracing::warn!(job_id = %job.id, run_id = %run.id, alert = alert.as_str(), "run alert");
+                    self.store
+                        .note_event(&format!("alert_{}", alert.as_str()), 1)
+                        .await;
+                    report.alerts += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts the next waiting run of every job with a line and no run under way: the step a run's

@@ -283,6 +283,13 @@ pub struct Policies {
     pub max_runs: Option<u32>,
     /// What becomes of the job once its schedule is over and its last run has ended.
     pub on_last_run: OnLastRun,
+    /// Mark a run `late` (an event, a counter) whose user code has not started this long after its
+    /// instant. `None`: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_late_secs: Option<u64>,
+    /// Mark a run `long_running` still running this long after it started. `None`: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_running_secs: Option<u64>,
 }
 
 impl Default for Policies {
@@ -303,6 +310,8 @@ impl Default for Policies {
             exclude: Vec::new(),
             max_runs: None,
             on_last_run: OnLastRun::Keep,
+            alert_late_secs: None,
+            alert_running_secs: None,
         }
     }
 }
@@ -350,6 +359,17 @@ impl Policies {
                 field("pause_after_failures"),
                 "must be 1..=1000",
             ));
+        }
+        for (name, secs) in [
+            ("alert_late_secs", self.alert_late_secs),
+            ("alert_running_secs", self.alert_running_secs),
+        ] {
+            if secs.is_some_and(|secs| !(1..=Self::MAX_TIMEOUT_SECS).contains(&secs)) {
+                return Err(Error::invalid(
+                    field(name),
+                    format!("must be 1..={} (a week)", Self::MAX_TIMEOUT_SECS),
+                ));
+            }
         }
         if !(1..=10_000).contains(&self.max_queued) {
             return Err(Error::invalid(field("max_queued"), "must be 1..=10000"));

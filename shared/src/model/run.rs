@@ -202,6 +202,12 @@ pub struct Run {
     /// in place of its job's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overrides: Option<super::RunOverrides>,
+    /// When the sweep found the run late (`policies.alert_late_secs`: its code not started yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_alert_at: Option<DateTime<Utc>>,
+    /// When the sweep found the run long running (`policies.alert_running_secs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_running_alert_at: Option<DateTime<Utc>>,
     /// The backfill (`POST /v1/jobs/{id}/backfill`) this run is one of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backfill: Option<String>,

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
-use super::scripts::{JOB_STATE_LUA, LIVE_RUNS, QUARANTINE_LUA, UNARMED};
+use super::scripts::{JOB_STATE_LUA, LIVE_RUNS, QUARANTINE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::timers::{is_delayed, millis, parse_timer_member, timer_member};
 use super::{Moved, Store, UnarmedTimer};
 use crate::error::Result;
@@ -64,6 +64,15 @@ return count
 "#;
 
 static RELAUNCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELAUNCH));
+
+/// KEYS: the run. ARGV: the alert's field, its time. Sets the field only on a run not ended. 1 if set.
+const MARK_ALERT: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or not unfinished(state) then return 0 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+"#;
+static MARK_ALERT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{MARK_ALERT}")));
 
 /// What [`Store::relaunch_run`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +379,39 @@ impl Store {
         let mut runs: Vec<StuckRun> = per_shard.into_iter().flatten().collect();
         runs.sort_by_key(|run| run.recorded_at);
         Ok(runs)
+    }
+
+    /// The runs of the live-run index, `scan` at most per shard (what the alert sweep reads).
+    pub async fn live_run_ids(&self, scan: usize) -> Result<Vec<String>> {
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                let ids: Vec<String> = conn
+                    .zrange(self.shard_key(shard, LIVE_RUNS), 0, scan as isize - 1)
+                    .await?;
+                Ok(ids)
+            })
+            .await?;
+        Ok(per_shard.into_iter().flatten().collect())
+    }
+
+    /// Marks a run with an alert (`alert:{kind}` = `at`) unless it has it, or has ended meanwhile:
+    /// `true` if this call marked it, so each alert is counted once however many sweeps see it.
+    pub async fn mark_run_alert(
+        &self,
+        run_id: &str,
+        kind: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let marked: i64 = MARK_ALERT_SCRIPT
+            .key(self.owned_key(run_id, &format!("run:{run_id}")))
+            .arg(format!("alert:{kind}"))
+            .arg(at.to_rfc3339())
+            .invoke_async(&mut conn)
+            .await?;
+        self.replicated(run_id).await?;
+        Ok(marked == 1)
     }
 
     /// Takes a run out of the live-run index (it ended, or is gone).

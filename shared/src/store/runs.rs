@@ -658,6 +658,9 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
         relaunch_at: optional(map, "relaunch_at").and_then(|v| parse_time(&v).ok()),
         overrides: optional(map, "overrides").and_then(|v| serde_json::from_str(&v).ok()),
         backfill: optional(map, "backfill"),
+        late_alert_at: optional(map, "alert:late").and_then(|v| parse_time(&v).ok()),
+        long_running_alert_at: optional(map, "alert:long_running")
+            .and_then(|v| parse_time(&v).ok()),
         interruptions: optional(map, "interruptions")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod auth;
 pub mod broker;
 pub mod catch_up;
+pub mod chain;
 pub mod cloud;
 pub mod config;
 pub mod container_limits;

@@ -81,14 +81,31 @@ pub async fn end_run(
         .find(|(name, _)| *name == "exit_code")
         .and_then(|(_, code)| code.parse().ok());
     let retry = job.and_then(|job| next_attempt(job, run, ended, exit_code));
+    // Noted in the same step as the ending, so the chained jobs start once per ending.
+    let chained =
+        job.is_some_and(|job| !crate::chain::targets(job, ended, retry.is_some()).is_empty());
+    let chain_at = chained.then(|| {
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now)
+    });
     let moved = store
         .end_run(
             &run.id,
             ended,
             fields,
             retry.as_ref().map(|(fire, due)| (fire, *due)),
+            chain_at,
         )
         .await?;
+    if let (Moved::From(_), Some(job), Some(at)) = (moved, job, chain_at) {
+        let ended_run = Run {
+            state: ended,
+            ..run.clone()
+        };
+        if let Err(err) = crate::chain::start(store, job, &ended_run, at).await {
+            tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
+                "chained jobs not started; the sweep will");
+        }
+    }
     // Counted only by the step that moved the run: an ending reported again counts once.
     if let (Moved::From(_), Some(job)) = (moved, job) {
         if let Err(err) = count_toward_pause(store, job, run, ended, retry.is_some()).await {

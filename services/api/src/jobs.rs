@@ -2,6 +2,8 @@
 //! Each keeps Redis (the truth) and the timers on RabbitMQ in step: a change bumps the job's
 //! generation, so timers armed before it are dropped when they arrive.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
 use spot_shared::model::{Job, Policies, RunOverrides, Runner, Tag};
@@ -281,6 +283,7 @@ async fn prepare(
     check_outbound_targets(state, &spec.runner).await?;
     check_instances_usable(state, &spec.runner)?;
     let mut job = new_job(account, spec, id, now);
+    check_chains(state, &job).await?;
     // Parse once more in the job's own terms (periods count from its creation) and reject a schedule
     // that has no fire left in its window.
     job.next_fire_at = if job.enabled {
@@ -290,6 +293,82 @@ async fn prepare(
     };
     enforce_quotas(state, &job, now).await?;
     Ok(Prepared::New(job))
+}
+
+/// Checks the jobs `job` chains to (`policies.on_success`, `on_failure`): each a job of its account,
+/// and none whose own chains lead back to it (the cycle is named).
+async fn check_chains(state: &AppState, job: &Job) -> Result<()> {
+    let policies = &job.policies;
+    for (name, ids) in [
+        ("on_success", &policies.on_success),
+        ("on_failure", &policies.on_failure),
+    ] {
+        for (i, id) in ids.iter().enumerate() {
+            let field = format!("policies.{name}[{i}]");
+            if *id == job.id {
+                return Err(Error::invalid(
+                    field,
+                    format!("the chain loops back: {id} → {id}"),
+                ));
+            }
+            match state.store.get_job(id).await? {
+                Some(child) if child.account == job.account => {}
+                _ => {
+                    return Err(Error::invalid(
+                        field,
+                        format!("no job {id} of this account"),
+                    ))
+                }
+            }
+            if let Some(path) = chain_path(state, id, &job.id).await? {
+                return Err(Error::invalid(
+                    field,
+                    format!("the chain loops back: {} → {}", job.id, path.join(" → ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The jobs most this many are followed when a chain is checked for a loop.
+const MAX_CHAIN_WALK: usize = 1000;
+
+/// A chain of stored jobs from `from` that reaches `to` (the ids from `from` to `to`), if any.
+async fn chain_path(state: &AppState, from: &str, to: &str) -> Result<Option<Vec<String>>> {
+    let mut came_from: HashMap<String, String> = HashMap::new();
+    let mut queue = VecDeque::from([from.to_string()]);
+    let mut seen = HashSet::from([from.to_string()]);
+    while let Some(id) = queue.pop_front() {
+        if seen.len() > MAX_CHAIN_WALK {
+            break;
+        }
+        let Some(job) = state.store.get_job(&id).await? else {
+            continue;
+        };
+        for next in job
+            .policies
+            .on_success
+            .iter()
+            .chain(&job.policies.on_failure)
+        {
+            if next == to {
+                let mut path = vec![to.to_string(), id.clone()];
+                let mut at = id.clone();
+                while let Some(before) = came_from.get(&at) {
+                    path.push(before.clone());
+                    at = before.clone();
+                }
+                path.reverse();
+                return Ok(Some(path));
+            }
+            if seen.insert(next.clone()) {
+                came_from.insert(next.clone(), id.clone());
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The most jobs one `POST /v1/jobs:batch` may create.
@@ -396,6 +475,7 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
         next_fire_at: None,
         ..current.clone()
     };
+    check_chains(state, &job).await?;
     job.next_fire_at = if job.enabled {
         first_fire(&job, now)?
     } else {

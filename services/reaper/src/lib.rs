@@ -62,7 +62,12 @@ pub struct SweepReport {
     pub queued_started: usize,
     /// Runs marked late or long running (`policies.alert_late_secs`, `alert_running_secs`).
     pub alerts: usize,
+    /// Chained jobs started for endings whose own step to start them was lost (a crash).
+    pub chained: usize,
 }
+
+/// How long an ending's own step has to start its chained jobs before the sweep does.
+const CHAIN_GRACE_SECS: i64 = 5;
 
 impl Reaper {
     pub async fn build(settings: Settings) -> anyhow::Result<Reaper> {
@@ -108,6 +113,9 @@ impl Reaper {
         if let Err(err) = self.sweep_live_runs(now, &mut report).await {
             tracing::warn!(error = %err, "sweep: live runs skipped");
         }
+        if let Err(err) = self.sweep_chains(now, &mut report).await {
+            tracing::warn!(error = %err, "sweep: chains skipped");
+        }
         if let Err(err) = self.sweep_alerts(now, &mut report).await {
             tracing::warn!(error = %err, "sweep: alerts skipped");
         }
@@ -137,10 +145,39 @@ impl Reaper {
             ("stale_request_cancelled", report.stale_requests),
             ("swept_index_entry", report.index_entries),
             ("swept_queued_started", report.queued_started),
+            ("swept_chained", report.chained),
         ] {
             self.store.note_event(event, count as u64).await;
         }
         Ok(report)
+    }
+
+    /// Starts the chained jobs of endings noted more than [`CHAIN_GRACE_SECS`] ago and still pending:
+    /// their own start step was lost. The same job at the same instant is the same fire, so one
+    /// started twice (the step was only slow) still runs once.
+    async fn sweep_chains(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let before = now - chrono::Duration::seconds(CHAIN_GRACE_SECS);
+        for (run_id, at) in self.store.pending_chains(before).await? {
+            let run = self.store.get_run(&run_id).await?;
+            let job = match &run {
+                Some(run) => self.store.get_job(&run.job_id).await?,
+                None => None,
+            };
+            match (run, job) {
+                (Some(run), Some(job)) => {
+                    let started = spot_shared::chain::start(&self.store, &job, &run, at).await?;
+                    tracing::warn!(run_id, started, "sweep: chained jobs started");
+                    report.chained += started;
+                }
+                // The run or its job is gone: nothing to start.
+                _ => self.store.chain_started(&run_id).await?,
+            }
+        }
+        Ok(())
     }
 
     /// Marks the runs not ended that their job's alert policies say are late or long running, each

@@ -290,6 +290,14 @@ pub struct Policies {
     /// Mark a run `long_running` still running this long after it started. `None`: never.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert_running_secs: Option<u64>,
+    /// Jobs of the same account run (each once per ending, told `SPOT_PARENT_RUN_ID`) when a run of
+    /// this one succeeds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_success: Vec<String>,
+    /// The same when a run ends failed, timed out, interrupted or provision-failed with no retry
+    /// left.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<String>,
 }
 
 impl Default for Policies {
@@ -312,6 +320,8 @@ impl Default for Policies {
             on_last_run: OnLastRun::Keep,
             alert_late_secs: None,
             alert_running_secs: None,
+            on_success: Vec::new(),
+            on_failure: Vec::new(),
         }
     }
 }
@@ -321,6 +331,8 @@ impl Policies {
     /// A grace longer than a year means none: larger values are refused rather than overflowing
     /// the time arithmetic they feed.
     pub const MAX_MISFIRE_GRACE_SECS: u64 = 366 * 24 * 3600;
+    /// The most jobs one ending may start.
+    pub const MAX_CHAINED: usize = 16;
     /// The most fires `max_runs` may allow.
     pub const MAX_RUNS: u32 = 1_000_000;
     /// A day: EventBridge Scheduler's longest flexible window.
@@ -369,6 +381,31 @@ impl Policies {
                     field(name),
                     format!("must be 1..={} (a week)", Self::MAX_TIMEOUT_SECS),
                 ));
+            }
+        }
+        for (name, ids) in [
+            ("on_success", &self.on_success),
+            ("on_failure", &self.on_failure),
+        ] {
+            if ids.len() > Self::MAX_CHAINED {
+                return Err(Error::invalid(
+                    field(name),
+                    format!("at most {} jobs", Self::MAX_CHAINED),
+                ));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if !crate::ids::is_id(id) {
+                    return Err(Error::invalid(
+                        field(&format!("{name}[{i}]")),
+                        format!("{id:?} is not a job id"),
+                    ));
+                }
+                if ids[..i].contains(id) {
+                    return Err(Error::invalid(
+                        field(&format!("{name}[{i}]")),
+                        format!("names {id} twice"),
+                    ));
+                }
             }
         }
         if !(1..=10_000).contains(&self.max_queued) {

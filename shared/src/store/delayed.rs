@@ -22,19 +22,25 @@ use crate::model::{Run, RunState};
 /// Retries and run-nows not yet recorded as runs, scored by due time (ms).
 pub(super) const DELAYED: &str = "timers:delayed";
 
-/// Compare-and-set of a run's state that also keeps the live-run index and arms a retry, in one step.
-/// KEYS: run, live runs, delayed, unarmed. ARGV: expected, new, run id, '1' if the new state ends the
-/// run, the retry's member ('' for none), its due time (ms), then field/value pairs.
+/// Runs that ended with chained jobs to start (`policies.on_success`, `on_failure`), scored by the
+/// instant the chained fires take (ms): a run leaves it once they are scheduled.
+const CHAINS: &str = "chains:pending";
+
+/// Compare-and-set of a run's state that also keeps the live-run index, arms a retry and notes the
+/// chained jobs to start, in one step. KEYS: run, live runs, delayed, unarmed, chains to start. ARGV:
+/// expected, new, run id, '1' if the new state ends the run, the retry's member ('' for none), its
+/// due time (ms), the chain's instant (ms, '' for none), then field/value pairs.
 const RUN_CAS: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
 if current ~= ARGV[1] then return {0, current} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 8))
 if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
 end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3]) end
 return {1, current}
 "#;
 
@@ -150,12 +156,15 @@ pub struct StuckRun {
 impl Store {
     /// Moves a run to `to` like [`Store::advance_run`] and, in the same step, arms `retry` (its next
     /// attempt, due at the given time) durably: a crash just after the move cannot lose the retry.
+    /// With `chain_at`, the run is noted as having chained jobs to start at that instant (see
+    /// [`Store::pending_chains`]) in the same step.
     pub async fn end_run(
         &self,
         id: &str,
         to: RunState,
         fields: &[(&str, String)],
         retry: Option<(&FireMessage, DateTime<Utc>)>,
+        chain_at: Option<DateTime<Utc>>,
     ) -> Result<Moved<RunState>> {
         // A run is in its job's shard, and so is the retry it arms.
         let keys = [
@@ -163,6 +172,7 @@ impl Store {
             self.owned_key(id, LIVE_RUNS),
             self.owned_key(id, DELAYED),
             self.owned_key(id, UNARMED),
+            self.owned_key(id, CHAINS),
         ];
         let (member, due) = match retry {
             Some((fire, due)) => (timer_member(fire), due.timestamp_millis().to_string()),
@@ -173,6 +183,7 @@ impl Store {
             if to.is_terminal() { "1" } else { "0" }.to_string(),
             member,
             due,
+            chain_at.map_or_else(String::new, |at| at.timestamp_millis().to_string()),
         ];
         let moved = self
             .advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
@@ -379,6 +390,41 @@ impl Store {
         let mut runs: Vec<StuckRun> = per_shard.into_iter().flatten().collect();
         runs.sort_by_key(|run| run.recorded_at);
         Ok(runs)
+    }
+
+    /// Runs whose chained jobs were not started yet, noted before `older_than`, with the instant
+    /// their chained fires take (what the sweep finishes after a crash).
+    pub async fn pending_chains(
+        &self,
+        older_than: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut conn = self.conn.clone();
+                let rows: Vec<(String, f64)> = conn
+                    .zrangebyscore_limit_withscores(
+                        self.shard_key(shard, CHAINS),
+                        "-inf",
+                        older_than.timestamp_millis(),
+                        0,
+                        1000,
+                    )
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        Ok(per_shard
+            .into_iter()
+            .flatten()
+            .filter_map(|(run_id, ms)| millis(ms as i64).map(|at| (run_id, at)))
+            .collect())
+    }
+
+    /// The run's chained jobs were started: it leaves the pending set.
+    pub async fn chain_started(&self, run_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let () = conn.zrem(self.owned_key(run_id, CHAINS), run_id).await?;
+        self.replicated(run_id).await
     }
 
     /// The runs of the live-run index, `scan` at most per shard (what the alert sweep reads).

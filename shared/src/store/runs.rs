@@ -529,7 +529,7 @@ impl Store {
         to: RunState,
         fields: &[(&str, String)],
     ) -> Result<Moved<RunState>> {
-        self.end_run(id, to, fields, None).await
+        self.end_run(id, to, fields, None, None).await
     }
 
     /// Sets fields of a run without changing its state.

@@ -401,6 +401,33 @@ async fn an_interrupted_spot_instance_is_replaced_by_a_new_attempt_on_a_new_inst
     stack.finish().await;
 }
 
+/// On a spot interruption notice the container gets its stop signal and its grace before the kill:
+/// one that traps SIGTERM writes its checkpoint line, then the run ends `interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interruption_notice_gives_the_container_its_stop_signal_and_grace() {
+    let stack = Ec2Stack::start(false).await;
+    let stack = stack.with_services().await;
+    let job = stack
+        .job_with_policies(
+            "sh -c 'trap \"echo checkpoint saved; exit 0\" TERM; echo started; while true; do sleep 1; done'",
+            json!({"retries": {"max_interruptions": 0}}),
+        )
+        .await;
+    let first = stack.run_in(&job, 1, &["running"]).await;
+    stack
+        .player
+        .interrupt(first["instance_id"].as_str().unwrap());
+    let run = stack.run_in(&job, 1, &["interrupted"]).await;
+    assert_legal_history(&run);
+    let log = eventually(Duration::from_secs(15), "the checkpoint line", || async {
+        let log = stack.app.run_log(&run).await;
+        log.contains("checkpoint saved").then_some(log)
+    })
+    .await;
+    assert!(log.starts_with("started"), "{log}");
+    stack.finish().await;
+}
+
 /// A spot instance reclaimed while its agent could not say so (the agent died with it): the sweep
 /// finds the run silent and the instance gone, and ends the run `interrupted`, not `failed`, with a
 /// new attempt armed as for any interruption.

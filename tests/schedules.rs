@@ -585,7 +585,7 @@ async fn retry_rules_retry_one_exit_code_and_never_another() {
         "max_attempts": 5, "backoff_secs": 1, "backoff_max_secs": 1,
         "on_exit_codes": [75], "never_on_exit_codes": [2],
     }});
-    let cmd = r#"sh -c 'if [ "$SPOT_ATTEMPT" = 1 ]; then exit 75; else exit 2; fi'"#;
+    let cmd = r#"sh -c 'echo previous=$SPOT_PREVIOUS_RUN_ID; if [ "$SPOT_ATTEMPT" = 1 ]; then exit 75; else exit 2; fi'"#;
     let id = container_job(&app, &due.to_rfc3339(), cmd, policies).await;
 
     let runs = eventually(Duration::from_secs(60), "two failed attempts", || async {
@@ -607,6 +607,14 @@ async fn retry_rules_retry_one_exit_code_and_never_another() {
         .collect();
     outcomes.sort();
     assert_eq!(outcomes, vec![(1, 75, true), (2, 2, false)]);
+    // The second attempt is told the run it follows, to resume from its checkpoint.
+    let first = runs.iter().find(|run| run["attempt"] == 1).unwrap();
+    let second = runs.iter().find(|run| run["attempt"] == 2).unwrap();
+    assert_eq!(app.run_log(first).await.trim(), "previous=");
+    assert_eq!(
+        app.run_log(second).await.trim(),
+        format!("previous={}", first["id"].as_str().unwrap())
+    );
     // The rule held: no third attempt comes, though the policy allows five.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.runs(&id).await.len(), 2);
@@ -628,6 +636,60 @@ async fn retry_rules_retry_one_exit_code_and_never_another() {
     let body: Value = response.json().await.unwrap();
     assert!(
         body.to_string().contains("policies.retries.on_exit_codes"),
+        "{body}"
+    );
+    provisioner.stop().await;
+    reaper.stop().await;
+}
+
+/// A container past its timeout gets its stop signal first and the grace to end on its own: one
+/// that traps SIGTERM writes its checkpoint line before it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_past_its_timeout_gets_its_stop_signal_and_grace() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let reaper = spawn_reaper(&env).await;
+    let image = busybox_image().await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": Utc::now().to_rfc3339(),
+                "runner": {"type": "container", "image": image, "stop_grace_secs": 10,
+                    "cmd": "sh -c 'trap \"echo checkpoint saved; exit 0\" TERM; echo started; while true; do sleep 1; done'"},
+                "policies": {"timeout_secs": 2},
+            }),
+        )
+        .await;
+    let run = eventually(Duration::from_secs(60), "the run to time out", || async {
+        app.runs(&id)
+            .await
+            .into_iter()
+            .find(|run| run["state"] == "timed_out")
+    })
+    .await;
+    assert_legal_history(&run);
+    let log = eventually(Duration::from_secs(15), "the checkpoint line", || async {
+        let log = app.run_log(&run).await;
+        log.contains("checkpoint saved").then_some(log)
+    })
+    .await;
+    assert!(log.starts_with("started"), "{log}");
+    // A signal no shell knows is refused, naming the field.
+    let refused = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            ACCOUNT_KEY,
+            Some(json!({"schedule": "@yearly",
+                "runner": {"type": "container", "image": image, "stop_signal": "SIGBOGUS"}})),
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("stop_signal") && body.contains("SIGTERM"),
         "{body}"
     );
     provisioner.stop().await;

@@ -164,6 +164,19 @@ pub struct RunSpec {
     /// How to fetch the files that name a source.
     #[serde(default)]
     pub fetch: crate::file_source::FetchSpec,
+    /// The signal a stop sends first, then the grace before the kill (see `ContainerSpec`).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
+}
+
+fn default_stop_signal() -> String {
+    "SIGTERM".into()
+}
+
+fn default_stop_grace() -> u64 {
+    crate::model::DEFAULT_STOP_GRACE_SECS
 }
 
 /// What `POST /callback` takes: seed 003's body (`action`, `job_id`, `instance_id`) plus what the agent

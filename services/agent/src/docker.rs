@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptions,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -72,9 +72,12 @@ impl Engine {
             Err(_) => {
                 tracing::warn!(
                     timeout_secs = spec.timeout_secs,
+                    signal = %spec.stop_signal,
+                    grace_secs = spec.stop_grace_secs,
                     "timed out; stopping the container"
                 );
-                self.remove(&container_id).await;
+                let grace = Duration::from_secs(spec.stop_grace_secs);
+                self.stop(&container_id, &spec.stop_signal, grace).await;
                 Outcome::TimedOut
             }
         };
@@ -156,6 +159,29 @@ impl Engine {
             Some(Err(err)) => Outcome::Error(format!("lost the container: {err}")),
             None => Outcome::Error("the engine ended the wait without an exit code".into()),
         }
+    }
+
+    /// Stops a container the way its job asks: its stop signal first, then `grace` for it to end on
+    /// its own (a checkpoint, say), then the kill. Returns whether it ended within the grace.
+    pub async fn stop(&self, container: &str, signal: &str, grace: Duration) -> bool {
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        if let Err(err) = self.docker.kill_container(container, Some(options)).await {
+            tracing::warn!(container, signal, error = %err, "could not signal the container");
+        }
+        let ended = tokio::time::timeout(grace, self.wait(container))
+            .await
+            .is_ok();
+        if !ended {
+            tracing::warn!(
+                container,
+                grace_secs = grace.as_secs(),
+                "still running after its grace: killed"
+            );
+        }
+        self.remove(container).await;
+        ended
     }
 
     /// Removes a container, running or not; absent is fine.

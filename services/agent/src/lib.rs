@@ -160,7 +160,13 @@ async fn run_reporting(
     let outcome = tokio::select! {
         outcome = engine.run_job(api, &spec, settings, &container_name) => outcome,
         notice = interruption => {
-            tracing::warn!(action = %notice.action, time = %notice.time, "spot interruption notice; stopping the container");
+            // Inside the two-minute notice: the job's stop signal, then its grace (100 s at most).
+            let grace = spec.stop_grace_secs.min(spot_shared::model::MAX_SPOT_STOP_GRACE_SECS);
+            tracing::warn!(action = %notice.action, time = %notice.time, grace_secs = grace,
+                "spot interruption notice; stopping the container");
+            engine
+                .stop(&container_name, &spec.stop_signal, Duration::from_secs(grace))
+                .await;
             Outcome::Interrupted
         }
         _ = spot_shared::shutdown_signal() => {

@@ -17,6 +17,7 @@ pub use policies::{CatchUp, Concurrency, OnLastRun, Policies, RetryPolicy, Retry
 pub use run::{Run, RunState};
 pub use runner::{
     limits, ContainerSpec, DummySpec, FileSpec, HttpSpec, InstanceSpec, PowerAction, Runner,
+    DEFAULT_STOP_GRACE_SECS, MAX_SPOT_STOP_GRACE_SECS, STOP_SIGNALS,
 };
 
 #[cfg(test)]

@@ -134,7 +134,26 @@ pub struct ContainerSpec {
     /// What the container may use; the deployment's `[container_limits]` for any unset.
     #[serde(default, skip_serializing_if = "ContainerLimits::is_unset")]
     pub limits: ContainerLimits,
+    /// The signal a container being stopped (its timeout, a spot interruption) gets first
+    /// (`SIGTERM` unless set), so it can checkpoint before the kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long after that signal the container is killed (30 s unless set; on a spot interruption at
+    /// most 100, inside the two-minute notice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_secs: Option<u64>,
 }
+
+/// The signals a container may be asked to stop with.
+pub const STOP_SIGNALS: [&str; 6] = [
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2",
+];
+
+/// The grace after the stop signal unless a job sets one.
+pub const DEFAULT_STOP_GRACE_SECS: u64 = 30;
+
+/// The longest grace a spot interruption allows, inside its two-minute notice.
+pub const MAX_SPOT_STOP_GRACE_SECS: u64 = 100;
 
 /// A file for the container: absolute path, mode, and its content in base64 or where the agent fetches
 /// it from (one of the two).
@@ -328,6 +347,17 @@ impl ContainerSpec {
                     limits::SUBNETS
                 ),
             ));
+        }
+        if let Some(signal) = &self.stop_signal {
+            if !STOP_SIGNALS.contains(&signal.as_str()) {
+                return Err(Error::invalid(
+                    field("stop_signal"),
+                    format!("must be one of {}", STOP_SIGNALS.join(", ")),
+                ));
+            }
+        }
+        if self.stop_grace_secs.is_some_and(|secs| secs > 3600) {
+            return Err(Error::invalid(field("stop_grace_secs"), "must be 0..=3600"));
         }
         if self.disk_gb.is_some_and(|gb| gb == 0 || gb > 16_384) {
             return Err(Error::invalid(field("disk_gb"), "must be 1 to 16384"));

@@ -30,6 +30,16 @@ pub async fn spec(
         Some(overrides) => overrides.applied_to(container),
         None => container.clone(),
     };
+    // A retry is told the attempt it follows, so it can resume from that attempt's checkpoint.
+    let previous = match run.attempt {
+        0 | 1 => None,
+        attempt => {
+            state
+                .store
+                .fire_run(&job.id, run.scheduled_at, attempt - 1)
+                .await?
+        }
+    };
     let spec = RunSpec {
         run_id: run.id.clone(),
         job_id: job.id.clone(),
@@ -43,11 +53,19 @@ pub async fn spec(
             .iter()
             .cloned()
             .chain(run.identity_env())
+            .chain(previous.map(|id| format!("SPOT_PREVIOUS_RUN_ID={id}")))
             .collect(),
         timeout_secs: job.policies.timeout_secs,
         files: container.files.clone(),
         limits: container.limits.applied(&state.settings.container_limits),
         fetch: (*state.fetch).clone(),
+        stop_signal: container
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| "SIGTERM".into()),
+        stop_grace_secs: container
+            .stop_grace_secs
+            .unwrap_or(spot_shared::model::DEFAULT_STOP_GRACE_SECS),
     };
     Ok(HttpResponse::Ok().json(spec))
 }

@@ -126,6 +126,11 @@ pub enum RunnerRequest {
         /// What the container may use; the deployment's defaults for any unset.
         #[serde(default)]
         limits: spot_shared::model::ContainerLimits,
+        /// The signal a stop (timeout, spot interruption) sends first (`SIGTERM`).
+        #[schema(example = "SIGTERM")]
+        stop_signal: Option<String>,
+        /// Seconds from that signal to the kill (30; at most 100 on a spot interruption).
+        stop_grace_secs: Option<u64>,
     },
 }
 
@@ -204,6 +209,8 @@ impl From<JobRequest> for JobSpec {
                 disk_gb,
                 on_demand_fallback,
                 limits,
+                stop_signal,
+                stop_grace_secs,
             } => Runner::Container(ContainerSpec {
                 image: image.trim().to_string(),
                 cmd,
@@ -215,6 +222,8 @@ impl From<JobRequest> for JobSpec {
                 disk_gb,
                 on_demand_fallback,
                 limits,
+                stop_signal,
+                stop_grace_secs,
             }),
         };
         JobSpec {

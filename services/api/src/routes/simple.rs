@@ -85,6 +85,7 @@ pub async fn schedule(
             disk_gb: request.disk_gb,
             on_demand_fallback: request.on_demand_fallback,
             limits: request.limits,
+            ..ContainerSpec::default()
         }),
         enabled: true,
         policies: Policies {

@@ -409,7 +409,7 @@ async fn an_interruption_notice_gives_the_container_its_stop_signal_and_grace() 
     let stack = stack.with_services().await;
     let job = stack
         .job_with_policies(
-            "sh -c 'trap \"echo checkpoint saved; exit 0\" TERM; echo started; while true; do sleep 1; done'",
+            "sh -c 'trap \"echo checkpoint saved; cat /run/spot/interruption; exit 0\" TERM; echo started; while true; do sleep 1; done'",
             json!({"retries": {"max_interruptions": 0}}),
         )
         .await;
@@ -425,6 +425,12 @@ async fn an_interruption_notice_gives_the_container_its_stop_signal_and_grace() 
     })
     .await;
     assert!(log.starts_with("started"), "{log}");
+    // The notice's time, read from the file the container was given before the signal.
+    let notice = log.lines().last().unwrap_or_default();
+    assert!(
+        notice.len() == 20 && notice.starts_with("20") && notice.ends_with('Z'),
+        "{log}"
+    );
     stack.finish().await;
 }
 

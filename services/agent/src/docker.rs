@@ -126,7 +126,7 @@ impl Engine {
             cmd: spec.argv.clone(),
             env: Some(spec.env.clone()),
             labels: Some(labels),
-            host_config: Some(host_config(&spec.limits)),
+            host_config: Some(host_config(&spec.limits, &notice_dir(&spec.run_id))),
             ..ContainerCreateBody::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
@@ -195,6 +195,30 @@ impl Engine {
             Err(err) => tracing::warn!(container, error = %err, "could not remove the container"),
         }
     }
+}
+
+/// Where a container finds the notices its agent gives it: `interruption` holds a spot interruption
+/// notice's time, written before the stop signal is sent.
+pub const NOTICE_MOUNT: &str = "/run/spot";
+
+/// The host directory mounted at [`NOTICE_MOUNT`] for a run.
+pub fn notice_dir(run_id: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("spot-run-{run_id}"))
+}
+
+/// Makes the run's notice directory, empty.
+pub fn prepare_notices(run_id: &str) -> std::io::Result<()> {
+    let dir = notice_dir(run_id);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+}
+
+/// Writes a notice the container can watch for (whole, by a rename).
+pub fn give_notice(run_id: &str, name: &str, content: &str) -> std::io::Result<()> {
+    let dir = notice_dir(run_id);
+    let draft = dir.join(format!(".{name}"));
+    std::fs::write(&draft, content)?;
+    std::fs::rename(draft, dir.join(name))
 }
 
 /// Streams the container's stdout and stderr to the api in batches until the container ends;
@@ -306,9 +330,11 @@ fn files_archive(files: &[ContainerFile]) -> std::io::Result<Vec<u8>> {
 
 /// The container's bounds: its limits (zero means none, from an api older than limits; memory
 /// without swap beyond it), and no privileges gained through setuid binaries.
-fn host_config(limits: &AppliedLimits) -> HostConfig {
+fn host_config(limits: &AppliedLimits, notices: &std::path::Path) -> HostConfig {
     let set = |value: i64| (value > 0).then_some(value);
     HostConfig {
+        // The container reads the notices it is given (`/run/spot/interruption`), never writes.
+        binds: Some(vec![format!("{}:{NOTICE_MOUNT}:ro", notices.display())]),
         memory: set(limits.memory_bytes),
         memory_swap: set(limits.memory_bytes),
         nano_cpus: set(limits.nano_cpus),

@@ -147,6 +147,7 @@ async fn run_reporting(
     tracing::info!(run_id = %spec.run_id, image = %spec.image, instance_id = %settings.instance_id, "agent starting");
     let engine = docker::Engine::connect().await?;
     let container_name = format!("spot-{}-{}", spec.run_id, spec.attempt);
+    docker::prepare_notices(&spec.run_id).context("making the run's notice directory")?;
     let interruption = async {
         match metadata {
             Some(metadata) => {
@@ -164,6 +165,10 @@ async fn run_reporting(
             let grace = spec.stop_grace_secs.min(spot_shared::model::MAX_SPOT_STOP_GRACE_SECS);
             tracing::warn!(action = %notice.action, time = %notice.time, grace_secs = grace,
                 "spot interruption notice; stopping the container");
+            // Told first in a file it can watch, then by the signal.
+            if let Err(err) = docker::give_notice(&spec.run_id, "interruption", &format!("{}\n", notice.time)) {
+                tracing::warn!(error = %err, "the interruption notice file was not written");
+            }
             engine
                 .stop(&container_name, &spec.stop_signal, Duration::from_secs(grace))
                 .await;
@@ -172,10 +177,12 @@ async fn run_reporting(
         _ = spot_shared::shutdown_signal() => {
             tracing::info!("terminated; removing the container");
             engine.remove(&container_name).await;
+            let _ = std::fs::remove_dir_all(docker::notice_dir(&spec.run_id));
             return Ok(());
         }
     };
     engine.remove(&container_name).await;
+    let _ = std::fs::remove_dir_all(docker::notice_dir(&spec.run_id));
 
     let mut report = CallbackRequest {
         action: "terminate".into(),

@@ -166,8 +166,11 @@ end
 if waits and move ~= '' and redis.call('LLEN', KEYS[10]) >= queue_bound then return {'7', ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 redis.call('HSET', KEYS[2], unpack(ARGV, 14))
-local overrides = redis.call('GET', KEYS[9])
-if overrides then redis.call('HSET', KEYS[2], 'overrides', overrides) end
+-- Only a run-now (and its retries) has overrides: a scheduled fire reads none.
+if move == '' then
+  local overrides = redis.call('GET', KEYS[9])
+  if overrides then redis.call('HSET', KEYS[2], 'overrides', overrides) end
+end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if move ~= '' and limit and redis.call('INCR', KEYS[8]) >= limit then clear_timer(generation) end
 if waits then

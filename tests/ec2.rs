@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use spot_shared::aws::Params;
 use spot_tests::ec2_stack::Ec2Stack;
 use spot_tests::image::busybox_image;
 use spot_tests::{
@@ -117,11 +118,10 @@ async fn a_scheduled_job_runs_on_a_spot_instance_that_is_terminated_after() {
         .ec2()
         .await
         .client()
-        .describe_launch_templates()
-        .send()
+        .call("DescribeLaunchTemplates", &Params::new())
         .await
         .unwrap();
-    assert!(templates.launch_templates().is_empty());
+    assert_eq!(templates.items(&["launchTemplates"]).count(), 0);
 
     stack.finish().await;
 }
@@ -291,29 +291,13 @@ async fn the_sweep_terminates_orphans_and_the_instances_of_lost_runs() {
         .push(spawn_provisioner(&stack.env, &stack.app.address).await);
 
     // An instance of the cluster whose run does not exist (say, deleted while it launched).
-    let ec2 = stack.moto.ec2().await;
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
-    let orphan = ec2
-        .client()
-        .run_instances()
-        .image_id(stack.moto.image_id().await)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(tag("spot-scheduler:cluster", &stack.env.name))
-                .tags(tag("spot-scheduler:run", "no-such-run"))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let orphan = stack
+        .moto
+        .run_instance(&[
+            ("spot-scheduler:cluster", &stack.env.name),
+            ("spot-scheduler:run", "no-such-run"),
+        ])
+        .await;
 
     // A run whose agent dies without a word while its container sleeps.
     let job = stack.job("sleep 300", json!({})).await;
@@ -467,9 +451,10 @@ async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
         .ec2()
         .await
         .client()
-        .terminate_instances()
-        .instance_ids(&instance_id)
-        .send()
+        .call(
+            "TerminateInstances",
+            &Params::new().list("InstanceId", [&instance_id]),
+        )
         .await
         .unwrap();
 

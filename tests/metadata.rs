@@ -1,5 +1,5 @@
 //! The metadata address is never asked on a deployment without EC2 (issue 26): the only test of its
-//! binary, since it points the AWS SDK's metadata endpoint at a listener of its own through the
+//! binary, since it points the credential chain's metadata endpoint (`AWS_EC2_METADATA_SERVICE_ENDPOINT`) at a listener of its own through the
 //! process environment.
 
 use std::sync::Arc;

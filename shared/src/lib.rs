@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod aws;
 pub mod broker;
 pub mod catch_up;
 pub mod chain;

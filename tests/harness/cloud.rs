@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use spot_shared::aws::{ec2, Params, QueryClient};
 use spot_shared::cloud::ec2_fleet::{CLUSTER_TAG, RUN_TAG};
 
 use crate::{agent_binary, eventually, Moto};
@@ -112,7 +112,7 @@ async fn stop_agent(instance_id: &str, mut agent: tokio::process::Child) {
 
 /// Every 200 ms: boots new running instances, stops the agents of terminated ones.
 async fn watch(
-    client: aws_sdk_ec2::Client,
+    client: QueryClient,
     cluster: String,
     state: Arc<Mutex<PlayerState>>,
     metadata_url: String,
@@ -120,27 +120,16 @@ async fn watch(
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(output) = client
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{CLUSTER_TAG}"))
-                    .values(&cluster)
-                    .build(),
-            )
-            .send()
-            .await
-        else {
+        let params = Params::new().filter(&format!("tag:{CLUSTER_TAG}"), [&cluster]);
+        let Ok(pages) = ec2::describe_instances(&client, params).await else {
             continue;
         };
-        for instance in output.reservations().iter().flat_map(|r| r.instances()) {
-            let Some(id) = instance.instance_id().map(str::to_string) else {
+        for instance in pages.iter().flat_map(ec2::instances) {
+            let Some(id) = instance.text_at(&["instanceId"]).map(str::to_string) else {
                 continue;
             };
             let state_name = instance
-                .state()
-                .and_then(|s| s.name())
-                .map(|n| n.as_str().to_string())
+                .text_at(&["instanceState", "name"])
                 .unwrap_or_default();
             if state_name == "running" {
                 let new = state
@@ -154,7 +143,7 @@ async fn watch(
                         }
                     }
                 }
-            } else if matches!(state_name.as_str(), "shutting-down" | "terminated") {
+            } else if matches!(state_name, "shutting-down" | "terminated") {
                 let agent = state.lock().ok().and_then(|mut s| s.agents.remove(&id));
                 if let Some(agent) = agent {
                     stop_agent(&id, agent).await;
@@ -166,19 +155,19 @@ async fn watch(
 
 /// What cloud-init would do with the instance's user data: write the boot file, start the agent.
 async fn boot(
-    client: &aws_sdk_ec2::Client,
+    client: &QueryClient,
     instance_id: &str,
     metadata_url: &str,
     log_dir: &std::path::Path,
 ) -> Option<tokio::process::Child> {
+    let params = Params::new()
+        .set("InstanceId", instance_id)
+        .set("Attribute", "userData");
     let attribute = client
-        .describe_instance_attribute()
-        .instance_id(instance_id)
-        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-        .send()
+        .call("DescribeInstanceAttribute", &params)
         .await
         .ok()?;
-    let encoded = attribute.user_data()?.value()?.to_string();
+    let encoded = attribute.text_at(&["userData", "value"])?.to_string();
     let user_data = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
@@ -418,37 +407,23 @@ impl Moto {
         run_id: Option<&str>,
     ) -> Vec<(String, String, Option<String>, HashMap<String, String>)> {
         let ec2 = self.ec2().await;
-        let mut call = ec2.client().describe_instances().filters(
-            Filter::builder()
-                .name(format!("tag:{CLUSTER_TAG}"))
-                .values(cluster)
-                .build(),
-        );
+        let mut params = Params::new().filter(&format!("tag:{CLUSTER_TAG}"), [cluster]);
         if let Some(run_id) = run_id {
-            call = call.filters(
-                Filter::builder()
-                    .name(format!("tag:{RUN_TAG}"))
-                    .values(run_id)
-                    .build(),
-            );
+            params = params.filter(&format!("tag:{RUN_TAG}"), [run_id]);
         }
-        let output = call.send().await.expect("moto describes instances");
-        output
-            .reservations()
+        let pages = ec2::describe_instances(ec2.client(), params)
+            .await
+            .expect("moto describes instances");
+        pages
             .iter()
-            .flat_map(|r| r.instances())
+            .flat_map(ec2::instances)
             .map(|i| {
+                let text = |path: &[&str]| i.text_at(path).unwrap_or_default().to_string();
                 (
-                    i.instance_id().unwrap_or_default().to_string(),
-                    i.state()
-                        .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                        .unwrap_or_default(),
-                    i.instance_lifecycle().map(|l| l.as_str().to_string()),
-                    i.tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                        .collect(),
+                    text(&["instanceId"]),
+                    text(&["instanceState", "name"]),
+                    i.text_at(&["instanceLifecycle"]).map(str::to_string),
+                    i.tags().into_iter().collect(),
                 )
             })
             .collect()
@@ -472,18 +447,40 @@ impl Moto {
         .await;
     }
 
+    /// A running instance with these tags, as if someone else had launched it.
+    pub async fn run_instance(&self, tags: &[(&str, &str)]) -> String {
+        let ec2 = self.ec2().await;
+        let params = Params::new()
+            .set("ImageId", self.image_id().await)
+            .set("MinCount", "1")
+            .set("MaxCount", "1")
+            .set("TagSpecification.1.ResourceType", "instance")
+            .tags("TagSpecification.1", tags.iter().copied());
+        let answer = ec2
+            .client()
+            .call("RunInstances", &params)
+            .await
+            .expect("moto runs an instance");
+        let id = ec2::instances(&answer)
+            .find_map(|i| i.text_at(&["instanceId"]))
+            .expect("an instance id")
+            .to_string();
+        id
+    }
+
     /// The id of an image moto knows.
     pub async fn image_id(&self) -> String {
         let ec2 = self.ec2().await;
         let images = ec2
             .client()
-            .describe_images()
-            .send()
+            .call("DescribeImages", &Params::new())
             .await
             .expect("moto images");
-        images.images()[0]
-            .image_id()
+        let id = images
+            .items(&["imagesSet"])
+            .find_map(|image| image.text_at(&["imageId"]))
             .expect("an image id")
-            .to_string()
+            .to_string();
+        id
     }
 }

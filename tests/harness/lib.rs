@@ -952,41 +952,16 @@ impl Moto {
 impl Moto {
     /// An instance on this moto tagged as `account`'s (spot-scheduler:account), stopped if `stopped`.
     pub async fn instance(&self, account: &str, stopped: bool) -> String {
-        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-        let ec2 = self.ec2().await;
-        let client = ec2.client();
-        let images = client.describe_images().send().await.expect("moto images");
-        let image = images.images()[0]
-            .image_id()
-            .expect("an image id")
-            .to_string();
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(
-                Tag::builder()
-                    .key("spot-scheduler:account")
-                    .value(account)
-                    .build(),
-            )
-            .build();
-        let out = client
-            .run_instances()
-            .image_id(image)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags)
-            .send()
-            .await
-            .expect("moto runs an instance");
-        let id = out.instances()[0]
-            .instance_id()
-            .expect("an instance id")
-            .to_string();
+        let id = self
+            .run_instance(&[("spot-scheduler:account", account)])
+            .await;
         if stopped {
-            client
-                .stop_instances()
-                .instance_ids(&id)
-                .send()
+            let ec2 = self.ec2().await;
+            ec2.client()
+                .call(
+                    "StopInstances",
+                    &spot_shared::aws::Params::new().list("InstanceId", [&id]),
+                )
                 .await
                 .expect("moto stops it");
         }

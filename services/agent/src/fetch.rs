@@ -7,11 +7,10 @@
 
 use std::time::SystemTime;
 
-use aws_credential_types::provider::ProvideCredentials;
-use aws_credential_types::Credentials;
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
+use spot_shared::aws::credentials::{CredentialChain, Credentials, Environment, Source};
 use spot_shared::file_source::{FetchSpec, FileSource, Location};
 use spot_shared::messages::RunSpec;
 
@@ -84,7 +83,7 @@ async fn fetch(
             region,
         } => {
             if credentials.is_none() {
-                *credentials = Some(s3_credentials(metadata_url).await);
+                *credentials = Some(s3_credentials(metadata_url, &spec.s3_region).await);
             }
             let region = region.unwrap_or_else(|| spec.s3_region.clone());
             let signer = credentials.as_ref().and_then(Option::as_ref);
@@ -103,26 +102,19 @@ async fn fetch(
 
 /// The environment's credentials, else the instance profile's; `None` (unsigned requests) when
 /// neither has any. Without a metadata service (the local provider) it is never asked.
-async fn s3_credentials(metadata_url: &str) -> Option<Credentials> {
-    let from_env =
-        aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new();
-    if let Ok(credentials) = from_env.provide_credentials().await {
-        return Some(credentials);
-    }
-    if metadata_url.is_empty() {
-        return None;
-    }
-    let client = aws_config::imds::Client::builder()
-        .endpoint(metadata_url)
-        .ok()?
-        .build();
-    let profile = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
-        .imds_client(client)
-        .build();
-    match profile.provide_credentials().await {
+async fn s3_credentials(metadata_url: &str, region: &str) -> Option<Credentials> {
+    let chain = CredentialChain::new(
+        &[Source::Environment, Source::InstanceMetadata],
+        Environment::from_process(),
+        region,
+        metadata_url,
+    );
+    match chain.get().await {
         Ok(credentials) => Some(credentials),
         Err(err) => {
-            tracing::warn!(error = %err, "no instance profile credentials; fetching S3 unsigned");
+            if !metadata_url.is_empty() {
+                tracing::warn!(error = %err, "no instance profile credentials; fetching S3 unsigned");
+            }
             None
         }
     }
@@ -186,7 +178,7 @@ fn sign_s3_get(
         sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
         SigningSettings, UriPathNormalizationMode,
     };
-    let identity = credentials.clone().into();
+    let identity = credentials.to_signing_identity().into();
     let mut settings = SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     // The key is escaped already, once, as S3 wants it; its path is not a file path to normalise.
@@ -357,7 +349,7 @@ mod tests {
             .get("https://bucket.s3.eu-west-1.amazonaws.com/dir/a%20b.sh")
             .build()
             .unwrap();
-        let credentials = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let credentials = Credentials::from_keys("AKIDEXAMPLE", "secret", "test");
         sign_s3_get(&mut request, &credentials, "eu-west-1").unwrap();
         let authorization = request.headers()["authorization"].to_str().unwrap();
         assert!(

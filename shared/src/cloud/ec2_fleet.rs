@@ -7,30 +7,18 @@
 //! and the job allows it, and deletes the template again. Instances are tagged with the cluster, the
 //! account, the job, the run and the launch key (run and attempt): the launch key is how a repeated
 //! launch finds the instance instead of starting a second one. Throttling and 5xx answers are retried by
-//! the SDK with backoff (`ec2.max_attempts`); other errors are not.
+//! with backoff (`ec2.max_attempts`, see [`crate::aws::query`]); other errors are not.
 
 use std::collections::HashMap;
 
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{
-    DefaultTargetCapacityType, Filter, FleetLaunchTemplateConfigRequest,
-    FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
-    FleetOnDemandAllocationStrategy, FleetType, InstanceType,
-    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
-    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
-    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateTagSpecificationRequest, OnDemandOptionsRequest, RequestLaunchTemplateData,
-    ResourceType, ShutdownBehavior, SpotAllocationStrategy, SpotOptionsRequest, Tag,
-    TagSpecification, TargetCapacitySpecificationRequest, VolumeType,
-};
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{CloudInstance, LaunchFailure, LaunchRequest, Launched};
+use crate::aws::{ec2, Params, QueryClient};
 pub use crate::config::Ec2CloudSettings;
 use crate::error::{Error, Result};
-use crate::instance_power::{non_empty, sdk_error, Ec2, Ec2Settings};
+use crate::instance_power::{Ec2, Ec2Settings};
 
 /// Tag naming the deployment an instance belongs to.
 pub const CLUSTER_TAG: &str = "spot-scheduler:cluster";
@@ -43,7 +31,7 @@ pub const LAUNCH_TAG: &str = "spot-scheduler:launch";
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
 pub struct Ec2Cloud {
-    client: aws_sdk_ec2::Client,
+    client: QueryClient,
     settings: Ec2CloudSettings,
     account_tag: String,
     /// Boxed: the cache's lock would make every `Cloud` as large as this variant.
@@ -106,18 +94,17 @@ impl Ec2Cloud {
 
     /// The availability zone an instance runs in, as EC2 describes it.
     async fn zone_of(&self, instance_id: &str) -> Result<Option<String>> {
-        let output = self
-            .client
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| sdk_error("DescribeInstances", e))?;
-        Ok(output
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|i| i.placement()?.availability_zone().map(str::to_string)))
+        let pages = ec2::describe_instances(
+            &self.client,
+            Params::new().list("InstanceId", [instance_id]),
+        )
+        .await
+        .map_err(|e| e.into_error("DescribeInstances"))?;
+        let zone = pages.iter().flat_map(ec2::instances).find_map(|i| {
+            i.text_at(&["placement", "availabilityZone"])
+                .map(str::to_string)
+        });
+        Ok(zone)
     }
 
     fn launch_key(run_id: &str, attempt: u32) -> String {
@@ -131,61 +118,45 @@ impl Ec2Cloud {
         hex::encode(&digest[..24])
     }
 
-    fn cluster_filter(&self) -> Filter {
-        Filter::builder()
-            .name(format!("tag:{CLUSTER_TAG}"))
-            .values(&self.settings.cluster)
-            .build()
-    }
-
-    fn live_filter() -> Filter {
-        Filter::builder()
-            .name("instance-state-name")
-            .set_values(Some(LIVE_STATES.iter().map(|s| s.to_string()).collect()))
-            .build()
+    /// The filter on the cluster's tag.
+    fn of_cluster(&self, params: Params) -> Params {
+        params.filter(&format!("tag:{CLUSTER_TAG}"), [&self.settings.cluster])
     }
 
     pub async fn find_launch(&self, run_id: &str, attempt: u32) -> Result<Option<Launched>> {
-        let output = self
-            .client
-            .describe_instances()
-            .filters(self.cluster_filter())
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{LAUNCH_TAG}"))
-                    .values(Self::launch_key(run_id, attempt))
-                    .build(),
+        let params = self
+            .of_cluster(Params::new())
+            .filter(
+                &format!("tag:{LAUNCH_TAG}"),
+                [Self::launch_key(run_id, attempt)],
             )
-            .filters(Self::live_filter())
-            .send()
+            .filter("instance-state-name", LIVE_STATES);
+        let pages = ec2::describe_instances(&self.client, params)
             .await
-            .map_err(|e| sdk_error("DescribeInstances", e))?;
-        let found = output
-            .reservations()
+            .map_err(|e| e.into_error("DescribeInstances"))?;
+        let found = pages
             .iter()
-            .flat_map(|r| r.instances())
+            .flat_map(ec2::instances)
             .next()
-            .map(|instance| Launched {
-                instance_id: instance.instance_id().unwrap_or_default().to_string(),
-                instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
-                lifecycle: Some(
-                    instance
-                        .instance_lifecycle()
-                        .map_or("on-demand", |l| l.as_str())
-                        .to_string(),
-                ),
-                dns_name: non_empty(instance.public_dns_name()),
-                ip_address: non_empty(instance.private_ip_address()),
-                zone: instance
-                    .placement()
-                    .and_then(|p| p.availability_zone())
-                    .map(str::to_string),
-                pool_errors: Vec::new(),
+            .map(|instance| {
+                let text = |path: &[&str]| instance.text_at(path).map(str::to_string);
+                Launched {
+                    instance_id: text(&["instanceId"]).unwrap_or_default(),
+                    instance_type: text(&["instanceType"]),
+                    // EC2 names the lifecycle of spot instances only.
+                    lifecycle: Some(
+                        text(&["instanceLifecycle"]).unwrap_or_else(|| "on-demand".into()),
+                    ),
+                    dns_name: text(&["dnsName"]),
+                    ip_address: text(&["privateIpAddress"]),
+                    zone: text(&["placement", "availabilityZone"]),
+                    pool_errors: Vec::new(),
+                }
             });
         Ok(found.filter(|l| !l.instance_id.is_empty()))
     }
 
-    fn tags(&self, request: &LaunchRequest<'_>) -> Vec<Tag> {
+    fn tags(&self, request: &LaunchRequest<'_>) -> Vec<(String, String)> {
         let key = Self::launch_key(request.run_id, request.attempt);
         [
             (CLUSTER_TAG, self.settings.cluster.as_str()),
@@ -196,22 +167,30 @@ impl Ec2Cloud {
             ("Name", &format!("spot-{key}")),
         ]
         .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    /// A tag specification at `prefix`: the launch's tags on `resource`.
+    fn tag_specification(
+        &self,
+        params: Params,
+        prefix: &str,
+        resource: &str,
+        request: &LaunchRequest<'_>,
+    ) -> Params {
+        params
+            .set(format!("{prefix}.ResourceType"), resource)
+            .tags(prefix, self.tags(request))
     }
 
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Launched, LaunchFailure> {
         let template_id = self.create_template(request).await?;
         let outcome = self.launch_from_template(request, &template_id).await;
         // The fleet has read the template; keeping it would only pile templates up.
-        if let Err(err) = self
-            .client
-            .delete_launch_template()
-            .launch_template_id(&template_id)
-            .send()
-            .await
-        {
-            tracing::warn!(template_id, error = %sdk_error("DeleteLaunchTemplate", err), "launch template left behind");
+        let delete = Params::new().set("LaunchTemplateId", &template_id);
+        if let Err(err) = self.client.call("DeleteLaunchTemplate", &delete).await {
+            tracing::warn!(template_id, error = %err, "launch template left behind");
         }
         let mut launched = outcome?;
         if launched.zone.is_none() {
@@ -282,78 +261,77 @@ impl Ec2Cloud {
         let user_data = super::user_data::render(request.boot, &self.settings.agent_download_url);
         // IMDSv2 only, one hop: the agent on the instance reads its metadata, a container behind
         // Docker's bridge (one hop more) cannot reach the instance's role or its user data.
-        let metadata = LaunchTemplateInstanceMetadataOptionsRequest::builder()
-            .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
-            .http_tokens(LaunchTemplateHttpTokensState::Required)
-            .http_put_response_hop_limit(1)
-            .build();
-        let mut data = RequestLaunchTemplateData::builder()
-            .image_id(&self.settings.image_id)
-            .metadata_options(metadata)
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-            .user_data(base64::engine::general_purpose::STANDARD.encode(user_data))
-            .tag_specifications(
-                LaunchTemplateTagSpecificationRequest::builder()
-                    .resource_type(ResourceType::Volume)
-                    .set_tags(Some(self.tags(request)))
-                    .build(),
+        let mut data = Params::new()
+            .set("LaunchTemplateName", &name)
+            .set("LaunchTemplateData.ImageId", &self.settings.image_id)
+            .set("LaunchTemplateData.MetadataOptions.HttpEndpoint", "enabled")
+            .set("LaunchTemplateData.MetadataOptions.HttpTokens", "required")
+            .set(
+                "LaunchTemplateData.MetadataOptions.HttpPutResponseHopLimit",
+                "1",
+            )
+            .set(
+                "LaunchTemplateData.InstanceInitiatedShutdownBehavior",
+                "terminate",
+            )
+            .set(
+                "LaunchTemplateData.UserData",
+                base64::engine::general_purpose::STANDARD.encode(user_data),
             );
+        data = self.tag_specification(
+            data,
+            "LaunchTemplateData.TagSpecification.1",
+            "volume",
+            request,
+        );
         let profile = self.settings.instance_profile.trim();
         if !profile.is_empty() {
-            let spec = LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
-            let spec = if profile.starts_with("arn:") {
-                spec.arn(profile)
+            let field = if profile.starts_with("arn:") {
+                "Arn"
             } else {
-                spec.name(profile)
+                "Name"
             };
-            data = data.iam_instance_profile(spec.build());
-        }
-        if !self.settings.security_group_ids.is_empty() {
-            data = data.set_security_group_ids(Some(self.settings.security_group_ids.clone()));
-        }
-        if !self.settings.key_name.is_empty() {
-            data = data.key_name(&self.settings.key_name);
-        }
-        if let Some(gb) = request.spec.disk_gb {
-            data = data.block_device_mappings(
-                LaunchTemplateBlockDeviceMappingRequest::builder()
-                    .device_name(&self.settings.root_device_name)
-                    .ebs(
-                        LaunchTemplateEbsBlockDeviceRequest::builder()
-                            .volume_size(gb as i32)
-                            .volume_type(VolumeType::Gp3)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
+            data = data.set(
+                format!("LaunchTemplateData.IamInstanceProfile.{field}"),
+                profile,
             );
         }
-        let data = data.build();
+        data = data.list(
+            "LaunchTemplateData.SecurityGroupId",
+            &self.settings.security_group_ids,
+        );
+        if !self.settings.key_name.is_empty() {
+            data = data.set("LaunchTemplateData.KeyName", &self.settings.key_name);
+        }
+        if let Some(gb) = request.spec.disk_gb {
+            let disk = "LaunchTemplateData.BlockDeviceMapping.1";
+            data = data
+                .set(
+                    format!("{disk}.DeviceName"),
+                    &self.settings.root_device_name,
+                )
+                .set(format!("{disk}.Ebs.VolumeSize"), gb.to_string())
+                .set(format!("{disk}.Ebs.VolumeType"), "gp3")
+                .set(format!("{disk}.Ebs.DeleteOnTermination"), "true");
+        }
         for _ in 0..2 {
-            match self
-                .client
-                .create_launch_template()
-                .launch_template_name(&name)
-                .launch_template_data(data.clone())
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    return output
-                        .launch_template()
-                        .and_then(|t| t.launch_template_id())
+            match self.client.call("CreateLaunchTemplate", &data).await {
+                Ok(answer) => {
+                    return answer
+                        .text_at(&["launchTemplate", "launchTemplateId"])
                         .map(str::to_string)
                         .ok_or_else(|| Error::internal("CreateLaunchTemplate returned no id"))
                 }
                 Err(err) if err.code().is_some_and(|c| c.contains("AlreadyExists")) => {
                     self.client
-                        .delete_launch_template()
-                        .launch_template_name(&name)
-                        .send()
+                        .call(
+                            "DeleteLaunchTemplate",
+                            &Params::new().set("LaunchTemplateName", &name),
+                        )
                         .await
-                        .map_err(|e| sdk_error("DeleteLaunchTemplate", e))?;
+                        .map_err(|e| e.into_error("DeleteLaunchTemplate"))?;
                 }
-                Err(err) => return Err(sdk_error("CreateLaunchTemplate", err)),
+                Err(err) => return Err(err.into_error("CreateLaunchTemplate")),
             }
         }
         Err(Error::unavailable(format!(
@@ -381,230 +359,184 @@ impl Ec2Cloud {
         } else {
             vec![None]
         };
-        let mut config = FleetLaunchTemplateConfigRequest::builder().launch_template_specification(
-            FleetLaunchTemplateSpecificationRequest::builder()
-                .launch_template_id(template_id)
-                .version("$Latest")
-                .build(),
-        );
+        let config = "LaunchTemplateConfigs.1";
+        let mut params = Params::new()
+            .set("Type", "instant")
+            .set(
+                format!("{config}.LaunchTemplateSpecification.LaunchTemplateId"),
+                template_id,
+            )
+            .set(
+                format!("{config}.LaunchTemplateSpecification.Version"),
+                "$Latest",
+            )
+            .set("TargetCapacitySpecification.TotalTargetCapacity", "1")
+            .set(
+                "TargetCapacitySpecification.DefaultTargetCapacityType",
+                match market {
+                    Market::Spot => "spot",
+                    Market::OnDemand => "on-demand",
+                },
+            );
+        let mut pool = 0;
         for instance_type in types {
             for subnet in &subnets {
-                let mut pool = FleetLaunchTemplateOverridesRequest::builder()
-                    .instance_type(InstanceType::from(instance_type.as_str()))
-                    .set_subnet_id(subnet.cloned());
+                pool += 1;
+                let overrides = format!("{config}.Overrides.{pool}");
+                params = params
+                    .set(format!("{overrides}.InstanceType"), instance_type)
+                    .set_some(format!("{overrides}.SubnetId"), subnet.cloned());
                 if market == Market::Spot {
-                    pool = pool.set_max_price(request.spec.max_price.clone());
+                    params = params.set_some(
+                        format!("{overrides}.MaxPrice"),
+                        request.spec.max_price.clone(),
+                    );
                 }
-                config = config.overrides(pool.build());
             }
         }
-        let capacity = TargetCapacitySpecificationRequest::builder()
-            .total_target_capacity(1)
-            .default_target_capacity_type(match market {
-                Market::Spot => DefaultTargetCapacityType::Spot,
-                Market::OnDemand => DefaultTargetCapacityType::OnDemand,
-            })
-            .build();
         let key = Self::launch_key(request.run_id, request.attempt);
-        let fleet_tags = TagSpecification::builder()
-            .resource_type(ResourceType::Fleet)
-            .set_tags(Some(self.tags(request)))
-            .build();
-        let instance_tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .set_tags(Some(self.tags(request)))
-            .build();
-        let mut call = self
-            .client
-            .create_fleet()
-            .r#type(FleetType::Instant)
-            .target_capacity_specification(capacity)
-            .launch_template_configs(config.build())
-            .tag_specifications(fleet_tags)
-            .tag_specifications(instance_tags)
-            .client_token(self.client_token(&key, market));
-        call = match market {
-            Market::Spot => call.spot_options(
-                SpotOptionsRequest::builder()
-                    .allocation_strategy(SpotAllocationStrategy::PriceCapacityOptimized)
-                    .build(),
-            ),
-            Market::OnDemand => call.on_demand_options(
-                OnDemandOptionsRequest::builder()
-                    .allocation_strategy(FleetOnDemandAllocationStrategy::LowestPrice)
-                    .build(),
-            ),
-        };
-        let output = call.send().await.map_err(|err| {
-            // Sent but unanswered: EC2 may have launched; the next try must look first.
-            let may_have_launched =
-                matches!(err, SdkError::TimeoutError(_) | SdkError::ResponseError(_));
-            LaunchFailure {
-                error: sdk_error("CreateFleet", err),
-                may_have_launched,
-                pool_errors: Vec::new(),
+        params = self.tag_specification(params, "TagSpecification.1", "fleet", request);
+        params = self.tag_specification(params, "TagSpecification.2", "instance", request);
+        params = params.set("ClientToken", self.client_token(&key, market));
+        params = match market {
+            Market::Spot => {
+                params.set("SpotOptions.AllocationStrategy", "price-capacity-optimized")
             }
-        })?;
-        let errors = output
-            .errors()
-            .iter()
+            Market::OnDemand => params.set("OnDemandOptions.AllocationStrategy", "lowest-price"),
+        };
+        let answer = self
+            .client
+            .call("CreateFleet", &params)
+            .await
+            .map_err(|err| LaunchFailure {
+                // Sent but unanswered: EC2 may have launched; the next try must look first.
+                may_have_launched: err.may_have_taken_effect(),
+                error: err.into_error("CreateFleet"),
+                pool_errors: Vec::new(),
+            })?;
+        let pool_of = |item: &crate::aws::Element| {
+            let overrides = item.at(&["launchTemplateAndOverrides", "overrides"]);
+            let mut pool = overrides
+                .and_then(|o| o.text_at(&["instanceType"]))
+                .unwrap_or_default()
+                .to_string();
+            if let Some(subnet) = overrides.and_then(|o| o.text_at(&["subnetId"])) {
+                pool = format!("{pool} in {subnet}");
+            }
+            pool
+        };
+        let errors = answer
+            .items(&["errorSet"])
             .map(|e| {
-                let pool = e
-                    .launch_template_and_overrides()
-                    .and_then(|l| l.overrides())
-                    .map(|o| {
-                        let mut pool = o
-                            .instance_type()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_default();
-                        if let Some(subnet) = o.subnet_id() {
-                            pool = format!("{pool} in {subnet}");
-                        }
-                        pool
-                    })
-                    .unwrap_or_default();
                 format!(
-                    "{} {pool}: {}: {}",
-                    e.lifecycle().map_or("spot", |l| l.as_str()),
-                    e.error_code().unwrap_or("unknown"),
-                    e.error_message().unwrap_or("")
+                    "{} {}: {}: {}",
+                    e.text_at(&["lifecycle"]).unwrap_or("spot"),
+                    pool_of(e),
+                    e.text_at(&["errorCode"]).unwrap_or("unknown"),
+                    e.text_at(&["errorMessage"]).unwrap_or("")
                 )
             })
             .collect();
-        let launched = output.instances().iter().find_map(|instance| {
-            let id = instance.instance_ids().first()?;
+        let launched = answer.items(&["fleetInstanceSet"]).find_map(|instance| {
+            let id = instance.items(&["instanceIds"]).next()?.text.clone();
+            let text = |path: &[&str]| instance.text_at(path).map(str::to_string);
             Some(Launched {
-                instance_id: id.clone(),
-                instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
-                lifecycle: Some(
-                    instance
-                        .lifecycle()
-                        .map_or("spot", |l| l.as_str())
-                        .to_string(),
-                ),
-                zone: instance
-                    .launch_template_and_overrides()
-                    .and_then(|l| l.overrides())
-                    .and_then(|o| o.availability_zone())
-                    .map(str::to_string),
+                instance_id: id,
+                instance_type: text(&["instanceType"]),
+                lifecycle: Some(text(&["lifecycle"]).unwrap_or_else(|| "spot".into())),
+                zone: text(&[
+                    "launchTemplateAndOverrides",
+                    "overrides",
+                    "availabilityZone",
+                ]),
                 ..Launched::default()
             })
         });
-        Ok((launched, errors))
+        Ok((launched.filter(|l| !l.instance_id.is_empty()), errors))
     }
 
     pub async fn terminate(&self, instance_id: &str) -> Result<()> {
-        match self
-            .client
-            .terminate_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-        {
+        let params = Params::new().list("InstanceId", [instance_id]);
+        match self.client.call("TerminateInstances", &params).await {
             Ok(_) => Ok(()),
             Err(err) if err.code() == Some("InvalidInstanceID.NotFound") => Ok(()),
-            Err(err) => Err(sdk_error("TerminateInstances", err)),
+            Err(err) => Err(err.into_error("TerminateInstances")),
         }
     }
 
     /// Every live instance of the cluster.
     pub async fn instances(&self) -> Result<Vec<CloudInstance>> {
-        let mut found = Vec::new();
-        let mut pages = self
-            .client
-            .describe_instances()
-            .filters(self.cluster_filter())
-            .filters(Self::live_filter())
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_error("DescribeInstances", e))?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let Some(id) = instance.instance_id() else {
-                    continue;
-                };
-                let tags: HashMap<&str, &str> = instance
-                    .tags()
-                    .iter()
-                    .filter_map(|t| Some((t.key()?, t.value()?)))
-                    .collect();
-                found.push(CloudInstance {
-                    id: id.to_string(),
-                    run_id: tags.get(RUN_TAG).map(|s| s.to_string()),
-                    launched_at: instance.launch_time().and_then(to_chrono),
-                });
-            }
-        }
-        Ok(found)
+        let params = self
+            .of_cluster(Params::new())
+            .filter("instance-state-name", LIVE_STATES);
+        let pages = ec2::describe_instances(&self.client, params)
+            .await
+            .map_err(|e| e.into_error("DescribeInstances"))?;
+        Ok(pages
+            .iter()
+            .flat_map(ec2::instances)
+            .filter_map(|instance| {
+                let tags: HashMap<String, String> = instance.tags().into_iter().collect();
+                Some(CloudInstance {
+                    id: instance.text_at(&["instanceId"])?.to_string(),
+                    run_id: tags.get(RUN_TAG).cloned(),
+                    launched_at: ec2::time(instance, "launchTime"),
+                })
+            })
+            .collect())
     }
 
     /// Cancels the cluster's spot requests still open after `max_age`, and deletes its non-instant
     /// fleets older than that (terminating what they launched).
     pub async fn cancel_stale_requests(&self, max_age: chrono::Duration) -> Result<usize> {
-        let cutoff = Utc::now() - max_age;
+        let cutoff = chrono::Utc::now() - max_age;
+        let params = self.of_cluster(Params::new()).filter("state", ["open"]);
         let requests = self
             .client
-            .describe_spot_instance_requests()
-            .filters(self.cluster_filter())
-            .filters(Filter::builder().name("state").values("open").build())
-            .send()
+            .call("DescribeSpotInstanceRequests", &params)
             .await
-            .map_err(|e| sdk_error("DescribeSpotInstanceRequests", e))?;
-        let stale: Vec<String> = requests
-            .spot_instance_requests()
-            .iter()
-            .filter(|r| {
-                r.create_time()
-                    .and_then(to_chrono)
-                    .is_some_and(|t| t < cutoff)
-            })
-            .filter_map(|r| r.spot_instance_request_id().map(str::to_string))
+            .map_err(|e| e.into_error("DescribeSpotInstanceRequests"))?;
+        let stale: Vec<&str> = requests
+            .items(&["spotInstanceRequestSet"])
+            .filter(|r| ec2::time(r, "createTime").is_some_and(|t| t < cutoff))
+            .filter_map(|r| r.text_at(&["spotInstanceRequestId"]))
             .collect();
         let mut cancelled = stale.len();
         if !stale.is_empty() {
             self.client
-                .cancel_spot_instance_requests()
-                .set_spot_instance_request_ids(Some(stale))
-                .send()
+                .call(
+                    "CancelSpotInstanceRequests",
+                    &Params::new().list("SpotInstanceRequestId", stale),
+                )
                 .await
-                .map_err(|e| sdk_error("CancelSpotInstanceRequests", e))?;
+                .map_err(|e| e.into_error("CancelSpotInstanceRequests"))?;
         }
         let fleets = self
             .client
-            .describe_fleets()
-            .send()
+            .call("DescribeFleets", &Params::new())
             .await
-            .map_err(|e| sdk_error("DescribeFleets", e))?;
-        let stale_fleets: Vec<String> = fleets
-            .fleets()
-            .iter()
-            .filter(|f| f.r#type() != Some(&FleetType::Instant))
+            .map_err(|e| e.into_error("DescribeFleets"))?;
+        let stale_fleets: Vec<&str> = fleets
+            .items(&["fleetSet"])
+            .filter(|f| f.text_at(&["type"]) != Some("instant"))
             .filter(|f| {
-                f.tags().iter().any(|t| {
-                    t.key() == Some(CLUSTER_TAG) && t.value() == Some(&self.settings.cluster)
-                })
+                f.tags()
+                    .iter()
+                    .any(|(k, v)| k == CLUSTER_TAG && *v == self.settings.cluster)
             })
-            .filter(|f| {
-                f.create_time()
-                    .and_then(to_chrono)
-                    .is_some_and(|t| t < cutoff)
-            })
-            .filter_map(|f| f.fleet_id().map(str::to_string))
+            .filter(|f| ec2::time(f, "createTime").is_some_and(|t| t < cutoff))
+            .filter_map(|f| f.text_at(&["fleetId"]))
             .collect();
         if !stale_fleets.is_empty() {
             cancelled += stale_fleets.len();
+            let params = Params::new()
+                .list("FleetId", stale_fleets)
+                .set("TerminateInstances", "true");
             self.client
-                .delete_fleets()
-                .set_fleet_ids(Some(stale_fleets))
-                .terminate_instances(true)
-                .send()
+                .call("DeleteFleets", &params)
                 .await
-                .map_err(|e| sdk_error("DeleteFleets", e))?;
+                .map_err(|e| e.into_error("DeleteFleets"))?;
         }
         Ok(cancelled)
     }
-}
-
-fn to_chrono(time: &aws_sdk_ec2::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(time.secs(), time.subsec_nanos())
 }

@@ -5,10 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::InstanceType;
-
+use crate::aws::{Params, QueryClient};
 use crate::error::Result;
-use crate::instance_power::sdk_error;
 
 /// An instance type and a zone (`None`: any zone).
 type Pool = (String, Option<String>);
@@ -24,7 +22,7 @@ impl SpotPrices {
     /// none is given); `None` when EC2 lists none.
     pub async fn price(
         &self,
-        client: &aws_sdk_ec2::Client,
+        client: &QueryClient,
         instance_type: &str,
         zone: Option<&str>,
         keep_for: Duration,
@@ -37,25 +35,28 @@ impl SpotPrices {
                 }
             }
         }
-        let output = client
-            .describe_spot_price_history()
-            .instance_types(InstanceType::from(instance_type))
-            .product_descriptions("Linux/UNIX")
-            .product_descriptions("Linux/UNIX (Amazon VPC)")
-            .set_availability_zone(zone.map(str::to_string))
+        let params = Params::new()
+            .list("InstanceType", [instance_type])
+            .list(
+                "ProductDescription",
+                ["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+            )
+            .set_some("AvailabilityZone", zone)
             // From now: the latest price of each zone.
-            .start_time(aws_sdk_ec2::primitives::DateTime::from(
-                std::time::SystemTime::now(),
-            ))
-            .send()
+            .set(
+                "StartTime",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        let answer = client
+            .call("DescribeSpotPriceHistory", &params)
             .await
-            .map_err(|err| sdk_error("DescribeSpotPriceHistory", err))?;
-        let prices = output.spot_price_history().iter().filter(|entry| {
-            entry.instance_type().map(|t| t.as_str()) == Some(instance_type)
-                && zone.is_none_or(|zone| entry.availability_zone() == Some(zone))
+            .map_err(|err| err.into_error("DescribeSpotPriceHistory"))?;
+        let prices = answer.items(&["spotPriceHistorySet"]).filter(|entry| {
+            entry.text_at(&["instanceType"]) == Some(instance_type)
+                && zone.is_none_or(|zone| entry.text_at(&["availabilityZone"]) == Some(zone))
         });
         let price = prices
-            .filter_map(|entry| entry.spot_price()?.parse::<f64>().ok())
+            .filter_map(|entry| entry.text_at(&["spotPrice"])?.parse::<f64>().ok())
             .filter(|price| price.is_finite() && *price >= 0.0)
             .min_by(f64::total_cmp);
         if let (Some(price), Ok(mut cache)) = (price, self.cache.lock()) {

@@ -1,0 +1,478 @@
+//! AWS's Query protocol (EC2's API): an action and its parameters as a form, signed with SigV4,
+//! answered in XML. Throttling, 5xx answers and connections that never opened are retried with
+//! exponential backoff and jitter; a call that was sent but not answered is not (it may have taken
+//! effect: the caller decides, as a launch does by looking for its instance).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+
+use super::credentials::CredentialChain;
+use super::xml::{self, Element};
+use crate::error::{Error, ErrorCode};
+
+/// How long one call may take, connection included. A fleet of type `instant` answers in seconds.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An action's parameters, in the flattened form the Query protocol takes (`Filter.1.Name`).
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+    filters: usize,
+}
+
+impl Params {
+    pub fn new() -> Params {
+        Params::default()
+    }
+
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Params {
+        self.pairs.push((name.into(), value.into()));
+        self
+    }
+
+    /// `name` if a value is given.
+    pub fn set_some(self, name: impl Into<String>, value: Option<impl Into<String>>) -> Params {
+        match value {
+            Some(value) => self.set(name, value),
+            None => self,
+        }
+    }
+
+    /// A list: `prefix.1`, `prefix.2`, …
+    pub fn list<S: AsRef<str>>(
+        mut self,
+        prefix: &str,
+        values: impl IntoIterator<Item = S>,
+    ) -> Params {
+        for (n, value) in values.into_iter().enumerate() {
+            self.pairs
+                .push((format!("{prefix}.{}", n + 1), value.as_ref().to_string()));
+        }
+        self
+    }
+
+    /// One more `Filter.N` of a Describe call: `name` matching any of `values`.
+    pub fn filter<S: AsRef<str>>(
+        mut self,
+        name: &str,
+        values: impl IntoIterator<Item = S>,
+    ) -> Params {
+        self.filters += 1;
+        let prefix = format!("Filter.{}", self.filters);
+        self = self.set(format!("{prefix}.Name"), name);
+        self.list(&format!("{prefix}.Value"), values)
+    }
+
+    /// Key/value tags under `prefix` (`prefix.Tag.1.Key`, `prefix.Tag.1.Value`, …).
+    pub fn tags<K: AsRef<str>, V: AsRef<str>>(
+        mut self,
+        prefix: &str,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> Params {
+        for (n, (key, value)) in tags.into_iter().enumerate() {
+            self = self
+                .set(format!("{prefix}.Tag.{}.Key", n + 1), key.as_ref())
+                .set(format!("{prefix}.Tag.{}.Value", n + 1), value.as_ref());
+        }
+        self
+    }
+
+    /// The value given for `name`, if any (tests and logs).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueryError {
+    /// The service answered with an error.
+    #[error("{code}: {message} (HTTP {status})")]
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The request never left: no credentials, no connection.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// Sent, but no readable answer came back: it may have taken effect.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+}
+
+impl QueryError {
+    /// The service's error code, if it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            QueryError::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again can help: throttling, the service's own failures, no connection.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            QueryError::Service { status, code, .. } => {
+                *status >= 500
+                    || code.contains("Throttl")
+                    || code == "RequestLimitExceeded"
+                    || code.contains("Unavailable")
+                    || code == "InternalError"
+            }
+            QueryError::NotSent(_) => true,
+            QueryError::NoAnswer(_) => false,
+        }
+    }
+
+    /// Whether the call may have done its work though it failed.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(self, QueryError::NoAnswer(_))
+    }
+
+    /// The error as the services report it, prefixed with the action (`DescribeInstances: …`).
+    pub fn into_error(self, action: &str) -> Error {
+        let kind = match &self {
+            QueryError::Service { code, .. }
+                if code.contains("NotFound") || code.contains("Malformed") =>
+            {
+                ErrorCode::NotFound
+            }
+            QueryError::Service { code, .. }
+                if code == "UnauthorizedOperation" || code == "AuthFailure" =>
+            {
+                ErrorCode::Forbidden
+            }
+            error if error.is_retryable() || error.may_have_taken_effect() => {
+                ErrorCode::Unavailable
+            }
+            _ => ErrorCode::InvalidInput,
+        };
+        Error::new(kind, format!("{action}: {self}"))
+    }
+}
+
+/// A client of one Query service (EC2) at one endpoint, in one region; clones share it.
+#[derive(Clone)]
+pub struct QueryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: String,
+    region: String,
+    /// The signing name (`ec2`).
+    service: &'static str,
+    /// The API version every call names (`2016-11-15` for EC2).
+    version: &'static str,
+    credentials: Arc<CredentialChain>,
+    max_attempts: u32,
+}
+
+impl QueryClient {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        service: &'static str,
+        version: &'static str,
+        credentials: Arc<CredentialChain>,
+        max_attempts: u32,
+    ) -> QueryClient {
+        let mut endpoint = endpoint.to_string();
+        if !endpoint.ends_with('/') {
+            endpoint.push('/');
+        }
+        let inner = Inner {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            endpoint,
+            region: region.to_string(),
+            service,
+            version,
+            credentials,
+            max_attempts: max_attempts.max(1),
+        };
+        QueryClient {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Calls `action`, retrying what may be retried; the answer's root element.
+    pub async fn call(&self, action: &str, params: &Params) -> Result<Element, QueryError> {
+        let inner = &self.inner;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(20))
+            .with_max_times(self.inner.max_attempts as usize - 1)
+            .with_jitter();
+        (|| inner.call_once(action, params))
+            .retry(backoff)
+            .when(QueryError::is_retryable)
+            .notify(
+                |error, after| tracing::warn!(action, %error, ?after, "AWS call failed; retrying"),
+            )
+            .await
+    }
+}
+
+impl Inner {
+    async fn call_once(&self, action: &str, params: &Params) -> Result<Element, QueryError> {
+        let body = {
+            // Not held across an await: the serializer is not `Send`.
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("Action", action)
+                .append_pair("Version", self.version);
+            for (name, value) in &params.pairs {
+                form.append_pair(name, value);
+            }
+            form.finish()
+        };
+        let mut request = self
+            .http
+            .post(&self.endpoint)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(body.clone())
+            .build()
+            .map_err(|e| QueryError::NotSent(format!("bad endpoint {}: {e}", self.endpoint)))?;
+        let credentials = self
+            .credentials
+            .get()
+            .await
+            .map_err(|e| QueryError::NotSent(e.to_string()))?;
+        self.sign(&mut request, body.as_bytes(), &credentials)
+            .map_err(QueryError::NotSent)?;
+        let response = self.http.execute(request).await.map_err(|e| {
+            if e.is_connect() || e.is_builder() {
+                QueryError::NotSent(error_chain(&e))
+            } else {
+                QueryError::NoAnswer(error_chain(&e))
+            }
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| QueryError::NoAnswer(error_chain(&e)))?;
+        let root = xml::parse(&text).map_err(|e| {
+            let status = status.as_u16();
+            if status >= 500 {
+                // A proxy's or load balancer's page: the service's own failure, to retry.
+                QueryError::Service {
+                    status,
+                    code: "ServiceUnavailable".into(),
+                    message: format!("an answer that is not XML ({e})"),
+                }
+            } else {
+                QueryError::NoAnswer(format!("HTTP {status}, an answer that is not XML: {e}"))
+            }
+        })?;
+        if status.is_success() {
+            return Ok(root);
+        }
+        // EC2: Response/Errors/Error; STS and others: ErrorResponse/Error.
+        let error = root.descendants("Error").into_iter().next();
+        let field = |name: &str| {
+            error
+                .and_then(|e| e.text_at(&[name]))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Err(QueryError::Service {
+            status: status.as_u16(),
+            code: Some(field("Code"))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| format!("HTTP{}", status.as_u16())),
+            message: field("Message"),
+        })
+    }
+
+    /// SigV4 over the method, URL, content type and body, in the request's headers.
+    fn sign(
+        &self,
+        request: &mut reqwest::Request,
+        body: &[u8],
+        credentials: &super::credentials::Credentials,
+    ) -> Result<(), String> {
+        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+        let identity = credentials.to_signing_identity().into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name(self.service)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| format!("signing: {e}"))?
+            .into();
+        let headers: Vec<(&str, &str)> = request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        let signable = SignableRequest::new(
+            "POST",
+            request.url().as_str(),
+            headers.into_iter(),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| format!("signing: {e}"))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| format!("signing: {e}"))?
+            .into_parts();
+        for (name, value) in instructions.headers() {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("signing: {e}"))?;
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|e| format!("signing: {e}"))?;
+            request.headers_mut().insert(name, value);
+        }
+        Ok(())
+    }
+}
+
+/// An error with its causes, which reqwest keeps apart ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_flatten_lists_filters_and_tags_as_the_query_protocol_wants() {
+        let params = Params::new()
+            .list("InstanceId", ["i-1", "i-2"])
+            .filter("tag:a", ["x"])
+            .filter("instance-state-name", ["pending", "running"])
+            .tags("TagSpecification.1", [("k", "v")])
+            .set_some("NextToken", None::<String>);
+        let pairs: Vec<(&str, &str)> = params
+            .pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("InstanceId.1", "i-1"),
+                ("InstanceId.2", "i-2"),
+                ("Filter.1.Name", "tag:a"),
+                ("Filter.1.Value.1", "x"),
+                ("Filter.2.Name", "instance-state-name"),
+                ("Filter.2.Value.1", "pending"),
+                ("Filter.2.Value.2", "running"),
+                ("TagSpecification.1.Tag.1.Key", "k"),
+                ("TagSpecification.1.Tag.1.Value", "v"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_call_is_signed_with_sigv4_for_its_service_and_region_over_its_body() {
+        let chain = CredentialChain::new(&[], Default::default(), "eu-west-1", "");
+        let client = QueryClient::new(
+            "https://ec2.eu-west-1.amazonaws.com",
+            "eu-west-1",
+            "ec2",
+            "2016-11-15",
+            Arc::new(chain),
+            1,
+        );
+        let inner = &client.inner;
+        assert_eq!(inner.endpoint, "https://ec2.eu-west-1.amazonaws.com/");
+        let body = b"Action=DescribeInstances&Version=2016-11-15";
+        let mut request = inner
+            .http
+            .post(&inner.endpoint)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .build()
+            .unwrap();
+        let keys = crate::aws::Credentials::from_keys("AKIDEXAMPLE", "secret", "test");
+        inner.sign(&mut request, body, &keys).unwrap();
+        let authorization = request.headers()["authorization"].to_str().unwrap();
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{authorization}"
+        );
+        assert!(
+            authorization.contains("/eu-west-1/ec2/aws4_request"),
+            "{authorization}"
+        );
+        assert!(
+            authorization.contains("SignedHeaders=content-type;host;x-amz-date"),
+            "{authorization}"
+        );
+        // Another body, another signature: the body is signed.
+        let mut other = request.try_clone().unwrap();
+        inner
+            .sign(&mut other, b"Action=TerminateInstances", &keys)
+            .unwrap();
+        let signature = |r: &reqwest::Request| {
+            let header = r.headers()["authorization"].to_str().unwrap().to_string();
+            header.rsplit("Signature=").next().unwrap().to_string()
+        };
+        if request.headers()["x-amz-date"] == other.headers()["x-amz-date"] {
+            assert_ne!(signature(&request), signature(&other));
+        }
+    }
+
+    #[test]
+    fn errors_say_whether_to_retry_and_map_to_the_services_codes() {
+        let service = |status: u16, code: &str| QueryError::Service {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(service(503, "RequestLimitExceeded").is_retryable());
+        assert!(service(400, "Throttling").is_retryable());
+        assert!(service(500, "InternalError").is_retryable());
+        assert!(!service(400, "InvalidParameterValue").is_retryable());
+        assert!(QueryError::NotSent("refused".into()).is_retryable());
+        assert!(!QueryError::NoAnswer("timed out".into()).is_retryable());
+        assert!(QueryError::NoAnswer("timed out".into()).may_have_taken_effect());
+        let code = |e: QueryError| e.into_error("X").code;
+        assert_eq!(
+            code(service(400, "InvalidInstanceID.NotFound")),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(service(403, "UnauthorizedOperation")),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(service(503, "RequestLimitExceeded")),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            code(service(400, "InvalidParameterValue")),
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            code(QueryError::NoAnswer("x".into())),
+            ErrorCode::Unavailable
+        );
+    }
+}

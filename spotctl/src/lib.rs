@@ -17,6 +17,21 @@ use commands::{jobs, runs, system};
 use settings::Settings;
 
 /// Runs one command; errors are printed on stderr and become the exit code.
+/// [`run`] on a single-threaded runtime: what `main` calls (built here so the command's futures are
+/// compiled once, in this crate, not again in the binary).
+pub fn run_blocking(cli: Cli) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(err) => {
+            eprintln!("spotctl: cannot start: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(code) => ExitCode::from(code),

@@ -2,8 +2,7 @@
 
 use clap::Parser;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = spotctl::cli::Cli::parse();
-    spotctl::run(cli).await
+    spotctl::run_blocking(cli)
 }

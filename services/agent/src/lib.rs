@@ -118,6 +118,16 @@ pub enum Outcome {
 
 /// Runs the job of this instance to the end and reports it. Stops early on SIGTERM (the reaper
 /// terminating the instance), removing the container, and on a spot interruption notice.
+/// [`run`] on a multi-threaded runtime of its own: what `main` calls. The runtime is built here, not
+/// by `#[tokio::main]` in `main.rs`, so the service's futures are compiled once, in this crate: polled
+/// from the binary they were compiled again there (BENCHMARKS.md, "A fresh machine").
+pub fn run_blocking(settings: AgentSettings) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
 pub async fn run(mut settings: AgentSettings) -> anyhow::Result<()> {
     let metadata = if settings.metadata_url.is_empty() {
         None

@@ -696,6 +696,16 @@ fn overdue(
 }
 
 /// Runs the reaper until Ctrl-C or SIGTERM.
+/// [`run`] on a multi-threaded runtime of its own: what `main` calls. The runtime is built here, not
+/// by `#[tokio::main]` in `main.rs`, so the service's futures are compiled once, in this crate: polled
+/// from the binary they were compiled again there (BENCHMARKS.md, "A fresh machine").
+pub fn run_blocking(settings: Settings) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reaper = Reaper::build(settings).await?;
     reaper

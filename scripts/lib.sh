@@ -42,10 +42,8 @@ ensure_packages() {
     command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
     command -v dockerd >/dev/null || missing+=(docker.io)
     command -v curl >/dev/null || missing+=(curl)
-    # jemalloc, the services' allocator: Debian's for release builds (build_stack), else built from C
-    # with make.
+    # jemalloc (the services' allocator) builds from C with make.
     command -v make >/dev/null || missing+=(make)
-    dpkg -s libjemalloc-dev >/dev/null 2>&1 || missing+=(libjemalloc-dev)
     if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
@@ -78,27 +76,11 @@ ensure_test_packages() {
 # release build made by one script (up, compose-smoke, bench) serves the others.
 STACK_PACKAGES=(-p spot-api -p spot-provisioner -p spot-reaper -p spot-agent -p spotctl)
 
-# cargo_release ARGS...: `cargo build --release ARGS`, linking Debian's jemalloc when it is installed
-# instead of compiling jemalloc from C (its configure and make: a minute off a clean build). The
-# variable is an input of jemalloc-sys's build script, so every release build of the scripts goes
-# through here; debug builds (tests, clippy) compile jemalloc once and keep it. A hand-run
-# `cargo build --release` compiles it again, from C, and works the same.
-cargo_release() {
-    local lib
-    for lib in /usr/lib/*/libjemalloc_pic.a; do
-        if [ -f "$lib" ]; then
-            JEMALLOC_OVERRIDE="$lib" cargo build --release "$@"
-            return
-        fi
-    done
-    cargo build --release "$@"
-}
-
 # build_stack release|debug [cargo flags...]
 build_stack() {
     local profile="$1"; shift
     if [ "$profile" = release ]; then
-        cargo_release "${STACK_PACKAGES[@]}" "$@"
+        cargo build --release "${STACK_PACKAGES[@]}" "$@"
     else
         cargo build "${STACK_PACKAGES[@]}" "$@"
     fi

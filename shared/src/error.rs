@@ -197,6 +197,19 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// An error with its causes, `: `-joined: reqwest's own message hides why a request failed ("error
+/// sending request" over "connection refused" or a TLS or DNS failure's reason).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

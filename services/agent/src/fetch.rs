@@ -5,12 +5,12 @@
 //! outbound rules allow, following up to five redirects checked the same way. Every file is capped at
 //! the spec's size and checked against its `sha256`. A failure is the run's end, with the reason.
 
-use std::time::SystemTime;
-
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use spot_shared::aws::credentials::{CredentialChain, Credentials, Environment, Source};
+use spot_shared::aws::signing;
+use spot_shared::error::error_chain;
 use spot_shared::file_source::{FetchSpec, FileSource, Location};
 use spot_shared::messages::RunSpec;
 
@@ -175,42 +175,21 @@ fn sign_s3_get(
     region: &str,
 ) -> Result<(), String> {
     use aws_sigv4::http_request::{
-        sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
-        SigningSettings, UriPathNormalizationMode,
+        PayloadChecksumKind, PercentEncodingMode, UriPathNormalizationMode,
     };
-    let identity = credentials.to_signing_identity().into();
-    let mut settings = SigningSettings::default();
+    let mut settings = signing::SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     // The key is escaped already, once, as S3 wants it; its path is not a file path to normalise.
     settings.percent_encoding_mode = PercentEncodingMode::Single;
     settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|e| format!("signing: {e}"))?
-        .into();
-    let signable = SignableRequest::new(
-        "GET",
-        request.url().as_str(),
-        std::iter::empty(),
-        SignableBody::UnsignedPayload,
+    signing::sign(
+        request,
+        signing::SignableBody::UnsignedPayload,
+        credentials,
+        region,
+        "s3",
+        settings,
     )
-    .map_err(|e| format!("signing: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| format!("signing: {e}"))?
-        .into_parts();
-    for (name, value) in instructions.headers() {
-        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("signing: {e}"))?;
-        let value =
-            reqwest::header::HeaderValue::from_str(value).map_err(|e| format!("signing: {e}"))?;
-        request.headers_mut().insert(name, value);
-    }
-    Ok(())
 }
 
 /// `<Code>NoSuchKey</Code>` from S3's XML error.
@@ -295,18 +274,6 @@ async fn read_capped(mut response: reqwest::Response, max_bytes: u64) -> Result<
         content.extend_from_slice(&chunk);
     }
     Ok(content)
-}
-
-/// An error with its causes (reqwest's own message hides a TLS or DNS failure's reason).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

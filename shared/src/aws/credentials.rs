@@ -408,30 +408,22 @@ impl CredentialChain {
 
     async fn instance_role(&self) -> Result<Credentials, String> {
         let base = &self.metadata_url;
-        let token = self
-            .http
-            .put(format!("{base}/latest/api/token"))
-            .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("no metadata service: {e}"))?
-            .text()
-            .await
-            .map_err(|e| format!("metadata token: {e}"))?;
+        let token = fetch_text(
+            self.http
+                .put(format!("{base}/latest/api/token"))
+                .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+                .timeout(Duration::from_secs(2)),
+        )
+        .await
+        .map_err(|e| format!("no metadata service: {e}"))?;
         let roles_url = format!("{base}/latest/meta-data/iam/security-credentials/");
-        let roles = self
-            .http
-            .get(&roles_url)
-            .header("X-aws-ec2-metadata-token", &token)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("no instance profile: {e}"))?
-            .text()
-            .await
-            .map_err(|e| format!("instance profile: {e}"))?;
+        let roles = fetch_text(
+            self.http
+                .get(&roles_url)
+                .header("X-aws-ec2-metadata-token", &token),
+        )
+        .await
+        .map_err(|e| format!("no instance profile: {e}"))?;
         let role = roles
             .lines()
             .map(str::trim)
@@ -470,6 +462,15 @@ impl RoleCredentials {
             source,
         }
     }
+}
+
+async fn fetch_text(request: reqwest::RequestBuilder) -> Result<String, String> {
+    let response = request
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| e.to_string())?;
+    response.text().await.map_err(|e| e.to_string())
 }
 
 async fn fetch_json<T: serde::de::DeserializeOwned>(

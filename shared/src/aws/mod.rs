@@ -5,6 +5,7 @@
 pub mod credentials;
 pub mod ec2;
 pub mod query;
+pub mod signing;
 pub mod xml;
 
 pub use credentials::{CredentialChain, Credentials, CredentialsError};

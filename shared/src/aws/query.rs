@@ -4,13 +4,14 @@
 //! effect: the caller decides, as a launch does by looking for its instance).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
 use super::credentials::CredentialChain;
+use super::signing;
 use super::xml::{self, Element};
-use crate::error::{Error, ErrorCode};
+use crate::error::{error_chain, Error, ErrorCode};
 
 /// How long one call may take, connection included. A fleet of type `instant` answers in seconds.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -305,53 +306,15 @@ impl Inner {
         body: &[u8],
         credentials: &super::credentials::Credentials,
     ) -> Result<(), String> {
-        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-        let identity = credentials.to_signing_identity().into();
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name(self.service)
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| format!("signing: {e}"))?
-            .into();
-        let headers: Vec<(&str, &str)> = request
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
-            .collect();
-        let signable = SignableRequest::new(
-            "POST",
-            request.url().as_str(),
-            headers.into_iter(),
-            SignableBody::Bytes(body),
+        signing::sign(
+            request,
+            signing::SignableBody::Bytes(body),
+            credentials,
+            &self.region,
+            self.service,
+            signing::SigningSettings::default(),
         )
-        .map_err(|e| format!("signing: {e}"))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| format!("signing: {e}"))?
-            .into_parts();
-        for (name, value) in instructions.headers() {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| format!("signing: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|e| format!("signing: {e}"))?;
-            request.headers_mut().insert(name, value);
-        }
-        Ok(())
     }
-}
-
-/// An error with its causes, which reqwest keeps apart ("error sending request: connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -117,3 +117,82 @@ async fn late_and_long_running_runs_are_marked_once_and_counted() {
         .contains("policies.alert_running_secs"));
     provisioner.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_waiting_in_its_jobs_line_is_late_too_and_a_backfills_never() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let reaper = spot_reaper::Reaper::build(env.settings.clone())
+        .await
+        .unwrap();
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@yearly", "runner": {"type": "dummy", "template": "t"},
+                "policies": {"alert_late_secs": 1, "concurrency": "queue"}}),
+        )
+        .await;
+    let job = store.get_job(&job_id).await.unwrap().unwrap();
+    // Two fires and no provisioner: the first pending, the second waiting behind it.
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let mut runs = Vec::new();
+    for instant in [now, now + chrono::Duration::milliseconds(1)] {
+        match store
+            .record_fire(&job, job.generation, instant, 1)
+            .await
+            .unwrap()
+        {
+            FireRecord::New(run_id) | FireRecord::Queued(run_id) => runs.push(run_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(run_view(&app, &runs[1]).await["state"], "queued");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        reaper.sweep_once().await.unwrap().alerts,
+        2,
+        "the pending run and the queued one"
+    );
+    for run_id in &runs {
+        let shown = run_view(&app, run_id).await;
+        assert!(shown["late_alert_at"].is_string(), "{shown}");
+    }
+    assert_eq!(reaper.sweep_once().await.unwrap().alerts, 0, "marked once");
+
+    // A backfill's runs wait for instants long past by design: no alert.
+    let backfilled = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "* * * * *", "runner": {"type": "dummy", "template": "t"},
+                "policies": {"alert_late_secs": 1}}),
+        )
+        .await;
+    let to = Utc::now() - chrono::Duration::minutes(1);
+    let from = to - chrono::Duration::minutes(3);
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{backfilled}/backfill"),
+            ACCOUNT_KEY,
+            Some(json!({"from": from.to_rfc3339(), "to": to.to_rfc3339(), "concurrency": 1})),
+        )
+        .await;
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    // The first sweep starts the backfill's first run; the next ones see it under way.
+    for _ in 0..3 {
+        let report = reaper.sweep_once().await.unwrap();
+        assert_eq!(report.alerts, 0, "{report:?}");
+    }
+    let started = app
+        .runs(&backfilled)
+        .await
+        .into_iter()
+        .filter(|run| run["state"] == "pending")
+        .count();
+    assert_eq!(started, 1, "a backfill run under way, and not alerted");
+}

@@ -33,10 +33,12 @@ pub fn due(job: &Job, run: &Run, now: DateTime<Utc>) -> Vec<RunAlert> {
             .is_some_and(|limit| now - since > limit)
     };
     let mut alerts = Vec::new();
-    let waiting = matches!(
-        run.state,
-        RunState::Queued | RunState::Pending | RunState::Provisioning | RunState::Booting
-    );
+    // A backfill's instants are history by design: its runs are never late.
+    let waiting = run.backfill.is_none()
+        && matches!(
+            run.state,
+            RunState::Queued | RunState::Pending | RunState::Provisioning | RunState::Booting
+        );
     if waiting
         && run.late_alert_at.is_none()
         && past(run.scheduled_at, job.policies.alert_late_secs)
@@ -84,6 +86,14 @@ mod tests {
         };
         assert!(due(&job(), &run, at(60)).is_empty(), "not yet");
         assert_eq!(due(&job(), &run, at(61)), [RunAlert::Late]);
+        let backfilled = Run {
+            backfill: Some("b1".into()),
+            ..run.clone()
+        };
+        assert!(
+            due(&job(), &backfilled, at(100_000)).is_empty(),
+            "a backfill's runs are never late"
+        );
         run.late_alert_at = Some(at(61));
         assert!(due(&job(), &run, at(90)).is_empty(), "marked once");
         run.state = RunState::Running;

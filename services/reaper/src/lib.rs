@@ -188,7 +188,17 @@ impl Reaper {
         report: &mut SweepReport,
     ) -> Result<()> {
         let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
-        for run_id in self.store.live_run_ids(LIVE_RUNS_SCANNED).await? {
+        // Runs under way, then runs waiting in a line (`concurrency: queue`), which are late too
+        // when their instant is long past.
+        let mut run_ids = self.store.live_run_ids(LIVE_RUNS_SCANNED).await?;
+        for job_id in self.store.jobs_with_queues().await? {
+            run_ids.extend(
+                self.store
+                    .queued_run_ids(&job_id, QUEUED_RUNS_SCANNED)
+                    .await?,
+            );
+        }
+        for run_id in run_ids {
             let Some(run) = self.store.get_run(&run_id).await? else {
                 continue;
             };
@@ -609,6 +619,10 @@ impl Reaper {
 /// Live-run index entries a sweep walks at most per shard (state and instance read in pipelines of
 /// 2,000): far more than a deployment keeps under way, so none is out of its reach.
 const LIVE_RUNS_SCANNED: usize = 1_000_000;
+
+/// Waiting runs a sweep reads per job line for the lateness alert: the oldest, which are the first to
+/// be late; those behind them are read as the line moves.
+const QUEUED_RUNS_SCANNED: usize = 100;
 
 /// How a run without an instance is stuck.
 #[derive(Debug, Clone, PartialEq, Eq)]

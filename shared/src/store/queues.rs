@@ -159,6 +159,18 @@ impl Store {
         Ok(jobs)
     }
 
+    /// The first `limit` runs waiting in the job's line, oldest first.
+    pub async fn queued_run_ids(&self, job_id: &str, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .lrange(
+                self.owned_key(job_id, &queue_key(job_id)),
+                0,
+                limit as isize - 1,
+            )
+            .await?)
+    }
+
     /// How many runs wait in the job's line.
     pub async fn queued_count(&self, job_id: &str) -> Result<u64> {
         let mut conn = self.conn.clone();

@@ -398,26 +398,7 @@ impl Store {
         &self,
         older_than: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>> {
-        let per_shard = self
-            .on_every_shard(|shard| async move {
-                let mut conn = self.conn.clone();
-                let rows: Vec<(String, f64)> = conn
-                    .zrangebyscore_limit_withscores(
-                        self.shard_key(shard, CHAINS),
-                        "-inf",
-                        older_than.timestamp_millis(),
-                        0,
-                        1000,
-                    )
-                    .await?;
-                Ok(rows)
-            })
-            .await?;
-        Ok(per_shard
-            .into_iter()
-            .flatten()
-            .filter_map(|(run_id, ms)| millis(ms as i64).map(|at| (run_id, at)))
-            .collect())
+        self.members_due(CHAINS, older_than, 1000).await
     }
 
     /// The run's chained jobs were started: it leaves the pending set.

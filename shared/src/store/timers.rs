@@ -167,9 +167,11 @@ pub struct UnarmedTimer {
 }
 
 impl Store {
-    /// Jobs whose next fire time is at or before `before`, oldest first (over every shard).
-    pub async fn due_timers(
+    /// Members of the shards' sorted set `name`, scored by a time in milliseconds, at or before
+    /// `before`: `limit` at most from each shard, the earliest first over all of them, `limit` in all.
+    pub(super) async fn members_due(
         &self,
+        name: &str,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(String, DateTime<Utc>)>> {
@@ -178,7 +180,7 @@ impl Store {
                 let mut conn = self.conn.clone();
                 let rows: Vec<(String, f64)> = conn
                     .zrangebyscore_limit_withscores(
-                        self.shard_key(shard, "timers"),
+                        self.shard_key(shard, name),
                         "-inf",
                         before.timestamp_millis(),
                         0,
@@ -191,11 +193,20 @@ impl Store {
         let mut due: Vec<(String, DateTime<Utc>)> = per_shard
             .into_iter()
             .flatten()
-            .filter_map(|(id, ms)| Some((id, Utc.timestamp_millis_opt(ms as i64).single()?)))
+            .filter_map(|(member, ms)| Some((member, millis(ms as i64)?)))
             .collect();
         due.sort_by_key(|(_, at)| *at);
         due.truncate(limit);
         Ok(due)
+    }
+
+    /// Jobs whose next fire time is at or before `before`, oldest first (over every shard).
+    pub async fn due_timers(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, DateTime<Utc>)>> {
+        self.members_due("timers", before, limit).await
     }
 
     /// Sets or clears a job's next fire time, but only if it is still `expected` and the job is still

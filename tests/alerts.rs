@@ -62,15 +62,7 @@ async fn late_and_long_running_runs_are_marked_once_and_counted() {
                 "policies": {"alert_running_secs": 1}}),
         )
         .await;
-    let response = app
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/jobs/{long_job}/run"),
-            ACCOUNT_KEY,
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), 202);
+    app.run_now(&long_job).await;
     let run = eventually(Duration::from_secs(60), "the container running", || async {
         app.runs(&long_job)
             .await

@@ -451,15 +451,7 @@ async fn booting_on_a_silent_instance(
         .await;
     // Agents of this provisioner are told an api address where nothing listens.
     let unreachable = spawn_provisioner(env, "http://127.0.0.1:9").await;
-    let response = app
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/jobs/{job_id}/run"),
-            ACCOUNT_KEY,
-            None,
-        )
-        .await;
-    assert!(response.status().is_success(), "run now");
+    app.run_now(&job_id).await;
     let (run_id, first_instance) = eventually(Duration::from_secs(30), "an instance", || async {
         let run = app.runs(&job_id).await.into_iter().next()?;
         let instance = run["instance_id"].as_str()?.to_string();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -30,6 +30,7 @@ pub struct Settings {
     pub container_limits: crate::container_limits::ContainerLimitSettings,
     pub quotas: crate::quotas::QuotaSettings,
     pub pricing: crate::pricing::PricingSettings,
+    pub notify: NotifySettings,
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
@@ -175,6 +176,43 @@ pub struct AuthSettings {
 pub struct AccountSettings {
     pub name: String,
     pub keys: Vec<SecretString>,
+    /// The key every notification of the account is signed with (`X-Spot-Signature`, HMAC-SHA256
+    /// of the body). Without it the account's jobs may not ask for notifications.
+    #[serde(default)]
+    pub notify_secret: Option<SecretString>,
+    /// Webhooks told of every run of the account, besides each job's own `policies.notify`.
+    #[serde(default)]
+    pub notify: Vec<crate::model::NotifyTarget>,
+}
+
+impl AccountSettings {
+    /// The account's notify secret, when one is set and not empty.
+    pub fn notify_secret(&self) -> Option<&SecretString> {
+        self.notify_secret
+            .as_ref()
+            .filter(|secret| !secret.expose_secret().is_empty())
+    }
+}
+
+/// How notifications are delivered (see [`crate::notify`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Attempts per notification and target before it is given up (each kept on the run).
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles each attempt after, up to `backoff_max_secs`.
+    pub backoff_secs: u64,
+    pub backoff_max_secs: u64,
+    /// How long one attempt may take, connecting included.
+    pub timeout_secs: u64,
+    /// How long a notifier holds the notifications it took: one that died holding them lets
+    /// another deliver them after this.
+    pub lease_secs: u64,
+    /// How often the notifier looks for notifications due when it found none.
+    pub poll_interval_ms: u64,
+    /// Notifications taken per round, and delivered at once.
+    pub batch: usize,
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +395,15 @@ impl Settings {
             if !names.insert(name) {
                 return refuse(format!("auth.accounts: {:?} is named twice", account.name));
             }
+            let field = format!("auth.accounts.{}.notify", account.name);
+            if let Err(err) = crate::model::NotifyTarget::validate_all(&account.notify, &field) {
+                return refuse(err.to_string());
+            }
+            if !account.notify.is_empty() && account.notify_secret().is_none() {
+                return refuse(format!(
+                    "{field}: the account has no notify_secret to sign its notifications with"
+                ));
+            }
         }
         for name in self.quotas.accounts.keys() {
             if !names.contains(&name.to_ascii_lowercase()) {
@@ -384,6 +431,16 @@ impl Settings {
         {
             return refuse(
                 "reaper.agent_heartbeat_secs must be at least 1 and below reaper.heartbeat_timeout_secs"
+                    .into(),
+            );
+        }
+        if self.notify.max_attempts == 0
+            || self.notify.batch == 0
+            || self.notify.concurrency == 0
+            || self.notify.timeout_secs == 0
+        {
+            return refuse(
+                "notify.max_attempts, batch, concurrency and timeout_secs must be at least 1"
                     .into(),
             );
         }
@@ -444,7 +501,6 @@ pub fn config_path_from_args() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     fn admin_is_no_account_name_and_names_are_unique() {

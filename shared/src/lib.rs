@@ -17,6 +17,7 @@ pub mod ids;
 pub mod instance_power;
 pub mod messages;
 pub mod model;
+pub mod notify;
 pub mod outbound;
 pub mod policy;
 pub mod pricing;
@@ -52,7 +53,16 @@ pub async fn shutdown_signal() {
 /// once), then starts regardless. Fails only on a configuration error.
 pub async fn connect(settings: &config::Settings) -> Result<(store::Store, broker::Broker)> {
     const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-    let store = store::Store::connect_lazy(&settings.redis)?;
+    let notifying = settings
+        .auth
+        .accounts
+        .iter()
+        .filter(|account| !account.notify.is_empty())
+        .map(|account| {
+            let events = account.notify.iter().flat_map(|t| t.events.clone());
+            (account.name.clone(), events.collect())
+        });
+    let store = store::Store::connect_lazy(&settings.redis)?.with_notifying_accounts(notifying);
     let broker = broker::Broker::start(&settings.rabbitmq);
     let redis_up = async {
         let deadline = tokio::time::Instant::now() + STARTUP_WAIT;

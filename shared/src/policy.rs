@@ -207,7 +207,10 @@ async fn count_toward_pause(
         run.id
     );
     let paused = job.clone().paused_with(note, Utc::now());
-    if store.pause_job_if_current(&paused, job.generation).await? {
+    if store
+        .pause_job_if_current(&paused, job.generation, &run.id)
+        .await?
+    {
         tracing::warn!(job_id = %job.id, in_a_row, "job paused after failing in a row");
         store.note_event("paused_after_failures", 1).await;
     }

@@ -107,6 +107,9 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Each attempt to tell a webhook of a run's events (`policies.notify`): event, target host,
+    /// outcome, HTTP status.
+    Notifications { run: String },
     /// The instances a job's latest runs ran on: provider, type, spot or on-demand, lifetime.
     Instances {
         job: String,

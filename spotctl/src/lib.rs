@@ -68,6 +68,7 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Next { job, count } => jobs::next(&api, out, &job, count).await?,
         Command::Runs { job, limit } => runs::list(&api, out, &job, limit).await?,
         Command::Instances { job, limit } => runs::instances(&api, out, &job, limit).await?,
+        Command::Notifications { run } => runs::notifications(&api, out, &run).await?,
         Command::Run {
             job,
             env,

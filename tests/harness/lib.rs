@@ -29,9 +29,12 @@ pub mod image;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod webhook_receiver;
 
 pub const ACCOUNT_KEY: &str = "test-key-acme";
 pub const OTHER_ACCOUNT_KEY: &str = "test-key-globex";
+/// The acme account's `notify_secret` (globex has none).
+pub const NOTIFY_SECRET: &str = "test-notify-secret-acme";
 
 fn redis_url() -> String {
     std::env::var("SPOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -186,6 +189,7 @@ impl TestEnv {
             [[auth.accounts]]
             name = "acme"
             keys = ["{ACCOUNT_KEY}"]
+            notify_secret = "{NOTIFY_SECRET}"
             [[auth.accounts]]
             name = "globex"
             keys = ["{OTHER_ACCOUNT_KEY}"]
@@ -753,6 +757,19 @@ impl TestApp {
     }
 
     /// The runs of a job, newest first.
+    /// `POST /v1/jobs/{id}/run` with the acme key: a run now, which must be accepted.
+    pub async fn run_now(&self, job_id: &str) {
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{job_id}/run"),
+                ACCOUNT_KEY,
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 202, "run now of {job_id}");
+    }
+
     pub async fn runs(&self, job_id: &str) -> Vec<serde_json::Value> {
         let response = self
             .get(&format!("/v1/jobs/{job_id}/runs?limit=1000"), ACCOUNT_KEY)

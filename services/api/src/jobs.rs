@@ -171,6 +171,34 @@ async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()>
     Ok(())
 }
 
+/// Refuses notifications (`policies.notify`) the account cannot sign (it has no `notify_secret`) or
+/// whose hosts the outbound rules block (the notifier checks again at each attempt).
+async fn check_notify(state: &AppState, account: &str, policies: &Policies) -> Result<()> {
+    if policies.notify.is_empty() {
+        return Ok(());
+    }
+    let signs = state
+        .settings
+        .auth
+        .accounts
+        .iter()
+        .any(|a| a.name == account && a.notify_secret().is_some());
+    if !signs {
+        return Err(Error::invalid(
+            "policies.notify",
+            format!(
+                "account {account} has no notify_secret to sign notifications with (auth.accounts)"
+            ),
+        ));
+    }
+    for (i, target) in policies.notify.iter().enumerate() {
+        if let Ok(url) = spot_shared::outbound::check_url(&target.url) {
+            check_target(state, &url, &format!("policies.notify[{i}].url")).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a file source on an HTTPS host the outbound rules block (the agent checks again when it
 /// fetches). S3 objects go to the deployment's S3 endpoint, never to a host the user names.
 pub async fn check_source_target(
@@ -281,6 +309,7 @@ async fn prepare(
         }
     }
     check_outbound_targets(state, &spec.runner).await?;
+    check_notify(state, account, &spec.policies).await?;
     check_instances_usable(state, &spec.runner)?;
     let mut job = new_job(account, spec, id, now);
     check_chains(state, &job).await?;
@@ -455,6 +484,7 @@ fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>)
 pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
     check_outbound_targets(state, &spec.runner).await?;
+    check_notify(state, &current.account, &spec.policies).await?;
     check_instances_usable(state, &spec.runner)?;
     let now = Utc::now();
     let mut job = Job {

@@ -618,6 +618,15 @@ function backfillCard(job, onChange) {
 
 // ----- one run -----
 
+// Each attempt to tell a webhook of the run's events (policies.notify): the target's host, never its URL.
+function notificationList(attempts) {
+  const outcome = { delivered: "delivered", will_retry: "failed, tried again", gave_up: "given up" };
+  return el("ol", { id: "run-notifications" }, attempts.map((a) => el("li", {},
+    `${a.event} → ${a.host}: ${outcome[a.outcome] || a.outcome}`,
+    a.status ? ` (${a.status})` : "", a.error ? ` (${a.error})` : "",
+    `, attempt ${a.attempt}, ${utc(a.at)}`)));
+}
+
 async function runPage(id) {
   const path = `/v1/runs/${encodeURIComponent(id)}`;
   let run = await api("GET", path);
@@ -638,6 +647,7 @@ async function runPage(id) {
       ...(run.overrides ? [["Overrides", el("code", { id: "run-overrides" }, JSON.stringify(run.overrides))]] : []),
       ...(run.late_alert_at ? [["Late", el("span", { class: "alert-mark" }, `its code had not started by ${utc(run.late_alert_at)} (alert_late_secs)`)]] : []),
       ...(run.long_running_alert_at ? [["Long running", el("span", { class: "alert-mark" }, `still running at ${utc(run.long_running_alert_at)} (alert_running_secs)`)]] : []),
+      ...(run.notifications && run.notifications.length ? [["Notifications", notificationList(run.notifications)]] : []),
     ]), runTimelines([run]));
     if (run.instance_id) {
       const found = await api("GET", `/v1/instances/${encodeURIComponent(run.instance_id)}`).catch(() => null);

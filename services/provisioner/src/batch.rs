@@ -131,15 +131,17 @@ impl Provisioner {
         Ok(outcome)
     }
 
-    /// The fire prepared for [`Store::fire_light`] if it is light: the dummy runner, and no policy
-    /// that needs the job's earlier runs. `None` for any other.
+    /// The fire prepared for [`Store::fire_light`] if it is light: the dummy runner, no policy that
+    /// needs the job's earlier runs, and nothing its ending sets off (chained jobs, notifications:
+    /// a light run is written ended, without the step that notes them). `None` for any other.
     ///
     /// [`Store::fire_light`]: spot_shared::store::Store::fire_light
     pub(crate) fn prepare_light(&self, job: &Job, fire: &FireMessage) -> Result<Option<LightFire>> {
         let Runner::Dummy(spec) = &job.runner else {
             return Ok(None);
         };
-        if crate::policies_read_history(job) {
+        let sets_off_work = !job.policies.on_success.is_empty() || self.store.notifies(job);
+        if crate::policies_read_history(job) || sets_off_work {
             return Ok(None);
         }
         let timer = if fire.attempt == 1 && !fire.manual {

@@ -10,6 +10,9 @@
 //! idempotent, so reapers racing each other or the api do no harm.
 
 mod costs;
+mod notifier;
+
+pub use notifier::{DeliveryReport, Notifier};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +42,8 @@ pub struct Reaper {
     /// `provisioner.max_relaunches`: how often a run that never started is launched again.
     max_relaunches: u32,
     pricing: Arc<spot_shared::pricing::PricingSettings>,
+    /// Delivers the notifications of runs' events (`policies.notify`).
+    notifier: Notifier,
 }
 
 /// What one sweep did.
@@ -77,6 +82,7 @@ impl Reaper {
             .context("setting up the cloud provider")?;
         let ec2 = Ec2::for_deployment(&settings).await;
         Ok(Reaper {
+            notifier: Notifier::new(&settings, store.clone()),
             store,
             broker: Arc::new(broker),
             cloud: Arc::new(cloud),
@@ -85,6 +91,11 @@ impl Reaper {
             max_relaunches: settings.provisioner.max_relaunches,
             pricing: Arc::new(settings.pricing.clone()),
         })
+    }
+
+    /// The notifier this reaper runs (tests drain the outbox through it).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// One sweep, unless another reaper holds this period's sweep (then `None`).
@@ -210,11 +221,7 @@ impl Reaper {
                 continue;
             };
             for alert in spot_shared::alerts::due(job, &run, now) {
-                if self
-                    .store
-                    .mark_run_alert(&run.id, alert.as_str(), now)
-                    .await?
-                {
+                if self.store.mark_run_alert(&run.id, alert, now).await? {
                     tracing::warn!(job_id = %job.id, run_id = %run.id, alert = alert.as_str(), "run alert");
                     self.store
                         .note_event(&format!("alert_{}", alert.as_str()), 1)
@@ -589,6 +596,13 @@ impl Reaper {
                 async move { this.sweep_forever().await }
             })
         };
+        let notifier = {
+            let notifier = self.notifier.clone();
+            supervise("notifier", Some(self.store.clone()), move || {
+                let notifier = notifier.clone();
+                async move { notifier.deliver_forever().await }
+            })
+        };
         let grace = std::time::Duration::from_secs(self.settings.shutdown_grace_secs);
         let this = self.clone();
         serve(&mut requests, shutdown, grace, move |delivery| {
@@ -597,6 +611,7 @@ impl Reaper {
         })
         .await;
         sweeper.abort();
+        notifier.abort();
         self.broker.close().await;
         Ok(())
     }

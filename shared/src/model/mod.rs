@@ -4,6 +4,7 @@
 
 mod instance;
 mod job;
+mod notify;
 mod overrides;
 mod policies;
 mod run;
@@ -12,6 +13,7 @@ mod runner;
 pub use crate::container_limits::ContainerLimits;
 pub use instance::{Instance, InstanceState, PriceSource};
 pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
+pub use notify::{AttemptOutcome, NotificationAttempt, NotifyEvent, NotifyFormat, NotifyTarget};
 pub use overrides::RunOverrides;
 pub use policies::{CatchUp, Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
 pub use run::{Run, RunState};

@@ -298,6 +298,10 @@ pub struct Policies {
     /// left.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_failure: Vec<String>,
+    /// Webhooks told of this job's runs (besides its account's default ones): see
+    /// [`super::NotifyTarget`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<super::NotifyTarget>,
 }
 
 impl Default for Policies {
@@ -322,6 +326,7 @@ impl Default for Policies {
             alert_running_secs: None,
             on_success: Vec::new(),
             on_failure: Vec::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -408,6 +413,7 @@ impl Policies {
                 }
             }
         }
+        super::NotifyTarget::validate_all(&self.notify, &field("notify"))?;
         if !(1..=10_000).contains(&self.max_queued) {
             return Err(Error::invalid(field("max_queued"), "must be 1..=10000"));
         }

@@ -213,6 +213,9 @@ pub struct Run {
     pub backfill: Option<String>,
     /// What the run's instance cost, in USD, once it was terminated.
     pub cost_usd: Option<f64>,
+    /// Each attempt to notify a webhook of the run's events (`policies.notify`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<super::NotificationAttempt>,
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,

@@ -52,15 +52,17 @@ pub struct Backfill {
 }
 
 /// KEYS: the job's runs, the backfill, its line, the job's backfills, the shard's running backfills.
-/// ARGV: prefix, backfill id, job id, account, now (RFC 3339), now (ms), concurrency, from, to, then
-/// (run id, instant RFC 3339, instant ms) triples. Records every run `queued`, in order.
+/// ARGV: prefix, backfill id, job id, account, now (RFC 3339), now (ms), concurrency, from, to, the
+/// events the runs are noted for ('' for none), then (run id, instant RFC 3339, instant ms) triples.
+/// Records every run `queued`, in order.
 const CREATE: &str = r#"
 local prefix, id, job, account, now, now_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local total = 0
-for i = 10, #ARGV, 3 do
+for i = 11, #ARGV, 3 do
   local run_id = ARGV[i]
   redis.call('HSET', prefix .. ':run:' .. run_id, 'id', run_id, 'job_id', job, 'account', account,
     'attempt', '1', 'scheduled_at', ARGV[i + 1], 'state', 'queued', 't:queued', now, 'backfill', id)
+  if ARGV[10] ~= '' then redis.call('HSET', prefix .. ':run:' .. run_id, 'notify', ARGV[10]) end
   redis.call('ZADD', KEYS[1], now_ms, run_id)
   redis.call('RPUSH', KEYS[3], run_id .. '|' .. ARGV[i + 2])
   total = total + 1
@@ -178,7 +180,8 @@ impl Store {
             .arg(now.timestamp_millis())
             .arg(concurrency)
             .arg(range.0.to_rfc3339())
-            .arg(range.1.to_rfc3339());
+            .arg(range.1.to_rfc3339())
+            .arg(self.notify_events(job).unwrap_or_default());
         for instant in instants {
             script
                 .arg(self.new_run_id(&job.id))

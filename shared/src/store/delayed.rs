@@ -12,12 +12,14 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::notifications::{outbox_member, NOTE_EVENT_LUA, OUTBOX};
 use super::scripts::{JOB_STATE_LUA, LIVE_RUNS, QUARANTINE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::timers::{is_delayed, millis, parse_timer_member, timer_member};
 use super::{Moved, Store, UnarmedTimer};
+use crate::alerts::RunAlert;
 use crate::error::Result;
 use crate::messages::FireMessage;
-use crate::model::{Run, RunState};
+use crate::model::{NotifyEvent, Run, RunState};
 
 /// Retries and run-nows not yet recorded as runs, scored by due time (ms).
 pub(super) const DELAYED: &str = "timers:delayed";
@@ -26,15 +28,17 @@ pub(super) const DELAYED: &str = "timers:delayed";
 /// instant the chained fires take (ms): a run leaves it once they are scheduled.
 const CHAINS: &str = "chains:pending";
 
-/// Compare-and-set of a run's state that also keeps the live-run index, arms a retry and notes the
-/// chained jobs to start, in one step. KEYS: run, live runs, delayed, unarmed, chains to start. ARGV:
-/// expected, new, run id, '1' if the new state ends the run, the retry's member ('' for none), its
-/// due time (ms), the chain's instant (ms, '' for none), then field/value pairs.
+/// Compare-and-set of a run's state that also keeps the live-run index, arms a retry, notes the
+/// chained jobs to start and the notification of the move, in one step. KEYS: run, live runs,
+/// delayed, unarmed, chains to start, notification outbox. ARGV: expected, new, run id, '1' if the
+/// new state ends the run, the retry's member ('' for none), its due time (ms), the chain's instant
+/// (ms, '' for none), the notification's member ('' for none), now (ms), then field/value pairs.
 const RUN_CAS: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
 if current ~= ARGV[1] then return {0, current} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'state', ARGV[2], unpack(ARGV, 10))
+note_event(KEYS[1], KEYS[6], ARGV[8], ARGV[9])
 if ARGV[4] == '1' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
@@ -44,7 +48,8 @@ if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3]) end
 return {1, current}
 "#;
 
-static RUN_CAS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RUN_CAS));
+static RUN_CAS_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{NOTE_EVENT_LUA}{RUN_CAS}")));
 
 /// Arms a relaunch of a run that never started, counting it on the run, in one step. KEYS: run,
 /// delayed, unarmed. ARGV: the state the run must still be in, the most relaunches allowed, the
@@ -71,14 +76,17 @@ return count
 
 static RELAUNCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELAUNCH));
 
-/// KEYS: the run. ARGV: the alert's field, its time. Sets the field only on a run not ended. 1 if set.
+/// KEYS: the run, the notification outbox. ARGV: the alert's field, its time, its notification's
+/// member, now (ms). Sets the field only on a run not ended, noting the notification. 1 if set.
 const MARK_ALERT: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or not unfinished(state) then return 0 end
-return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+note_event(KEYS[1], KEYS[2], ARGV[3], ARGV[4])
+return 1
 "#;
 static MARK_ALERT_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{MARK_ALERT}")));
+    LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{NOTE_EVENT_LUA}{MARK_ALERT}")));
 
 /// What [`Store::relaunch_run`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +181,7 @@ impl Store {
             self.owned_key(id, DELAYED),
             self.owned_key(id, UNARMED),
             self.owned_key(id, CHAINS),
+            self.owned_key(id, OUTBOX),
         ];
         let (member, due) = match retry {
             Some((fire, due)) => (timer_member(fire), due.timestamp_millis().to_string()),
@@ -184,6 +193,8 @@ impl Store {
             member,
             due,
             chain_at.map_or_else(String::new, |at| at.timestamp_millis().to_string()),
+            NotifyEvent::of_state(to).map_or_else(String::new, |event| outbox_member(id, event)),
+            Utc::now().timestamp_millis().to_string(),
         ];
         let moved = self
             .advance_hash(&RUN_CAS_SCRIPT, &keys, &extra, "run", id, to, fields)
@@ -427,14 +438,21 @@ impl Store {
     pub async fn mark_run_alert(
         &self,
         run_id: &str,
-        kind: &str,
+        alert: RunAlert,
         at: DateTime<Utc>,
     ) -> Result<bool> {
+        let event = match alert {
+            RunAlert::Late => NotifyEvent::Late,
+            RunAlert::LongRunning => NotifyEvent::LongRunning,
+        };
         let mut conn = self.conn.clone();
         let marked: i64 = MARK_ALERT_SCRIPT
             .key(self.owned_key(run_id, &format!("run:{run_id}")))
-            .arg(format!("alert:{kind}"))
+            .key(self.owned_key(run_id, OUTBOX))
+            .arg(format!("alert:{}", alert.as_str()))
             .arg(at.to_rfc3339())
+            .arg(outbox_member(run_id, event))
+            .arg(at.timestamp_millis())
             .invoke_async(&mut conn)
             .await?;
         self.replicated(run_id).await?;

@@ -21,7 +21,7 @@
 //! [`connection`]. This file holds the handle and the compare-and-set every state change goes
 //! through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -46,6 +46,7 @@ mod jobs;
 mod lateness;
 mod leases;
 mod light_fire;
+mod notifications;
 mod pauses;
 mod quarantine;
 mod queues;
@@ -64,6 +65,7 @@ pub use index_entries::SettledEntries;
 pub use job_batches::Created;
 pub use lateness::{LatenessHistogram, LATENESS_BUCKETS_MS};
 pub use light_fire::{LightFire, TimerMove};
+pub use notifications::{DueNotification, NotifyRound, KEPT_ATTEMPTS};
 pub use quarantine::{JobRecord, QuarantinedJob};
 pub use queues::QueueStep;
 pub use quota_counts::SlotKind;
@@ -121,6 +123,8 @@ pub struct Store {
     /// its account's indexes go as two steps; on a single Redis they stay one.
     cluster: bool,
     replication: Arc<Replication>,
+    /// Accounts with default notifications: their runs all ask for them ([`Store::notifies`]).
+    notifying_accounts: Arc<HashMap<String, Vec<crate::model::NotifyEvent>>>,
 }
 
 impl Store {
@@ -144,6 +148,7 @@ impl Store {
             )),
             cluster: settings.cluster,
             replication: Replication::new(settings),
+            notifying_accounts: Arc::default(),
         })
     }
 

@@ -278,6 +278,9 @@ impl Store {
         if step.interruptions > 0 {
             fields.push(("interruptions", step.interruptions.to_string()));
         }
+        if let Some(events) = self.notify_events(job) {
+            fields.push(("notify", events));
+        }
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
         let policy = job.policies.concurrency.as_str();
         let mut script = RECORD_FIRE_SCRIPT.prepare_invoke();
@@ -671,5 +674,13 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
             .and_then(|v| v.parse::<u64>().ok())
             .map(crate::pricing::usd),
         secret_hash: optional(map, "secret_hash").unwrap_or_default(),
+        notifications: optional(map, "notifications")
+            .map(|lines| {
+                lines
+                    .lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }

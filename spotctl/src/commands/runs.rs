@@ -78,6 +78,32 @@ fn is_terminal(state: &str) -> bool {
     )
 }
 
+/// A run's notification attempts, oldest first.
+pub async fn notifications(api: &ApiClient, output: Output, run: &str) -> CtlResult<()> {
+    let answer = api.get(&format!("/v1/runs/{}", segment(run))).await?;
+    let attempts = output::items(&answer, "notifications");
+    let rows = attempts
+        .iter()
+        .map(|attempt| {
+            vec![
+                text(&attempt["event"]),
+                text(&attempt["host"]),
+                text(&attempt["target"]),
+                text(&attempt["attempt"]),
+                when(&attempt["at"]),
+                text(&attempt["outcome"]),
+                text(&attempt["status"]),
+                text(&attempt["error"]),
+            ]
+        })
+        .collect();
+    let header = [
+        "EVENT", "HOST", "TARGET", "ATTEMPT", "AT", "OUTCOME", "STATUS", "ERROR",
+    ];
+    output::print(output, &json!({ "notifications": attempts }), &header, rows);
+    Ok(())
+}
+
 pub async fn instances(api: &ApiClient, output: Output, job: &str, limit: usize) -> CtlResult<()> {
     let answer = runs_of(api, job, limit).await?;
     let mut instances = Vec::new();

@@ -170,15 +170,7 @@ async fn a_failing_container_is_told_signed_retried_once_per_event_and_kept_on_i
     assert!(!shown.to_string().contains("/hook"), "{shown}");
 
     // `spotctl notifications RUN` shows the same, as a table.
-    let table = tokio::process::Command::new(workspace_binary("spotctl"))
-        .args(["notifications", &run_id])
-        .env("SPOT_API_URL", &app.address)
-        .env("SPOT_API_KEY", ACCOUNT_KEY)
-        .env("XDG_CONFIG_HOME", env.dir())
-        .output()
-        .await
-        .expect("spotctl runs");
-    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let table = spotctl_output(&env, &app, ACCOUNT_KEY, &["notifications", &run_id]).await;
     assert!(
         table.contains("EVENT") && table.contains("will_retry") && table.contains("127.0.0.1"),
         "{table}"

@@ -23,6 +23,9 @@ pub struct Principal {
     pub account: String,
     /// Admin keys may act on every account.
     pub admin: bool,
+    /// The key's fingerprint, for the audit log: `key-` and 12 hex digits of its SHA-256 (never
+    /// the key; a bcrypt token has its key's fingerprint).
+    pub key: String,
 }
 
 struct KeyEntry {
@@ -171,6 +174,7 @@ fn entry(key: &str, account: &str, admin: bool) -> KeyEntry {
         principal: Principal {
             account: account.to_string(),
             admin,
+            key: format!("key-{}", &hash_secret(key)[..12]),
         },
     }
 }

@@ -31,6 +31,21 @@ pub struct Settings {
     pub quotas: crate::quotas::QuotaSettings,
     pub pricing: crate::pricing::PricingSettings,
     pub notify: NotifySettings,
+    pub audit: AuditSettings,
+}
+
+/// The audit log of state-changing requests (`GET /v1/audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Entries are kept this many days.
+    pub retention_days: u32,
+}
+
+impl AuditSettings {
+    pub fn retention(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.retention_days.max(1)))
+    }
 }
 
 /// Seed 002's surface (`/jobs`): its jobs name no image, so they run in this one.
@@ -433,6 +448,9 @@ impl Settings {
                 "reaper.agent_heartbeat_secs must be at least 1 and below reaper.heartbeat_timeout_secs"
                     .into(),
             );
+        }
+        if !(1..=3650).contains(&self.audit.retention_days) {
+            return refuse("audit.retention_days must be 1 to 3650".into());
         }
         if self.notify.max_attempts == 0
             || self.notify.batch == 0

@@ -153,6 +153,20 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// The account's audit log, newest first: who changed which job how, through which surface.
+    Audit {
+        /// Only this job's entries.
+        #[arg(long)]
+        job: Option<String>,
+        /// From this instant (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this instant (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Shell completions, printed for the shell named.
     Completions { shell: clap_complete::Shell },
 }

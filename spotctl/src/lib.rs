@@ -84,6 +84,12 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Logs { run, follow } => runs::logs(&api, &run, follow).await?,
         Command::Status => return system::status(&api, out).await,
         Command::Usage { from, to } => system::usage(&api, out, from, to).await?,
+        Command::Audit {
+            job,
+            from,
+            to,
+            limit,
+        } => system::audit(&api, out, [("job", job), ("from", from), ("to", to)], limit).await?,
         Command::Completions { shell } => system::completions(shell),
     }
     Ok(0)

@@ -796,7 +796,6 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
-    /// `GET /status/{id}` as JSON.
     /// A run's output, as `GET /v1/runs/{id}/logs` gives it to its account.
     pub async fn run_log(&self, run: &serde_json::Value) -> String {
         let id = run["id"].as_str().expect("a run with an id");
@@ -805,11 +804,28 @@ impl TestApp {
         response.text().await.expect("a log")
     }
 
+    /// `GET /status/{id}` as JSON.
     pub async fn status(&self, id: &str) -> serde_json::Value {
         let response = self.get(&format!("/status/{id}"), ACCOUNT_KEY).await;
         assert_eq!(response.status(), 200);
         response.json().await.expect("status is JSON")
     }
+}
+
+/// What `spotctl ARGS` prints (its table), pointed at `app` with `key` and no config file of the
+/// user's.
+pub async fn spotctl_output(env: &TestEnv, app: &TestApp, key: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(workspace_binary("spotctl"))
+        .args(args)
+        .env("SPOT_API_URL", &app.address)
+        .env("SPOT_API_KEY", key)
+        .env("XDG_CONFIG_HOME", env.dir())
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("spotctl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Waits until the api at `base` answers `/healthcheck` with 200 (Redis and RabbitMQ reachable).

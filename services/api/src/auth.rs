@@ -13,13 +13,15 @@ use spot_shared::messages::RUN_SECRET_HEADER;
 use spot_shared::model::Run;
 use spot_shared::{Error, ErrorCode};
 
+use crate::audit::{Actor, Surface};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub const AUTH_HEADER: &str = "X-Auth-Token";
 
-/// The authenticated account behind a request; extracting it refuses unknown keys with 403.
-pub struct Caller(pub Principal);
+/// The authenticated account behind a request, and the surface it came through; extracting it
+/// refuses unknown keys with 403.
+pub struct Caller(pub Principal, pub Surface);
 
 impl FromRequest for Caller {
     type Error = ApiError;
@@ -31,7 +33,8 @@ impl FromRequest for Caller {
             let state = req
                 .app_data::<web::Data<AppState>>()
                 .ok_or_else(|| Error::internal("app state missing"))?;
-            Ok(Caller(principal_of(&req, state).await?))
+            let surface = Surface::of_path(req.path());
+            Ok(Caller(principal_of(&req, state).await?, surface))
         })
     }
 }
@@ -65,9 +68,24 @@ pub async fn principal_of(req: &HttpRequest, state: &AppState) -> Result<Princip
 }
 
 impl Caller {
+    /// Who is acting, for the audit log.
+    pub fn actor(&self) -> Actor {
+        Actor::new(&self.0, self.1)
+    }
+
     /// Whether the caller presented an admin key.
     pub fn is_admin(&self) -> bool {
         self.0.admin
+    }
+
+    /// The account a request is about: the caller's own, or the one it names if it may act on it
+    /// (an admin); another is answered 404, as one that does not exist.
+    pub fn account_asked(&self, named: Option<&str>) -> Result<String, Error> {
+        match named {
+            Some(account) if self.owns(account) => Ok(account.to_string()),
+            Some(_) => Err(Error::not_found("no such account")),
+            None => Ok(self.0.account.clone()),
+        }
     }
 
     /// Whether this caller may see and touch what belongs to `account`.

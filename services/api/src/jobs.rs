@@ -11,6 +11,7 @@ use spot_shared::schedule::{parse_time_zone, Exclusions};
 use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
 
+use crate::audit::Actor;
 use crate::auth::Caller;
 use crate::state::AppState;
 
@@ -259,6 +260,7 @@ pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<J
 /// returned as it is instead of making a second.
 pub async fn create(
     state: &AppState,
+    actor: &Actor,
     account: &str,
     spec: JobSpec,
     id: Option<String>,
@@ -279,6 +281,9 @@ pub async fn create(
             .unwrap_or_else(|| Error::internal("refused under the job quota")));
     }
     tracing::info!(job_id = %job.id, account, next = ?job.next_fire_at, "job created");
+    actor
+        .record(state, "create", (None, Some(&job)), None)
+        .await;
     Ok(job)
 }
 
@@ -409,6 +414,7 @@ pub const MAX_BATCH: usize = 1000;
 /// if that save fails, the whole request fails and none is kept.
 pub async fn create_many(
     state: &AppState,
+    actor: &Actor,
     account: &str,
     specs: Vec<(Result<JobSpec>, Option<String>)>,
 ) -> Result<Vec<Result<Job>>> {
@@ -454,6 +460,9 @@ pub async fn create_many(
     // the client sends it again rather than reading half an answer.
     state.store.save_new_jobs(&new_jobs).await?;
     tracing::info!(account, created = new_jobs.len(), "jobs created in a batch");
+    for job in &new_jobs {
+        actor.record(state, "create", (None, Some(job)), None).await;
+    }
     Ok(results)
 }
 
@@ -481,7 +490,7 @@ fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>)
 }
 
 /// Replaces a job's specification, keeping its id, account and history.
-pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Job> {
+pub async fn replace(state: &AppState, actor: &Actor, current: Job, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
     check_outbound_targets(state, &spec.runner).await?;
     check_notify(state, &current.account, &spec.policies).await?;
@@ -529,14 +538,28 @@ pub async fn replace(state: &AppState, current: Job, spec: JobSpec) -> Result<Jo
         .store
         .save_job_from_group(&job, Some(&current.group))
         .await?;
+    actor
+        .record(state, "edit", (Some(&current), Some(&job)), None)
+        .await;
     Ok(job)
 }
 
 /// Enables or disables a job. Disabling drops its timer; enabling arms the next fire from now.
-pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Result<Job> {
+pub async fn set_enabled(
+    state: &AppState,
+    actor: &Actor,
+    current: Job,
+    enabled: bool,
+) -> Result<Job> {
     if current.enabled == enabled {
         return Ok(current);
     }
+    let action = match (enabled, current.paused.is_some()) {
+        (true, true) => "resume",
+        (true, false) => "enable",
+        (false, _) => "disable",
+    };
+    let before = current.clone();
     let now = Utc::now();
     let mut job = Job {
         enabled,
@@ -556,6 +579,9 @@ pub async fn set_enabled(state: &AppState, current: Job, enabled: bool) -> Resul
         }
     }
     state.store.save_job(&job).await?;
+    actor
+        .record(state, action, (Some(&before), Some(&job)), None)
+        .await;
     Ok(job)
 }
 
@@ -573,22 +599,26 @@ pub const MAX_PAUSE_NOTE: usize = 1024;
 
 /// Pauses a job with `note`: disabled (its timer dropped) and marked with why and since when. A
 /// paused job paused again keeps its first time and takes the new note. [`set_enabled`] resumes it.
-pub async fn pause(state: &AppState, current: Job, note: String) -> Result<Job> {
+pub async fn pause(state: &AppState, actor: &Actor, current: Job, note: String) -> Result<Job> {
     if note.len() > MAX_PAUSE_NOTE || note.chars().any(|c| c.is_control() && c != '\n') {
         return Err(Error::invalid(
             "note",
             format!("at most {MAX_PAUSE_NOTE} bytes, no control characters but line breaks"),
         ));
     }
-    let job = current.paused_with(note, Utc::now());
+    let job = current.clone().paused_with(note, Utc::now());
     state.store.save_job(&job).await?;
     tracing::info!(job_id = %job.id, "job paused");
+    actor
+        .record(state, "pause", (Some(&current), Some(&job)), None)
+        .await;
     Ok(job)
 }
 
-pub async fn delete(state: &AppState, job: &Job) -> Result<()> {
+pub async fn delete(state: &AppState, actor: &Actor, job: &Job) -> Result<()> {
     state.store.delete_job(job).await?;
     tracing::info!(job_id = %job.id, "job deleted");
+    actor.record(state, "delete", (Some(job), None), None).await;
     Ok(())
 }
 
@@ -597,10 +627,11 @@ pub async fn delete(state: &AppState, job: &Job) -> Result<()> {
 /// so the fire's marker makes it one run even past the key's lease.
 pub async fn run_now(
     state: &AppState,
+    actor: &Actor,
     job: &Job,
     key: &crate::idempotency::IdempotencyKey,
 ) -> Result<DateTime<Utc>> {
-    run_now_with(state, job, key, &RunOverrides::default()).await
+    run_now_with(state, actor, job, key, &RunOverrides::default()).await
 }
 
 /// [`run_now`] with `overrides` (image, command, environment) for that run alone: checked like a
@@ -608,6 +639,7 @@ pub async fn run_now(
 /// recorded with them.
 pub async fn run_now_with(
     state: &AppState,
+    actor: &Actor,
     job: &Job,
     key: &crate::idempotency::IdempotencyKey,
     overrides: &RunOverrides,
@@ -647,6 +679,13 @@ pub async fn run_now_with(
     };
     // Recorded in Redis, handed to RabbitMQ by the pump: a run-now survives a broker outage.
     state.store.schedule_fire(&fire, now).await?;
+    let mut detail = serde_json::json!({ "instant": now });
+    if !overrides.is_empty() {
+        detail["overrides"] = serde_json::to_value(overrides).unwrap_or_default();
+    }
+    actor
+        .record(state, "run_now", (Some(job), Some(job)), Some(detail))
+        .await;
     Ok(now)
 }
 

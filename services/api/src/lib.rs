@@ -3,6 +3,7 @@
 //! [`startup`] builds the app from one [`Settings`]; each group of routes lives in [`routes`]. The api
 //! stores jobs in Redis, arms their timers on RabbitMQ, and takes the agents' callbacks.
 
+pub mod audit;
 pub mod auth;
 pub mod bcrypt_gate;
 pub mod error;

@@ -1,5 +1,5 @@
 // The spot-scheduler dashboard: a page per hash route (#/jobs, #/jobs/ID, #/jobs/ID/edit,
-// #/jobs/new, #/runs/ID, #/overview), drawn from the api with the key the user signed in with.
+// #/jobs/new, #/runs/ID, #/overview, #/audit, #/audit/JOB), drawn from the api with the key the user signed in with.
 // The key stays in this tab's sessionStorage and goes only in the X-Auth-Token header. Every value
 // from the api reaches the page as text (el() never parses HTML), so a job's name cannot inject.
 "use strict";
@@ -217,6 +217,7 @@ function route() {
     jobs: () => (id === "new" ? editPage(null) : id && action === "edit" ? editPage(id) : id ? jobPage(id) : jobsPage()),
     runs: () => runPage(id),
     overview: () => overviewPage(),
+    audit: () => auditPage(id),
   }[section || "jobs"];
   (render || jobsPage)().catch((err) => {
     if (err.name === "AbortError") return;
@@ -402,7 +403,9 @@ async function jobPage(id) {
     el("nav", { class: "crumbs" }, el("a", { href: "#/jobs" }, "Jobs"), " / ", job.name || job.id),
     el("div", { class: "heading" },
       el("h1", {}, job.name || job.id, " ", stateFlag(job)),
-      el("div", { class: "actions" }, actions, el("a", { class: "button", href: `#/jobs/${encodeURIComponent(id)}/edit`, id: "edit-job" }, "Edit"))),
+      el("div", { class: "actions" }, actions,
+        el("a", { class: "button", href: `#/audit/${encodeURIComponent(id)}`, id: "job-audit" }, "Audit log"),
+        el("a", { class: "button", href: `#/jobs/${encodeURIComponent(id)}/edit`, id: "edit-job" }, "Edit"))),
     el("section", { class: "card" }, el("h2", {}, "Job"), details([
       ["Id", el("code", {}, job.id)],
       ["Group", job.group],
@@ -715,6 +718,31 @@ function instanceDetails(instance, cost) {
 }
 
 // ----- overview -----
+
+// ----- audit log -----
+
+// Who changed what, newest first: the account's log, or one job's (#/audit/JOB).
+async function auditPage(jobId) {
+  const query = jobId ? `?job=${encodeURIComponent(jobId)}&limit=200` : "?limit=200";
+  const data = await api("GET", `/v1/audit${query}`);
+  const value = (v) => (v === null || v === undefined ? "—" : typeof v === "string" ? v : JSON.stringify(v));
+  const changes = (entry) => Object.entries(entry.changes || {}).map(([field, change]) =>
+    el("li", {}, el("code", {}, field), `: ${value(change.from)} → ${value(change.to)}`));
+  const rows = data.entries.map((entry) => el("tr", {},
+    el("td", { "data-label": "When" }, utc(entry.at)),
+    el("td", { "data-label": "Action" }, entry.action),
+    el("td", { "data-label": "Job" }, el("a", { href: `#/jobs/${encodeURIComponent(entry.job_id)}` }, entry.job_id)),
+    el("td", { "data-label": "Surface" }, entry.surface),
+    el("td", { "data-label": "Key" }, el("code", {}, entry.key), entry.admin ? " (admin)" : ""),
+    el("td", { "data-label": "Changes" }, entry.detail ? el("code", {}, JSON.stringify(entry.detail)) : "",
+      el("ul", { class: "changes" }, changes(entry)))));
+  show("Audit",
+    el("nav", { class: "crumbs" }, jobId ? [el("a", { href: "#/audit" }, "Audit"), " / ", jobId] : "Audit"),
+    el("h1", {}, jobId ? "Audit log of a job" : "Audit log"),
+    rows.length
+      ? el("table", { id: "audit" }, el("thead", {}, el("tr", {}, ["When", "Action", "Job", "Surface", "Key", "Changes"].map((h) => el("th", {}, h)))), el("tbody", {}, rows))
+      : el("p", { class: "empty" }, "Nothing recorded yet."));
+}
 
 async function overviewPage() {
   const tiles = el("div", { class: "tiles" });

@@ -2,6 +2,7 @@
 //! moves are legal. Every surface of the api and every service speaks these types. One file per
 //! aggregate: [`job`] (with its [`policies`] and [`runner`]), [`run`], [`instance`].
 
+mod audit;
 mod instance;
 mod job;
 mod notify;
@@ -11,6 +12,7 @@ mod run;
 mod runner;
 
 pub use crate::container_limits::ContainerLimits;
+pub use audit::{diff as audit_diff, AuditEntry, Change};
 pub use instance::{Instance, InstanceState, PriceSource};
 pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
 pub use notify::{AttemptOutcome, NotificationAttempt, NotifyEvent, NotifyFormat, NotifyTarget};

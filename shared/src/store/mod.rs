@@ -33,6 +33,7 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod audit;
 mod backfills;
 mod connection;
 mod costs;

@@ -8,6 +8,46 @@ use crate::client::{ApiClient, CtlError, CtlResult};
 use crate::output;
 
 /// `/v1/usage` as a table: one row per job, then the account's total and its budget.
+/// The audit log's entries, newest first: `filters` are `job`, `from`, `to`.
+pub async fn audit(
+    api: &ApiClient,
+    output: Output,
+    filters: [(&str, Option<String>); 3],
+    limit: usize,
+) -> CtlResult<()> {
+    let mut query = vec![format!("limit={limit}")];
+    for (name, value) in filters {
+        if let Some(value) = value {
+            query.push(format!("{name}={}", crate::client::segment(&value)));
+        }
+    }
+    let answer = api.get(&format!("/v1/audit?{}", query.join("&"))).await?;
+    let rows = output::items(&answer, "entries")
+        .iter()
+        .map(|entry| {
+            let changed: Vec<&str> = entry["changes"]
+                .as_object()
+                .map(|changes| changes.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            vec![
+                output::when(&entry["at"]),
+                output::text(&entry["action"]),
+                output::text(&entry["job_id"]),
+                output::text(&entry["surface"]),
+                output::text(&entry["key"]),
+                if changed.is_empty() {
+                    "-".to_string()
+                } else {
+                    changed.join(", ")
+                },
+            ]
+        })
+        .collect();
+    let header = ["AT", "ACTION", "JOB", "SURFACE", "KEY", "CHANGED"];
+    output::print(output, &answer, &header, rows);
+    Ok(())
+}
+
 pub async fn usage(
     api: &ApiClient,
     output: Output,

@@ -97,6 +97,12 @@ pub async fn create(
         .await?;
     let started = state.store.start_backfill_runs(&job, &id).await?;
     tracing::info!(job_id = %job.id, backfill = %id, runs = instants.len(), started = started.len(), "backfill created");
+    let detail = json!({"backfill": id, "from": request.from, "to": request.to,
+        "concurrency": request.concurrency, "runs": instants.len()});
+    caller
+        .actor()
+        .record(&state, "backfill", (Some(&job), Some(&job)), Some(detail))
+        .await;
     let backfill = state
         .store
         .get_backfill(&job.id, &id)
@@ -144,6 +150,16 @@ pub async fn cancel(
         }
     }
     tracing::info!(job_id = %job.id, backfill, under_way = under_way.len(), "backfill cancelled");
+    let detail = json!({"backfill": backfill, "runs_under_way_cancelled": under_way.len()});
+    caller
+        .actor()
+        .record(
+            &state,
+            "cancel_backfill",
+            (Some(&job), Some(&job)),
+            Some(detail),
+        )
+        .await;
     let shown = state.store.get_backfill(&job.id, &backfill).await?;
     Ok(HttpResponse::Ok().json(shown))
 }

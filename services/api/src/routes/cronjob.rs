@@ -113,7 +113,7 @@ pub(super) async fn create(
         }),
     );
     let id = key.job_id(&caller.0.account, "/jobs");
-    let job = jobs::create(&state, &caller.0.account, spec, id).await?;
+    let job = jobs::create(&state, &caller.actor(), &caller.0.account, spec, id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &job).await?))
 }
 

@@ -177,6 +177,7 @@ pub(super) async fn create(
     };
     let job = match jobs::create(
         &state,
+        &caller.actor(),
         &caller.0.account,
         spec,
         key.job_id(&caller.0.account, "/tasks"),
@@ -296,7 +297,7 @@ pub(super) async fn delete(
     let Some((job, _)) = load(&state, &caller, &path).await? else {
         return Ok(HttpResponse::NotFound().finish());
     };
-    jobs::delete(&state, &job).await?;
+    jobs::delete(&state, &caller.actor(), &job).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

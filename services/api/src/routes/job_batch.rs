@@ -82,7 +82,7 @@ pub async fn create_jobs(
             (spec, id)
         })
         .collect();
-    let results = jobs::create_many(&state, account, specs).await?;
+    let results = jobs::create_many(&state, &caller.actor(), account, specs).await?;
     let mut created = 0;
     let results: Vec<BatchResult> = results
         .into_iter()

@@ -1,6 +1,7 @@
 //! The routes, one module per surface.
 
 mod agent;
+mod audit;
 mod backfills;
 mod callback;
 mod cronjob;
@@ -56,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(job_batch::configure)
         .configure(resources::configure)
         .configure(backfills::configure)
+        .configure(audit::configure)
         .configure(quarantine::configure)
         .default_service(web::to(not_found));
 }

@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion, operations,
-    overview, quarantine, resources, simple, usage,
+    agent, audit, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion,
+    operations, overview, quarantine, resources, simple, usage,
 };
 
 #[derive(OpenApi)]
@@ -47,6 +47,7 @@ use super::{
         quarantine::list,
         quarantine::release,
         usage::usage,
+        audit::list,
         document,
         minion::ping,
         minion::version,
@@ -97,6 +98,8 @@ use super::{
         spot_shared::model::OnLastRun,
         spot_shared::model::RetryReason,
         spot_shared::model::NotifyTarget,
+        spot_shared::model::AuditEntry,
+        spot_shared::model::Change,
         spot_shared::model::NotifyEvent,
         spot_shared::model::NotifyFormat,
         spot_shared::model::NotificationAttempt,

@@ -13,6 +13,7 @@ use spot_shared::schedule::parse_instant;
 use spot_shared::Error;
 use utoipa::ToSchema;
 
+use crate::audit::Actor;
 use crate::auth::{presented_secret, Caller};
 use crate::error::ApiResult;
 use crate::jobs::{self, JobSpec};
@@ -64,7 +65,7 @@ pub async fn operation(
     match request.operation.as_str() {
         "schedule" => {
             let key = job_key(&request.payload)?;
-            schedule(&state, &account, key).await?;
+            schedule(&state, &caller.actor(), &account, key).await?;
             Ok(HttpResponse::Ok()
                 .json(json!({"status": "OK", "mensagem": "Job agendado com sucesso"})))
         }
@@ -177,7 +178,12 @@ async fn find(state: &AppState, account: &str, key: &JobKey) -> Result<Option<Jo
 }
 
 /// Schedules the job unless one with the same image and instant exists (which is left as it is).
-async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Error> {
+async fn schedule(
+    state: &AppState,
+    actor: &Actor,
+    account: &str,
+    key: JobKey,
+) -> Result<(), Error> {
     if find(state, account, &key).await?.is_some() {
         return Ok(());
     }
@@ -192,7 +198,7 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
         }),
     );
     spec.validate("payload.")?;
-    let job = jobs::create(state, account, spec, None).await?;
+    let job = jobs::create(state, actor, account, spec, None).await?;
     // Two racing schedules of the same key: the first name wins and the loser's job is removed.
     if let Some(existing) = state
         .store
@@ -200,7 +206,7 @@ async fn schedule(state: &AppState, account: &str, key: JobKey) -> Result<(), Er
         .await?
     {
         if existing != job.id {
-            jobs::delete(state, &job).await?;
+            jobs::delete(state, actor, &job).await?;
         }
     }
     Ok(())

@@ -300,7 +300,14 @@ pub async fn create_job(
 ) -> ApiResult<HttpResponse> {
     let request: JobRequest = parse_json(&body)?;
     let id = key.job_id(&caller.0.account, "/v1/jobs");
-    let job = jobs::create(&state, &caller.0.account, request.into_spec("")?, id).await?;
+    let job = jobs::create(
+        &state,
+        &caller.actor(),
+        &caller.0.account,
+        request.into_spec("")?,
+        id,
+    )
+    .await?;
     // Serialised straight from the job: the hottest answer, with no JSON tree built on the way.
     Ok(HttpResponse::Created().json(JobView::of(job)))
 }
@@ -367,7 +374,7 @@ pub async fn replace_job(
 ) -> ApiResult<HttpResponse> {
     let current = jobs::load_owned(&state, &caller, &path).await?;
     let request: JobRequest = parse_json(&body)?;
-    let job = jobs::replace(&state, current, request.into_spec("")?).await?;
+    let job = jobs::replace(&state, &caller.actor(), current, request.into_spec("")?).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
@@ -378,7 +385,7 @@ pub async fn delete_job(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    jobs::delete(&state, &job).await?;
+    jobs::delete(&state, &caller.actor(), &job).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -389,7 +396,7 @@ pub async fn enable_job(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let job = jobs::set_enabled(&state, job, true).await?;
+    let job = jobs::set_enabled(&state, &caller.actor(), job, true).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
@@ -400,7 +407,7 @@ pub async fn disable_job(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let job = jobs::set_enabled(&state, job, false).await?;
+    let job = jobs::set_enabled(&state, &caller.actor(), job, false).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
@@ -426,7 +433,7 @@ pub async fn pause_job(
         parse_json(&body)?
     };
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let job = jobs::pause(&state, job, request.note).await?;
+    let job = jobs::pause(&state, &caller.actor(), job, request.note).await?;
     Ok(HttpResponse::Ok().json(view(&job)))
 }
 
@@ -454,7 +461,7 @@ pub async fn run_job_now(
         parse_json(&body)?
     };
     let job = jobs::load_owned(&state, &caller, &path).await?;
-    let at = jobs::run_now_with(&state, &job, &key, &overrides).await?;
+    let at = jobs::run_now_with(&state, &caller.actor(), &job, &key, &overrides).await?;
     Ok(HttpResponse::Accepted().json(json!({ "job_id": job.id, "scheduled_at": at })))
 }
 

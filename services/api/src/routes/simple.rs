@@ -97,6 +97,7 @@ pub async fn schedule(
     };
     let job = jobs::create(
         &state,
+        &caller.actor(),
         &caller.0.account,
         spec,
         key.job_id(&caller.0.account, "/schedule"),

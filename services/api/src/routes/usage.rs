@@ -45,11 +45,7 @@ pub async fn usage(
     state: web::Data<AppState>,
     query: Query<UsageQuery>,
 ) -> ApiResult<HttpResponse> {
-    let account = match query.account.as_deref() {
-        Some(account) if caller.owns(account) => account.to_string(),
-        Some(_) => return Err(Error::not_found("no such account").into()),
-        None => caller.0.account.clone(),
-    };
+    let account = caller.account_asked(query.account.as_deref())?;
     let today = Utc::now().date_naive();
     let first_of_month = today.with_day(1).unwrap_or(today);
     let from = day("from", query.from.as_deref(), first_of_month)?;

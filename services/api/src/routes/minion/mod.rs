@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use spot_shared::model::{DummySpec, InstanceSpec, Job, Runner};
 use spot_shared::{Error, ErrorCode};
 
+use crate::audit::{Actor, Surface};
 use crate::auth::AUTH_HEADER;
 use crate::idempotency::IdempotencyKey;
 use crate::jobs;
@@ -104,14 +105,14 @@ pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::routes::metrics::exposition(&state).await
 }
 
-/// Checks the key and that minion knows the account. `Err` is the response to send. An account the
-/// caller may not act on is answered like one that does not exist, so a key reveals nothing about
-/// which other accounts there are.
+/// Checks the key and that minion knows the account: its settings and who is acting. `Err` is the
+/// response to send. An account the caller may not act on is answered like one that does not
+/// exist, so a key reveals nothing about which other accounts there are.
 async fn authorize<'a>(
     req: &HttpRequest,
     state: &'a AppState,
     account: &str,
-) -> Result<&'a spot_shared::config::MinionAccount, HttpResponse> {
+) -> Result<(&'a spot_shared::config::MinionAccount, Actor), HttpResponse> {
     let principal = match crate::auth::principal_of(req, state).await {
         Ok(principal) => principal,
         Err(err) => return Err(from_error(err)),
@@ -131,7 +132,7 @@ async fn authorize<'a>(
     if !(principal.admin || principal.account == account) {
         return Err(not_found());
     }
-    Ok(settings)
+    Ok((settings, Actor::new(&principal, Surface::Minion)))
 }
 
 #[utoipa::path(get, path = "/v1/minion/{account}/jobs", tag = "minion", summary = "The account's jobs as `group/id`, newest first, paged (`X-Next-Offset`)", security(("api_key" = [])), params(("account" = String, Path), PageQuery), responses((status = 200, description = "`[\"group/id\"]`"), (status = 403, description = "Missing or unknown key (empty body)"), (status = 404, content_type = "text/plain", description = "`account not found: X`")))]
@@ -214,8 +215,8 @@ pub(super) async fn create(
     body: web::Bytes,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account).await {
-        Ok(allowed) => allowed.clone(),
+    let (allowed, actor) = match authorize(&req, &state, &account).await {
+        Ok((allowed, actor)) => (allowed.clone(), actor),
         Err(response) => return response,
     };
     let spec = match decode(&body, &group, &allowed, &state) {
@@ -223,7 +224,7 @@ pub(super) async fn create(
         Err(response) => return response,
     };
     let id = key.job_id(&account, &format!("/v1/minion/jobs/{group}"));
-    match jobs::create(&state, &account, spec, id).await {
+    match jobs::create(&state, &actor, &account, spec, id).await {
         Ok(job) => HttpResponse::Ok().json(job_response(&state, &job, None)),
         Err(err) => from_error(err),
     }
@@ -264,8 +265,8 @@ pub(super) async fn update(
     body: web::Bytes,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account).await {
-        Ok(allowed) => allowed.clone(),
+    let (allowed, actor) = match authorize(&req, &state, &account).await {
+        Ok((allowed, actor)) => (allowed.clone(), actor),
         Err(response) => return response,
     };
     let spec = match decode(&body, &group, &allowed, &state) {
@@ -276,7 +277,7 @@ pub(super) async fn update(
         Ok(job) => job,
         Err(response) => return response,
     };
-    match jobs::replace(&state, current, spec).await {
+    match jobs::replace(&state, &actor, current, spec).await {
         Ok(job) => {
             let log = log_info(&state, &job).await;
             HttpResponse::Accepted().json(job_response(&state, &job, Some(log)))
@@ -298,12 +299,13 @@ pub(super) async fn delete_one(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account).await {
-        return response;
-    }
+    let actor = match authorize(&req, &state, &account).await {
+        Ok((_, actor)) => actor,
+        Err(response) => return response,
+    };
     // As minion (and S3) do, deleting what is not there succeeds.
     match load(&state, &account, &group, &id).await {
-        Ok(job) => match jobs::delete(&state, &job).await {
+        Ok(job) => match jobs::delete(&state, &actor, &job).await {
             Ok(()) => ok_accepted(),
             Err(err) => from_error(err),
         },
@@ -318,12 +320,13 @@ pub(super) async fn delete_group(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (account, group) = path.into_inner();
-    if let Err(response) = authorize(&req, &state, &account).await {
-        return response;
-    }
+    let actor = match authorize(&req, &state, &account).await {
+        Ok((_, actor)) => actor,
+        Err(response) => return response,
+    };
     let result = async {
         for job in list(&state, &account, Some(&group)).await? {
-            jobs::delete(&state, &job).await?;
+            jobs::delete(&state, &actor, &job).await?;
         }
         Ok::<(), Error>(())
     }
@@ -341,8 +344,8 @@ pub(super) async fn run_now(
     path: web::Path<(String, String, String)>,
 ) -> HttpResponse {
     let (account, group, id) = path.into_inner();
-    let allowed = match authorize(&req, &state, &account).await {
-        Ok(allowed) => allowed.clone(),
+    let (allowed, actor) = match authorize(&req, &state, &account).await {
+        Ok((allowed, actor)) => (allowed.clone(), actor),
         Err(response) => return response,
     };
     let job = match load(&state, &account, &group, &id).await {
@@ -357,7 +360,7 @@ pub(super) async fn run_now(
         return text(StatusCode::BAD_REQUEST, "runner not found for account");
     }
     let key = crate::idempotency::IdempotencyKey::of(&req);
-    match jobs::run_now(&state, &job, &key).await {
+    match jobs::run_now(&state, &actor, &job, &key).await {
         Ok(_) => ok_accepted(),
         Err(err) => from_error(err),
     }

@@ -609,6 +609,7 @@ async fn a_reaper_stopped_mid_work_hands_its_requests_back() {
             instance_id: instance_id.clone(),
             run_id: run_id.clone(),
             reason: "test".into(),
+            stop_grace_secs: 0,
         };
         broker.request_terminate(&request).await.unwrap();
     }

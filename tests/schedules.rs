@@ -244,18 +244,24 @@ async fn forbid_skips_fires_while_a_run_is_active() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replace_cancels_the_active_run() {
+async fn replace_cancels_the_active_run_giving_it_its_stop_signal_and_grace() {
     let env = TestEnv::new();
     let app = spawn_app(&env).await;
     let provisioner = spawn_provisioner(&env, &app.address).await;
     let reaper = spawn_reaper(&env).await;
-    let id = container_job(
-        &app,
-        "*/3 * * * * *",
-        "sleep 60",
-        json!({"concurrency": "replace"}),
-    )
-    .await;
+    let image = busybox_image().await;
+    // Traps SIGTERM and takes a second of its 5 s grace to "checkpoint".
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({
+                "schedule": "*/3 * * * * *",
+                "runner": {"type": "container", "image": image, "stop_grace_secs": 5,
+                    "cmd": "sh -c 'trap \"sleep 1; echo checkpoint saved; exit 0\" TERM; echo started; while true; do sleep 1; done'"},
+                "policies": {"concurrency": "replace"},
+            }),
+        )
+        .await;
 
     let runs = eventually(Duration::from_secs(60), "a replaced run", || async {
         let runs = app.runs(&id).await;
@@ -291,6 +297,21 @@ async fn replace_cancels_the_active_run() {
             },
         )
         .await;
+    }
+    // Each cancelled run that had started its code was told, and had its grace to say so.
+    let started: Vec<&Value> = runs
+        .iter()
+        .skip(1)
+        .filter(|run| run["transitions"]["running"].is_string())
+        .collect();
+    assert!(!started.is_empty(), "{runs:?}");
+    for run in started {
+        let log = eventually(Duration::from_secs(15), "the checkpoint line", || async {
+            let log = app.run_log(run).await;
+            log.contains("checkpoint saved").then_some(log)
+        })
+        .await;
+        assert!(log.starts_with("started"), "{log}");
     }
     provisioner.stop().await;
     reaper.stop().await;

@@ -141,6 +141,11 @@ pub struct TerminateRequest {
     pub instance_id: String,
     pub run_id: String,
     pub reason: String,
+    /// How long the instance's agent may take to stop its container gracefully (the job's stop
+    /// signal, then this) before the instance is killed: the job's `stop_grace_secs` for a run
+    /// cancelled under way (a `replace`, a backfill cancelled), 0 for at once.
+    #[serde(default)]
+    pub stop_grace_secs: u64,
 }
 
 /// What an agent fetches from the api to run its job (`GET /agent/runs/{id}`).

@@ -30,24 +30,31 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Runs the job's container to its end and says how it ended.
+    /// Runs the job's container to its end and says how it ended. Once `terminated` turns true (the
+    /// agent got SIGTERM: its instance is being terminated, a cancelled run's say), a container not
+    /// started yet never starts, and one running gets its stop signal and grace, its last output
+    /// sent, before [`Outcome::Stopped`].
     pub async fn run_job(
         &self,
         api: &ApiClient,
         spec: &RunSpec,
         settings: &AgentSettings,
         name: &str,
+        terminated: tokio::sync::watch::Receiver<bool>,
     ) -> Outcome {
-        if let Err(message) = self.ensure_image(&spec.image).await {
-            return Outcome::Error(message);
-        }
-        let files = match crate::fetch::container_files(spec, &settings.metadata_url).await {
-            Ok(files) => files,
-            Err(message) => return Outcome::Error(message),
+        let start = async {
+            self.ensure_image(&spec.image).await?;
+            let files = crate::fetch::container_files(spec, &settings.metadata_url).await?;
+            self.create_and_start(spec, &files, settings, name)
+                .await
+                .map_err(|err| format!("cannot start the container: {err}"))
         };
-        let container_id = match self.create_and_start(spec, &files, settings, name).await {
-            Ok(id) => id,
-            Err(err) => return Outcome::Error(format!("cannot start the container: {err}")),
+        let container_id = tokio::select! {
+            started = start => match started {
+                Ok(id) => id,
+                Err(message) => return Outcome::Error(message),
+            },
+            _ = until_true(terminated.clone()) => return Outcome::Stopped,
         };
         let ready = CallbackRequest {
             action: "update".into(),
@@ -67,18 +74,26 @@ impl Engine {
             container_id.clone(),
         ));
         let timeout = Duration::from_secs(spec.timeout_secs);
-        let outcome = match tokio::time::timeout(timeout, self.wait(&container_id)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::warn!(
-                    timeout_secs = spec.timeout_secs,
-                    signal = %spec.stop_signal,
-                    grace_secs = spec.stop_grace_secs,
-                    "timed out; stopping the container"
-                );
-                let grace = Duration::from_secs(spec.stop_grace_secs);
+        let grace = Duration::from_secs(spec.stop_grace_secs);
+        let outcome = tokio::select! {
+            waited = tokio::time::timeout(timeout, self.wait(&container_id)) => match waited {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_secs = spec.timeout_secs,
+                        signal = %spec.stop_signal,
+                        grace_secs = spec.stop_grace_secs,
+                        "timed out; stopping the container"
+                    );
+                    self.stop(&container_id, &spec.stop_signal, grace).await;
+                    Outcome::TimedOut
+                }
+            },
+            _ = until_true(terminated) => {
+                tracing::info!(signal = %spec.stop_signal, grace_secs = spec.stop_grace_secs,
+                    "terminated; stopping the container");
                 self.stop(&container_id, &spec.stop_signal, grace).await;
-                Outcome::TimedOut
+                Outcome::Stopped
             }
         };
         // Let the output stream drain so the report comes after the last line, then send what it
@@ -299,6 +314,11 @@ async fn flush(api: &ApiClient, buffer: &mut Vec<u8>) {
     if let Err(err) = api.append_logs(chunk).await {
         tracing::warn!(error = %err, "could not send output");
     }
+}
+
+/// Resolves once the value is true (at once if it is already, or if its sender is gone).
+async fn until_true(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
 }
 
 pub async fn heartbeat(api: ApiClient, every_secs: u64) {

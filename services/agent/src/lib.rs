@@ -114,6 +114,9 @@ pub enum Outcome {
     Interrupted,
     /// It never ran: the image could not be had, or the engine refused the container.
     Error(String),
+    /// The agent was terminated (SIGTERM): the container, if it had started, was stopped with its
+    /// stop signal and grace. Not reported: whoever terminates the instance has ended the run.
+    Stopped,
 }
 
 /// Runs the job of this instance to the end and reports it. Stops early on SIGTERM (the reaper
@@ -168,8 +171,14 @@ async fn run_reporting(
         }
     };
 
+    // SIGTERM (the instance being terminated) is the container's to hear too, with its grace.
+    let (terminate, terminated) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        spot_shared::shutdown_signal().await;
+        let _ = terminate.send(true);
+    });
     let outcome = tokio::select! {
-        outcome = engine.run_job(api, &spec, settings, &container_name) => outcome,
+        outcome = engine.run_job(api, &spec, settings, &container_name, terminated) => outcome,
         notice = interruption => {
             // Inside the two-minute notice: the job's stop signal, then its grace (100 s at most).
             let grace = spec.stop_grace_secs.min(spot_shared::model::MAX_SPOT_STOP_GRACE_SECS);
@@ -184,15 +193,13 @@ async fn run_reporting(
                 .await;
             Outcome::Interrupted
         }
-        _ = spot_shared::shutdown_signal() => {
-            tracing::info!("terminated; removing the container");
-            engine.remove(&container_name).await;
-            let _ = std::fs::remove_dir_all(docker::notice_dir(&spec.run_id));
-            return Ok(());
-        }
     };
     engine.remove(&container_name).await;
     let _ = std::fs::remove_dir_all(docker::notice_dir(&spec.run_id));
+    if outcome == Outcome::Stopped {
+        tracing::info!("terminated; the container is stopped and removed");
+        return Ok(());
+    }
 
     let mut report = CallbackRequest {
         action: "terminate".into(),
@@ -206,6 +213,7 @@ async fn run_reporting(
         Outcome::TimedOut => report.timed_out = Some(true),
         Outcome::Interrupted => report.interrupted = Some(true),
         Outcome::Error(message) => report.error = Some(message.clone()),
+        Outcome::Stopped => {}
     }
     tracing::info!(?outcome, "job ended; reporting");
     api.callback(&report)

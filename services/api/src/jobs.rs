@@ -711,11 +711,13 @@ pub fn fill_placeholders(url: &str) -> String {
 /// What an instance placeholder stands for when a URL is checked before its instance is known.
 const PLACEHOLDER_HOST: &str = "instance.invalid";
 
-/// Marks a run's instance terminating and asks the reaper to terminate it.
+/// Marks a run's instance terminating and asks the reaper to terminate it, its container given
+/// `stop_grace_secs` after its stop signal (0: at once).
 pub async fn terminate_instance(
     state: &AppState,
     run: &spot_shared::model::Run,
     reason: &str,
+    stop_grace_secs: u64,
 ) -> Result<()> {
     use spot_shared::model::InstanceState;
     let Some(instance_id) = &run.instance_id else {
@@ -738,6 +740,7 @@ pub async fn terminate_instance(
             instance_id: instance_id.clone(),
             run_id: run.id.clone(),
             reason: reason.to_string(),
+            stop_grace_secs,
         })
         .await
 }

@@ -251,6 +251,7 @@ impl Provisioner {
                         instance_id: launched.instance_id.clone(),
                         run_id: run.id.clone(),
                         reason: "run ended while its instance launched".into(),
+                        stop_grace_secs: 0,
                     })
                     .await
             }

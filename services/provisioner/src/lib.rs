@@ -252,7 +252,7 @@ impl Provisioner {
             FireRecord::Passed => return Ok(Recorded::Done(FireOutcome::Passed)),
             FireRecord::Stale => return Ok(Recorded::Done(FireOutcome::Stale)),
         };
-        self.terminate_cancelled(&recorded.cancelled).await;
+        self.terminate_cancelled(&job, &recorded.cancelled).await;
         // Recorded: a retry or run-now is no longer the reconciler's to heal, however long the launch.
         self.store.forget_fire(fire).await?;
         if new {
@@ -313,9 +313,10 @@ impl Provisioner {
         self.store.note_fire_lateness(&lateness, job_id).await;
     }
 
-    /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled. A request that
-    /// cannot be sent now is left to the sweep, which terminates any instance whose run has ended.
-    async fn terminate_cancelled(&self, cancelled: &[CancelledRun]) {
+    /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled, each container
+    /// given its job's stop signal and grace first. A request that cannot be sent now is left to the
+    /// sweep, which terminates any instance whose run has ended (at once).
+    async fn terminate_cancelled(&self, job: &Job, cancelled: &[CancelledRun]) {
         for run in cancelled {
             tracing::info!(run_id = %run.run_id, "run cancelled (concurrency replace)");
             let Some(instance_id) = &run.instance_id else {
@@ -325,6 +326,7 @@ impl Provisioner {
                 instance_id: instance_id.clone(),
                 run_id: run.run_id.clone(),
                 reason: "run cancelled (concurrency replace)".into(),
+                stop_grace_secs: job.stop_grace_secs(),
             };
             if let Err(err) = self.broker.request_terminate(&request).await {
                 tracing::warn!(run_id = %run.run_id, error = %err,

@@ -507,11 +507,14 @@ impl Reaper {
         Ok(true)
     }
 
+    /// Terminates at once: what the sweep ends (past its timeout and grace, lost, orphaned) has had
+    /// its chance to stop.
     async fn terminate(&self, instance_id: &str, run_id: &str, reason: &str) -> Result<()> {
         self.handle_terminate(&TerminateRequest {
             instance_id: instance_id.to_string(),
             run_id: run_id.to_string(),
             reason: reason.to_string(),
+            stop_grace_secs: 0,
         })
         .await
     }
@@ -527,7 +530,8 @@ impl Reaper {
             self.record_instance(&instance.id, InstanceState::Terminating)
                 .await?;
         }
-        self.cloud.terminate(&request.instance_id).await?;
+        let grace = std::time::Duration::from_secs(request.stop_grace_secs);
+        self.cloud.terminate(&request.instance_id, grace).await?;
         if let Some(instance) = &instance {
             self.record_instance(&request.instance_id, InstanceState::Terminated)
                 .await?;

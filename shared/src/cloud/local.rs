@@ -156,11 +156,19 @@ impl LocalCloud {
         Ok(self.launched(instance_id))
     }
 
-    pub async fn terminate(&self, instance_id: &str) -> Result<()> {
+    pub async fn terminate(&self, instance_id: &str, stop_grace: Duration) -> Result<()> {
+        if stop_grace.is_zero() {
+            // At once, as a machine that goes away: the container first, then its agent.
+            remove_labelled_containers(instance_id).await?;
+        }
         if let Some(pid) = self.find(instance_id) {
-            // SIGTERM lets the agent stop and remove its container; SIGKILL if it does not go.
+            // SIGTERM lets the agent stop its container (its stop signal, then `stop_grace`) and
+            // remove it; SIGKILL if it has not gone 10 s after that.
             let _ = kill(pid, Signal::SIGTERM);
-            for _ in 0..100 {
+            let deadline = tokio::time::Instant::now()
+                + stop_grace.min(MAX_TERMINATE_GRACE)
+                + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
                 if self.find(instance_id).is_none() {
                     break;
                 }
@@ -173,6 +181,10 @@ impl LocalCloud {
         remove_labelled_containers(instance_id).await
     }
 }
+
+/// The longest a terminate waits for an agent stopping its container gracefully: it holds one of
+/// the reaper's deliveries meanwhile.
+pub const MAX_TERMINATE_GRACE: Duration = Duration::from_secs(300);
 
 /// Removes every container labelled with the instance: nothing of a terminated instance is left running.
 pub async fn remove_labelled_containers(instance_id: &str) -> Result<()> {

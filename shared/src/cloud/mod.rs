@@ -175,9 +175,16 @@ impl Cloud {
     }
 
     /// Terminates the instance; succeeds if it is already gone.
-    pub async fn terminate(&self, instance_id: &str) -> Result<()> {
+    /// Terminates an instance. The local provider first gives its agent `stop_grace` (at most
+    /// [`local::MAX_TERMINATE_GRACE`]) to stop its container with the job's stop signal; on EC2 the
+    /// instance's own shutdown signals the agent, and how long it has is the instance's.
+    pub async fn terminate(
+        &self,
+        instance_id: &str,
+        stop_grace: std::time::Duration,
+    ) -> Result<()> {
         match self {
-            Cloud::Local(local) => local.terminate(instance_id).await,
+            Cloud::Local(local) => local.terminate(instance_id, stop_grace).await,
             Cloud::Ec2(ec2) => ec2.terminate(instance_id).await,
         }
     }

@@ -110,6 +110,15 @@ impl Job {
     }
 
     /// The container this job runs, if it runs one.
+    /// How long a container of this job is given to stop after its stop signal (`runner.stop_grace_secs`,
+    /// 30 s unless set); 0 for a job that runs no container.
+    pub fn stop_grace_secs(&self) -> u64 {
+        self.container().map_or(0, |spec| {
+            spec.stop_grace_secs
+                .unwrap_or(super::DEFAULT_STOP_GRACE_SECS)
+        })
+    }
+
     pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {
             Runner::Container(spec) => Some(spec),

@@ -146,7 +146,8 @@ pub async fn cancel(
             continue;
         }
         if let Some(run) = state.store.get_run(run_id).await? {
-            jobs::terminate_instance(&state, &run, "backfill cancelled").await?;
+            jobs::terminate_instance(&state, &run, "backfill cancelled", job.stop_grace_secs())
+                .await?;
         }
     }
     tracing::info!(job_id = %job.id, backfill, under_way = under_way.len(), "backfill cancelled");

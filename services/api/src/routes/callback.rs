@@ -102,7 +102,7 @@ pub async fn callback(
                 // Reclaimed before the user's container started: not the job's failure, and not an
                 // attempt. The instance goes, and the run is launched again as the same attempt.
                 state.store.note_event("spot_interruption", 1).await;
-                jobs::terminate_instance(&state, &run, "reclaimed before its container started")
+                jobs::terminate_instance(&state, &run, "reclaimed before its container started", 0)
                     .await?;
                 let why =
                     format!("instance {instance_id} was reclaimed before the container started");
@@ -127,7 +127,7 @@ pub async fn callback(
                     if run.state.is_terminal() && err.code == spot_shared::ErrorCode::Conflict => {}
                 Err(err) => return Err(err.into()),
             }
-            jobs::terminate_instance(&state, &run, &format!("run {end_state}")).await?;
+            jobs::terminate_instance(&state, &run, &format!("run {end_state}"), 0).await?;
             tracing::info!(run_id = %run.id, instance_id, state = %end_state, "run ended; termination requested");
             Ok(HttpResponse::Ok().json(json!({
                 "status": "ok",

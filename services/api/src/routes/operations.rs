@@ -91,7 +91,7 @@ pub async fn operation(
             }) else {
                 return Err(Error::forbidden("the run's secret (X-Run-Secret) is required").into());
             };
-            jobs::terminate_instance(&state, &run, "callback (operation API)").await?;
+            jobs::terminate_instance(&state, &run, "callback (operation API)", 0).await?;
             Ok(HttpResponse::Ok()
                 .json(json!({"status": "OK", "mensagem": "Finalização do Job requisitada"})))
         }

@@ -480,3 +480,42 @@ async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
     );
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instances_agent_reads_the_containers_secrets_itself() {
+    let stack = Ec2Stack::start(false).await;
+    let stack = stack.with_services().await;
+    let password = format!("pw-{}", spot_shared::ids::new_id());
+    let chain = std::sync::Arc::new(spot_shared::aws::CredentialChain::standard("us-east-1"));
+    spot_shared::aws::json::JsonClient::new(
+        &stack.moto.endpoint,
+        "us-east-1",
+        ("ssm", "AmazonSSM"),
+        chain,
+        1,
+    )
+    .call(
+        "PutParameter",
+        &json!({"Name": "db-password", "Value": password, "Type": "SecureString"}),
+    )
+    .await
+    .expect("moto keeps the parameter");
+    // Nothing resolves it before the launch: the provider is EC2, so the instance's agent does.
+    let job_id = stack
+        .app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": chrono::Utc::now().to_rfc3339(),
+                "runner": {"type": "container", "image": busybox_image().await,
+                    "instance_types": ["t3.micro"],
+                    "cmd": "sh -c 'echo -n \"$DB_PASSWORD\" | sha256sum'",
+                    "secrets": {"DB_PASSWORD": "arn:aws:ssm:us-east-1:123456789012:parameter/db-password"}}}),
+        )
+        .await;
+    let run = stack.run_in(&job_id, 1, &["succeeded", "failed"]).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let log = stack.log(run["id"].as_str().unwrap()).await;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(password.as_bytes()));
+    assert!(log.contains(&digest), "{log}");
+    assert!(!log.contains(&password));
+}

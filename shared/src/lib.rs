@@ -23,6 +23,7 @@ pub mod policy;
 pub mod pricing;
 pub mod quotas;
 pub mod schedule;
+pub mod secrets;
 pub mod store;
 pub mod supervise;
 pub mod task_instances;

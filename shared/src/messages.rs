@@ -174,6 +174,14 @@ pub struct RunSpec {
     pub stop_signal: String,
     #[serde(default = "default_stop_grace")]
     pub stop_grace_secs: u64,
+    /// Environment variables the agent reads from AWS before the container starts, by name: the
+    /// ARN of an SSM parameter or a Secrets Manager secret ([`crate::secrets`]). Names and ARNs
+    /// only; a value never passes through the api.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// The AWS endpoint to read them at (`[ec2] endpoint_url`); empty: each service's own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub aws_endpoint_url: String,
 }
 
 fn default_stop_signal() -> String {

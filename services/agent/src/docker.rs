@@ -45,7 +45,8 @@ impl Engine {
         let start = async {
             self.ensure_image(&spec.image).await?;
             let files = crate::fetch::container_files(spec, &settings.metadata_url).await?;
-            self.create_and_start(spec, &files, settings, name)
+            let secret_env = crate::secrets::secret_env(spec).await?;
+            self.create_and_start(spec, &files, &secret_env, settings, name)
                 .await
                 .map_err(|err| format!("cannot start the container: {err}"))
         };
@@ -123,10 +124,13 @@ impl Engine {
             .map_err(|err| format!("image {image} is not available after pulling: {err}"))
     }
 
+    /// Creates the container with the run's environment and `secret_env` (`NAME=value`), places
+    /// its files, starts it.
     async fn create_and_start(
         &self,
         spec: &RunSpec,
         files: &[ContainerFile],
+        secret_env: &[String],
         settings: &AgentSettings,
         name: &str,
     ) -> Result<String, bollard::errors::Error> {
@@ -139,7 +143,7 @@ impl Engine {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: spec.argv.clone(),
-            env: Some(spec.env.clone()),
+            env: Some(spec.env.iter().chain(secret_env).cloned().collect()),
             labels: Some(labels),
             host_config: Some(host_config(&spec.limits, &notice_dir(&spec.run_id))),
             ..ContainerCreateBody::default()

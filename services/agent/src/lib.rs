@@ -11,6 +11,7 @@ mod api_client;
 mod docker;
 mod fetch;
 pub mod metadata;
+mod secrets;
 
 use std::path::PathBuf;
 use std::time::Duration;

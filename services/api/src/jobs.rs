@@ -172,6 +172,19 @@ async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()>
     Ok(())
 }
 
+/// Refuses secrets (`runner.secrets`) where nothing could read them: without AWS configured (the
+/// `ec2` provider, or an `[ec2]` endpoint), as instance runners are refused.
+fn check_secrets_readable(state: &AppState, runner: &Runner) -> Result<()> {
+    let named = matches!(runner, Runner::Container(spec) if !spec.secrets.is_empty());
+    if named && spot_shared::secrets::SecretResolver::for_deployment(&state.settings).is_none() {
+        return Err(Error::invalid(
+            "runner.secrets",
+            "this deployment reads no secrets: AWS is not configured (the ec2 provider, or an [ec2] endpoint_url)",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses notifications (`policies.notify`) the account cannot sign (it has no `notify_secret`) or
 /// whose hosts the outbound rules block (the notifier checks again at each attempt).
 async fn check_notify(state: &AppState, account: &str, policies: &Policies) -> Result<()> {
@@ -314,6 +327,7 @@ async fn prepare(
         }
     }
     check_outbound_targets(state, &spec.runner).await?;
+    check_secrets_readable(state, &spec.runner)?;
     check_notify(state, account, &spec.policies).await?;
     check_instances_usable(state, &spec.runner)?;
     let mut job = new_job(account, spec, id, now);
@@ -493,6 +507,7 @@ fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>)
 pub async fn replace(state: &AppState, actor: &Actor, current: Job, spec: JobSpec) -> Result<Job> {
     spec.validate("")?;
     check_outbound_targets(state, &spec.runner).await?;
+    check_secrets_readable(state, &spec.runner)?;
     check_notify(state, &current.account, &spec.policies).await?;
     check_instances_usable(state, &spec.runner)?;
     let now = Utc::now();

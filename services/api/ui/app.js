@@ -412,6 +412,8 @@ async function jobPage(id) {
       ["Schedule", el("code", {}, job.schedule)],
       ["Time zone", job.timezone],
       ["Runner", runnerText(job.runner)],
+      ...(job.runner.secrets && Object.keys(job.runner.secrets).length ? [["Secrets", el("span", { id: "secret-names" },
+        Object.keys(job.runner.secrets).join(", "), " (read from AWS at launch)")]] : []),
       ["Description", job.description || "—"],
       ["Cost of kept runs", money(job.cost_usd_total)],
       ...(job.paused ? [["Paused", el("span", { id: "pause-note" }, `since ${utc(job.paused.at)}: ${job.paused.note || "no note"}`)]] : []),
@@ -556,7 +558,7 @@ async function editPage(id) {
 
 // The container runner the form describes, keeping the fields it does not show (limits, types…).
 function containerRunner(current, image, cmd) {
-  const kept = ["env", "instance_types", "max_price", "subnets", "disk_gb", "on_demand_fallback", "limits"];
+  const kept = ["env", "instance_types", "max_price", "subnets", "disk_gb", "on_demand_fallback", "limits", "stop_signal", "stop_grace_secs", "secrets"];
   const runner = { type: "container", image, cmd: cmd || null };
   if (current.type === "container") for (const name of kept) if (current[name] !== undefined) runner[name] = current[name];
   return runner;

@@ -132,6 +132,26 @@ impl Provisioner {
             tracing::warn!(run_id = %run.id, %since, "an earlier launch left no instance; launching again");
         }
 
+        // On this host the agent gets the secrets' values from here; on EC2 it reads them itself.
+        let secret_values = match &self.secrets {
+            Some(resolver) if self.cloud.is_local() && !spec.secrets.is_empty() => {
+                match resolver.resolve(&spec.secrets).await {
+                    Ok(values) => values,
+                    Err(err) if err.is_retryable() => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(run_id = %run.id, error = %err, "a secret could not be read");
+                        self.store
+                            .release_slot(SlotKind::Instance, &run.account, &run.id)
+                            .await?;
+                        let fields = [("error", err.to_string())];
+                        policy::end_run(&self.store, Some(job), run, RunState::Failed, &fields)
+                            .await?;
+                        return Ok(LaunchOutcome::Failed);
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
         let secret = ids::new_secret();
         self.store
             .set_run_fields(&run.id, &[("secret_hash", ids::hash_secret(&secret))])
@@ -163,6 +183,7 @@ impl Provisioner {
             job_id: &job.id,
             spec,
             boot: &boot,
+            secret_values: &secret_values,
         };
         self.store.mark_launch_intent(&run.id, run.attempt).await?;
         match self.cloud.launch(&request).await {

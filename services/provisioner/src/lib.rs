@@ -83,6 +83,8 @@ pub struct Provisioner {
     pub(crate) ec2: Arc<Ec2>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) shard_leases: Arc<ShardLeases>,
+    /// Reads containers' `secrets` for agents started on this host (the local provider).
+    pub(crate) secrets: Option<spot_shared::secrets::SecretResolver>,
 }
 
 impl Provisioner {
@@ -92,7 +94,9 @@ impl Provisioner {
             .await
             .context("setting up the cloud provider")?;
         let ec2 = Ec2::for_deployment(&settings).await;
+        let secrets = spot_shared::secrets::SecretResolver::for_deployment(&settings);
         Ok(Provisioner {
+            secrets,
             store,
             broker: Arc::new(broker),
             cloud: Arc::new(cloud),

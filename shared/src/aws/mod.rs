@@ -4,8 +4,10 @@
 
 pub mod credentials;
 pub mod ec2;
+pub mod json;
 pub mod query;
 pub mod signing;
+mod transport;
 pub mod xml;
 
 pub use credentials::{CredentialChain, Credentials, CredentialsError};

@@ -9,12 +9,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use super::credentials::CredentialChain;
-use super::signing;
+use super::transport::Transport;
 use super::xml::{self, Element};
-use crate::error::{error_chain, Error, ErrorCode};
-
-/// How long one call may take, connection included. A fleet of type `instant` answers in seconds.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::error::{Error, ErrorCode};
 
 /// An action's parameters, in the flattened form the Query protocol takes (`Filter.1.Name`).
 #[derive(Debug, Clone, Default)]
@@ -165,15 +162,9 @@ pub struct QueryClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
-    endpoint: String,
-    region: String,
-    /// The signing name (`ec2`).
-    service: &'static str,
+    transport: Transport,
     /// The API version every call names (`2016-11-15` for EC2).
     version: &'static str,
-    credentials: Arc<CredentialChain>,
-    max_attempts: u32,
 }
 
 impl QueryClient {
@@ -189,40 +180,42 @@ impl QueryClient {
         if !endpoint.ends_with('/') {
             endpoint.push('/');
         }
-        let inner = Inner {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
-            endpoint,
-            region: region.to_string(),
-            service,
-            version,
-            credentials,
-            max_attempts: max_attempts.max(1),
-        };
+        let transport = Transport::new(endpoint, region, service, credentials, max_attempts);
         QueryClient {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner { transport, version }),
         }
     }
 
     /// Calls `action`, retrying what may be retried; the answer's root element.
     pub async fn call(&self, action: &str, params: &Params) -> Result<Element, QueryError> {
         let inner = &self.inner;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(20))
-            .with_max_times(self.inner.max_attempts as usize - 1)
-            .with_jitter();
-        (|| inner.call_once(action, params))
-            .retry(backoff)
-            .when(QueryError::is_retryable)
-            .notify(
-                |error, after| tracing::warn!(action, %error, ?after, "AWS call failed; retrying"),
-            )
-            .await
+        with_retries(inner.transport.max_attempts, action, || {
+            inner.call_once(action, params)
+        })
+        .await
     }
+}
+
+/// `call` until it succeeds, fails in a way trying again cannot help, or has been made
+/// `max_attempts` times: exponential backoff from 200 ms to 20 s, with jitter.
+pub(super) async fn with_retries<T, F, Fut>(
+    max_attempts: u32,
+    action: &str,
+    call: F,
+) -> Result<T, QueryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueryError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(20))
+        .with_max_times(max_attempts.max(1) as usize - 1)
+        .with_jitter();
+    call.retry(backoff)
+        .when(QueryError::is_retryable)
+        .notify(|error, after| tracing::warn!(action, %error, ?after, "AWS call failed; retrying"))
+        .await
 }
 
 impl Inner {
@@ -237,37 +230,12 @@ impl Inner {
             }
             form.finish()
         };
-        let mut request = self
-            .http
-            .post(&self.endpoint)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )
-            .body(body.clone())
-            .build()
-            .map_err(|e| QueryError::NotSent(format!("bad endpoint {}: {e}", self.endpoint)))?;
-        let credentials = self
-            .credentials
-            .get()
-            .await
-            .map_err(|e| QueryError::NotSent(e.to_string()))?;
-        self.sign(&mut request, body.as_bytes(), &credentials)
-            .map_err(QueryError::NotSent)?;
-        let response = self.http.execute(request).await.map_err(|e| {
-            if e.is_connect() || e.is_builder() {
-                QueryError::NotSent(error_chain(&e))
-            } else {
-                QueryError::NoAnswer(error_chain(&e))
-            }
-        })?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| QueryError::NoAnswer(error_chain(&e)))?;
+        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let (status, text) = self
+            .transport
+            .post(&[("content-type", content_type.into())], body.into_bytes())
+            .await?;
         let root = xml::parse(&text).map_err(|e| {
-            let status = status.as_u16();
             if status >= 500 {
                 // A proxy's or load balancer's page: the service's own failure, to retry.
                 QueryError::Service {
@@ -279,7 +247,7 @@ impl Inner {
                 QueryError::NoAnswer(format!("HTTP {status}, an answer that is not XML: {e}"))
             }
         })?;
-        if status.is_success() {
+        if (200..300).contains(&status) {
             return Ok(root);
         }
         // EC2: Response/Errors/Error; STS and others: ErrorResponse/Error.
@@ -291,29 +259,12 @@ impl Inner {
                 .to_string()
         };
         Err(QueryError::Service {
-            status: status.as_u16(),
+            status,
             code: Some(field("Code"))
                 .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| format!("HTTP{}", status.as_u16())),
+                .unwrap_or_else(|| format!("HTTP{status}")),
             message: field("Message"),
         })
-    }
-
-    /// SigV4 over the method, URL, content type and body, in the request's headers.
-    fn sign(
-        &self,
-        request: &mut reqwest::Request,
-        body: &[u8],
-        credentials: &super::credentials::Credentials,
-    ) -> Result<(), String> {
-        signing::sign(
-            request,
-            signing::SignableBody::Bytes(body),
-            credentials,
-            &self.region,
-            self.service,
-            signing::SigningSettings::default(),
-        )
     }
 }
 
@@ -362,11 +313,15 @@ mod tests {
             1,
         );
         let inner = &client.inner;
-        assert_eq!(inner.endpoint, "https://ec2.eu-west-1.amazonaws.com/");
+        assert_eq!(
+            inner.transport.endpoint,
+            "https://ec2.eu-west-1.amazonaws.com/"
+        );
         let body = b"Action=DescribeInstances&Version=2016-11-15";
         let mut request = inner
+            .transport
             .http
-            .post(&inner.endpoint)
+            .post(&inner.transport.endpoint)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded; charset=utf-8",
@@ -374,7 +329,7 @@ mod tests {
             .build()
             .unwrap();
         let keys = crate::aws::Credentials::from_keys("AKIDEXAMPLE", "secret", "test");
-        inner.sign(&mut request, body, &keys).unwrap();
+        inner.transport.sign(&mut request, body, &keys).unwrap();
         let authorization = request.headers()["authorization"].to_str().unwrap();
         assert!(
             authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
@@ -391,6 +346,7 @@ mod tests {
         // Another body, another signature: the body is signed.
         let mut other = request.try_clone().unwrap();
         inner
+            .transport
             .sign(&mut other, b"Action=TerminateInstances", &keys)
             .unwrap();
         let signature = |r: &reqwest::Request| {

@@ -106,9 +106,9 @@ impl LocalCloud {
     pub async fn launch(
         &self,
         run_id: &str,
-        attempt: u32,
-        relaunches: u32,
+        (attempt, relaunches): (u32, u32),
         boot: &AgentBoot,
+        secret_values: &[(String, secrecy::SecretString)],
     ) -> Result<Launched> {
         let instance_id = Self::instance_id_for(run_id, attempt, relaunches);
         let instance_id = instance_id.as_str();
@@ -125,7 +125,19 @@ impl LocalCloud {
         let log_err = log
             .try_clone()
             .map_err(|e| Error::unavailable(format!("cannot clone log handle: {e}")))?;
-        let mut child = tokio::process::Command::new(&self.agent_bin)
+        let mut command = tokio::process::Command::new(&self.agent_bin);
+        if !secret_values.is_empty() {
+            use secrecy::ExposeSecret;
+            let values: serde_json::Map<String, serde_json::Value> = secret_values
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose_secret().into()))
+                .collect();
+            command.env(
+                crate::secrets::AGENT_SECRETS_VAR,
+                serde_json::Value::Object(values).to_string(),
+            );
+        }
+        let mut child = command
             .arg("--instance-id")
             .arg(instance_id)
             .arg("--cluster")

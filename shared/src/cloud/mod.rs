@@ -50,6 +50,10 @@ pub struct LaunchRequest<'a> {
     pub job_id: &'a str,
     pub spec: &'a ContainerSpec,
     pub boot: &'a AgentBoot,
+    /// The values of the container's `secrets`, when the provisioner read them (the local
+    /// provider): given to the agent's process and written nowhere. An EC2 instance's agent reads
+    /// its own with the instance's role.
+    pub secret_values: &'a [(String, secrecy::SecretString)],
 }
 
 /// What a launch produced.
@@ -137,9 +141,9 @@ impl Cloud {
             Cloud::Local(local) => Ok(local
                 .launch(
                     request.run_id,
-                    request.attempt,
-                    request.relaunches,
+                    (request.attempt, request.relaunches),
                     request.boot,
+                    request.secret_values,
                 )
                 .await?),
             Cloud::Ec2(ec2) => ec2.launch(request).await,
@@ -187,6 +191,11 @@ impl Cloud {
             Cloud::Local(local) => local.terminate(instance_id, stop_grace).await,
             Cloud::Ec2(ec2) => ec2.terminate(instance_id).await,
         }
+    }
+
+    /// Whether instances are agents on this host (the local provider).
+    pub fn is_local(&self) -> bool {
+        matches!(self, Cloud::Local(_))
     }
 
     /// Every live instance of this deployment (the EC2 cluster's, or the local agents).

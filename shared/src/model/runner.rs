@@ -13,6 +13,8 @@ use super::*;
 /// What a run of a job does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Nearly every job is a container: boxing that variant would save nothing where it counts.
+#[allow(clippy::large_enum_variant)]
 pub enum Runner {
     /// A Docker container on a fresh (spot) instance.
     Container(ContainerSpec),
@@ -142,6 +144,10 @@ pub struct ContainerSpec {
     /// most 100, inside the two-minute notice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_secs: Option<u64>,
+    /// Environment variables whose values are read at launch from AWS, by name: the ARN of an SSM
+    /// parameter or a Secrets Manager secret (see [`crate::secrets`]). The values are never stored.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// The signals a container may be asked to stop with.
@@ -206,6 +212,7 @@ impl ContainerSpec {
     /// (`""` for seed 003's flat body).
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
+        crate::secrets::validate(&self.secrets, &field("secrets"))?;
         let image = self.image.trim();
         if image.is_empty() {
             return Err(Error::invalid(field("docker_image"), "must not be empty"));

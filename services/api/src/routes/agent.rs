@@ -66,6 +66,8 @@ pub async fn spec(
         stop_grace_secs: container
             .stop_grace_secs
             .unwrap_or(spot_shared::model::DEFAULT_STOP_GRACE_SECS),
+        secrets: container.secrets.clone(),
+        aws_endpoint_url: state.settings.ec2.endpoint_url.clone(),
     };
     Ok(HttpResponse::Ok().json(spec))
 }

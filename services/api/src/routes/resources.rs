@@ -98,6 +98,8 @@ impl FlexibleTimeWindow {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// A request body read once and turned into a `Runner`: its size is nobody's concern.
+#[allow(clippy::large_enum_variant)]
 pub enum RunnerRequest {
     /// A template rendered with the account's name; needs no instance.
     Dummy { template: String },
@@ -131,6 +133,11 @@ pub enum RunnerRequest {
         stop_signal: Option<String>,
         /// Seconds from that signal to the kill (30; at most 100 on a spot interruption).
         stop_grace_secs: Option<u64>,
+        /// Environment variables read at launch from AWS: name → the ARN of an SSM parameter or
+        /// a Secrets Manager secret. Their values are never stored or shown.
+        #[serde(default)]
+        #[schema(example = json!({"DB_PASSWORD": "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db/password"}))]
+        secrets: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -211,6 +218,7 @@ impl From<JobRequest> for JobSpec {
                 limits,
                 stop_signal,
                 stop_grace_secs,
+                secrets,
             } => Runner::Container(ContainerSpec {
                 image: image.trim().to_string(),
                 cmd,
@@ -224,6 +232,7 @@ impl From<JobRequest> for JobSpec {
                 limits,
                 stop_signal,
                 stop_grace_secs,
+                secrets,
             }),
         };
         JobSpec {

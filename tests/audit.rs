@@ -2,6 +2,8 @@
 //! fingerprint (never the key), the surface and the specification's diff; `GET /v1/audit` paged and
 //! filtered by job and time; other accounts see none of it; entries past the retention go.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -98,8 +100,13 @@ async fn every_change_on_every_surface_is_kept_with_its_key_surface_and_diff() {
         .unwrap();
     assert_eq!(minion.status(), 200);
 
-    let (status, page) = audit(&app, ACCOUNT_KEY, "").await;
-    assert_eq!(status, 200, "{page}");
+    // Written off the request path, within moments.
+    let page = eventually(Duration::from_secs(10), "every entry written", || async {
+        let (status, page) = audit(&app, ACCOUNT_KEY, "").await;
+        assert_eq!(status, 200, "{page}");
+        (page["entries"].as_array().map_or(0, Vec::len) == 11).then_some(page)
+    })
+    .await;
     let seen = actions(&page);
     let expected: Vec<(String, String)> = [
         ("create", "minion"),
@@ -199,7 +206,7 @@ async fn every_change_on_every_surface_is_kept_with_its_key_surface_and_diff() {
 }
 
 #[tokio::test]
-async fn entries_older_than_the_retention_go() {
+async fn entries_older_than_the_retention_or_past_the_most_kept_go() {
     let env = TestEnv::new();
     let store = env.store().await;
     let entry = |days_ago: i64, action: &str| spot_shared::model::AuditEntry {
@@ -215,16 +222,10 @@ async fn entries_older_than_the_retention_go() {
         detail: None,
     };
     let retention = chrono::Duration::days(90);
+    let old = [entry(91, "old"), entry(89, "kept")];
+    store.record_audits(&old, retention, 100).await.unwrap();
     store
-        .record_audit(&entry(91, "old"), retention)
-        .await
-        .unwrap();
-    store
-        .record_audit(&entry(89, "kept"), retention)
-        .await
-        .unwrap();
-    store
-        .record_audit(&entry(0, "new"), retention)
+        .record_audits(&[entry(0, "new")], retention, 100)
         .await
         .unwrap();
     let window = (
@@ -249,4 +250,16 @@ async fn entries_older_than_the_retention_go() {
         .await
         .unwrap()
         .is_empty());
+
+    // The most kept per account: the oldest go first.
+    let many: Vec<_> = (0..5).map(|i| entry(10 - i, &format!("e{i}"))).collect();
+    store.record_audits(&many, retention, 3).await.unwrap();
+    let read: Vec<String> = store
+        .audit_page("acme", None, window, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(read, ["new", "e4", "e3"]);
 }

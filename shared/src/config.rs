@@ -38,8 +38,10 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSettings {
-    /// Entries are kept this many days.
+    /// Entries are kept this many days,
     pub retention_days: u32,
+    /// and at most this many per account (the oldest go first).
+    pub max_entries: usize,
 }
 
 impl AuditSettings {
@@ -449,8 +451,10 @@ impl Settings {
                     .into(),
             );
         }
-        if !(1..=3650).contains(&self.audit.retention_days) {
-            return refuse("audit.retention_days must be 1 to 3650".into());
+        if !(1..=3650).contains(&self.audit.retention_days) || self.audit.max_entries == 0 {
+            return refuse(
+                "audit.retention_days must be 1 to 3650, audit.max_entries at least 1".into(),
+            );
         }
         if self.notify.max_attempts == 0
             || self.notify.batch == 0

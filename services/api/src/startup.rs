@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -16,6 +17,8 @@ use crate::state::AppState;
 pub struct Application {
     port: u16,
     server: Server,
+    /// Writes the audit log; ends once the server's state is gone and what it queued is written.
+    audit_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -36,7 +39,10 @@ impl Application {
             &settings.fetch,
             &settings.outbound,
         )?;
+        let (audit, audit_writer) =
+            crate::audit::AuditLog::start(store.clone(), settings.audit.clone());
         let state = web::Data::new(AppState {
+            audit,
             store,
             ec2,
             broker: Arc::new(broker),
@@ -69,7 +75,11 @@ impl Application {
         // Agents and clients hold keep-alive connections; don't let them hold up a stop for long.
         .shutdown_timeout(5)
         .run();
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            audit_writer,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -84,13 +94,19 @@ impl Application {
         let handle = self.server.handle();
         let server = self.server;
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return Ok(result?),
-            _ = shutdown => {}
+        let stopped = tokio::select! {
+            result = &mut server => result,
+            _ = shutdown => {
+                // The server future must keep being polled for the stop to complete.
+                let (_, result) = tokio::join!(handle.stop(true), server);
+                result
+            }
+        };
+        // The audit entries of the last requests, written before the process goes.
+        let flushed = tokio::time::timeout(Duration::from_secs(5), self.audit_writer).await;
+        if flushed.is_err() {
+            tracing::warn!("audit entries still queued at the stop were not kept");
         }
-        // The server future must keep being polled for the stop to complete.
-        let (_, result) = tokio::join!(handle.stop(true), server);
-        result?;
-        Ok(())
+        Ok(stopped?)
     }
 }

@@ -16,5 +16,7 @@ pub struct AppState {
     pub follow_slots: Arc<crate::follow::FollowSlots>,
     /// What agents are told about fetching files named by URL (`[fetch]`, CA file read once).
     pub fetch: Arc<spot_shared::file_source::FetchSpec>,
+    /// Where state-changing requests are recorded (`GET /v1/audit`).
+    pub audit: crate::audit::AuditLog,
     pub settings: Settings,
 }

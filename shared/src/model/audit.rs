@@ -1,5 +1,5 @@
 //! The audit log's entries: who changed what of an account's jobs, when, through which surface.
-//! Written by the api after each state-changing request ([`crate::store::Store::record_audit`]).
+//! Written by the api after each state-changing request ([`crate::store::Store::record_audits`]).
 
 use std::collections::BTreeMap;
 

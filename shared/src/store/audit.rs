@@ -1,8 +1,9 @@
-//! The audit log in Redis: per account a sorted set of entries (`audit:{account}`) and per job
-//! another (`audit:job:{id}`), each scored by its time in milliseconds, each entry its JSON. Entries
-//! older than the retention leave both as the next entry is written, and a set not written for the
-//! retention expires whole (a deleted job's).
+//! The audit log in Redis: per account one sorted set (`audit:{account, hex}`) of entries, each its
+//! JSON, scored by its time in milliseconds. Bounded twice, so that a deployment creating millions of
+//! jobs keeps a log of a known size: entries older than the retention, and the oldest past the most
+//! entries kept, leave as entries are written; a set not written for the retention expires whole.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -12,17 +13,37 @@ use super::Store;
 use crate::error::{Error, Result};
 use crate::model::AuditEntry;
 
-/// KEYS: the account's entries, the job's entries. ARGV: the entry, its time (ms), the oldest time
-/// kept (ms), the retention (s).
+/// KEYS: the account's entries. ARGV: the oldest time kept (ms), the most entries kept, the
+/// retention (s), then (time (ms), entry) pairs.
 const RECORD: &str = r#"
-for i = 1, 2 do
-  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[3])
-  redis.call('EXPIRE', KEYS[i], ARGV[4])
-end
+for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
+
+/// KEYS: the account's entries. ARGV: newest time (ms), oldest time (ms), what a matching entry holds
+/// (`"job_id":"…"`), offset, limit. The window's entries that hold it, newest first, read a page of
+/// 1,000 at a time over the whole window (the set is bounded).
+const OF_JOB: &str = r#"
+local found, skipped, from = {}, 0, 0
+local offset, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+while #found < limit do
+  local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'BYSCORE', 'REV', 'LIMIT', from, 1000)
+  for _, entry in ipairs(page) do
+    if string.find(entry, ARGV[3], 1, true) then
+      if skipped < offset then skipped = skipped + 1
+      elseif #found < limit then found[#found + 1] = entry end
+    end
+  end
+  if #page < 1000 then break end
+  from = from + 1000
+end
+return found
+"#;
+static OF_JOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OF_JOB));
 
 impl Store {
     fn audit_key(&self, account: &str) -> String {
@@ -30,30 +51,34 @@ impl Store {
         self.key(&format!("audit:{}", hex::encode(account)))
     }
 
-    fn job_audit_key(&self, job_id: &str) -> String {
-        self.key(&format!("audit:job:{job_id}"))
-    }
-
-    /// Keeps `entry` in its account's log and its job's, dropping entries older than `retention`.
-    pub async fn record_audit(
+    /// Keeps `entries` in their accounts' logs (one script per account), dropping entries older
+    /// than `retention` and the oldest past `max_entries` per account.
+    pub async fn record_audits(
         &self,
-        entry: &AuditEntry,
+        entries: &[AuditEntry],
         retention: chrono::Duration,
+        max_entries: usize,
     ) -> Result<()> {
-        let json = serde_json::to_string(entry)
-            .map_err(|e| Error::internal(format!("audit entry: {e}")))?;
-        let oldest = entry.at - retention;
-        let mut conn = self.conn.clone();
-        // Two keys of the deployment's prefix: one slot on a cluster, as every account key.
-        let _: i64 = RECORD_SCRIPT
-            .key(self.audit_key(&entry.account))
-            .key(self.job_audit_key(&entry.job_id))
-            .arg(json)
-            .arg(entry.at.timestamp_millis())
-            .arg(oldest.timestamp_millis())
-            .arg(retention.num_seconds().max(1))
-            .invoke_async(&mut conn)
-            .await?;
+        let mut by_account: BTreeMap<&str, Vec<&AuditEntry>> = BTreeMap::new();
+        for entry in entries {
+            by_account.entry(&entry.account).or_default().push(entry);
+        }
+        let oldest = (Utc::now() - retention).timestamp_millis();
+        for (account, entries) in by_account {
+            let mut script = RECORD_SCRIPT.prepare_invoke();
+            script
+                .key(self.audit_key(account))
+                .arg(oldest)
+                .arg(max_entries.max(1))
+                .arg(retention.num_seconds().max(1));
+            for entry in entries {
+                let json = serde_json::to_string(entry)
+                    .map_err(|e| Error::internal(format!("audit entry: {e}")))?;
+                script.arg(entry.at.timestamp_millis()).arg(json);
+            }
+            let mut conn = self.conn.clone();
+            let _: i64 = script.invoke_async(&mut conn).await?;
+        }
         Ok(())
     }
 
@@ -67,27 +92,40 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<AuditEntry>> {
-        let key = match job_id {
-            Some(job_id) => self.job_audit_key(job_id),
-            None => self.audit_key(account),
-        };
+        let key = self.audit_key(account);
         let mut conn = self.conn.clone();
-        let rows: Vec<String> = redis::cmd("ZRANGE")
-            .arg(key)
-            .arg(to.timestamp_millis())
-            .arg(from.timestamp_millis())
-            .arg("BYSCORE")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
+        let rows: Vec<String> = match job_id {
+            Some(job_id) => {
+                let holds = serde_json::to_string(&serde_json::json!({ "job_id": job_id }))
+                    .unwrap_or_default();
+                OF_JOB_SCRIPT
+                    .key(key)
+                    .arg(to.timestamp_millis())
+                    .arg(from.timestamp_millis())
+                    .arg(holds.trim_start_matches('{').trim_end_matches('}'))
+                    .arg(offset)
+                    .arg(limit)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+            None => {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(to.timestamp_millis())
+                    .arg(from.timestamp_millis())
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await?
+            }
+        };
         Ok(rows
             .iter()
             .filter_map(|row| serde_json::from_str::<AuditEntry>(row).ok())
-            // A job's log holds its own account's entries only; checked all the same.
-            .filter(|entry| entry.account == account)
+            .filter(|entry| job_id.is_none_or(|id| entry.job_id == id))
             .collect())
     }
 }

@@ -168,10 +168,12 @@ impl Actor {
             surface: self.surface.as_str().to_string(),
             action: action.to_string(),
             job_id: job.id.clone(),
-            changes: if action == "delete" {
-                Default::default()
-            } else {
-                audit_diff(before, after)
+            // A create's specification is the job's first generation, readable while the job is:
+            // copying it here would make each entry several times larger (and a million creates,
+            // a gigabyte). Edits carry their diff.
+            changes: match (before, after) {
+                (Some(before), Some(after)) => audit_diff(Some(before), Some(after)),
+                _ => Default::default(),
             },
             detail,
         };

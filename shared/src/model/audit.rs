@@ -28,9 +28,9 @@ pub struct AuditEntry {
     /// `cancel_backfill`.
     pub action: String,
     pub job_id: String,
-    /// What the request changed of the job's specification, by field (`schedule`,
+    /// What an edit changed of the job's specification, by field (`schedule`,
     /// `policies.timeout_secs`, `runner.image`): each field's value before and after (`null` where
-    /// it had none: every field of a create).
+    /// it had none). A create carries none: its specification is the job's first generation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub changes: BTreeMap<String, Change>,

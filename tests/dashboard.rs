@@ -489,6 +489,19 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     wait_for_text(&browser, ".tiles", "Dead letters", 10).await;
     screenshot(&browser, "07-overview").await;
 
+    // The job's audit log: its create, and the edit made through the form with its diff.
+    browser
+        .goto(&app.url(&format!("/ui#/audit/{job_id}")))
+        .await
+        .unwrap();
+    wait_for_text(&browser, "#audit", "edit", 10).await;
+    let audit = text_of(&browser, "#audit").await;
+    assert!(
+        audit.contains("create") && audit.contains("ui-hello-edited") && audit.contains("key-"),
+        "{audit}"
+    );
+    screenshot(&browser, "07b-audit").await;
+
     // Phone width: the jobs table turns into cards and nothing is cut off sideways.
     browser.set_window_size(390, 844).await.unwrap();
     browser.goto(&app.url("/ui#/jobs")).await.unwrap();

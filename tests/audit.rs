@@ -205,6 +205,15 @@ async fn every_change_on_every_surface_is_kept_with_its_key_surface_and_diff() {
     );
 }
 
+/// The actions of acme's entries in `window`, newest first, as the store reads them.
+async fn actions_kept(
+    store: &spot_shared::store::Store,
+    window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+) -> Vec<String> {
+    let page = store.audit_page("acme", None, window, 0, 100).await;
+    page.unwrap().into_iter().map(|e| e.action).collect()
+}
+
 #[tokio::test]
 async fn entries_older_than_the_retention_or_past_the_most_kept_go() {
     let env = TestEnv::new();
@@ -232,13 +241,7 @@ async fn entries_older_than_the_retention_or_past_the_most_kept_go() {
         chrono::Utc::now() - chrono::Duration::days(400),
         chrono::Utc::now(),
     );
-    let read: Vec<String> = store
-        .audit_page("acme", None, window, 0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let read = actions_kept(&store, window).await;
     assert_eq!(read, ["new", "kept"]);
     let of_job = store
         .audit_page("acme", Some("j1"), window, 0, 100)
@@ -254,12 +257,6 @@ async fn entries_older_than_the_retention_or_past_the_most_kept_go() {
     // The most kept per account: the oldest go first.
     let many: Vec<_> = (0..5).map(|i| entry(10 - i, &format!("e{i}"))).collect();
     store.record_audits(&many, retention, 3).await.unwrap();
-    let read: Vec<String> = store
-        .audit_page("acme", None, window, 0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let read = actions_kept(&store, window).await;
     assert_eq!(read, ["new", "e4", "e3"]);
 }

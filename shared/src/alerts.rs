@@ -59,21 +59,14 @@ pub fn due(job: &Job, run: &Run, now: DateTime<Utc>) -> Vec<RunAlert> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DummySpec, Policies, Runner};
+    use crate::model::Policies;
 
     fn job() -> Job {
-        let runner = Runner::Dummy(DummySpec {
-            template: "x".into(),
-            runner_name: None,
-        });
-        Job::for_tests(
-            runner,
-            Policies {
-                alert_late_secs: Some(60),
-                alert_running_secs: Some(600),
-                ..Policies::default()
-            },
-        )
+        Job::dummy_for_tests(Policies {
+            alert_late_secs: Some(60),
+            alert_running_secs: Some(600),
+            ..Policies::default()
+        })
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn attempt_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DummySpec, Policies, Runner};
+    use crate::model::Policies;
 
     fn target(url: &str, events: &[NotifyEvent], format: NotifyFormat) -> NotifyTarget {
         NotifyTarget {
@@ -210,17 +210,10 @@ mod tests {
     }
 
     fn job_notifying(targets: Vec<NotifyTarget>) -> Job {
-        let runner = Runner::Dummy(DummySpec {
-            template: "x".into(),
-            runner_name: None,
-        });
-        Job::for_tests(
-            runner,
-            Policies {
-                notify: targets,
-                ..Policies::default()
-            },
-        )
+        Job::dummy_for_tests(Policies {
+            notify: targets,
+            ..Policies::default()
+        })
     }
 
     #[test]

@@ -113,16 +113,10 @@ fn fields_of(value: &Value) -> Option<serde_json::Map<String, Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DummySpec, Policies, Runner};
+    use crate::model::Policies;
 
     fn job() -> Job {
-        Job::for_tests(
-            Runner::Dummy(DummySpec {
-                template: "x".into(),
-                runner_name: None,
-            }),
-            Policies::default(),
-        )
+        Job::dummy_for_tests(Policies::default())
     }
 
     #[test]

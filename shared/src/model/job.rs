@@ -84,6 +84,16 @@ pub struct Tag {
 }
 
 impl Job {
+    /// [`Job::for_tests`] with the dummy runner, for tests whose runner does not matter.
+    #[cfg(test)]
+    pub(crate) fn dummy_for_tests(policies: Policies) -> Job {
+        let runner = Runner::Dummy(super::DummySpec {
+            template: "x".into(),
+            runner_name: None,
+        });
+        Job::for_tests(runner, policies)
+    }
+
     /// A job of account `acme` every minute with this runner and these policies, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(runner: Runner, policies: Policies) -> Job {

@@ -3,6 +3,7 @@
 //! cloud providers that launch and terminate instances.
 
 pub mod alerts;
+pub mod arrays;
 pub mod auth;
 pub mod aws;
 pub mod broker;

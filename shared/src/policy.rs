@@ -18,8 +18,9 @@ pub fn should_retry(job: &Job, run: &Run, ended: RunState, exit_code: Option<i64
     let Some(reason) = RetryReason::of(ended) else {
         return false;
     };
-    // A backfill's runs are one attempt each: run the backfill again for what failed.
-    if run.backfill.is_some() {
+    // A backfill's runs are one attempt each: run the backfill again for what failed. An array
+    // fire's own run is never retried: its copies are, each on its own.
+    if run.backfill.is_some() || run.is_array_parent() {
         return false;
     }
     if !retries.retries_ending(reason, exit_code) {
@@ -60,7 +61,8 @@ pub fn next_attempt(
         manual: false,
         relaunch: false,
         interruptions: run.interruptions + u32::from(ended == RunState::Interrupted),
-        run_id: None,
+        // An array copy's retry names the copy it follows (see `Store::record_array_retry`).
+        run_id: run.array_parent().map(|_| run.id.clone()),
     };
     tracing::info!(job_id = %job.id, run_id = %run.id, next_attempt, %due, "retry armed");
     Some((fire, due))
@@ -81,6 +83,9 @@ pub async fn end_run(
         .find(|(name, _)| *name == "exit_code")
         .and_then(|(_, code)| code.parse().ok());
     let retry = job.and_then(|job| next_attempt(job, run, ended, exit_code));
+    if let Some(parent) = run.array_parent() {
+        return end_array_copy(store, job, run, parent, ended, fields, retry).await;
+    }
     // Noted in the same step as the ending, so the chained jobs start once per ending.
     let chained =
         job.is_some_and(|job| !crate::chain::targets(job, ended, retry.is_some()).is_empty());
@@ -140,6 +145,29 @@ pub async fn end_run(
                 tracing::warn!(job_id = %job.id, run_id = %run.id, error = %err,
                     "on_last_run not applied");
             }
+        }
+    }
+    Ok(moved)
+}
+
+/// Ends an array copy, arming its retry in the same step: a copy's ending chains, notifies and
+/// counts toward nothing of its own (its parent does, once every copy has ended). The array's next
+/// step is taken now; a crash before it leaves it to the sweep.
+async fn end_array_copy(
+    store: &Store,
+    job: Option<&Job>,
+    run: &Run,
+    parent: &str,
+    ended: RunState,
+    fields: &[(&str, String)],
+    retry: Option<(FireMessage, DateTime<Utc>)>,
+) -> Result<Moved<RunState>> {
+    let retry = retry.as_ref().map(|(fire, due)| (fire, *due));
+    let moved = store.end_run(&run.id, ended, fields, retry, None).await?;
+    if let Moved::From(_) = moved {
+        if let Err(err) = Box::pin(crate::arrays::advance(store, job, parent)).await {
+            tracing::warn!(run_id = %run.id, parent, error = %err,
+                "the array's next step was not taken; the sweep will");
         }
     }
     Ok(moved)

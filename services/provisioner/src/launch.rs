@@ -6,7 +6,7 @@ use spot_shared::cloud::{AgentBoot, LaunchRequest, Launched};
 use spot_shared::model::{
     ContainerSpec, DummySpec, Instance, InstanceSpec, InstanceState, Job, Run, RunState, Runner,
 };
-use spot_shared::store::{Moved, SlotKind};
+use spot_shared::store::{ArrayStep, Moved, SlotKind};
 use spot_shared::{ids, policy};
 use spot_shared::{Error, Result};
 
@@ -43,6 +43,10 @@ impl Provisioner {
         if let Runner::Dummy(spec) = &job.runner {
             return self.run_light(&run, spec).await;
         }
+        // An array fire's own run launches nothing: it makes its copies, which launch on their own.
+        if job.array().is_some() && run.array_parent().is_none() {
+            return self.start_array(&run, job).await;
+        }
         let lease_name = format!("launch:{}", run.id);
         let lease_ttl = std::time::Duration::from_secs(self.settings.provisioner.launch_lease_secs);
         let Some(token) = self.store.try_lease(&lease_name, lease_ttl).await? else {
@@ -61,6 +65,24 @@ impl Provisioner {
             tracing::warn!(run_id = %run.id, error = %err, "could not release the launch lease; it will expire");
         }
         outcome
+    }
+
+    /// Expands an array fire into its copies (once: a redelivery finds it expanded) and starts the
+    /// first of them. A crash between the two leaves the start to the next delivery or the sweep.
+    async fn start_array(&self, run: &Run, job: &Job) -> Result<LaunchOutcome> {
+        let expanded = match run.state {
+            RunState::Pending => self.store.expand_array(job, run).await?,
+            RunState::Running if run.is_array_parent() => false,
+            _ => return Ok(LaunchOutcome::NothingToDo),
+        };
+        let step = spot_shared::arrays::advance(&self.store, Some(job), &run.id).await?;
+        if let ArrayStep::Ended(cancelled) = step {
+            self.terminate_cancelled(job, &cancelled).await;
+        }
+        Ok(match expanded {
+            true => LaunchOutcome::Launched,
+            false => LaunchOutcome::NothingToDo,
+        })
     }
 
     async fn launch_leased(&self, run: &Run, job: &Job) -> Result<LaunchOutcome> {

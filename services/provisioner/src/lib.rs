@@ -28,8 +28,8 @@ use spot_shared::messages::{FireMessage, TerminateRequest};
 use spot_shared::model::{CatchUp, Concurrency, Job, OnLastRun};
 use spot_shared::policy;
 use spot_shared::store::{
-    CancelledRun, FireRecord, FireStep, JobRecord, LatenessHistogram, LightFire, ReconcileReport,
-    Store, TimerMove,
+    ArrayStep, CancelledRun, FireRecord, FireStep, JobRecord, LatenessHistogram, LightFire,
+    ReconcileReport, Store, TimerMove,
 };
 use spot_shared::Result;
 
@@ -171,7 +171,10 @@ impl Provisioner {
             return Ok(Recorded::Done(FireOutcome::Stale));
         }
         if let Some(run_id) = &fire.run_id {
-            // A backfill's run, started by its backfill: launched by its id.
+            if let Some(recorded) = self.record_array_retry(&job, run_id, fire).await? {
+                return Ok(recorded);
+            }
+            // A backfill's run, started by its backfill, or an array's copy: launched by its id.
             return Ok(Recorded::Run {
                 run_id: run_id.clone(),
                 new: false,
@@ -320,8 +323,60 @@ impl Provisioner {
     /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled, each container
     /// given its job's stop signal and grace first. A request that cannot be sent now is left to the
     /// sweep, which terminates any instance whose run has ended (at once).
+    /// The next attempt of an array copy, when `fire` is its retry (a later attempt than the copy
+    /// it names): recorded once, however often the retry is delivered. `None` when the fire
+    /// launches the copy it names.
+    async fn record_array_retry(
+        &self,
+        job: &Job,
+        run_id: &str,
+        fire: &FireMessage,
+    ) -> Result<Option<Recorded>> {
+        let ended = match self.store.get_run(run_id).await? {
+            Some(run) if run.array_parent().is_some() && run.attempt < fire.attempt => run,
+            _ => return Ok(None),
+        };
+        let record = self
+            .store
+            .record_array_retry(job, &ended, fire.attempt, fire.interruptions)
+            .await?;
+        let (run_id, new) = match record {
+            FireRecord::New(id) => (id, true),
+            FireRecord::Existing(id) => (id, false),
+            _ => {
+                // Nothing to retry (the array ended meanwhile): its step settles the index.
+                self.store.forget_fire(fire).await?;
+                if let Some(parent) = ended.array_parent() {
+                    spot_shared::arrays::advance(&self.store, Some(job), parent).await?;
+                }
+                return Ok(Some(Recorded::Done(FireOutcome::Stale)));
+            }
+        };
+        self.store.forget_fire(fire).await?;
+        if new {
+            tracing::info!(job_id = %job.id, run_id, follows = %ended.id, attempt = fire.attempt,
+                "array copy retried");
+        }
+        Ok(Some(Recorded::Run {
+            run_id,
+            new,
+            job: Box::new(job.clone()),
+        }))
+    }
+
+    /// Terminates the instances of runs a newer fire cancelled (`concurrency: replace`), giving
+    /// each its stop signal and grace; an array fire cancelled so takes its copies with it.
     async fn terminate_cancelled(&self, job: &Job, cancelled: &[CancelledRun]) {
-        for run in cancelled {
+        let mut cancelled = cancelled.to_vec();
+        for run in cancelled.clone().iter().filter(|_| job.array().is_some()) {
+            match spot_shared::arrays::advance(&self.store, Some(job), &run.run_id).await {
+                Ok(ArrayStep::Ended(copies)) => cancelled.extend(copies),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(run_id = %run.run_id, error = %err,
+                    "an array's copies were not cancelled; the sweep will"),
+            }
+        }
+        for run in &cancelled {
             tracing::info!(run_id = %run.run_id, "run cancelled (concurrency replace)");
             let Some(instance_id) = &run.instance_id else {
                 continue;

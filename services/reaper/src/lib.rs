@@ -27,7 +27,7 @@ use spot_shared::instance_power::Ec2;
 use spot_shared::messages::TerminateRequest;
 use spot_shared::model::{HttpSpec, Instance, InstanceState, Job, Run, RunState, Runner};
 use spot_shared::policy::Relaunched;
-use spot_shared::store::{Moved, QueueStep, SlotKind, Store};
+use spot_shared::store::{ArrayStep, Moved, QueueStep, SlotKind, Store};
 use spot_shared::supervise::supervise;
 use spot_shared::{policy, task_instances, ErrorCode, Result};
 
@@ -237,6 +237,11 @@ impl Reaper {
     /// end takes, taken again for an end whose process died before it (or a line of a job since
     /// disabled, which is cancelled).
     async fn sweep_queues(&self, report: &mut SweepReport) -> Result<()> {
+        for (job_id, parent) in self.store.running_arrays().await? {
+            if let Err(err) = self.sweep_array(&job_id, &parent, report).await {
+                tracing::warn!(job_id, run_id = parent, error = %err, "sweep: array skipped");
+            }
+        }
         for (job_id, backfill) in self.store.running_backfills().await? {
             match self.store.get_job(&job_id).await? {
                 Some(job) => {
@@ -266,6 +271,40 @@ impl Reaper {
                 QueueStep::Cancelled(n) => report.queued_started += n as usize,
                 QueueStep::Busy | QueueStep::Empty => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Takes the step of an array fire that a copy's end takes, for an end whose process died
+    /// before it: copies started, the parent ended once they all have, or (the parent cancelled)
+    /// the copies still under way cancelled and their instances terminated.
+    async fn sweep_array(
+        &self,
+        job_id: &str,
+        parent: &str,
+        report: &mut SweepReport,
+    ) -> Result<()> {
+        let job = self.store.get_job(job_id).await?;
+        match spot_shared::arrays::advance(&self.store, job.as_ref(), parent).await? {
+            ArrayStep::Started(started) if !started.is_empty() => {
+                tracing::warn!(
+                    job_id,
+                    run_id = parent,
+                    started = started.len(),
+                    "sweep: array copies started"
+                );
+                report.queued_started += started.len();
+            }
+            // What the sweep ends is killed at once, as everywhere in the sweep.
+            ArrayStep::Ended(copies) => {
+                for copy in copies {
+                    if let Some(instance_id) = &copy.instance_id {
+                        self.terminate(instance_id, &copy.run_id, "its array fire was cancelled")
+                            .await?;
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -129,6 +129,11 @@ impl Job {
         })
     }
 
+    /// The array each fire of this job makes (`runner.array_size`): its size and parallelism.
+    pub fn array(&self) -> Option<(u32, u32)> {
+        self.container().and_then(ContainerSpec::array)
+    }
+
     pub fn container(&self) -> Option<&ContainerSpec> {
         match &self.runner {
             Runner::Container(spec) => Some(spec),

@@ -18,7 +18,7 @@ pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
 pub use notify::{AttemptOutcome, NotificationAttempt, NotifyEvent, NotifyFormat, NotifyTarget};
 pub use overrides::RunOverrides;
 pub use policies::{CatchUp, Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};
-pub use run::{Run, RunState};
+pub use run::{ArrayPart, Run, RunState};
 pub use runner::{
     limits, ContainerSpec, DummySpec, FileSpec, HttpSpec, InstanceSpec, PowerAction, Runner,
     DEFAULT_STOP_GRACE_SECS, MAX_SPOT_STOP_GRACE_SECS, STOP_SIGNALS,

@@ -219,6 +219,31 @@ pub struct Run {
     /// SHA-256 of the secret the run's agent presents; never serialised to callers.
     #[serde(skip)]
     pub secret_hash: String,
+    /// An array fire's run (its parent) or one of its copies: see [`ArrayPart`].
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayPart>,
+    /// The attempt this one follows, when it is not found by its fire (an array copy's retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_run: Option<String>,
+}
+
+/// Where a run stands in an array job (`runner.array_size`): the fire's own run, whose state is
+/// derived from its copies', or one copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ArrayPart {
+    Parent {
+        array_size: u32,
+        /// Copies that ended succeeded, and those that ended otherwise for good (retries spent).
+        array_succeeded: u32,
+        array_failed: u32,
+    },
+    Child {
+        array_size: u32,
+        array_index: u32,
+        /// The fire's own run.
+        array_parent: String,
+    },
 }
 
 impl Run {
@@ -239,12 +264,38 @@ impl Run {
         ]
     }
 
-    /// [`Run::identity`] as environment variables (`SPOT_RUN_ID=...`).
+    /// [`Run::identity`] as environment variables (`SPOT_RUN_ID=...`), and an array copy's index
+    /// and size (`SPOT_ARRAY_INDEX`, `SPOT_ARRAY_SIZE`).
     pub fn identity_env(&self) -> Vec<String> {
+        let array = match &self.array {
+            Some(ArrayPart::Child {
+                array_size,
+                array_index,
+                ..
+            }) => vec![
+                ("ARRAY_INDEX", array_index.to_string()),
+                ("ARRAY_SIZE", array_size.to_string()),
+            ],
+            _ => Vec::new(),
+        };
         self.identity()
             .into_iter()
+            .chain(array)
             .map(|(name, value)| format!("SPOT_{name}={value}"))
             .collect()
+    }
+
+    /// The fire's own run of an array job (its state derived from its copies').
+    pub fn is_array_parent(&self) -> bool {
+        matches!(self.array, Some(ArrayPart::Parent { .. }))
+    }
+
+    /// The parent of an array copy.
+    pub fn array_parent(&self) -> Option<&str> {
+        match &self.array {
+            Some(ArrayPart::Child { array_parent, .. }) => Some(array_parent),
+            _ => None,
+        }
     }
 
     /// [`Run::identity`] as HTTP headers (`X-Spot-Run-Id: ...`).

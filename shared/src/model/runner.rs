@@ -148,7 +148,21 @@ pub struct ContainerSpec {
     /// parameter or a Secrets Manager secret (see [`crate::secrets`]). The values are never stored.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// An array job: each fire runs this many copies, each on its own instance, told its
+    /// `SPOT_ARRAY_INDEX` (0 to N-1); at most [`MAX_ARRAY_SIZE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_size: Option<u32>,
+    /// At most this many copies of an array fire under way at once
+    /// ([`DEFAULT_ARRAY_PARALLELISM`] unless set, never more than `array_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_parallelism: Option<u32>,
 }
+
+/// The most copies one array fire makes (`runner.array_size`).
+pub const MAX_ARRAY_SIZE: u32 = 10_000;
+
+/// How many copies of an array fire are under way at once unless `runner.array_parallelism` says.
+pub const DEFAULT_ARRAY_PARALLELISM: u32 = 100;
 
 /// The signals a container may be asked to stop with.
 pub const STOP_SIGNALS: [&str; 6] = [
@@ -208,11 +222,44 @@ pub mod limits {
 }
 
 impl ContainerSpec {
+    /// The array a fire of this container makes: its size and how many of it run at once; `None`
+    /// for a container run once a fire.
+    pub fn array(&self) -> Option<(u32, u32)> {
+        self.array_size.map(|size| {
+            let parallelism = self
+                .array_parallelism
+                .unwrap_or(DEFAULT_ARRAY_PARALLELISM)
+                .min(size);
+            (size, parallelism)
+        })
+    }
+
+    fn validate_array(&self, prefix: &str) -> Result<()> {
+        match (self.array_size, self.array_parallelism) {
+            (Some(size), _) if !(1..=MAX_ARRAY_SIZE).contains(&size) => Err(Error::invalid(
+                format!("{prefix}array_size"),
+                format!("must be 1 to {MAX_ARRAY_SIZE}, not {size}"),
+            )),
+            (None, Some(_)) => Err(Error::invalid(
+                format!("{prefix}array_parallelism"),
+                "only an array job (runner.array_size) has one",
+            )),
+            (Some(size), Some(parallelism)) if parallelism == 0 || parallelism > size => {
+                Err(Error::invalid(
+                    format!("{prefix}array_parallelism"),
+                    format!("must be 1 to array_size ({size}), not {parallelism}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks every field, naming the first bad one. `prefix` is prepended to field names
     /// (`""` for seed 003's flat body).
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let field = |name: &str| format!("{prefix}{name}");
         crate::secrets::validate(&self.secrets, &field("secrets"))?;
+        self.validate_array(prefix)?;
         let image = self.image.trim();
         if image.is_empty() {
             return Err(Error::invalid(field("docker_image"), "must not be empty"));

@@ -187,6 +187,16 @@ impl Store {
             Some((fire, due)) => (timer_member(fire), due.timestamp_millis().to_string()),
             None => (String::new(), String::new()),
         };
+        // A retried run names its retry's timer, for what waits on it to see whether it is
+        // still to come (an array, see `super::arrays`).
+        let with_retry;
+        let fields = match retry {
+            Some(_) => {
+                with_retry = [fields, &[("retry", member.clone())]].concat();
+                &with_retry[..]
+            }
+            None => fields,
+        };
         let extra = [
             id.to_string(),
             if to.is_terminal() { "1" } else { "0" }.to_string(),
@@ -223,8 +233,9 @@ impl Store {
             manual: false,
             relaunch: true,
             interruptions: run.interruptions,
-            // A backfill's run has no marker of its own: it is launched by its id.
-            run_id: run.backfill.as_ref().map(|_| run.id.clone()),
+            // A backfill's run or an array's copy has no marker of its own: it is launched by its id.
+            run_id: (run.backfill.is_some() || run.array_parent().is_some())
+                .then(|| run.id.clone()),
         };
         let mut conn = self.conn.clone();
         let count: i64 = RELAUNCH_SCRIPT

@@ -172,7 +172,10 @@ impl Store {
     }
 
     async fn remove_job(&self, job: &Job, keep_runs_secs: Option<u64>) -> Result<()> {
-        let run_ids = self.job_run_ids(&job.id, 0).await?;
+        let mut run_ids = self.job_run_ids(&job.id, 0).await?;
+        // Array fires' copies go (or expire) with their parents.
+        let (copies, array_keys) = self.array_leftovers(&job.id, &run_ids).await?;
+        run_ids.extend(copies);
         let mut conn = self.conn.clone();
         let backfills_key = self.owned_key(&job.id, &format!("job:{}:backfills", job.id));
         let backfill_ids: Vec<String> = conn.zrange(&backfills_key, 0, -1).await?;
@@ -226,12 +229,15 @@ impl Store {
             .ignore();
         }
         let runs_key = self.shard_key(shard, &format!("job:{}:runs", job.id));
-        let run_keys = run_ids.iter().flat_map(|run_id| {
-            [
-                self.shard_key(shard, &format!("run:{run_id}")),
-                self.shard_key(shard, &format!("run:{run_id}:log")),
-            ]
-        });
+        let run_keys = run_ids
+            .iter()
+            .flat_map(|run_id| {
+                [
+                    self.shard_key(shard, &format!("run:{run_id}")),
+                    self.shard_key(shard, &format!("run:{run_id}:log")),
+                ]
+            })
+            .chain(array_keys);
         match keep_runs_secs {
             None => {
                 pipe.del(&runs_key).ignore();

@@ -33,6 +33,7 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod arrays;
 mod audit;
 mod backfills;
 mod connection;
@@ -56,6 +57,7 @@ mod runs;
 mod scripts;
 mod shards;
 mod timers;
+pub use arrays::ArrayStep;
 pub use backfills::{Backfill, MAX_BACKFILL_CONCURRENCY, MAX_BACKFILL_RUNS};
 use connection::{Connection, Replicated, Replication};
 pub use costs::{CostRecord, UsageRow};

@@ -21,7 +21,7 @@ use super::scripts::{
 use super::{optional, parse_time, required, state_time_field, transitions, Moved, Store};
 use crate::error::{Error, Result};
 use crate::ids::is_id;
-use crate::model::{Job, Run, RunOverrides, RunState};
+use crate::model::{ArrayPart, Job, Run, RunOverrides, RunState};
 
 /// Runs read per pipeline when a page of a job's runs is read.
 const RUN_READ_CHUNK: usize = 500;
@@ -280,6 +280,9 @@ impl Store {
         }
         if let Some(events) = self.notify_events(job) {
             fields.push(("notify", events));
+        }
+        if let Some((size, _)) = job.array() {
+            fields.push(("array_size", size.to_string()));
         }
         let pending_at = (state_time_field(RunState::Pending), now.to_rfc3339());
         let policy = job.policies.concurrency.as_str();
@@ -636,7 +639,28 @@ impl Store {
     }
 }
 
-fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
+/// The run's place in an array job, from its hash: a copy names its parent and index, the parent
+/// counts its copies' endings (see [`super::arrays`]).
+fn array_part(map: &BTreeMap<String, String>) -> Option<ArrayPart> {
+    let number = |field: &str| optional(map, field).and_then(|v| v.parse::<u32>().ok());
+    let array_size = number("array_size")?;
+    Some(
+        match (optional(map, "array_parent"), number("array_index")) {
+            (Some(array_parent), Some(array_index)) => ArrayPart::Child {
+                array_size,
+                array_index,
+                array_parent,
+            },
+            _ => ArrayPart::Parent {
+                array_size,
+                array_succeeded: number("array:succeeded").unwrap_or(0),
+                array_failed: number("array:failed").unwrap_or(0),
+            },
+        },
+    )
+}
+
+pub(super) fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
     Ok(Run {
         id: required(map, "id")?.clone(),
         job_id: required(map, "job_id")?.clone(),
@@ -674,6 +698,8 @@ fn run_from_hash(map: &BTreeMap<String, String>) -> Result<Run> {
             .and_then(|v| v.parse::<u64>().ok())
             .map(crate::pricing::usd),
         secret_hash: optional(map, "secret_hash").unwrap_or_default(),
+        array: array_part(map),
+        previous_run: optional(map, "previous_run"),
         notifications: optional(map, "notifications")
             .map(|lines| {
                 lines

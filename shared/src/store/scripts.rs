@@ -40,6 +40,16 @@ local live_states = {pending = true, provisioning = true, booting = true, runnin
 local function unfinished(state)
   return live_states[state] or state == 'queued'
 end
+-- An array fire's copies (every attempt) go with it, and the keys of its array.
+local function forget_copies(prefix, run)
+  for _, id in ipairs(redis.call('SMEMBERS', run .. ':array:runs')) do
+    local copy = prefix .. ':run:' .. id
+    forget_log(prefix, copy)
+    forget_cost(prefix, copy)
+    redis.call('DEL', copy, copy .. ':log')
+  end
+  redis.call('DEL', run .. ':array', run .. ':array:runs', run .. ':array:line', run .. ':array:live')
+end
 local function trim_ended(runs, prefix, keep)
   local excess = redis.call('ZCARD', runs) - keep
   if excess <= 0 then return 0 end
@@ -49,6 +59,7 @@ local function trim_ended(runs, prefix, keep)
     if not unfinished(redis.call('HGET', run, 'state') or '') then
       forget_log(prefix, run)
       forget_cost(prefix, run)
+      if redis.call('HEXISTS', run, 'array_size') == 1 then forget_copies(prefix, run) end
       redis.call('DEL', run, run .. ':log')
       redis.call('ZREM', runs, old)
       deleted = deleted + 1

@@ -30,8 +30,11 @@ pub async fn spec(
         Some(overrides) => overrides.applied_to(container),
         None => container.clone(),
     };
-    // A retry is told the attempt it follows, so it can resume from that attempt's checkpoint.
+    // A retry is told the attempt it follows, so it can resume from that attempt's checkpoint (an
+    // array copy's names it; others are found by their fire).
     let previous = match run.attempt {
+        _ if run.previous_run.is_some() => run.previous_run.clone(),
+        _ if run.array_parent().is_some() => None,
         0 | 1 => None,
         attempt => {
             state

@@ -1,6 +1,7 @@
 //! The routes, one module per surface.
 
 mod agent;
+mod arrays;
 mod audit;
 mod backfills;
 mod callback;
@@ -57,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(job_batch::configure)
         .configure(resources::configure)
         .configure(backfills::configure)
+        .configure(arrays::configure)
         .configure(audit::configure)
         .configure(quarantine::configure)
         .default_service(web::to(not_found));

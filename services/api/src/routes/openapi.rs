@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agent, audit, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion,
+    agent, arrays, audit, backfills, callback, cronjob, health, hrm, job_batch, metrics, minion,
     operations, overview, quarantine, resources, simple, usage,
 };
 
@@ -37,6 +37,7 @@ use super::{
         resources::next_fires,
         resources::list_runs,
         resources::get_run,
+        arrays::children,
         resources::run_logs,
         resources::get_instance,
         agent::spec,

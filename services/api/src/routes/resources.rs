@@ -138,6 +138,12 @@ pub enum RunnerRequest {
         #[serde(default)]
         #[schema(example = json!({"DB_PASSWORD": "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db/password"}))]
         secrets: std::collections::BTreeMap<String, String>,
+        /// An array job: each fire runs this many copies (1 to 10,000), each on its own instance
+        /// with `SPOT_ARRAY_INDEX` (0 to N-1) and `SPOT_ARRAY_SIZE`, its own retries and cost.
+        array_size: Option<u32>,
+        /// At most this many copies of a fire under way at once (100 unless set, at most
+        /// `array_size`).
+        array_parallelism: Option<u32>,
     },
 }
 
@@ -219,6 +225,8 @@ impl From<JobRequest> for JobSpec {
                 stop_signal,
                 stop_grace_secs,
                 secrets,
+                array_size,
+                array_parallelism,
             } => Runner::Container(ContainerSpec {
                 image: image.trim().to_string(),
                 cmd,
@@ -233,6 +241,8 @@ impl From<JobRequest> for JobSpec {
                 stop_signal,
                 stop_grace_secs,
                 secrets,
+                array_size,
+                array_parallelism,
             }),
         };
         JobSpec {
@@ -560,7 +570,7 @@ fn run_view(run: &Run, job: Option<&Job>) -> serde_json::Value {
     view
 }
 
-async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Error> {
+pub(crate) async fn load_run(state: &AppState, caller: &Caller, id: &str) -> Result<Run, Error> {
     state
         .store
         .get_run(id)

@@ -145,6 +145,10 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
         every_attempt.push(copy.clone());
     }
     assert_eq!(instances.len(), 6, "every attempt on its own instance");
+    let table = spotctl_output(&env, &app, ACCOUNT_KEY, &["children", parent_id]).await;
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 5, "{table}");
+    assert!(rows.iter().all(|row| row.contains("succeeded")), "{table}");
     assert!(most_at_once(&every_attempt) <= 2, "{every_attempt:?}");
 
     // The fire chains once, not once per copy.
@@ -344,4 +348,76 @@ async fn bad_arrays_are_refused_naming_the_field() {
         .await;
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("not an array fire"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_array_fire_stops_its_copies_gracefully_and_the_new_one_runs() {
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let image = busybox_image().await;
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let _reaper = spawn_reaper(&env).await;
+    let job_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@yearly", "policies": {"concurrency": "replace"},
+                "runner": {"type": "container", "image": image, "stop_grace_secs": 5,
+                    "array_size": 2,
+                    "cmd": "sh -c 'trap \"echo checkpoint $SPOT_ARRAY_INDEX; exit 0\" TERM; \
+                        echo started; sleep ${NAP:-600} & wait'"}}),
+        )
+        .await;
+    app.run_now(&job_id).await;
+    let first = eventually(Duration::from_secs(60), "both copies running", || async {
+        let parent = app.runs(&job_id).await.into_iter().next()?;
+        let copies = children(&app, parent["id"].as_str()?).await;
+        (copies.len() == 2 && copies.iter().all(|copy| copy["state"] == "running"))
+            .then_some(parent)
+    })
+    .await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+
+    // A newer fire, whose copies nap a second, replaces it.
+    let response = app
+        .send(
+            Method::POST,
+            &format!("/v1/jobs/{job_id}/run"),
+            ACCOUNT_KEY,
+            Some(json!({"env": ["NAP=1"]})),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let second = eventually(Duration::from_secs(90), "the newer fire to end", || async {
+        let runs = app.runs(&job_id).await;
+        (runs.len() == 2 && ended(&runs[0]).is_some()).then(|| runs[0].clone())
+    })
+    .await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(run(&app, &first_id).await["state"], "cancelled");
+    for (index, copy) in children(&app, &first_id).await.iter().enumerate() {
+        assert_eq!(copy["state"], "cancelled", "{copy}");
+        assert_legal_history(copy);
+        let log = eventually(Duration::from_secs(20), "the checkpoint line", || async {
+            let log = app.run_log(copy).await;
+            log.contains("checkpoint").then_some(log)
+        })
+        .await;
+        assert_eq!(log, format!("started\ncheckpoint {index}\n"));
+        let instance_id = copy["instance_id"].as_str().unwrap().to_string();
+        eventually(Duration::from_secs(30), "its instance terminated", || {
+            let store = store.clone();
+            let instance_id = instance_id.clone();
+            async move {
+                let instance = store.get_instance(&instance_id).await.unwrap()?;
+                (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
+            }
+        })
+        .await;
+    }
+    let copies = children(&app, second["id"].as_str().unwrap()).await;
+    assert!(
+        copies.iter().all(|copy| copy["state"] == "succeeded"),
+        "{copies:?}"
+    );
 }

@@ -255,6 +255,16 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(accepted.status(), 202);
+    // An array job, whose fire's run shows its copies as a grid.
+    let array = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"name": "shards", "schedule": "@yearly",
+                "runner": {"type": "container", "image": image,
+                    "cmd": "sh -c 'echo shard $SPOT_ARRAY_INDEX'", "array_size": 3}}),
+        )
+        .await;
+    app.run_now(&array).await;
 
     // Sign in: a wrong key is refused on the form; the right one, typed and entered from the
     // keyboard, opens the jobs page.
@@ -501,6 +511,34 @@ async fn a_user_drives_a_job_through_the_dashboard() {
         "{audit}"
     );
     screenshot(&browser, "07b-audit").await;
+
+    // The array fire's run: its three copies as cells in index order, each a link to its run.
+    let parent = eventually(
+        Duration::from_secs(120),
+        "the array fire to end",
+        || async {
+            app.runs(&array)
+                .await
+                .into_iter()
+                .find(|run| ended(run).is_some())
+        },
+    )
+    .await;
+    browser
+        .goto(&app.url(&format!("/ui#/runs/{}", parent["id"].as_str().unwrap())))
+        .await
+        .unwrap();
+    wait_for_text(&browser, "#copies-tally", "3 succeeded", 10).await;
+    assert_eq!(
+        text_of(&browser, "#copies")
+            .await
+            .replace(char::is_whitespace, ""),
+        "SSS"
+    );
+    screenshot(&browser, "07c-array").await;
+    click(&browser, "#copies .cell[data-index='2']").await;
+    wait_for_text(&browser, "#array-copy", "index 2 of 3", 10).await;
+    wait_for_text(&browser, "#output", "shard 2", 10).await;
 
     // Phone width: the jobs table turns into cards and nothing is cut off sideways.
     browser.set_window_size(390, 844).await.unwrap();

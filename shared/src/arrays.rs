@@ -8,16 +8,22 @@ use crate::error::Result;
 use crate::model::{Job, Run, RunState};
 use crate::store::{ArrayStep, Moved, Store};
 
-/// Takes one step of array fire `parent_id` (see [`ArrayStep`]); once every copy has ended for good
-/// the parent ends as its job's policies say (succeeded only if every copy did; chained jobs,
+/// Takes one step of array fire `parent_id` (see [`ArrayStep`]), settling index `settle` (the copy
+/// that ended) or, with `None`, every index under way; once every copy has ended for good the
+/// parent ends as its job's policies say (succeeded only if every copy did; chained jobs,
 /// notifications and pauses as for any run) and leaves the sweep's set.
-pub async fn advance(store: &Store, job: Option<&Job>, parent_id: &str) -> Result<ArrayStep> {
+pub async fn advance(
+    store: &Store,
+    job: Option<&Job>,
+    parent_id: &str,
+    settle: Option<u32>,
+) -> Result<ArrayStep> {
     let Some(parent) = store.get_run(parent_id).await? else {
         return Ok(ArrayStep::Ended(Vec::new()));
     };
     let generation = job.map_or(0, |job| job.generation);
     let step = store
-        .step_array(&parent.job_id, generation, &parent)
+        .step_array(&parent.job_id, generation, &parent, settle)
         .await?;
     match &step {
         ArrayStep::Started(started) if !started.is_empty() => {

@@ -165,7 +165,8 @@ async fn end_array_copy(
     let retry = retry.as_ref().map(|(fire, due)| (fire, *due));
     let moved = store.end_run(&run.id, ended, fields, retry, None).await?;
     if let Moved::From(_) = moved {
-        if let Err(err) = Box::pin(crate::arrays::advance(store, job, parent)).await {
+        let index = run.array_index();
+        if let Err(err) = Box::pin(crate::arrays::advance(store, job, parent, index)).await {
             tracing::warn!(run_id = %run.id, parent, error = %err,
                 "the array's next step was not taken; the sweep will");
         }

@@ -110,6 +110,9 @@ pub enum Command {
     /// Each attempt to tell a webhook of a run's events (`policies.notify`): event, target host,
     /// outcome, HTTP status.
     Notifications { run: String },
+    /// The copies of an array fire's run (`runner.array_size`), in index order: each index's
+    /// latest attempt, its state, exit code and instance.
+    Children { run: String },
     /// The instances a job's latest runs ran on: provider, type, spot or on-demand, lifetime.
     Instances {
         job: String,

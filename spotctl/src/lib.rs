@@ -69,6 +69,7 @@ async fn dispatch(cli: Cli) -> CtlResult<u8> {
         Command::Runs { job, limit } => runs::list(&api, out, &job, limit).await?,
         Command::Instances { job, limit } => runs::instances(&api, out, &job, limit).await?,
         Command::Notifications { run } => runs::notifications(&api, out, &run).await?,
+        Command::Children { run } => runs::children(&api, out, &run).await?,
         Command::Run {
             job,
             env,

@@ -80,6 +80,7 @@ fn management(method: &str, path: &str, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+mod arrays;
 mod bcrypt_flood;
 mod creates;
 mod http_load;
@@ -766,6 +767,7 @@ async fn main() -> anyhow::Result<()> {
             "lifecycle-200" => lifecycle::run(&bin_dir, jobs(200), options).await?,
             "op-costs" => op_costs::run(&bin_dir, jobs(10_000), options).await?,
             "scale-out" => scale_out::run(&bin_dir, jobs(10_000), options).await?,
+            "array-10k" => arrays::run(jobs(10_000)).await?,
             other => bail!(
                 "unknown scenario {other} (burst-20k, burst-100k, cron-10k, creates, pending-1m, bcrypt-flood, lifecycle-200, op-costs, scale-out)"
             ),

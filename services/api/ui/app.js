@@ -414,6 +414,9 @@ async function jobPage(id) {
       ["Runner", runnerText(job.runner)],
       ...(job.runner.secrets && Object.keys(job.runner.secrets).length ? [["Secrets", el("span", { id: "secret-names" },
         Object.keys(job.runner.secrets).join(", "), " (read from AWS at launch)")]] : []),
+      ...(job.runner.array_size ? [["Array", el("span", { id: "job-array" },
+        `each fire runs ${job.runner.array_size} copies (SPOT_ARRAY_INDEX 0 to ${job.runner.array_size - 1}), `,
+        `${Math.min(job.runner.array_parallelism || 100, job.runner.array_size)} at a time`)]] : []),
       ["Description", job.description || "—"],
       ["Cost of kept runs", money(job.cost_usd_total)],
       ...(job.paused ? [["Paused", el("span", { id: "pause-note" }, `since ${utc(job.paused.at)}: ${job.paused.note || "no note"}`)]] : []),
@@ -558,7 +561,7 @@ async function editPage(id) {
 
 // The container runner the form describes, keeping the fields it does not show (limits, types…).
 function containerRunner(current, image, cmd) {
-  const kept = ["env", "instance_types", "max_price", "subnets", "disk_gb", "on_demand_fallback", "limits", "stop_signal", "stop_grace_secs", "secrets"];
+  const kept = ["env", "instance_types", "max_price", "subnets", "disk_gb", "on_demand_fallback", "limits", "stop_signal", "stop_grace_secs", "secrets", "array_size", "array_parallelism"];
   const runner = { type: "container", image, cmd: cmd || null };
   if (current.type === "container") for (const name of kept) if (current[name] !== undefined) runner[name] = current[name];
   return runner;
@@ -632,6 +635,31 @@ function notificationList(attempts) {
     `, attempt ${a.attempt}, ${utc(a.at)}`)));
 }
 
+// An array fire's copies as a grid of cells in index order, each the index's latest attempt,
+// read a page of 1,000 at a time.
+async function copiesGrid(run) {
+  const copies = [];
+  for (let offset = 0; offset !== null && offset !== undefined;) {
+    const page = await api("GET", `/v1/runs/${encodeURIComponent(run.id)}/children?offset=${offset}`);
+    copies.push(...page.children);
+    offset = page.next_offset;
+  }
+  const counts = {};
+  for (const copy of copies) counts[copy.state] = (counts[copy.state] || 0) + 1;
+  const tally = Object.entries(counts).map(([state, n]) => `${n} ${stateLabel(state)}`).join(", ");
+  return [
+    el("p", { id: "copies-tally" }, `${run.array_size} copies: ${tally || "none recorded yet"}`),
+    el("ol", { class: "grid copies", id: "copies", "aria-label": "the copies, by index" },
+      copies.map((copy) => {
+        const label = `copy ${copy.array_index}: ${stateLabel(copy.state)}, attempt ${copy.attempt}`;
+        return el("li", {}, el("a", {
+          class: `cell state-${copy.state}`, href: `#/runs/${encodeURIComponent(copy.id)}`,
+          title: label, "aria-label": label, "data-index": copy.array_index,
+        }, (RUN_STATES[copy.state] || ["", "?"])[1]));
+      })),
+  ];
+}
+
 async function runPage(id) {
   const path = `/v1/runs/${encodeURIComponent(id)}`;
   let run = await api("GET", path);
@@ -645,6 +673,9 @@ async function runPage(id) {
       ["State", stateBadge(run.state)],
       ["Scheduled", `${utc(run.scheduled_at)}${job ? ` (${inZone(run.scheduled_at, job.timezone)} ${job.timezone})` : ""}`],
       ["Attempt", run.attempt],
+      ...(run.array_parent ? [["Array copy", el("span", { id: "array-copy" }, `index ${run.array_index} of ${run.array_size}, of `,
+        el("a", { href: `#/runs/${encodeURIComponent(run.array_parent)}` }, "its fire's run"))]] : []),
+      ...(run.previous_run ? [["Follows", el("a", { href: `#/runs/${encodeURIComponent(run.previous_run)}` }, "the attempt before")]] : []),
       ["Exit code", run.exit_code ?? "—"],
       ["Reason", run.error || "—"],
       ["Relaunches", run.relaunches ? el("ol", {}, (run.relaunch_reasons || []).map((why) => el("li", {}, why))) : "—"],
@@ -654,7 +685,9 @@ async function runPage(id) {
       ...(run.long_running_alert_at ? [["Long running", el("span", { class: "alert-mark" }, `still running at ${utc(run.long_running_alert_at)} (alert_running_secs)`)]] : []),
       ...(run.notifications && run.notifications.length ? [["Notifications", notificationList(run.notifications)]] : []),
     ]), runTimelines([run]));
-    if (run.instance_id) {
+    if (run.array_size && run.array_parent === undefined) {
+      instance.replaceChildren(el("h2", {}, "Copies"), ...await copiesGrid(run));
+    } else if (run.instance_id) {
       const found = await api("GET", `/v1/instances/${encodeURIComponent(run.instance_id)}`).catch(() => null);
       instance.replaceChildren(el("h2", {}, "Instance"), found ? instanceDetails(found, run.cost) : el("p", { class: "muted" }, run.instance_id));
     } else {

@@ -75,7 +75,7 @@ impl Provisioner {
             RunState::Running if run.is_array_parent() => false,
             _ => return Ok(LaunchOutcome::NothingToDo),
         };
-        let step = spot_shared::arrays::advance(&self.store, Some(job), &run.id).await?;
+        let step = spot_shared::arrays::advance(&self.store, Some(job), &run.id, None).await?;
         if let ArrayStep::Ended(cancelled) = step {
             self.terminate_cancelled(job, &cancelled).await;
         }

@@ -347,7 +347,8 @@ impl Provisioner {
                 // Nothing to retry (the array ended meanwhile): its step settles the index.
                 self.store.forget_fire(fire).await?;
                 if let Some(parent) = ended.array_parent() {
-                    spot_shared::arrays::advance(&self.store, Some(job), parent).await?;
+                    let index = ended.array_index();
+                    spot_shared::arrays::advance(&self.store, Some(job), parent, index).await?;
                 }
                 return Ok(Some(Recorded::Done(FireOutcome::Stale)));
             }
@@ -369,7 +370,7 @@ impl Provisioner {
     async fn terminate_cancelled(&self, job: &Job, cancelled: &[CancelledRun]) {
         let mut cancelled = cancelled.to_vec();
         for run in cancelled.clone().iter().filter(|_| job.array().is_some()) {
-            match spot_shared::arrays::advance(&self.store, Some(job), &run.run_id).await {
+            match spot_shared::arrays::advance(&self.store, Some(job), &run.run_id, None).await {
                 Ok(ArrayStep::Ended(copies)) => cancelled.extend(copies),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(run_id = %run.run_id, error = %err,

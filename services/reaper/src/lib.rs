@@ -285,7 +285,7 @@ impl Reaper {
         report: &mut SweepReport,
     ) -> Result<()> {
         let job = self.store.get_job(job_id).await?;
-        match spot_shared::arrays::advance(&self.store, job.as_ref(), parent).await? {
+        match spot_shared::arrays::advance(&self.store, job.as_ref(), parent, None).await? {
             ArrayStep::Started(started) if !started.is_empty() => {
                 tracing::warn!(
                     job_id,

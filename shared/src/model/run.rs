@@ -290,6 +290,14 @@ impl Run {
         matches!(self.array, Some(ArrayPart::Parent { .. }))
     }
 
+    /// An array copy's index.
+    pub fn array_index(&self) -> Option<u32> {
+        match &self.array {
+            Some(ArrayPart::Child { array_index, .. }) => Some(*array_index),
+            _ => None,
+        }
+    }
+
     /// The parent of an array copy.
     pub fn array_parent(&self) -> Option<&str> {
         match &self.array {

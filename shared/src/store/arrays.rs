@@ -60,10 +60,11 @@ static EXPAND_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{NOTE_EVENT_LUA}{EXPAND}")));
 
 /// KEYS: the parent, its array, line, live indexes, live runs, delayed, unarmed. ARGV: prefix, job
-/// id, generation, now (ms), now (RFC 3339), the fire's instant (ms).
+/// id, generation, now (ms), now (RFC 3339), the fire's instant (ms), the index to settle ('' for
+/// every index under way).
 ///
-/// With the parent running: forgets the indexes whose copy has ended for good (ended with no retry
-/// waiting in `delayed`), counting each on the parent, then starts copies from the line until
+/// With the parent running: forgets the index (or each index) whose copy has ended for good (ended
+/// with no retry waiting in `delayed`), counting each on the parent, then starts copies from the line until
 /// `array_parallelism` indexes are under way, each `pending` with its launch armed, due now.
 /// Returns {'started', ids...}, or {'done', succeeded, failed} once nothing waits or runs.
 ///
@@ -100,10 +101,14 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   redis.call('DEL', KEYS[3], KEYS[4])
   return out
 end
-for _, index in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+-- A copy's end settles its own index (a step that costs the same whatever the parallelism); the
+-- sweep, which may follow a lost step, settles them all.
+local settle = {ARGV[7]}
+if ARGV[7] == '' then settle = redis.call('SMEMBERS', KEYS[4]) end
+for _, index in ipairs(settle) do
   local id = redis.call('HGET', KEYS[2], index)
   local state = id and redis.call('HGET', copy(id), 'state') or ''
-  if not live_states[state] then
+  if redis.call('SISMEMBER', KEYS[4], index) == 1 and not live_states[state] then
     local retry = id and redis.call('HGET', copy(id), 'retry')
     if not (retry and redis.call('ZSCORE', KEYS[6], retry)) then
       redis.call('SREM', KEYS[4], index)
@@ -227,12 +232,14 @@ impl Store {
     }
 
     /// One step of array fire `parent` of `job` (called as one of its copies ends, after it is
-    /// expanded, and by the sweep): see [`ArrayStep`].
+    /// expanded, and by the sweep): see [`ArrayStep`]. `settle` is the index whose copy ended, or
+    /// `None` to look at every index under way (what the sweep does).
     pub async fn step_array(
         &self,
         job_id: &str,
         generation: u64,
         parent: &Run,
+        settle: Option<u32>,
     ) -> Result<ArrayStep> {
         let now = Utc::now();
         let mut conn = self.conn.clone();
@@ -250,6 +257,7 @@ impl Store {
             .arg(now.timestamp_millis())
             .arg(now.to_rfc3339())
             .arg(parent.scheduled_at.timestamp_millis())
+            .arg(settle.map_or_else(String::new, |index| index.to_string()))
             .invoke_async(&mut conn)
             .await?;
         self.replicated(job_id).await?;

@@ -104,6 +104,35 @@ pub async fn notifications(api: &ApiClient, output: Output, run: &str) -> CtlRes
     Ok(())
 }
 
+/// The copies of an array fire's run, in index order, read a page at a time.
+pub async fn children(api: &ApiClient, output: Output, run: &str) -> CtlResult<()> {
+    let mut copies = Vec::new();
+    let mut offset = Some(0);
+    while let Some(from) = offset {
+        let answer = api
+            .get(&format!("/v1/runs/{}/children?offset={from}", segment(run)))
+            .await?;
+        copies.extend(output::items(&answer, "children").iter().cloned());
+        offset = answer["next_offset"].as_u64();
+    }
+    let rows = copies
+        .iter()
+        .map(|copy| {
+            vec![
+                text(&copy["array_index"]),
+                text(&copy["id"]),
+                text(&copy["state"]),
+                text(&copy["attempt"]),
+                text(&copy["exit_code"]),
+                text(&copy["instance_id"]),
+            ]
+        })
+        .collect();
+    let header = ["INDEX", "RUN", "STATE", "ATTEMPT", "EXIT", "INSTANCE"];
+    output::print(output, &json!({ "children": copies }), &header, rows);
+    Ok(())
+}
+
 pub async fn instances(api: &ApiClient, output: Output, job: &str, limit: usize) -> CtlResult<()> {
     let answer = runs_of(api, job, limit).await?;
     let mut instances = Vec::new();

@@ -1,8 +1,9 @@
 //! Array jobs (`runner.array_size`, `array_parallelism`): each fire makes N copies, each a run with
 //! `SPOT_ARRAY_INDEX`, its own instance, retries and cost, at most `array_parallelism` under way;
 //! the fire's own run is derived from theirs. Each copy's code runs once however often the fire is
-//! delivered, with the provisioner killed while copies run and the step after a crash left to the
-//! reaper's sweep.
+//! delivered, with the provisioner and the reaper killed while copies run and the step a crash
+//! lost taken by the reaper's sweep; a replaced fire stops its copies gracefully; deleting the job
+//! deletes every copy; bad arrays are refused naming the field.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -163,6 +164,28 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
     assert_eq!(chained["state"], "succeeded");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(app.runs(&after).await.len(), 1);
+
+    // Deleting the job deletes every copy of every attempt, and its array's keys.
+    let response = app
+        .send(
+            Method::DELETE,
+            &format!("/v1/jobs/{job_id}"),
+            ACCOUNT_KEY,
+            None,
+        )
+        .await;
+    assert!(response.status().is_success());
+    for attempt in &every_attempt {
+        let id = attempt["id"].as_str().unwrap();
+        assert_eq!(
+            app.get(&format!("/v1/runs/{id}"), ACCOUNT_KEY)
+                .await
+                .status(),
+            404
+        );
+    }
+    let (_, left) = env.raw_keys(&format!("run:{parent_id}")).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,8 +260,10 @@ async fn each_copy_runs_once_however_often_the_fire_comes_and_whatever_service_d
         BTreeMap::from([("queued".into(), 2), ("pending".into(), 2)])
     );
 
-    // A provisioner launches the copies and is killed while they run; another takes over.
+    // A provisioner launches the copies and is killed while they run, and so is the reaper;
+    // others take over.
     let doomed = ServiceProcess::start(&env, "spot-provisioner", &[]);
+    let doomed_reaper = ServiceProcess::start(&env, "spot-reaper", &[]);
     eventually(Duration::from_secs(60), "a copy running", || async {
         let copies = children(&app, &parent_id).await;
         copies
@@ -248,9 +273,11 @@ async fn each_copy_runs_once_however_often_the_fire_comes_and_whatever_service_d
     })
     .await;
     doomed.kill();
+    doomed_reaper.kill();
     // Delivered again after the crash: still nothing more.
     deliverer.handle_fire(&fire).await.unwrap();
     let _provisioner = spawn_provisioner(&env, &app.address).await;
+    let _reaper = spawn_reaper(&env).await;
     let parent = ended_parent(&app, &job_id).await;
     assert_eq!(parent["state"], "succeeded", "{parent}");
 
@@ -310,6 +337,12 @@ async fn bad_arrays_are_refused_naming_the_field() {
             container(json!({"array_parallelism": 2})),
             "array_parallelism",
             "only an array job",
+        ),
+        (
+            json!({"schedule": "@yearly", "policies": {"history_limit": 21},
+                "runner": {"type": "container", "image": "busybox:local", "array_size": 10000}}),
+            "policies.history_limit",
+            "210000 copies, more than 200000",
         ),
         (
             json!({"schedule": "@yearly", "runner": {"type": "dummy", "template": "t", "array_size": 2}}),

@@ -313,7 +313,7 @@ async fn a_user_drives_a_job_through_the_dashboard() {
     let listed: Value = app.get("/v1/jobs", ACCOUNT_KEY).await.json().await.unwrap();
     assert_eq!(
         listed["jobs"].as_array().map(Vec::len),
-        Some(3),
+        Some(4),
         "a refused job changes nothing"
     );
 

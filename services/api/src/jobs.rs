@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
-use spot_shared::model::{Job, Policies, RunOverrides, Runner, Tag};
+use spot_shared::model::{ContainerSpec, Job, Policies, RunOverrides, Runner, Tag};
 use spot_shared::schedule::{parse_time_zone, Exclusions};
 use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
@@ -29,6 +29,29 @@ pub struct JobSpec {
     pub enabled: bool,
     pub policies: Policies,
 }
+
+/// An array job keeps `history_limit` fires with all their copies: each is a run in Redis (about
+/// 670 bytes), so the two together are bounded, or one job could hold gigabytes.
+fn check_kept_copies(spec: &ContainerSpec, policies: &Policies, prefix: &str) -> Result<()> {
+    let Some((size, _)) = spec.array() else {
+        return Ok(());
+    };
+    let kept = u64::from(size) * policies.history_limit as u64;
+    if kept > MAX_KEPT_COPIES {
+        return Err(Error::invalid(
+            format!("{prefix}policies.history_limit"),
+            format!(
+                "an array job keeps history_limit ({}) fires of array_size ({size}) copies: \
+                 {kept} copies, more than {MAX_KEPT_COPIES}; lower either",
+                policies.history_limit
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The most copies an array job keeps in its history (`history_limit` × `array_size`).
+pub const MAX_KEPT_COPIES: u64 = 200_000;
 
 impl JobSpec {
     /// A job in `group` on `schedule` (UTC) running `runner`, enabled, with default policies and no
@@ -102,6 +125,9 @@ impl JobSpec {
             }
         }
         self.policies.validate(&format!("{prefix}policies."))?;
+        if let Runner::Container(spec) = &self.runner {
+            check_kept_copies(spec, &self.policies, prefix)?;
+        }
         let tz = parse_time_zone(&self.timezone, &field("timezone"))?;
         Exclusions::parse(&self.policies.exclude, tz, &field("policies.exclude"))?;
         Ok(())

@@ -33,9 +33,15 @@ impl Provisioner {
             return Ok(None);
         }
         let quotas = self.settings.quotas.for_account(&run.account);
+        // An array's copies share their fire's instant but start over time, as their turns come:
+        // each counts in the minute it launches.
+        let counted_at = match run.array_parent() {
+            Some(_) => Utc::now(),
+            None => run.scheduled_at,
+        };
         let place = self
             .store
-            .fire_place_in_minute(&run.account, run.scheduled_at, &run.id)
+            .fire_place_in_minute(&run.account, counted_at, &run.id)
             .await?;
         if let Err(refusal) = quotas.check_fire_place(place) {
             return self.refuse(run, job, refusal).await.map(Some);

@@ -178,6 +178,14 @@ return {'0', ARGV[3]}
 static RECORD_RETRY_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{TRIM_ENDED_LUA}{RECORD_RETRY}")));
 
+/// See [`Store::array_leftovers`].
+#[derive(Debug, Default)]
+pub(super) struct ArrayLeftovers {
+    pub copies: Vec<String>,
+    pub keys: Vec<String>,
+    pub sweep_entries: Vec<String>,
+}
+
 /// What one step of an array did ([`Store::step_array`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArrayStep {
@@ -210,7 +218,7 @@ impl Store {
             .key(self.array_key(&job.id, &parent.id, ":line"))
             .key(self.array_key(&job.id, &parent.id, ":runs"))
             .key(self.owned_key(&job.id, LIVE_RUNS))
-            .key(self.owned_key(&job.id, ACTIVE))
+            .key(self.arrays_key(&job.id))
             .key(self.owned_key(&job.id, OUTBOX))
             .arg(self.shards.prefix(self.shards.of(&job.id)))
             .arg(&parent.id)
@@ -287,7 +295,7 @@ impl Store {
     pub async fn forget_array(&self, job_id: &str, parent: &str) -> Result<()> {
         let mut conn = self.conn.clone();
         let () = conn
-            .srem(self.owned_key(job_id, ACTIVE), format!("{job_id}/{parent}"))
+            .srem(self.arrays_key(job_id), format!("{job_id}/{parent}"))
             .await?;
         Ok(())
     }
@@ -386,27 +394,37 @@ impl Store {
         Ok(copies)
     }
 
-    /// Every run (of every attempt) of the array fires among `runs` of `job_id`, and the keys that
-    /// hold their arrays: what deleting the job deletes besides its runs.
+    /// What deleting a job deletes of the array fires among its `runs` besides the runs
+    /// themselves: their copies, the keys of their arrays, and their entries in the sweep's set.
     pub(super) async fn array_leftovers(
         &self,
         job_id: &str,
         runs: &[String],
-    ) -> Result<(Vec<String>, Vec<String>)> {
+    ) -> Result<ArrayLeftovers> {
+        if runs.is_empty() {
+            return Ok(ArrayLeftovers::default());
+        }
         let mut pipe = redis::pipe();
         for run in runs {
             pipe.smembers(self.array_key(job_id, run, ":runs"));
         }
         let mut conn = self.conn.clone();
         let copies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-        let mut keys = Vec::new();
+        let mut leftovers = ArrayLeftovers::default();
         for (run, copies) in runs.iter().zip(&copies) {
             if !copies.is_empty() {
-                keys.extend(
+                leftovers.keys.extend(
                     ["", ":runs", ":line", ":live"].map(|part| self.array_key(job_id, run, part)),
                 );
+                leftovers.sweep_entries.push(format!("{job_id}/{run}"));
             }
         }
-        Ok((copies.into_iter().flatten().collect(), keys))
+        leftovers.copies = copies.into_iter().flatten().collect();
+        Ok(leftovers)
+    }
+
+    /// The shard's set of arrays under way, in `job_id`'s shard.
+    pub(super) fn arrays_key(&self, job_id: &str) -> String {
+        self.owned_key(job_id, ACTIVE)
     }
 }

@@ -174,8 +174,8 @@ impl Store {
     async fn remove_job(&self, job: &Job, keep_runs_secs: Option<u64>) -> Result<()> {
         let mut run_ids = self.job_run_ids(&job.id, 0).await?;
         // Array fires' copies go (or expire) with their parents.
-        let (copies, array_keys) = self.array_leftovers(&job.id, &run_ids).await?;
-        run_ids.extend(copies);
+        let arrays = self.array_leftovers(&job.id, &run_ids).await?;
+        run_ids.extend(arrays.copies);
         let mut conn = self.conn.clone();
         let backfills_key = self.owned_key(&job.id, &format!("job:{}:backfills", job.id));
         let backfill_ids: Vec<String> = conn.zrange(&backfills_key, 0, -1).await?;
@@ -217,6 +217,9 @@ impl Store {
             .ignore()
             .del(&backfills_key)
             .ignore();
+        for entry in &arrays.sweep_entries {
+            pipe.srem(self.arrays_key(&job.id), entry).ignore();
+        }
         for id in &backfill_ids {
             for part in ["", ":line", ":live"] {
                 pipe.del(self.shard_key(shard, &format!("backfill:{id}{part}")))
@@ -237,7 +240,7 @@ impl Store {
                     self.shard_key(shard, &format!("run:{run_id}:log")),
                 ]
             })
-            .chain(array_keys);
+            .chain(arrays.keys);
         match keep_runs_secs {
             None => {
                 pipe.del(&runs_key).ignore();

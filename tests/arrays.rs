@@ -31,6 +31,34 @@ async fn run(app: &TestApp, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
+/// The api, a provisioner and a reaper on the test's own prefix and vhost, and the busybox image.
+struct Stack {
+    // Dropped first: the services stop before their keys and vhost go.
+    _services: [Running; 2],
+    app: TestApp,
+    store: spot_shared::store::Store,
+    image: &'static str,
+    env: TestEnv,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let env = TestEnv::new();
+        let app = spawn_app(&env).await;
+        let services = [
+            spawn_provisioner(&env, &app.address).await,
+            spawn_reaper(&env).await,
+        ];
+        Stack {
+            _services: services,
+            store: env.store().await,
+            image: busybox_image().await,
+            app,
+            env,
+        }
+    }
+}
+
 /// The job's one run once it has ended.
 async fn ended_parent(app: &TestApp, job_id: &str) -> Value {
     eventually(
@@ -64,12 +92,8 @@ fn most_at_once(runs: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time() {
-    let env = TestEnv::new();
-    let app = spawn_app(&env).await;
-    let store = env.store().await;
-    let image = busybox_image().await;
-    let _provisioner = spawn_provisioner(&env, &app.address).await;
-    let _reaper = spawn_reaper(&env).await;
+    let stack = Stack::start().await;
+    let (env, app, store, image) = (&stack.env, &stack.app, &stack.store, stack.image);
     let after = app
         .create_job(
             ACCOUNT_KEY,
@@ -91,7 +115,7 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
         .await;
     app.run_now(&job_id).await;
 
-    let parent = ended_parent(&app, &job_id).await;
+    let parent = ended_parent(app, &job_id).await;
     assert_eq!(parent["state"], "succeeded", "{parent}");
     assert_eq!(parent["array_size"], 5);
     assert_eq!(parent["array_succeeded"], 5, "{parent}");
@@ -103,7 +127,7 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
     );
     let parent_id = parent["id"].as_str().unwrap();
 
-    let copies = children(&app, parent_id).await;
+    let copies = children(app, parent_id).await;
     assert_eq!(copies.len(), 5);
     let mut every_attempt = Vec::new();
     let mut instances = std::collections::BTreeSet::new();
@@ -120,7 +144,7 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
             let first_id = copy["previous_run"]
                 .as_str()
                 .expect("the attempt it follows");
-            let first = run(&app, first_id).await;
+            let first = run(app, first_id).await;
             assert_eq!(first["state"], "failed");
             assert_eq!(first["exit_code"], 3);
             assert!(log.contains(&format!("previous={first_id}")), "{log}");
@@ -146,7 +170,7 @@ async fn an_array_fire_runs_each_index_on_its_own_instance_parallelism_at_a_time
         every_attempt.push(copy.clone());
     }
     assert_eq!(instances.len(), 6, "every attempt on its own instance");
-    let table = spotctl_output(&env, &app, ACCOUNT_KEY, &["children", parent_id]).await;
+    let table = spotctl_output(env, app, ACCOUNT_KEY, &["children", parent_id]).await;
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 5, "{table}");
     assert!(rows.iter().all(|row| row.contains("succeeded")), "{table}");
@@ -385,12 +409,8 @@ async fn bad_arrays_are_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replaced_array_fire_stops_its_copies_gracefully_and_the_new_one_runs() {
-    let env = TestEnv::new();
-    let app = spawn_app(&env).await;
-    let store = env.store().await;
-    let image = busybox_image().await;
-    let _provisioner = spawn_provisioner(&env, &app.address).await;
-    let _reaper = spawn_reaper(&env).await;
+    let stack = Stack::start().await;
+    let (app, store, image) = (&stack.app, &stack.store, stack.image);
     let job_id = app
         .create_job(
             ACCOUNT_KEY,
@@ -404,7 +424,7 @@ async fn a_replaced_array_fire_stops_its_copies_gracefully_and_the_new_one_runs(
     app.run_now(&job_id).await;
     let first = eventually(Duration::from_secs(60), "both copies running", || async {
         let parent = app.runs(&job_id).await.into_iter().next()?;
-        let copies = children(&app, parent["id"].as_str()?).await;
+        let copies = children(app, parent["id"].as_str()?).await;
         (copies.len() == 2 && copies.iter().all(|copy| copy["state"] == "running"))
             .then_some(parent)
     })
@@ -427,8 +447,8 @@ async fn a_replaced_array_fire_stops_its_copies_gracefully_and_the_new_one_runs(
     })
     .await;
     assert_eq!(second["state"], "succeeded", "{second}");
-    assert_eq!(run(&app, &first_id).await["state"], "cancelled");
-    for (index, copy) in children(&app, &first_id).await.iter().enumerate() {
+    assert_eq!(run(app, &first_id).await["state"], "cancelled");
+    for (index, copy) in children(app, &first_id).await.iter().enumerate() {
         assert_eq!(copy["state"], "cancelled", "{copy}");
         assert_legal_history(copy);
         let log = eventually(Duration::from_secs(20), "the checkpoint line", || async {
@@ -437,18 +457,9 @@ async fn a_replaced_array_fire_stops_its_copies_gracefully_and_the_new_one_runs(
         })
         .await;
         assert_eq!(log, format!("started\ncheckpoint {index}\n"));
-        let instance_id = copy["instance_id"].as_str().unwrap().to_string();
-        eventually(Duration::from_secs(30), "its instance terminated", || {
-            let store = store.clone();
-            let instance_id = instance_id.clone();
-            async move {
-                let instance = store.get_instance(&instance_id).await.unwrap()?;
-                (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
-            }
-        })
-        .await;
+        assert_terminated(store, copy["instance_id"].as_str().unwrap()).await;
     }
-    let copies = children(&app, second["id"].as_str().unwrap()).await;
+    let copies = children(app, second["id"].as_str().unwrap()).await;
     assert!(
         copies.iter().all(|copy| copy["state"] == "succeeded"),
         "{copies:?}"

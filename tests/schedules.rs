@@ -283,20 +283,7 @@ async fn replace_cancels_the_active_run_giving_it_its_stop_signal_and_grace() {
     for run in runs.iter().skip(1) {
         assert_eq!(run["state"], "cancelled", "{run}");
         assert_legal_history(run);
-        let instance_id = run["instance_id"].as_str().unwrap().to_string();
-        eventually(
-            Duration::from_secs(30),
-            "the cancelled run's instance to be terminated",
-            || {
-                let store = store.clone();
-                let instance_id = instance_id.clone();
-                async move {
-                    let instance = store.get_instance(&instance_id).await.unwrap()?;
-                    (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
-                }
-            },
-        )
-        .await;
+        assert_terminated(&store, run["instance_id"].as_str().unwrap()).await;
     }
     // Each cancelled run that had started its code was told, and had its grace to say so.
     let started: Vec<&Value> = runs

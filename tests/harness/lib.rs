@@ -867,6 +867,19 @@ where
     }
 }
 
+/// Waits up to 30 s for the instance to be recorded `terminated`.
+pub async fn assert_terminated(store: &Store, instance_id: &str) {
+    eventually(
+        Duration::from_secs(30),
+        "the instance terminated",
+        || async {
+            let instance = store.get_instance(instance_id).await.ok()??;
+            (instance.state == spot_shared::model::InstanceState::Terminated).then_some(())
+        },
+    )
+    .await
+}
+
 /// How many runs the jobs have, all told; `None` while Redis does not answer (for [`eventually`]).
 pub async fn count_runs(store: &spot_shared::store::Store, jobs: &[String]) -> Option<usize> {
     let mut runs = 0;

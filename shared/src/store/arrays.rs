@@ -29,17 +29,30 @@ use crate::model::{Job, NotifyEvent, Run};
 /// The shard's set of arrays under way.
 const ACTIVE: &str = "arrays";
 
+/// Copies recorded per expansion step: each step is one script, and Redis runs nothing else
+/// meanwhile, so a fire of 10,000 copies is recorded in steps of a few milliseconds rather than
+/// one of 150 (which would delay every other fire by as much).
+const EXPAND_CHUNK: u32 = 500;
+
 /// KEYS: the parent, its array, line, every copy, live runs, the shard's arrays, the notification
 /// outbox. ARGV: prefix, parent id, job id, account, instant (RFC 3339), now (RFC 3339), now (ms),
-/// parallelism, size, the `started` notification's member, then one id per copy in index order.
-/// Records every copy `queued` and moves the parent to `running` (off the live runs: it has no
-/// launch of its own), once: 0 if the parent is not pending (expanded before, or cancelled).
+/// parallelism, size, the `started` notification's member, the index the step starts at, then one
+/// id per copy of the step.
+///
+/// Records the step's copies `queued` (their indexes from the parent's `array:recorded` on) if the
+/// parent is still `pending` and has recorded exactly the copies before the step's first index
+/// (another delivery may have gone on); the step that records the last copy moves the parent to
+/// `running` (off the live runs: it has no launch of its own). Returns the copies recorded so far
+/// (whichever delivery recorded them), or -1 if the parent is not pending (expanded before, or
+/// cancelled).
 const EXPAND: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-local prefix, parent, size, now = ARGV[1], ARGV[2], ARGV[9], ARGV[6]
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return -1 end
+local recorded = tonumber(redis.call('HGET', KEYS[1], 'array:recorded') or '0')
+if recorded ~= tonumber(ARGV[11]) then return recorded end
+local prefix, parent, size, now = ARGV[1], ARGV[2], tonumber(ARGV[9]), ARGV[6]
 local overrides = redis.call('HGET', KEYS[1], 'overrides')
-for i = 11, #ARGV do
-  local id, index = ARGV[i], i - 11
+for i = 12, #ARGV do
+  local id, index = ARGV[i], recorded + i - 12
   local run = prefix .. ':run:' .. id
   redis.call('HSET', run, 'id', id, 'job_id', ARGV[3], 'account', ARGV[4], 'attempt', '1',
     'scheduled_at', ARGV[5], 'state', 'queued', 't:queued', now, 'array_parent', parent,
@@ -49,12 +62,15 @@ for i = 11, #ARGV do
   redis.call('RPUSH', KEYS[3], id)
   redis.call('SADD', KEYS[4], id)
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 't:running', now, 'array_size', size,
-  'array_parallelism', ARGV[8])
-redis.call('ZREM', KEYS[5], parent)
-redis.call('SADD', KEYS[6], ARGV[3] .. '/' .. parent)
-note_event(KEYS[1], KEYS[7], ARGV[10], ARGV[7])
-return 1
+recorded = recorded + #ARGV - 11
+redis.call('HSET', KEYS[1], 'array:recorded', recorded, 'array_size', size)
+if recorded >= size then
+  redis.call('HSET', KEYS[1], 'state', 'running', 't:running', now, 'array_parallelism', ARGV[8])
+  redis.call('ZREM', KEYS[5], parent)
+  redis.call('SADD', KEYS[6], ARGV[3] .. '/' .. parent)
+  note_event(KEYS[1], KEYS[7], ARGV[10], ARGV[7])
+end
+return recorded
 "#;
 static EXPAND_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{NOTE_EVENT_LUA}{EXPAND}")));
@@ -203,13 +219,40 @@ impl Store {
         self.owned_key(job_id, &format!("run:{parent}:array{part}"))
     }
 
-    /// Records the copies of array fire `parent` (`queued`, in index order) and moves it to
-    /// `running`, in one step, once: `false` if it was expanded before or is no longer pending.
-    /// Start them with [`Store::step_array`].
+    /// Records the copies of array fire `parent` (`queued`, in index order), [`EXPAND_CHUNK`] a
+    /// step, and moves it to `running` with the last, each copy once however many deliveries
+    /// expand it at once or one after another a crash cut short: `true` if this call recorded the
+    /// last copy, `false` if the fire was expanded before or is no longer pending. Start the copies
+    /// with [`Store::step_array`].
     pub async fn expand_array(&self, job: &Job, parent: &Run) -> Result<bool> {
         let Some((size, parallelism)) = job.array() else {
             return Ok(false);
         };
+        let mut from = 0;
+        loop {
+            let ids = size.saturating_sub(from).min(EXPAND_CHUNK);
+            let recorded = self
+                .expand_step(job, parent, (size, parallelism), from, ids)
+                .await?;
+            match u32::try_from(recorded) {
+                Err(_) => return Ok(false),
+                Ok(recorded) if recorded >= size => return Ok(recorded == from + ids),
+                // Another delivery recorded more (or fewer) meanwhile: go on from there.
+                Ok(recorded) => from = recorded,
+            }
+        }
+    }
+
+    /// One step of [`Store::expand_array`]: `ids` copies from index `from`; the copies recorded
+    /// so far, or -1 if the fire is not pending. Public so that tests can cut an expansion short.
+    pub async fn expand_step(
+        &self,
+        job: &Job,
+        parent: &Run,
+        (size, parallelism): (u32, u32),
+        from: u32,
+        ids: u32,
+    ) -> Result<i64> {
         let now = Utc::now();
         let mut script = EXPAND_SCRIPT.prepare_invoke();
         script
@@ -229,14 +272,15 @@ impl Store {
             .arg(now.timestamp_millis())
             .arg(parallelism)
             .arg(size)
-            .arg(outbox_member(&parent.id, NotifyEvent::Started));
-        for _ in 0..size {
+            .arg(outbox_member(&parent.id, NotifyEvent::Started))
+            .arg(from);
+        for _ in 0..ids {
             script.arg(self.new_run_id(&job.id));
         }
         let mut conn = self.conn.clone();
-        let expanded: i64 = script.invoke_async(&mut conn).await?;
+        let recorded: i64 = script.invoke_async(&mut conn).await?;
         self.replicated(&job.id).await?;
-        Ok(expanded == 1)
+        Ok(recorded)
     }
 
     /// One step of array fire `parent` of `job` (called as one of its copies ends, after it is

@@ -26,6 +26,14 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
             ..Default::default()
         },
     );
+    let other = env.settings.auth.accounts[1].name.clone();
+    env.settings.quotas.accounts.insert(
+        other,
+        spot_shared::quotas::AccountQuotas {
+            max_jobs: Some(5),
+            ..Default::default()
+        },
+    );
     let app = spawn_app_with(env.settings.clone()).await;
     let dummy = |schedule: &str| json!({"schedule": schedule, "runner": {"type": "dummy", "template": "x"}});
     let container = |extra: Value| {
@@ -77,11 +85,27 @@ async fn quotas_refuse_what_is_over_them_naming_the_quota() {
         )
         .await;
     assert_eq!(response.status(), 201);
+    // Thirty creates at once, saved together: the quota still holds, each refused one a 429.
+    let body = dummy("@hourly").to_string();
+    let answers = futures::future::join_all(
+        (0..30).map(|_| app.post_raw("/v1/jobs", OTHER_ACCOUNT_KEY, &body)),
+    )
+    .await;
+    let created = answers.iter().filter(|r| r.status() == 201).count();
+    let refused = answers.iter().filter(|r| r.status() == 429).count();
+    assert_eq!((created, refused), (4, 26));
+    let listed: Value = app
+        .get("/v1/jobs", OTHER_ACCOUNT_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(5));
 
     let metrics = app.get("/metrics", ACCOUNT_KEY).await.text().await.unwrap();
     for (quota, count) in [
         ("min_interval_secs", 2),
-        ("max_jobs", 1),
+        ("max_jobs", 27),
         ("max_disk_gb", 1),
         ("instance_types", 1),
         ("registries", 1),

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bcrypt_gate;
+pub mod create_queue;
 pub mod error;
 pub mod follow;
 pub mod idempotency;

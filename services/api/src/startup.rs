@@ -41,8 +41,12 @@ impl Application {
         )?;
         let (audit, audit_writer) =
             crate::audit::AuditLog::start(store.clone(), settings.audit.clone());
+        // Its task ends with the state: every create it holds was asked for by a request still
+        // waiting for its answer.
+        let (creates, _create_writer) = crate::create_queue::CreateQueue::start(store.clone());
         let state = web::Data::new(AppState {
             audit,
+            creates,
             store,
             ec2,
             broker: Arc::new(broker),

@@ -18,5 +18,7 @@ pub struct AppState {
     pub fetch: Arc<spot_shared::file_source::FetchSpec>,
     /// Where state-changing requests are recorded (`GET /v1/audit`).
     pub audit: crate::audit::AuditLog,
+    /// Where creates go to be saved together ([`crate::create_queue`]).
+    pub creates: crate::create_queue::CreateQueue,
     pub settings: Settings,
 }

@@ -20,25 +20,34 @@ use super::Store;
 use crate::error::Result;
 use crate::model::Job;
 
-/// Creates one job unless its account holds `max_jobs` already: the count and the writes in one
-/// step, so a create costs one round trip and creates racing at the limit cannot pass it.
-/// KEYS: account index, group index, job record, timers, unarmed timers. ARGV: job id, creation
-/// (ms), record, next fire (ms, '' for none), unarmed member, max_jobs. Returns -1 when created,
-/// else the account's job count.
-const CREATE_JOB: &str = r#"
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[6]) then return held end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-  arm(KEYS[5], ARGV[4], ARGV[5])
+/// Creates jobs, each unless its account holds its `max_jobs` already: each job's count and writes
+/// in one step, in order, so a create costs one round trip (shared by the creates sent together)
+/// and creates racing at the limit cannot pass it. Per job, KEYS: account index, group index, job
+/// record, timers, unarmed timers; ARGV: job id, creation (ms), record, next fire (ms, '' for
+/// none), unarmed member, max_jobs. Returns, per job, -1 when created, else the account's job
+/// count.
+const CREATE_JOBS: &str = r#"
+local created = {}
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, i * 6
+  local held = redis.call('ZCARD', KEYS[k + 1])
+  if held >= tonumber(ARGV[a + 6]) then
+    created[#created + 1] = held
+  else
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a + 1])
+    redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a + 1])
+    redis.call('SET', KEYS[k + 3], ARGV[a + 3])
+    if ARGV[a + 4] ~= '' then
+      redis.call('ZADD', KEYS[k + 4], ARGV[a + 4], ARGV[a + 1])
+      arm(KEYS[k + 5], ARGV[a + 4], ARGV[a + 5])
+    end
+    created[#created + 1] = -1
+  end
 end
-return -1
+return created
 "#;
-static CREATE_JOB_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{CREATE_JOB}")));
+static CREATE_JOBS_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{CREATE_JOBS}")));
 
 /// What [`Store::create_job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,38 +62,61 @@ impl Store {
     /// One script where the account's indexes share the job's node or slot; on a cluster with
     /// shards, the count and then [`Store::save_job`]'s two steps.
     pub async fn create_job(&self, job: &Job, max_jobs: u64) -> Result<Created> {
+        let created = self.create_jobs(&[(job, max_jobs)]).await?;
+        Ok(created.into_iter().next().unwrap_or(Created::Saved))
+    }
+
+    /// [`Store::create_job`] for several jobs at once, each with its account's `max_jobs`, in
+    /// order: one script where the accounts' indexes share the jobs' node or slot (a job's count
+    /// sees the jobs before it); on a cluster with shards, one job after another.
+    pub async fn create_jobs(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.indexes_apart() {
-            let held = self.count_jobs(&job.account).await?;
-            if held >= max_jobs {
-                return Ok(Created::OverQuota(held));
+            let mut created = Vec::with_capacity(jobs.len());
+            for (job, max_jobs) in jobs {
+                let held = self.count_jobs(&job.account).await?;
+                if held >= *max_jobs {
+                    created.push(Created::OverQuota(held));
+                    continue;
+                }
+                self.save_job(job).await?;
+                created.push(Created::Saved);
             }
-            self.save_job(job).await?;
-            return Ok(Created::Saved);
+            return Ok(created);
+        }
+        let mut script = CREATE_JOBS_SCRIPT.prepare_invoke();
+        for (job, max_jobs) in jobs {
+            let next = job
+                .next_fire_at
+                .map(|next| next.timestamp_millis().to_string())
+                .unwrap_or_default();
+            script
+                .key(self.account_index(job, None))
+                .key(self.account_index(job, Some(&job.group)))
+                .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
+                .key(self.owned_key(&job.id, "timers"))
+                .key(self.owned_key(&job.id, UNARMED))
+                .arg(&job.id)
+                .arg(job.created_at.timestamp_millis())
+                .arg(stored_job_json(job)?)
+                .arg(next)
+                .arg(unarmed_member(&job.id, job.generation))
+                .arg(max_jobs);
         }
         let mut conn = self.conn.clone();
-        let next = job
-            .next_fire_at
-            .map(|next| next.timestamp_millis().to_string())
-            .unwrap_or_default();
-        let held: i64 = CREATE_JOB_SCRIPT
-            .key(self.account_index(job, None))
-            .key(self.account_index(job, Some(&job.group)))
-            .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
-            .key(self.owned_key(&job.id, "timers"))
-            .key(self.owned_key(&job.id, UNARMED))
-            .arg(&job.id)
-            .arg(job.created_at.timestamp_millis())
-            .arg(stored_job_json(job)?)
-            .arg(next)
-            .arg(unarmed_member(&job.id, job.generation))
-            .arg(max_jobs)
-            .invoke_async(&mut conn)
-            .await?;
-        if held >= 0 {
-            return Ok(Created::OverQuota(held as u64));
+        let held: Vec<i64> = script.invoke_async(&mut conn).await?;
+        if held.contains(&-1) {
+            self.replicated(&jobs[0].0.id).await?;
         }
-        self.replicated(&job.id).await?;
-        Ok(Created::Saved)
+        Ok(held
+            .into_iter()
+            .map(|held| match u64::try_from(held) {
+                Ok(held) => Created::OverQuota(held),
+                Err(_) => Created::Saved,
+            })
+            .collect())
     }
 
     /// Saves jobs made by a create (generation 1, none stored before) with their timers. Either

@@ -523,8 +523,8 @@ fn new_job(account: &str, spec: JobSpec, id: Option<String>, now: DateTime<Utc>)
         generation: 1,
         paused: None,
         policies: spec.policies,
-        created_at: now,
-        updated_at: now,
+        created_at: spot_shared::model::whole_millis(now),
+        updated_at: spot_shared::model::whole_millis(now),
         next_fire_at: None,
     }
 }

@@ -19,6 +19,9 @@ pub struct Job {
     #[schema(required = true)]
     pub id: String,
     pub account: String,
+    /// `default` is left out of the stored record and read back as it.
+    #[serde(default = "default_group")]
+    #[schema(required = true)]
     pub group: String,
     #[serde(default)]
     pub name: String,
@@ -45,6 +48,9 @@ pub struct Job {
     pub paused: Option<Pause>,
     #[serde(default)]
     pub policies: Policies,
+    /// Whole milliseconds (a job is made so); stored as milliseconds since the epoch, read back
+    /// from that or from RFC 3339 (records of earlier versions).
+    #[serde(deserialize_with = "millis_or_rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Left out of the stored record while it equals `created_at`; read back as the epoch, which
     /// the store replaces with `created_at`.
@@ -76,6 +82,35 @@ fn utc_zone() -> String {
     DEFAULT_TIME_ZONE.to_string()
 }
 
+/// The group a job is in unless it names one.
+pub const DEFAULT_GROUP: &str = "default";
+
+fn default_group() -> String {
+    DEFAULT_GROUP.to_string()
+}
+
+/// An instant given as milliseconds since the epoch or as RFC 3339 text.
+fn millis_or_rfc3339<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<DateTime<Utc>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stamp {
+        Millis(i64),
+        Text(DateTime<Utc>),
+    }
+    match Stamp::deserialize(deserializer)? {
+        Stamp::Millis(ms) => DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| serde::de::Error::custom(format!("{ms} ms is out of range"))),
+        Stamp::Text(at) => Ok(at),
+    }
+}
+
+/// `at` to the whole millisecond: the precision a job's times are kept in.
+pub fn whole_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
 /// A key/value label on a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Tag {
@@ -97,7 +132,7 @@ impl Job {
     /// A job of account `acme` every minute with this runner and these policies, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests(runner: Runner, policies: Policies) -> Job {
-        let now = Utc::now();
+        let now = whole_millis(Utc::now());
         Job {
             id: "j1".into(),
             account: "acme".into(),

@@ -14,7 +14,7 @@ mod runner;
 pub use crate::container_limits::ContainerLimits;
 pub use audit::{diff as audit_diff, AuditEntry, Change};
 pub use instance::{Instance, InstanceState, PriceSource};
-pub use job::{Job, Pause, Tag, DEFAULT_TIME_ZONE};
+pub use job::{whole_millis, Job, Pause, Tag, DEFAULT_GROUP, DEFAULT_TIME_ZONE};
 pub use notify::{AttemptOutcome, NotificationAttempt, NotifyEvent, NotifyFormat, NotifyTarget};
 pub use overrides::RunOverrides;
 pub use policies::{CatchUp, Concurrency, OnLastRun, Policies, RetryPolicy, RetryReason};

@@ -24,8 +24,9 @@ use crate::ids::is_id;
 use crate::model::{Job, DEFAULT_TIME_ZONE};
 
 /// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
-/// tags, default policies, the default zone, its id, which its key holds, and `updated_at` while it
-/// is `created_at`), so that a million waiting jobs, mostly defaults, take little room; `enabled`
+/// tags, default policies, the default zone and group, its id, which its key holds, and `updated_at`
+/// while it is `created_at`), `created_at` in milliseconds since the epoch, so that a million
+/// waiting jobs, mostly defaults, take little room; `enabled`
 /// and `generation` lead, where the light-fire script reads them without decoding.
 /// [`decode_stored_job`] reads it back.
 pub(super) fn stored_job_json(job: &Job) -> Result<String> {
@@ -50,6 +51,14 @@ pub(super) fn stored_job_json(job: &Job) -> Result<String> {
         if job.timezone == DEFAULT_TIME_ZONE {
             map.remove("timezone");
         }
+        if job.group == crate::model::DEFAULT_GROUP {
+            map.remove("group");
+        }
+        // 13 digits where RFC 3339 with nanoseconds takes 30 characters.
+        map.insert(
+            "created_at".into(),
+            job.created_at.timestamp_millis().into(),
+        );
         if job.updated_at == job.created_at {
             map.remove("updated_at");
         }
@@ -572,9 +581,18 @@ mod tests {
             Policies::default(),
         );
         let text = stored_job_json(&dummy).unwrap();
-        for left_out in ["policies", "null", "\"id\"", "timezone", "updated_at"] {
+        for left_out in [
+            "policies",
+            "null",
+            "\"id\"",
+            "timezone",
+            "updated_at",
+            "group",
+        ] {
             assert!(!text.contains(left_out), "{left_out} in {text}");
         }
+        let created = format!("\"created_at\":{}", dummy.created_at.timestamp_millis());
+        assert!(text.contains(&created), "{text}");
         assert_eq!(decode_stored_job(&dummy.id, &text).unwrap(), dummy);
         // As an earlier version stored it, every field written out.
         let full = serde_json::to_string(&dummy).unwrap();

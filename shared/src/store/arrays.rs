@@ -80,8 +80,9 @@ static EXPAND_SCRIPT: LazyLock<Script> =
 /// every index under way).
 ///
 /// With the parent running: forgets the index (or each index) whose copy has ended for good (ended
-/// with no retry waiting in `delayed`), counting each on the parent, then starts copies from the line until
-/// `array_parallelism` indexes are under way, each `pending` with its launch armed, due now.
+/// with no retry waiting in `delayed`), counting each on the parent, then starts copies from the
+/// line until `array_parallelism` indexes are under way, each `pending` with its launch armed, due
+/// now.
 /// Returns {'started', ids...}, or {'done', succeeded, failed} once nothing waits or runs.
 ///
 /// With the parent ended (cancelled by a newer fire, say): cancels every copy not ended and every

@@ -459,7 +459,12 @@ async fn the_openapi_document_describes_routes_the_api_serves() {
     }
     // A run's place in an array job, and the runner's array fields.
     let schemas = doc["components"]["schemas"].to_string();
-    for field in ["array_parent", "array_index", "array_succeeded", "array_parallelism"] {
+    for field in [
+        "array_parent",
+        "array_index",
+        "array_succeeded",
+        "array_parallelism",
+    ] {
         assert!(schemas.contains(field), "{field} is not documented");
     }
     // Every documented operation is routed (an unknown route would answer "no such route").

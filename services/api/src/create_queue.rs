@@ -16,7 +16,9 @@ const BATCH: usize = 128;
 /// Creates waiting for the writer, at most; a request past them waits for room.
 const QUEUED: usize = 4_096;
 
-type Reply = oneshot::Sender<Result<Created>>;
+/// What a create is answered: its job back (it travelled to the writer and returns, uncloned) and
+/// what became of it.
+type Reply = oneshot::Sender<(Job, Result<Created>)>;
 
 /// The queue the api's create requests hand their new jobs to.
 #[derive(Clone)]
@@ -33,15 +35,16 @@ impl CreateQueue {
         (CreateQueue { sender }, writer)
     }
 
-    /// Saves `job` unless its account holds `max_jobs` already (see [`Store::create_job`]).
-    pub async fn create(&self, job: Job, max_jobs: u64) -> Result<Created> {
+    /// Saves `job` unless its account holds `max_jobs` already (see [`Store::create_job`]); the
+    /// job comes back with the answer.
+    pub async fn create(&self, job: Job, max_jobs: u64) -> Result<(Job, Created)> {
+        let stopping = || Error::unavailable("the api is stopping");
         let (reply, answer) = oneshot::channel();
         if self.sender.send((job, max_jobs, reply)).await.is_err() {
-            return Err(Error::unavailable("the api is stopping"));
+            return Err(stopping());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::unavailable("the api is stopping")))
+        let (job, created) = answer.await.map_err(|_| stopping())?;
+        Ok((job, created?))
     }
 }
 
@@ -52,7 +55,7 @@ async fn save_batches(store: Store, mut receiver: mpsc::Receiver<(Job, u64, Repl
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
         let jobs: Vec<(&Job, u64)> = batch.iter().map(|(job, max, _)| (job, *max)).collect();
         let saved = store.create_jobs(&jobs).await;
-        for (i, (_, _, reply)) in batch.drain(..).enumerate() {
+        for (i, (job, _, reply)) in batch.drain(..).enumerate() {
             let answer = match &saved {
                 Ok(created) => created
                     .get(i)
@@ -61,7 +64,7 @@ async fn save_batches(store: Store, mut receiver: mpsc::Receiver<(Job, u64, Repl
                 Err(err) => Err(err.clone()),
             };
             // The request may have gone (its client hung up): nothing to answer.
-            let _ = reply.send(answer);
+            let _ = reply.send((job, answer));
         }
     }
 }

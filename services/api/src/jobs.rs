@@ -311,7 +311,8 @@ pub async fn create(
     };
     // The job count quota is checked by the save itself, in the same step.
     let quotas = state.settings.quotas.for_account(account);
-    if let Created::OverQuota(held) = state.creates.create(job.clone(), quotas.max_jobs).await? {
+    let (job, created) = state.creates.create(job, quotas.max_jobs).await?;
+    if let Created::OverQuota(held) = created {
         state.store.note_quota_refusal("max_jobs", account).await;
         tracing::info!(account, quota = "max_jobs", "over a quota");
         return Err(quotas

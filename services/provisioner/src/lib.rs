@@ -320,9 +320,6 @@ impl Provisioner {
         self.store.note_fire_lateness(&lateness, job_id).await;
     }
 
-    /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled, each container
-    /// given its job's stop signal and grace first. A request that cannot be sent now is left to the
-    /// sweep, which terminates any instance whose run has ended (at once).
     /// The next attempt of an array copy, when `fire` is its retry (a later attempt than the copy
     /// it names): recorded once, however often the retry is delivered. `None` when the fire
     /// launches the copy it names.
@@ -365,16 +362,21 @@ impl Provisioner {
         }))
     }
 
-    /// Terminates the instances of runs a newer fire cancelled (`concurrency: replace`), giving
-    /// each its stop signal and grace; an array fire cancelled so takes its copies with it.
+    /// Asks the reaper to terminate the instances of runs a `replace` fire cancelled, each container
+    /// given its job's stop signal and grace first; an array fire cancelled so takes its copies
+    /// with it. A request that cannot be sent now is left to the sweep, which terminates any
+    /// instance whose run has ended (at once).
     async fn terminate_cancelled(&self, job: &Job, cancelled: &[CancelledRun]) {
         let mut cancelled = cancelled.to_vec();
-        for run in cancelled.clone().iter().filter(|_| job.array().is_some()) {
-            match spot_shared::arrays::advance(&self.store, Some(job), &run.run_id, None).await {
-                Ok(ArrayStep::Ended(copies)) => cancelled.extend(copies),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(run_id = %run.run_id, error = %err,
-                    "an array's copies were not cancelled; the sweep will"),
+        if job.array().is_some() {
+            for run in cancelled.clone() {
+                match spot_shared::arrays::advance(&self.store, Some(job), &run.run_id, None).await
+                {
+                    Ok(ArrayStep::Ended(copies)) => cancelled.extend(copies),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(run_id = %run.run_id, error = %err,
+                        "an array's copies were not cancelled; the sweep will"),
+                }
             }
         }
         for run in &cancelled {

@@ -17,7 +17,7 @@
 //! `scale-out` (1 unless given; 16 for `scale-out`); the others read one node's figures and refuse
 //! it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -546,6 +546,12 @@ async fn burst(
     if Utc::now().timestamp_millis() > start_ms {
         eprintln!("{scenario}: scheduling took longer than the lead; lateness includes it");
     }
+    rewrite_append_only_files(&stack).await?;
+    // The CPU the fires take: from two seconds before the first is due (the pump's claims are long
+    // done; the first batches are about to arrive) until the last is recorded.
+    let window_opens = DateTime::from_timestamp_millis(start_ms - 2000).unwrap_or_default();
+    tokio::time::sleep((window_opens - Utc::now()).to_std().unwrap_or_default()).await;
+    let cpu_before = cpu_now(&stack).await?;
     // Wait on the lateness histogram's count (one Redis read a second, so that watching does not
     // load what it measures), then read every run once.
     let deadline = Instant::now() + lead + spread + Duration::from_secs(120);
@@ -553,6 +559,7 @@ async fn burst(
     while store.fire_lateness().await?.count < ids.len() as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let cpu_after = cpu_now(&stack).await?;
     let fires: Vec<_> = fires_of(&stack, &ids)
         .await?
         .into_iter()
@@ -565,10 +572,84 @@ async fn burst(
         "schedule_per_s": rate,
     });
     merge(&mut result, fire_figures(&fires));
+    let spent =
+        |name: &str| cpu_after.get(name).unwrap_or(&0.0) - cpu_before.get(name).unwrap_or(&0.0);
+    let per_fire: BTreeMap<&String, f64> = cpu_after
+        .keys()
+        .filter(|name| *name != "redis_forks")
+        .map(|name| {
+            (
+                name,
+                (spent(name) / fires.len().max(1) as f64 * 1e6).round(),
+            )
+        })
+        .collect();
+    merge(
+        &mut result,
+        json!({ "cpu_us_per_fire": per_fire, "redis_forks_while_firing": spent("redis_forks") }),
+    );
     merge(&mut result, stack.written_lateness().await?);
     merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
     Ok(result)
+}
+
+/// Rewrites the append-only file of each Redis holding the stack's keys now, and waits for it: the
+/// file has just grown by every job scheduled, and Redis's own rewrite (at twice its last size) would
+/// otherwise fork in the middle of the fires, its child taking one of the two cores for a second or
+/// two (BENCHMARKS.md has the figures both ways). A Redis without the file is left alone.
+async fn rewrite_append_only_files(stack: &Stack) -> anyhow::Result<()> {
+    for (_, mut conn) in stack.data_nodes().await? {
+        let rewriting = |conn: &mut redis::aio::MultiplexedConnection| {
+            let mut conn = conn.clone();
+            async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async(&mut conn)
+                    .await?;
+                anyhow::Ok(
+                    info.lines()
+                        .any(|l| l.trim() == "aof_rewrite_in_progress:1"),
+                )
+            }
+        };
+        while rewriting(&mut conn).await? {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let started: redis::RedisResult<String> =
+            redis::cmd("BGREWRITEAOF").query_async(&mut conn).await;
+        if started.is_err() {
+            continue;
+        }
+        while rewriting(&mut conn).await? {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// CPU seconds spent so far by the Redis nodes that hold the stack's keys (summed, as `redis`) and
+/// by each service; and, as `redis_forks`, how many times those nodes have forked (an append-only
+/// file rewritten, a snapshot), whose child takes a core the fires would have had.
+async fn cpu_now(stack: &Stack) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut cpu = BTreeMap::new();
+    let (mut redis, mut forks) = (0.0, 0.0);
+    for (_, mut conn) in stack.data_nodes().await? {
+        cpu = op_costs::cpu_seconds(&mut conn, stack).await?;
+        redis += cpu.get("redis").copied().unwrap_or(0.0);
+        let stats: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await?;
+        forks += stats
+            .lines()
+            .find_map(|line| line.strip_prefix("total_forks:"))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    cpu.insert("redis".to_string(), redis);
+    cpu.insert("redis_forks".to_string(), forks);
+    Ok(cpu)
 }
 
 /// `jobs` dummy jobs firing every minute, watched for `minutes` whole minutes: each must fire exactly

@@ -273,6 +273,35 @@ async fn the_pump_sends_timers_several_to_a_message_in_order() {
         .is_empty());
 }
 
+/// A fire twice in one batch is recorded once: the light-fire script reads every fire's job and
+/// timer before it writes, so the store gives each script fires of different jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_twice_in_one_batch_is_recorded_once() {
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let provisioner = provisioner(&env).await;
+    let app = spawn_app(&env).await;
+    let every_second = app
+        .create_job(ACCOUNT_KEY, dummy("* * * * * *", "tick"))
+        .await;
+    let fire = next_fire(&store, &every_second).await;
+    let batch = FireBatch {
+        fires: vec![fire.clone(), fire],
+    };
+
+    let outcome = provisioner.handle_batch(&batch).await.unwrap();
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            fired: 1,
+            recorded_before: 1,
+            stale: 0,
+            handed_off: 0
+        }
+    );
+    assert_eq!(store.job_run_ids(&every_second, 0).await.unwrap().len(), 1);
+}
+
 /// A light fire delivered on its own (a hand-off, the reconciler's re-arm) is recorded once too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_light_fire_delivered_twice_runs_once() {

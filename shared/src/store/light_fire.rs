@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 pub use super::scripts::TimerMove;
-use super::scripts::{ARM_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
+use super::scripts::{ARM_MANY_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::{state_time_field, FireRecord, Store};
 use crate::error::Result;
 use crate::model::RunState;
@@ -44,6 +44,12 @@ pub struct LightFire {
 /// records first and finishes after) is honoured by both. The output goes in the run's hash (`output`): one
 /// key less per fire than a log of its own.
 ///
+/// What the script reads of every fire (its job, its marker, its timer) is read in three commands
+/// for the whole group, and the timers are moved in one or two at the end: Redis spends more on
+/// each command a script calls than on most of the commands themselves. So the fires of one call
+/// must be of different jobs ([`distinct_jobs`] splits a group), or a later fire of a job would
+/// read what an earlier one is about to change.
+///
 /// Trimmed runs' keys are built from the shard's prefix (their ids are only known inside): every key
 /// a script touches is in one shard, and so in one slot of a cluster.
 const FIRE_LIGHT: &str = r#"
@@ -51,23 +57,30 @@ local prefix, now_ms, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local common_end = 5 + 2 * tonumber(ARGV[5])
 local common = {}
 for i = 6, common_end do common[#common + 1] = ARGV[i] end
-local results = {}
 local fires = (#KEYS - 2) / 4
+local job_keys, markers, job_ids = {}, {}, {}
+for i = 0, fires - 1 do
+  job_keys[i + 1], markers[i + 1] = KEYS[2 + i * 4 + 4], KEYS[2 + i * 4 + 1]
+  job_ids[i + 1] = ARGV[common_end + i * 10 + 2]
+end
+local raws = redis.call('MGET', unpack(job_keys))
+local existing = redis.call('MGET', unpack(markers))
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(job_ids))
+local results, cleared, moved, near = {}, {}, {}, {}
 for i = 0, fires - 1 do
   local k, a = 2 + i * 4, common_end + i * 10
-  local marker, run, runs, job_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local marker, run, runs = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local run_id, job_id, generation, move = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 8]
   local status, id = 0, run_id
-  local raw = redis.call('GET', job_key)
+  local raw = raws[i + 1]
   local enabled, stored_generation = false, nil
   if raw then enabled, stored_generation = job_state(raw) end
-  local existing = redis.call('GET', marker)
   if not enabled or stored_generation ~= generation then
     status, id = 2, ''
-  elseif existing then
-    status, id = 1, existing
+  elseif existing[i + 1] then
+    status, id = 1, existing[i + 1]
   elseif move ~= '' then
-    local score = redis.call('ZSCORE', KEYS[1], job_id)
+    local score = scores[i + 1]
     if not score or tonumber(score) ~= tonumber(ARGV[a + 5]) then status, id = 3, '' end
   else
     redis.call('SET', marker, run_id, 'EX', ttl)
@@ -78,25 +91,49 @@ for i = 0, fires - 1 do
       unpack(common))
     redis.call('ZADD', runs, now_ms, run_id)
     if move == '-' then
-      redis.call('ZREM', KEYS[1], job_id)
+      cleared[#cleared + 1] = job_id
     elseif move ~= '' then
-      redis.call('ZADD', KEYS[1], move, job_id)
+      moved[#moved + 1] = move
+      moved[#moved + 1] = job_id
       -- the member as `unarmed_member` names it
-      arm(KEYS[2], move, job_id .. '|' .. generation)
+      near[#near + 1] = move
+      near[#near + 1] = job_id .. '|' .. generation
     end
     trim_ended(runs, prefix, tonumber(ARGV[a + 9]))
   end
   results[#results + 1] = status
   results[#results + 1] = id
 end
+if #cleared > 0 then redis.call('ZREM', KEYS[1], unpack(cleared)) end
+if #moved > 0 then redis.call('ZADD', KEYS[1], unpack(moved)) end
+if #near > 0 then arm_many(KEYS[2], near) end
 return results
 "#;
 
 static FIRE_LIGHT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{JOB_STATE_LUA}{ARM_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}"
+        "{JOB_STATE_LUA}{ARM_MANY_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}"
     ))
 });
+
+/// `fires` cut, in order, into runs in which no job comes twice (see [`FIRE_LIGHT`]): mostly one.
+fn distinct_jobs<'a, 'f>(fires: &'a [&'f LightFire]) -> Vec<&'a [&'f LightFire]> {
+    let mut parts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (index, fire) in fires.iter().enumerate() {
+        if !seen.insert(fire.job_id.as_str()) {
+            parts.push(&fires[start..index]);
+            seen.clear();
+            seen.insert(fire.job_id.as_str());
+            start = index;
+        }
+    }
+    if start < fires.len() {
+        parts.push(&fires[start..]);
+    }
+    parts
+}
 
 impl Store {
     /// Records light fires due together, each once, as runs that succeeded at `now` with their
@@ -112,9 +149,10 @@ impl Store {
         let indexed: Vec<(usize, &LightFire)> = fires.iter().enumerate().collect();
         for (shard, group) in self.by_shard(&indexed, |(_, fire)| &fire.job_id) {
             let group_fires: Vec<&LightFire> = group.iter().map(|(_, fire)| *fire).collect();
-            let done = self
-                .fire_light_in(shard, &group_fires, now, log_cap)
-                .await?;
+            let mut done = Vec::with_capacity(group_fires.len());
+            for part in distinct_jobs(&group_fires) {
+                done.extend(self.fire_light_in(shard, part, now, log_cap).await?);
+            }
             for ((index, _), record) in group.into_iter().zip(done) {
                 records[*index] = record;
             }
@@ -181,5 +219,44 @@ impl Store {
                 _ => FireRecord::Stale,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fire(job_id: &str) -> LightFire {
+        LightFire {
+            run_id: format!("run-of-{job_id}"),
+            job_id: job_id.to_string(),
+            account: "acct".into(),
+            generation: 1,
+            attempt: 1,
+            scheduled_at: DateTime::<Utc>::UNIX_EPOCH,
+            timer: TimerMove::Advance(None),
+            keep_runs: 10,
+            output: String::new(),
+        }
+    }
+
+    fn jobs_of(parts: &[&[&LightFire]]) -> Vec<Vec<String>> {
+        parts
+            .iter()
+            .map(|part| part.iter().map(|f| f.job_id.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_job_coming_again_starts_a_new_script() {
+        let fires: Vec<LightFire> = ["a", "b", "a", "c", "b", "b"].map(fire).into();
+        let refs: Vec<&LightFire> = fires.iter().collect();
+        assert_eq!(
+            jobs_of(&distinct_jobs(&refs)),
+            [vec!["a", "b"], vec!["a", "c", "b"], vec!["b"]]
+        );
+        let distinct: Vec<&LightFire> = fires[..2].iter().collect();
+        assert_eq!(jobs_of(&distinct_jobs(&distinct)), [vec!["a", "b"]]);
+        assert!(distinct_jobs(&[]).is_empty());
     }
 }

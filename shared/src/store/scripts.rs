@@ -3,6 +3,8 @@
 //! sets they touch, and what a fire does to its job's timer. Kept here so that the modules that own
 //! each kind of record need not import one another.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 /// Reads a job's `enabled` and `generation` from the head of its JSON, where the store puts them
@@ -107,20 +109,27 @@ local function arm(unarmed, score, member)
 end
 "#;
 
-/// [`ARM_LUA`] for many fires of one shard, as its own script, for the transactions that save jobs
-/// (`EVAL` inside `MULTI`). KEYS: the unarmed set. ARGV: score, member pairs.
-pub(super) const ARM_MANY: &str = r#"
-local armed_until = redis.call('GET', KEYS[1] .. ':until')
-local near = {}
-for i = 1, #ARGV, 2 do
-  if not armed_until or tonumber(ARGV[i]) <= tonumber(armed_until) then
-    near[#near + 1] = ARGV[i]
-    near[#near + 1] = ARGV[i + 1]
+/// [`ARM_LUA`] for many fires of one shard at once: `arm_many(unarmed, scored)` with score, member
+/// pairs; one read of the bound and one `ZADD` for all. Returns how many it put in.
+pub(super) const ARM_MANY_LUA: &str = r#"
+local function arm_many(unarmed, scored)
+  local armed_until = redis.call('GET', unarmed .. ':until')
+  local near = {}
+  for i = 1, #scored, 2 do
+    if not armed_until or tonumber(scored[i]) <= tonumber(armed_until) then
+      near[#near + 1] = scored[i]
+      near[#near + 1] = scored[i + 1]
+    end
   end
+  if #near > 0 then redis.call('ZADD', unarmed, unpack(near)) end
+  return #near / 2
 end
-if #near > 0 then redis.call('ZADD', KEYS[1], unpack(near)) end
-return #near / 2
 "#;
+
+/// [`ARM_MANY_LUA`] as a script of its own, for the transactions that save jobs (`EVAL` inside
+/// `MULTI`). KEYS: the unarmed set. ARGV: score, member pairs.
+pub(super) static ARM_MANY: LazyLock<String> =
+    LazyLock::new(|| format!("{ARM_MANY_LUA}return arm_many(KEYS[1], ARGV)"));
 
 pub(super) fn unarmed_member(job_id: &str, generation: u64) -> String {
     format!("{job_id}|{generation}")

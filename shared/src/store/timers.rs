@@ -82,7 +82,7 @@ pub(super) fn millis(ms: i64) -> Option<DateTime<Utc>> {
 pub(super) fn arm_many(pipe: &mut redis::Pipeline, unarmed: &str, fires: &[(i64, String)]) {
     // Lua's `unpack` takes a few thousand values at most.
     for chunk in fires.chunks(1000) {
-        let cmd = pipe.cmd("EVAL").arg(ARM_MANY).arg(1).arg(unarmed);
+        let cmd = pipe.cmd("EVAL").arg(ARM_MANY.as_str()).arg(1).arg(unarmed);
         for (due, member) in chunk {
             cmd.arg(due).arg(member);
         }

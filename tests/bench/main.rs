@@ -546,7 +546,6 @@ async fn burst(
     if Utc::now().timestamp_millis() > start_ms {
         eprintln!("{scenario}: scheduling took longer than the lead; lateness includes it");
     }
-    rewrite_append_only_files(&stack).await?;
     // The CPU the fires take: from two seconds before the first is due (the pump's claims are long
     // done; the first batches are about to arrive) until the last is recorded.
     let window_opens = DateTime::from_timestamp_millis(start_ms - 2000).unwrap_or_default();
@@ -592,40 +591,6 @@ async fn burst(
     merge(&mut result, json!(stack.peak_rss()));
     stack.stop();
     Ok(result)
-}
-
-/// Rewrites the append-only file of each Redis holding the stack's keys now, and waits for it: the
-/// file has just grown by every job scheduled, and Redis's own rewrite (at twice its last size) would
-/// otherwise fork in the middle of the fires, its child taking one of the two cores for a second or
-/// two (BENCHMARKS.md has the figures both ways). A Redis without the file is left alone.
-async fn rewrite_append_only_files(stack: &Stack) -> anyhow::Result<()> {
-    for (_, mut conn) in stack.data_nodes().await? {
-        let rewriting = |conn: &mut redis::aio::MultiplexedConnection| {
-            let mut conn = conn.clone();
-            async move {
-                let info: String = redis::cmd("INFO")
-                    .arg("persistence")
-                    .query_async(&mut conn)
-                    .await?;
-                anyhow::Ok(
-                    info.lines()
-                        .any(|l| l.trim() == "aof_rewrite_in_progress:1"),
-                )
-            }
-        };
-        while rewriting(&mut conn).await? {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let started: redis::RedisResult<String> =
-            redis::cmd("BGREWRITEAOF").query_async(&mut conn).await;
-        if started.is_err() {
-            continue;
-        }
-        while rewriting(&mut conn).await? {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
 }
 
 /// CPU seconds spent so far by the Redis nodes that hold the stack's keys (summed, as `redis`) and

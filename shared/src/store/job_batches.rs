@@ -67,24 +67,15 @@ impl Store {
     }
 
     /// [`Store::create_job`] for several jobs at once, each with its account's `max_jobs`, in
-    /// order: one script where the accounts' indexes share the jobs' node or slot (a job's count
-    /// sees the jobs before it); on a cluster with shards, one job after another.
+    /// order (a job's count sees the jobs before it): one script where the accounts' indexes share
+    /// the jobs' node or slot; on a cluster with shards, each account counted once and the jobs
+    /// let in saved together in [`Store::save_new_jobs`]'s two steps.
     pub async fn create_jobs(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
         if self.indexes_apart() {
-            let mut created = Vec::with_capacity(jobs.len());
-            for (job, max_jobs) in jobs {
-                let held = self.count_jobs(&job.account).await?;
-                if held >= *max_jobs {
-                    created.push(Created::OverQuota(held));
-                    continue;
-                }
-                self.save_job(job).await?;
-                created.push(Created::Saved);
-            }
-            return Ok(created);
+            return self.create_jobs_apart(jobs).await;
         }
         let mut script = CREATE_JOBS_SCRIPT.prepare_invoke();
         for (job, max_jobs) in jobs {
@@ -117,6 +108,33 @@ impl Store {
                 Err(_) => Created::Saved,
             })
             .collect())
+    }
+
+    /// [`Store::create_jobs`] where the accounts' indexes are on another node than the jobs: the
+    /// count cannot be in the script that saves, so it is read first (as a single create always
+    /// did there; creates through several api processes at once may pass a quota by a few).
+    async fn create_jobs_apart(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
+        let mut held_by_account: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut created = Vec::with_capacity(jobs.len());
+        let mut let_in = Vec::new();
+        for (job, max_jobs) in jobs {
+            let held = match held_by_account.get_mut(job.account.as_str()) {
+                Some(held) => held,
+                None => {
+                    let count = self.count_jobs(&job.account).await?;
+                    held_by_account.entry(&job.account).or_insert(count)
+                }
+            };
+            if *held >= *max_jobs {
+                created.push(Created::OverQuota(*held));
+                continue;
+            }
+            *held += 1;
+            let_in.push((*job).clone());
+            created.push(Created::Saved);
+        }
+        self.save_new_jobs(&let_in).await?;
+        Ok(created)
     }
 
     /// Saves jobs made by a create (generation 1, none stored before) with their timers. Either

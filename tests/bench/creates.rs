@@ -5,6 +5,7 @@
 //! fall due in 30 days, so nothing fires meanwhile. Batch bodies are serialised before the clock
 //! starts; single requests are built as they go, as a client would.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::{dummy_job, http_load, schedule_jobs, Options, Stack, KEY};
+use crate::{by_command, cpu_now, dummy_job, http_load, schedule_jobs, Options, Stack, KEY};
 
 /// Jobs per batch request, the route's maximum.
 const BATCH: usize = 1000;
@@ -31,10 +32,24 @@ pub async fn run(
     let redis_set_per_s = redis_set_rate()?;
     let stack = Stack::start(bin_dir, options).await?;
     let due = (Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let before_singles = cpu_now(&stack).await?;
     let (_, single_per_s) =
         schedule_jobs(&stack, jobs, options.clients, |_| dummy_job(due.clone())).await?;
+    let before_batches = cpu_now(&stack).await?;
     let batch_jobs = jobs * 5;
     let batch_per_s = schedule_batches(&stack, batch_jobs, &due).await?;
+    let after_batches = cpu_now(&stack).await?;
+    // Redis's and the api's CPU per job, each phase: which of them a rate is bound by.
+    let per_job = |before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, n: usize| {
+        let spent = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+        json!({
+            "redis": (spent("redis") / n as f64 * 1e7).round() / 10.0,
+            "api": (spent("api") / n as f64 * 1e7).round() / 10.0,
+            "redis_by_command": by_command(before, after, n),
+        })
+    };
+    let cpu_us_per_create = per_job(&before_singles, &before_batches, jobs);
+    let cpu_us_per_batch_job = per_job(&before_batches, &after_batches, batch_jobs);
     let rss = stack.peak_rss();
     stack.stop();
     Ok(json!({
@@ -46,6 +61,8 @@ pub async fn run(
         "create_share_of_redis_set": (single_per_s / redis_set_per_s * 1000.0).round() / 1000.0,
         "batch_jobs": batch_jobs,
         "batch_create_per_s": batch_per_s.round(),
+        "cpu_us_per_create": cpu_us_per_create,
+        "cpu_us_per_batch_job": cpu_us_per_batch_job,
         "peak_rss_mib": rss,
     }))
 }

@@ -575,7 +575,7 @@ async fn burst(
         |name: &str| cpu_after.get(name).unwrap_or(&0.0) - cpu_before.get(name).unwrap_or(&0.0);
     let per_fire: BTreeMap<&String, f64> = cpu_after
         .keys()
-        .filter(|name| *name != "redis_forks")
+        .filter(|name| *name != "redis_forks" && !name.starts_with(COMMAND_STAT))
         .map(|name| {
             (
                 name,
@@ -583,9 +583,14 @@ async fn burst(
             )
         })
         .collect();
+    let by_command = by_command(&cpu_before, &cpu_after, fires.len());
     merge(
         &mut result,
-        json!({ "cpu_us_per_fire": per_fire, "redis_forks_while_firing": spent("redis_forks") }),
+        json!({
+            "cpu_us_per_fire": per_fire,
+            "redis_us_per_fire_by_command": by_command,
+            "redis_forks_while_firing": spent("redis_forks"),
+        }),
     );
     merge(&mut result, stack.written_lateness().await?);
     merge(&mut result, json!(stack.peak_rss()));
@@ -593,15 +598,63 @@ async fn burst(
     Ok(result)
 }
 
+/// Redis's own count of the time each command took between two [`cpu_now`]s (a script's inner
+/// calls counted both in the script and on their own), in microseconds per one of `units` to a
+/// tenth, the costliest first, those under a tenth left out: `[["evalsha", 14.7], ...]`.
+pub(crate) fn by_command(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    units: usize,
+) -> Vec<serde_json::Value> {
+    let mut commands: Vec<(&str, f64)> = after
+        .iter()
+        .filter_map(|(name, seconds)| {
+            let command = name.strip_prefix(COMMAND_STAT)?;
+            let spent = seconds - before.get(name).unwrap_or(&0.0);
+            let us = (spent / units.max(1) as f64 * 1e7).round() / 10.0;
+            (us >= 0.1).then_some((command, us))
+        })
+        .collect();
+    commands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    commands
+        .into_iter()
+        .map(|(command, us)| json!([command, us]))
+        .collect()
+}
+
+/// Prefix of [`cpu_now`]'s entries for one Redis command's time (`cmd:evalsha`).
+const COMMAND_STAT: &str = "cmd:";
+
 /// CPU seconds spent so far by the Redis nodes that hold the stack's keys (summed, as `redis`) and
-/// by each service; and, as `redis_forks`, how many times those nodes have forked (an append-only
-/// file rewritten, a snapshot), whose child takes a core the fires would have had.
-async fn cpu_now(stack: &Stack) -> anyhow::Result<BTreeMap<String, f64>> {
+/// by each service; as `redis_forks`, how many times those nodes have forked (an append-only file
+/// rewritten, a snapshot), whose child takes a core the fires would have had; and as `cmd:NAME`,
+/// the seconds Redis counts for each command (`INFO commandstats`, summed over the nodes).
+pub(crate) async fn cpu_now(stack: &Stack) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut cpu = BTreeMap::new();
     let (mut redis, mut forks) = (0.0, 0.0);
+    let mut commands: BTreeMap<String, f64> = BTreeMap::new();
     for (_, mut conn) in stack.data_nodes().await? {
         cpu = op_costs::cpu_seconds(&mut conn, stack).await?;
         redis += cpu.get("redis").copied().unwrap_or(0.0);
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
+        // `cmdstat_get:calls=2,usec=15,usec_per_call=7.50,...`
+        for line in stats.lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|rest| rest.split_once(':'))
+            else {
+                continue;
+            };
+            let usec = fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("usec="))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            *commands.entry(format!("{COMMAND_STAT}{name}")).or_default() += usec / 1e6;
+        }
         let stats: String = redis::cmd("INFO")
             .arg("stats")
             .query_async(&mut conn)
@@ -614,6 +667,7 @@ async fn cpu_now(stack: &Stack) -> anyhow::Result<BTreeMap<String, f64>> {
     }
     cpu.insert("redis".to_string(), redis);
     cpu.insert("redis_forks".to_string(), forks);
+    cpu.extend(commands);
     Ok(cpu)
 }
 

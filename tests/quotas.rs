@@ -410,3 +410,59 @@ async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
     provisioner.stop().await;
     app.service.stop().await;
 }
+
+/// The store's side of creates sent together (the api's create queue hands over up to 128 in one
+/// script): each account is counted on its own, in order, however its jobs are interleaved with
+/// another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_saved_together_count_each_account_on_its_own() {
+    use spot_shared::store::Created;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let template_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let template = store.get_job(&template_id).await.unwrap().unwrap();
+    let (first, second) = (template.account.clone(), format!("{}-2", template.account));
+    // Room for two more in the first account (it holds the template), three in the second.
+    let jobs: Vec<_> = (0..12)
+        .map(|i| {
+            let mut job = template.clone();
+            job.id = format!("{template_id}{i:02}");
+            job.account = if i % 2 == 0 { &first } else { &second }.clone();
+            (job, 3)
+        })
+        .collect();
+    let refs: Vec<_> = jobs.iter().map(|(job, max)| (job, *max)).collect();
+    let created = store.create_jobs(&refs).await.unwrap();
+    use Created::{OverQuota, Saved};
+    assert_eq!(
+        created,
+        [
+            Saved,
+            Saved,
+            Saved,
+            Saved,
+            OverQuota(3),
+            Saved,
+            OverQuota(3),
+            OverQuota(3),
+            OverQuota(3),
+            OverQuota(3),
+            OverQuota(3),
+            OverQuota(3),
+        ]
+    );
+    for (account, held) in [(&first, 3), (&second, 3)] {
+        assert_eq!(store.count_jobs(account).await.unwrap(), held, "{account}");
+    }
+    for (job, _) in &jobs {
+        let saved = store.get_job(&job.id).await.unwrap().is_some();
+        let expected = created[jobs.iter().position(|(j, _)| j.id == job.id).unwrap()] == Saved;
+        assert_eq!(saved, expected, "{}", job.id);
+    }
+}

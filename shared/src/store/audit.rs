@@ -14,15 +14,20 @@ use crate::error::{Error, Result};
 use crate::model::AuditEntry;
 
 /// KEYS: the account's entries. ARGV: the oldest time kept (ms), the most entries kept, the
-/// retention (s), then (time (ms), entry) pairs.
+/// retention (s), then (time (ms), entry) pairs: one `ZADD` for them all (a call costs Redis more
+/// than a member), so the writer hands over at most [`ENTRIES_PER_SCRIPT`] at a time.
 const RECORD: &str = r#"
-for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 3 then redis.call('ZADD', KEYS[1], unpack(ARGV, 4)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
+
+/// Entries a [`RECORD`] call takes at most: two values each, well within the 8,000 Lua's `unpack`
+/// may put on its stack.
+const ENTRIES_PER_SCRIPT: usize = 1_000;
 
 /// KEYS: the account's entries. ARGV: newest time (ms), oldest time (ms), what a matching entry holds
 /// (`"job_id":"…"`), offset, limit. The window's entries that hold it, newest first, read a page of
@@ -64,7 +69,15 @@ impl Store {
             by_account.entry(&entry.account).or_default().push(entry);
         }
         let oldest = (Utc::now() - retention).timestamp_millis();
-        for (account, entries) in by_account {
+        let mut parts: Vec<(&str, &[&AuditEntry])> = Vec::new();
+        for (account, entries) in &by_account {
+            parts.extend(
+                entries
+                    .chunks(ENTRIES_PER_SCRIPT)
+                    .map(|part| (*account, part)),
+            );
+        }
+        for (account, entries) in parts {
             let mut script = RECORD_SCRIPT.prepare_invoke();
             script
                 .key(self.audit_key(account))

@@ -14,7 +14,7 @@ use chrono::Utc;
 use redis::Script;
 
 use super::jobs::stored_job_json;
-use super::scripts::ARM_LUA;
+use super::scripts::ARM_MANY_LUA;
 use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
 use crate::error::Result;
@@ -26,28 +26,56 @@ use crate::model::Job;
 /// record, timers, unarmed timers; ARGV: job id, creation (ms), record, next fire (ms, '' for
 /// none), unarmed member, max_jobs. Returns, per job, -1 when created, else the account's job
 /// count.
+///
+/// Each account is counted once (`ZCARD`) and its count kept in the script as jobs are let in;
+/// the writes are gathered and made at the end, one variadic command per key (`ZADD`, `MSET`):
+/// Redis spends more on each command a script calls than on adding one member, so a script of
+/// 128 creates makes a handful of calls where it made six a job.
 const CREATE_JOBS: &str = r#"
-local created = {}
+local created, held = {}, {}
+local adds, add_keys, records, unarmed, unarmed_keys = {}, {}, {}, {}, {}
+local function push(lists, keys, key, score, member)
+  local list = lists[key]
+  if not list then
+    list = {}
+    lists[key] = list
+    keys[#keys + 1] = key
+  end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
 for i = 0, #KEYS / 5 - 1 do
   local k, a = i * 5, i * 6
-  local held = redis.call('ZCARD', KEYS[k + 1])
-  if held >= tonumber(ARGV[a + 6]) then
-    created[#created + 1] = held
+  local account = KEYS[k + 1]
+  local count = held[account] or redis.call('ZCARD', account)
+  if count >= tonumber(ARGV[a + 6]) then
+    created[#created + 1] = count
   else
-    redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a + 1])
-    redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a + 1])
-    redis.call('SET', KEYS[k + 3], ARGV[a + 3])
+    held[account] = count + 1
+    local id, at = ARGV[a + 1], ARGV[a + 2]
+    push(adds, add_keys, account, at, id)
+    push(adds, add_keys, KEYS[k + 2], at, id)
+    records[#records + 1] = KEYS[k + 3]
+    records[#records + 1] = ARGV[a + 3]
     if ARGV[a + 4] ~= '' then
-      redis.call('ZADD', KEYS[k + 4], ARGV[a + 4], ARGV[a + 1])
-      arm(KEYS[k + 5], ARGV[a + 4], ARGV[a + 5])
+      push(adds, add_keys, KEYS[k + 4], ARGV[a + 4], id)
+      push(unarmed, unarmed_keys, KEYS[k + 5], ARGV[a + 4], ARGV[a + 5])
     end
     created[#created + 1] = -1
   end
 end
+-- At most CREATES_PER_SCRIPT jobs a call, so every list unpacks within Lua's stack limit.
+if #records > 0 then redis.call('MSET', unpack(records)) end
+for _, key in ipairs(add_keys) do redis.call('ZADD', key, unpack(adds[key])) end
+for _, key in ipairs(unarmed_keys) do arm_many(key, unarmed[key]) end
 return created
 "#;
 static CREATE_JOBS_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{CREATE_JOBS}")));
+    LazyLock::new(|| Script::new(&format!("{ARM_MANY_LUA}{CREATE_JOBS}")));
+
+/// Jobs a [`CREATE_JOBS`] call takes at most: its lists of writes (two arguments a job) stay well
+/// within the 8,000 values Lua's `unpack` may put on its stack.
+const CREATES_PER_SCRIPT: usize = 1_000;
 
 /// What [`Store::create_job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +105,16 @@ impl Store {
         if self.indexes_apart() {
             return self.create_jobs_apart(jobs).await;
         }
+        let mut created = Vec::with_capacity(jobs.len());
+        for part in jobs.chunks(CREATES_PER_SCRIPT) {
+            created.extend(self.create_jobs_in_one_step(part).await?);
+        }
+        Ok(created)
+    }
+
+    /// [`Store::create_jobs`] for at most [`CREATES_PER_SCRIPT`] jobs whose accounts' indexes
+    /// share their node or slot: one script.
+    async fn create_jobs_in_one_step(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
         let mut script = CREATE_JOBS_SCRIPT.prepare_invoke();
         for (job, max_jobs) in jobs {
             let next = job

@@ -13,7 +13,7 @@ use super::*;
 /// A job: what to run and when. Runs are its executions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
-    /// Left out of the stored record, whose key names it (see `store::stored_job_json`), and put
+    /// Left out of the stored record, whose key names it (see `store::job_record`), and put
     /// back by the store as it reads the record.
     #[serde(default)]
     #[schema(required = true)]

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use redis::{AsyncCommands, Script};
 
-use super::jobs::stored_job_json;
+use super::job_record::stored_job_json;
 use super::scripts::{unarmed_member, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::Store;
 use crate::error::Result;

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use chrono::Utc;
 use redis::Script;
 
-use super::jobs::stored_job_json;
+use super::job_record::stored_job_json;
 use super::scripts::ARM_MANY_LUA;
 use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;

@@ -1,8 +1,8 @@
 //! Jobs: each job's record and the indexes that list an account's jobs.
 //!
 //! Keys, under the prefix `p` (the job's record under its shard's, [`super::shards`]):
-//! - `p:job:{id}`: the job as JSON ([`stored_job_json`]: `enabled` and `generation` lead, defaults left
-//!   out)
+//! - `p:job:{id}`: the job as JSON ([`super::job_record`]: `enabled` and `generation` lead, defaults
+//!   left out)
 //! - `p:account:{a}:jobs`, `p:account:{a}:group:{g}:jobs`: job ids scored by creation time
 //! - `p:alias:{scope}:{alias}`: a compatibility surface's name for a job; `p:set:{name}`: plain sets
 //!   the surfaces keep
@@ -13,92 +13,16 @@
 //! so that a crash between the two leaves at most an index entry naming no job (listings skip it, the reaper's sweep removes it: see
 //! [`super::index_entries`]), never a job no listing shows.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 
+use super::job_record::{decode_stored_job, stored_job_json};
 use super::quarantine::JobRecord;
 use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::ids::is_id;
-use crate::model::{Job, DEFAULT_TIME_ZONE};
-
-/// A job as stored: its JSON without what reading it back restores anyway (`null`s, empty texts and
-/// tags, default policies, the default zone and group, its id, which its key holds, and `updated_at`
-/// while it is `created_at`), `created_at` in milliseconds since the epoch, so that a million
-/// waiting jobs, mostly defaults, take little room; `enabled`
-/// and `generation` lead, where the light-fire script reads them without decoding.
-/// [`decode_stored_job`] reads it back.
-pub(super) fn stored_job_json(job: &Job) -> Result<String> {
-    fn strip_nulls(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                map.retain(|_, v| !v.is_null());
-                map.values_mut().for_each(strip_nulls);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-            _ => {}
-        }
-    }
-    let mut value = serde_json::to_value(job)?;
-    if let Some(map) = value.as_object_mut() {
-        for field in ["name", "description", "modified_by"] {
-            if map.get(field).and_then(|v| v.as_str()) == Some("") {
-                map.remove(field);
-            }
-        }
-        map.remove("id");
-        if job.timezone == DEFAULT_TIME_ZONE {
-            map.remove("timezone");
-        }
-        if job.group == crate::model::DEFAULT_GROUP {
-            map.remove("group");
-        }
-        // 13 digits where RFC 3339 with nanoseconds takes 30 characters.
-        map.insert(
-            "created_at".into(),
-            job.created_at.timestamp_millis().into(),
-        );
-        if job.updated_at == job.created_at {
-            map.remove("updated_at");
-        }
-        if map
-            .get("tags")
-            .and_then(|v| v.as_array())
-            .is_some_and(Vec::is_empty)
-        {
-            map.remove("tags");
-        }
-        if job.policies == crate::model::Policies::default() {
-            map.remove("policies");
-        }
-    }
-    strip_nulls(&mut value);
-    if let serde_json::Value::Object(mut rest) = value {
-        let mut ordered = serde_json::Map::with_capacity(rest.len());
-        for field in ["enabled", "generation"] {
-            if let Some(v) = rest.remove(field) {
-                ordered.insert(field.to_string(), v);
-            }
-        }
-        ordered.extend(rest);
-        value = serde_json::Value::Object(ordered);
-    }
-    Ok(serde_json::to_string(&value)?)
-}
-
-/// Reads back a job stored by [`stored_job_json`] (or by an earlier version, which kept every field)
-/// under the key of job `id`.
-pub(super) fn decode_stored_job(id: &str, raw: &str) -> serde_json::Result<Job> {
-    let mut job: Job = serde_json::from_str(raw)?;
-    if job.id.is_empty() {
-        job.id = id.to_string();
-    }
-    if job.updated_at == DateTime::<Utc>::default() {
-        job.updated_at = job.created_at;
-    }
-    Ok(job)
-}
+use crate::model::Job;
 
 impl Store {
     /// Stores a job (new or replaced) and its next fire time in one transaction. A job whose
@@ -559,87 +483,5 @@ impl Store {
         Ok(conn
             .zcard(self.key(&format!("account:{account}:jobs")))
             .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ContainerSpec, DummySpec, Policies, Runner, Tag};
-
-    fn job(runner: Runner, policies: Policies) -> Job {
-        Job::for_tests(runner, policies)
-    }
-
-    #[test]
-    fn stored_jobs_read_back_the_same_and_leave_defaults_out() {
-        let dummy = job(
-            Runner::Dummy(DummySpec {
-                template: "x".into(),
-                runner_name: None,
-            }),
-            Policies::default(),
-        );
-        let text = stored_job_json(&dummy).unwrap();
-        for left_out in [
-            "policies",
-            "null",
-            "\"id\"",
-            "timezone",
-            "updated_at",
-            "group",
-        ] {
-            assert!(!text.contains(left_out), "{left_out} in {text}");
-        }
-        let created = format!("\"created_at\":{}", dummy.created_at.timestamp_millis());
-        assert!(text.contains(&created), "{text}");
-        assert_eq!(decode_stored_job(&dummy.id, &text).unwrap(), dummy);
-        // As an earlier version stored it, every field written out.
-        let full = serde_json::to_string(&dummy).unwrap();
-        assert_eq!(decode_stored_job(&dummy.id, &full).unwrap(), dummy);
-
-        let mut container = job(
-            Runner::Container(ContainerSpec {
-                image: "busybox".into(),
-                cmd: Some("echo hi".into()),
-                env: vec!["A=1".into()],
-                max_price: Some("0.05".into()),
-                ..ContainerSpec::default()
-            }),
-            Policies {
-                misfire_grace_secs: Some(30),
-                timeout_secs: 60,
-                ..Policies::default()
-            },
-        );
-        container.name = "nightly".into();
-        container.tags = vec![Tag {
-            key: "team".into(),
-            value: "data".into(),
-        }];
-        container.timezone = "Europe/Berlin".into();
-        container.updated_at = container.created_at + chrono::Duration::seconds(5);
-        let text = stored_job_json(&container).unwrap();
-        assert_eq!(decode_stored_job(&container.id, &text).unwrap(), container);
-    }
-
-    /// The light-fire script matches `^{"enabled":(%a+),"generation":(%d+)` on the stored text.
-    #[test]
-    fn stored_jobs_lead_with_enabled_and_generation() {
-        let mut disabled = job(
-            Runner::Dummy(DummySpec {
-                template: r#"{"enabled":true,"generation":1}"#.into(),
-                runner_name: None,
-            }),
-            Policies::default(),
-        );
-        disabled.enabled = false;
-        disabled.generation = 12;
-        let text = stored_job_json(&disabled).unwrap();
-        assert!(
-            text.starts_with(r#"{"enabled":false,"generation":12,"#),
-            "{text}"
-        );
-        assert_eq!(decode_stored_job(&disabled.id, &text).unwrap(), disabled);
     }
 }

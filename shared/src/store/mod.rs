@@ -44,6 +44,7 @@ mod idempotency;
 mod index_entries;
 mod instances;
 mod job_batches;
+mod job_record;
 mod jobs;
 mod lateness;
 mod leases;

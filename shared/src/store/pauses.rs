@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::jobs::stored_job_json;
+use super::job_record::stored_job_json;
 use super::notifications::{outbox_member, NOTE_EVENT_LUA, OUTBOX};
 use super::scripts::{unarmed_member, JOB_STATE_LUA, UNARMED};
 use super::Store;

@@ -466,3 +466,39 @@ async fn creates_saved_together_count_each_account_on_its_own() {
         assert_eq!(saved, expected, "{}", job.id);
     }
 }
+
+/// More creates than one script takes (1,000): each script counts from what those before it saved,
+/// and its variadic writes (2,000 values) fit Lua's stack, which 4,500 jobs in one would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_past_one_scripts_share_keep_counting() {
+    use spot_shared::store::Created;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let template_id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let template = store.get_job(&template_id).await.unwrap().unwrap();
+    let jobs: Vec<_> = (0..4_500)
+        .map(|i| {
+            let mut job = template.clone();
+            job.id = format!("{template_id}{i:04}");
+            job
+        })
+        .collect();
+    let refs: Vec<_> = jobs.iter().map(|job| (job, 4_200)).collect();
+    let created = store.create_jobs(&refs).await.unwrap();
+    // The template holds one place: 4,199 let in, the rest refused at 4,200.
+    assert!(created[..4_199].iter().all(|c| *c == Created::Saved));
+    assert!(created[4_199..]
+        .iter()
+        .all(|c| *c == Created::OverQuota(4_200)));
+    assert_eq!(store.count_jobs(&template.account).await.unwrap(), 4_200);
+    // Every job let in is listed, with its timer.
+    let listed = store.list_jobs(&template.account, None, 0).await.unwrap();
+    assert_eq!(listed.len(), 4_200);
+    assert!(listed.iter().all(|job| job.next_fire_at.is_some()));
+}

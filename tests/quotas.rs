@@ -411,6 +411,21 @@ async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
     app.service.stop().await;
 }
 
+/// The store of `env` and a job created through its api (the account's first), to copy.
+async fn stored_template(env: &TestEnv) -> (spot_shared::store::Store, spot_shared::model::Job) {
+    let store = env.store().await;
+    let app = spawn_app(env).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let template = store.get_job(&id).await.unwrap().unwrap();
+    app.service.stop().await;
+    (store, template)
+}
+
 /// The store's side of creates sent together (the api's create queue hands over up to 128 in one
 /// script): each account is counted on its own, in order, however its jobs are interleaved with
 /// another's.
@@ -418,15 +433,8 @@ async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
 async fn creates_saved_together_count_each_account_on_its_own() {
     use spot_shared::store::Created;
     let env = TestEnv::new();
-    let store = env.store().await;
-    let app = spawn_app(&env).await;
-    let template_id = app
-        .create_job(
-            ACCOUNT_KEY,
-            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
-        )
-        .await;
-    let template = store.get_job(&template_id).await.unwrap().unwrap();
+    let (store, template) = stored_template(&env).await;
+    let template_id = template.id.clone();
     let (first, second) = (template.account.clone(), format!("{}-2", template.account));
     // Room for two more in the first account (it holds the template), three in the second.
     let jobs: Vec<_> = (0..12)
@@ -473,15 +481,8 @@ async fn creates_saved_together_count_each_account_on_its_own() {
 async fn creates_past_one_scripts_share_keep_counting() {
     use spot_shared::store::Created;
     let env = TestEnv::new();
-    let store = env.store().await;
-    let app = spawn_app(&env).await;
-    let template_id = app
-        .create_job(
-            ACCOUNT_KEY,
-            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
-        )
-        .await;
-    let template = store.get_job(&template_id).await.unwrap().unwrap();
+    let (store, template) = stored_template(&env).await;
+    let template_id = template.id.clone();
     let jobs: Vec<_> = (0..4_500)
         .map(|i| {
             let mut job = template.clone();

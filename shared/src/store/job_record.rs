@@ -184,16 +184,6 @@ mod tests {
     /// The record as the previous version built it (the job as a JSON tree, trimmed): the
     /// direct writer must hold the same fields and values.
     fn stored_as_a_tree(job: &Job) -> Result<String> {
-        fn strip_nulls(value: &mut serde_json::Value) {
-            match value {
-                serde_json::Value::Object(map) => {
-                    map.retain(|_, v| !v.is_null());
-                    map.values_mut().for_each(strip_nulls);
-                }
-                serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-                _ => {}
-            }
-        }
         let mut value = serde_json::to_value(job)?;
         if let Some(map) = value.as_object_mut() {
             for field in ["name", "description", "modified_by"] {
@@ -227,7 +217,7 @@ mod tests {
                 map.remove("policies");
             }
         }
-        strip_nulls(&mut value);
+        value = without_nulls(value);
         if let serde_json::Value::Object(mut rest) = value {
             let mut ordered = serde_json::Map::with_capacity(rest.len());
             for field in ["enabled", "generation"] {

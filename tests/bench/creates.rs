@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::{by_command, cpu_now, dummy_job, http_load, schedule_jobs, Options, Stack, KEY};
+use crate::{
+    by_command, cpu_now, dummy_job, http_load, schedule_jobs, tenths_of_us_per, Options, Stack, KEY,
+};
 
 /// Jobs per batch request, the route's maximum.
 const BATCH: usize = 1000;
@@ -43,8 +45,8 @@ pub async fn run(
     let per_job = |before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, n: usize| {
         let spent = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
         json!({
-            "redis": (spent("redis") / n as f64 * 1e7).round() / 10.0,
-            "api": (spent("api") / n as f64 * 1e7).round() / 10.0,
+            "redis": tenths_of_us_per(spent("redis"), n),
+            "api": tenths_of_us_per(spent("api"), n),
             "redis_by_command": by_command(before, after, n),
         })
     };

@@ -598,6 +598,11 @@ async fn burst(
     Ok(result)
 }
 
+/// `seconds` spent over `units` things, in microseconds each to a tenth.
+pub(crate) fn tenths_of_us_per(seconds: f64, units: usize) -> f64 {
+    (seconds / units.max(1) as f64 * 1e7).round() / 10.0
+}
+
 /// Redis's own count of the time each command took between two [`cpu_now`]s (a script's inner
 /// calls counted both in the script and on their own), in microseconds per one of `units` to a
 /// tenth, the costliest first, those under a tenth left out: `[["evalsha", 14.7], ...]`.
@@ -611,7 +616,7 @@ pub(crate) fn by_command(
         .filter_map(|(name, seconds)| {
             let command = name.strip_prefix(COMMAND_STAT)?;
             let spent = seconds - before.get(name).unwrap_or(&0.0);
-            let us = (spent / units.max(1) as f64 * 1e7).round() / 10.0;
+            let us = tenths_of_us_per(spent, units);
             (us >= 0.1).then_some((command, us))
         })
         .collect();

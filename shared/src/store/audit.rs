@@ -9,13 +9,14 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 
+use super::scripts::PAIRS_PER_CALL;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::model::AuditEntry;
 
 /// KEYS: the account's entries. ARGV: the oldest time kept (ms), the most entries kept, the
 /// retention (s), then (time (ms), entry) pairs: one `ZADD` for them all (a call costs Redis more
-/// than a member), so the writer hands over at most [`ENTRIES_PER_SCRIPT`] at a time.
+/// than a member), so the writer hands over at most [`PAIRS_PER_CALL`] at a time.
 const RECORD: &str = r#"
 if #ARGV > 3 then redis.call('ZADD', KEYS[1], unpack(ARGV, 4)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
@@ -24,10 +25,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
-
-/// Entries a [`RECORD`] call takes at most: two values each, well within the 8,000 Lua's `unpack`
-/// may put on its stack.
-const ENTRIES_PER_SCRIPT: usize = 1_000;
 
 /// KEYS: the account's entries. ARGV: newest time (ms), oldest time (ms), what a matching entry holds
 /// (`"job_id":"…"`), offset, limit. The window's entries that hold it, newest first, read a page of
@@ -71,11 +68,7 @@ impl Store {
         let oldest = (Utc::now() - retention).timestamp_millis();
         let mut parts: Vec<(&str, &[&AuditEntry])> = Vec::new();
         for (account, entries) in &by_account {
-            parts.extend(
-                entries
-                    .chunks(ENTRIES_PER_SCRIPT)
-                    .map(|part| (*account, part)),
-            );
+            parts.extend(entries.chunks(PAIRS_PER_CALL).map(|part| (*account, part)));
         }
         for (account, entries) in parts {
             let mut script = RECORD_SCRIPT.prepare_invoke();

@@ -14,7 +14,7 @@ use chrono::Utc;
 use redis::Script;
 
 use super::job_record::stored_job_json;
-use super::scripts::ARM_MANY_LUA;
+use super::scripts::{ARM_MANY_LUA, PAIRS_PER_CALL};
 use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
 use crate::error::Result;
@@ -64,7 +64,7 @@ for i = 0, #KEYS / 5 - 1 do
     created[#created + 1] = -1
   end
 end
--- At most CREATES_PER_SCRIPT jobs a call, so every list unpacks within Lua's stack limit.
+-- At most PAIRS_PER_CALL jobs a call, so every list unpacks within Lua's stack limit.
 if #records > 0 then redis.call('MSET', unpack(records)) end
 for _, key in ipairs(add_keys) do redis.call('ZADD', key, unpack(adds[key])) end
 for _, key in ipairs(unarmed_keys) do arm_many(key, unarmed[key]) end
@@ -72,10 +72,6 @@ return created
 "#;
 static CREATE_JOBS_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{ARM_MANY_LUA}{CREATE_JOBS}")));
-
-/// Jobs a [`CREATE_JOBS`] call takes at most: its lists of writes (two arguments a job) stay well
-/// within the 8,000 values Lua's `unpack` may put on its stack.
-const CREATES_PER_SCRIPT: usize = 1_000;
 
 /// What [`Store::create_job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,13 +102,13 @@ impl Store {
             return self.create_jobs_apart(jobs).await;
         }
         let mut created = Vec::with_capacity(jobs.len());
-        for part in jobs.chunks(CREATES_PER_SCRIPT) {
+        for part in jobs.chunks(PAIRS_PER_CALL) {
             created.extend(self.create_jobs_in_one_step(part).await?);
         }
         Ok(created)
     }
 
-    /// [`Store::create_jobs`] for at most [`CREATES_PER_SCRIPT`] jobs whose accounts' indexes
+    /// [`Store::create_jobs`] for at most [`PAIRS_PER_CALL`] jobs whose accounts' indexes
     /// share their node or slot: one script.
     async fn create_jobs_in_one_step(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
         let mut script = CREATE_JOBS_SCRIPT.prepare_invoke();

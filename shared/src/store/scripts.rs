@@ -109,6 +109,11 @@ local function arm(unarmed, score, member)
 end
 "#;
 
+/// Score, member pairs (or key, value pairs) a script hands one variadic command at most: two
+/// values each, well within the 8,000 Lua's `unpack` may put on its stack. Callers cut longer
+/// lists into calls of this many.
+pub(super) const PAIRS_PER_CALL: usize = 1_000;
+
 /// [`ARM_LUA`] for many fires of one shard at once: `arm_many(unarmed, scored)` with score, member
 /// pairs; one read of the bound and one `ZADD` for all. Returns how many it put in.
 pub(super) const ARM_MANY_LUA: &str = r#"

@@ -687,6 +687,12 @@ pub async fn spawn_provisioner_with(mut settings: Settings, api_url: &str) -> Ru
     let provisioner = spot_provisioner::Provisioner::build(settings)
         .await
         .expect("provisioner builds");
+    run_provisioner(provisioner)
+}
+
+/// Runs a provisioner a test built (and may have driven by hand first) until the returned handle
+/// stops it.
+pub fn run_provisioner(provisioner: spot_provisioner::Provisioner) -> Running {
     Running::spawn(|stopped| async move {
         provisioner
             .run_until_stopped(async {

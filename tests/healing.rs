@@ -177,6 +177,8 @@ async fn every_service_heals_when_its_node_is_replaced_by_an_empty_one() {
 
 /// Timers handed to RabbitMQ, then the queues holding them deleted: the reconciler, on its default
 /// period, finds them overdue in Redis and hands them over again; every job fires exactly once.
+/// No provisioner had left its marker in the broker (the pump is driven by hand), so the one started
+/// after the wipe takes the broker as new and leaves the healing to the reconciler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fires_lost_with_wiped_queues_after_the_handover_are_healed_by_the_reconciler() {
     const JOBS: usize = 1000;
@@ -263,35 +265,132 @@ async fn lost_timers_fire_on_time(lose: impl Fn(&TestEnv) -> usize) {
     let _broker = BROKER.read().await;
     let env = TestEnv::new();
     let store = env.store().await;
+    let (_, app, provisioner) = spawn_with_a_long_grace(&env).await;
+    // Due within the pump's horizon: handed over at once.
+    let jobs = create_jobs_handed_over(&app, &store, JOBS, 20).await;
+    assert!(lose(&env) > 0, "the queues existed");
+
+    fired_once_and_on_time(&store, &jobs).await;
+    assert!(provisioner.is_running());
+}
+
+/// The queues wiped while no provisioner was linked (all of them stopped, as in a deploy, or
+/// RabbitMQ's node replaced in a maintenance window), then declared again, empty, before any
+/// provisioner came back (as the api's or the reaper's next link does): the next provisioner's first
+/// link finds the marker its predecessor left gone, hands the lost fires back to the pump at once,
+/// and they fire on time, each once, with a reconcile grace of 600 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timers_lost_while_no_provisioner_was_linked_fire_on_time() {
+    const JOBS: usize = 300;
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let (settings, app, provisioner) = spawn_with_a_long_grace(&env).await;
+    let broker = env.broker().await;
+    let marker = the_marker_left(&broker).await;
+    let jobs = create_jobs_handed_over(&app, &store, JOBS, 20).await;
+
+    provisioner.stop().await;
+    assert!(env.wipe_queues() > 0, "the queues existed");
+    broker.declare_topology().await.unwrap();
+    let provisioner = spawn_provisioner_with(settings, &app.address).await;
+
+    fired_once_and_on_time(&store, &jobs).await;
+    assert_eq!(
+        broker.message_count(&marker).await.unwrap(),
+        1,
+        "left again"
+    );
+    assert!(provisioner.is_running());
+}
+
+/// A provisioner restarted on a broker that lost nothing hands nothing back: the marker is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provisioner_restarted_on_an_intact_broker_hands_nothing_back() {
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let store = env.store().await;
+    let app = spawn_app(&env).await;
+    let provisioner = spawn_provisioner(&env, &app.address).await;
+    let broker = env.broker().await;
+    let marker = the_marker_left(&broker).await;
+    let jobs = create_jobs_handed_over(&app, &store, 20, 10).await;
+    provisioner.stop().await;
+
+    let built = spot_provisioner::Provisioner::build(env.settings.clone())
+        .await
+        .unwrap();
+    built
+        .broker()
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(built.check_broker_after_link(false).await.unwrap(), None);
+    let provisioner = run_provisioner(built);
+    eventually(Duration::from_secs(30), "every fire recorded", || async {
+        (count_runs(&store, &jobs).await? >= jobs.len()).then_some(())
+    })
+    .await;
+    let events = store.event_counts().await.unwrap();
+    assert_eq!(events.get("rearmed_after_link_loss"), None);
+    assert_eq!(broker.message_count(&marker).await.unwrap(), 1);
+    provisioner.stop().await;
+}
+
+/// The api and a provisioner whose reconcile grace (600 s) is far too long to heal anything within
+/// a test's limits: what comes back in time, the provisioner handed back itself.
+async fn spawn_with_a_long_grace(env: &TestEnv) -> (Settings, TestApp, Running) {
     let mut settings = env.settings.clone();
     settings.provisioner.reconcile_grace_secs = 600;
     let app = spawn_app_with(settings.clone()).await;
-    let provisioner = spawn_provisioner_with(settings, &app.address).await;
-    let due = Utc::now() + chrono::Duration::seconds(20);
-    let due_text = due.to_rfc3339();
-    let jobs: Vec<String> = futures::stream::iter(0..JOBS)
+    let provisioner = spawn_provisioner_with(settings.clone(), &app.address).await;
+    (settings, app, provisioner)
+}
+
+/// Waits for the marker a provisioner leaves in the broker; returns the marker queue's name.
+async fn the_marker_left(broker: &spot_shared::broker::Broker) -> String {
+    let marker = broker.topology().state_marker();
+    eventually(Duration::from_secs(10), "the marker left", || async {
+        (broker.message_count(&marker).await.ok()? == 1).then_some(())
+    })
+    .await;
+    marker
+}
+
+/// `count` dummy jobs due in `secs`, once the pump has handed every one of them to RabbitMQ (with
+/// a moment for the publishes' confirms).
+async fn create_jobs_handed_over(
+    app: &TestApp,
+    store: &Store,
+    count: usize,
+    secs: i64,
+) -> Vec<String> {
+    let due_text = in_secs(secs);
+    let jobs: Vec<String> = futures::stream::iter(0..count)
         .map(|_| app.create_job(ACCOUNT_KEY, dummy(&due_text)))
         .buffer_unordered(32)
         .collect()
         .await;
-    // Due within the pump's horizon: handed over at once; wait until RabbitMQ holds them all.
     eventually(
         Duration::from_secs(15),
         "the timers taken by the pump",
         || async { (store.unarmed_count().await.ok()? == 0).then_some(()) },
     )
     .await;
-    // Published (with confirms) a moment after they are taken.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(lose(&env) > 0, "the queues existed");
+    jobs
+}
 
+/// Each of `jobs` fires once and under 5 s late, brought back by a provisioner's hand-back (the
+/// tests set the reconcile grace to 600 s).
+async fn fired_once_and_on_time(store: &Store, jobs: &[String]) {
     eventually(Duration::from_secs(40), "every fire recorded", || async {
-        (count_runs(&store, &jobs).await? >= JOBS).then_some(())
+        (count_runs(store, jobs).await? >= jobs.len()).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut latest = chrono::Duration::zero();
-    for job in &jobs {
+    for job in jobs {
         let runs = store.job_run_ids(job, 0).await.unwrap();
         assert_eq!(runs.len(), 1, "{job} fired once");
         let run = store.get_run(&runs[0]).await.unwrap().unwrap();
@@ -303,8 +402,7 @@ async fn lost_timers_fire_on_time(lose: impl Fn(&TestEnv) -> usize) {
         "the lost fires were late by {latest} (the reconciler would have taken 600 s)"
     );
     let events = store.event_counts().await.unwrap();
-    assert!(events.get("rearmed_after_link_loss").copied().unwrap_or(0) >= JOBS as u64);
-    assert!(provisioner.is_running());
+    assert!(events.get("rearmed_after_link_loss").copied().unwrap_or(0) >= jobs.len() as u64);
 }
 
 /// A RabbitMQ cluster's node that does not answer: the services try the next node of

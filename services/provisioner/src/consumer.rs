@@ -42,8 +42,8 @@ impl Provisioner {
         let reconciler = self.supervised("reconciler", |this| async move {
             this.reconcile_forever().await
         });
-        let rearmer = self.supervised("rearm_after_link_loss", |this| async move {
-            this.rearm_after_link_loss().await
+        let rearmer = self.supervised("check_broker_after_links", |this| async move {
+            this.check_broker_after_links().await
         });
         let topology_watch = self.supervised("topology_watch", |this| async move {
             this.watch_topology().await
@@ -87,32 +87,34 @@ impl Provisioner {
         }
     }
 
-    /// Each time the link to RabbitMQ is made again after a loss, hands back to the pump every fire
-    /// due within the pump's horizon (see [`Provisioner::rearm_within_horizon`]), until dropped.
-    async fn rearm_after_link_loss(&self) {
+    /// On each new link to RabbitMQ (the first one too), hands the fires RabbitMQ may have lost back
+    /// to the pump (see [`Provisioner::check_broker_after_link`]), until dropped.
+    async fn check_broker_after_links(&self) {
         let mut links = self.broker.links_opened();
-        while links.changed().await.is_ok() {
-            if *links.borrow_and_update() <= 1 {
-                continue;
-            }
-            let mut backoff = std::time::Duration::from_millis(200);
-            // Redis may be the one away: keep trying until the hand-back is done.
-            loop {
-                match self.rearm_within_horizon().await {
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "re-arming after the link loss failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                    }
+        // The first link may be up before this task starts, so the count is read, not only waited for.
+        let mut checked = 0;
+        loop {
+            let opened = *links.borrow_and_update();
+            if opened > checked {
+                checked = opened;
+                let mut backoff = std::time::Duration::from_millis(200);
+                // Redis, or the link itself, may be away: keep trying until the check is done. A
+                // link lost meanwhile is checked again after this one, as a link after a loss.
+                while let Err(err) = self.check_broker_after_link(opened > 1).await {
+                    tracing::warn!(error = %err, "checking RabbitMQ after a new link failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
+            }
+            if links.changed().await.is_err() {
+                return;
             }
         }
     }
 
     /// Looks for every queue of the topology each [`TOPOLOGY_CHECK`] and, when one is gone, makes the
     /// link again (which declares it again and re-arms the horizon, see
-    /// [`Provisioner::rearm_after_link_loss`]), until dropped. A deleted fires queue cancels its
+    /// [`Provisioner::check_broker_after_link`]), until dropped. A deleted fires queue cancels its
     /// consumer and is noticed at once, but nothing consumes the timer levels: a level deleted
     /// after the link was made (the rest of a wipe) would lose its timers until the reconciler
     /// found them overdue by its grace.

@@ -110,6 +110,10 @@ impl Provisioner {
         &self.store
     }
 
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
     /// Handles one fire: waits out the sub-unit remainder, checks the job still wants it, applies the
     /// misfire and concurrency policies, records the run once, arms the next occurrence and launches.
     /// A retry or run-now is let go of in Redis once handled (see [`Store::forget_fire`]).
@@ -419,14 +423,11 @@ impl Provisioner {
     }
 
     /// Hands back to the pump every fire due before the pump's horizon is out and not yet recorded:
-    /// what RabbitMQ held may be gone with a lost link (a wiped vhost, deleted queues), and without
-    /// this the reconciler would find it only once overdue by its grace. Every provisioner does it
-    /// on each of its own new links, with no turn shared between them: a wipe deletes queues one
-    /// by one, and a provisioner that re-made its link midway may refill a level that is deleted
-    /// next, so a turn held by it would keep the re-arm after the next loss from happening. Fires
-    /// that were not lost arrive twice or more and are recorded once; the cost is one horizon of
-    /// timers per loss per provisioner.
-    pub async fn rearm_within_horizon(&self) -> Result<ReconcileReport> {
+    /// what RabbitMQ held may be gone (see [`Provisioner::check_broker_after_link`]; `why` says
+    /// what made it look so), and without this the reconciler would find it only once overdue by
+    /// its grace. Fires that were not lost arrive twice or more and are recorded once; the cost is
+    /// one horizon of timers per loss per provisioner.
+    pub async fn rearm_within_horizon(&self, why: &str) -> Result<ReconcileReport> {
         let (ahead, _) = self.pump_horizon();
         let report = self
             .store
@@ -434,7 +435,8 @@ impl Provisioner {
             .await?;
         tracing::warn!(
             ?report,
-            "RabbitMQ link made again: fires within the horizon handed back to the pump"
+            why,
+            "fires within the horizon handed back to the pump"
         );
         self.store
             .note_event(
@@ -442,6 +444,44 @@ impl Provisioner {
                 (report.scheduled + report.delayed) as u64,
             )
             .await;
+        Ok(report)
+    }
+
+    /// What a new link to RabbitMQ (`after_loss`: not this provisioner's first) calls for: the
+    /// fires within the horizon handed back to the pump ([`Provisioner::rearm_within_horizon`]) when
+    /// RabbitMQ may have lost the timers it held, and the broker's marker left again if it is gone.
+    /// It may have lost them:
+    /// - after a lost link (a restart, a wiped vhost, deleted queues). Every provisioner re-arms on
+    ///   each of its own new links, with no turn shared between them: a wipe deletes queues one by
+    ///   one, and a provisioner that re-made its link midway may refill a level deleted next, so a
+    ///   turn held by it would keep the re-arm after the next loss from happening;
+    /// - when the broker has lost the marker a provisioner left in it before (the store remembers
+    ///   that one was left), even on a first link: the queues were deleted or the node replaced
+    ///   while no provisioner was linked, and the api or the reaper may have declared them again,
+    ///   empty, since.
+    ///
+    /// The hand-back comes before the marker, so a crash between the two re-arms again next time
+    /// rather than not at all. Returns the hand-back's report, if there was one.
+    pub async fn check_broker_after_link(
+        &self,
+        after_loss: bool,
+    ) -> Result<Option<ReconcileReport>> {
+        let marker_present = self.broker.state_marker_present().await?;
+        let why = if after_loss {
+            Some("RabbitMQ link made again")
+        } else if !marker_present && self.store.broker_marked().await? {
+            Some("RabbitMQ has lost the marker left in it: its queues were deleted or replaced")
+        } else {
+            None
+        };
+        let report = match why {
+            Some(why) => Some(self.rearm_within_horizon(why).await?),
+            None => None,
+        };
+        if !marker_present {
+            self.broker.leave_state_marker().await?;
+            self.store.note_broker_marked().await?;
+        }
         Ok(report)
     }
 

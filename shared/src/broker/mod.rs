@@ -421,6 +421,19 @@ impl Broker {
         Ok(declared?.message_count())
     }
 
+    /// Whether the broker holds the marker [`Broker::leave_state_marker`] leaves (see
+    /// [`Topology::state_marker`]): without it, it has lost whatever it held when the marker was left.
+    pub async fn state_marker_present(&self) -> Result<bool> {
+        Ok(self.message_count(&self.topology().state_marker()).await? > 0)
+    }
+
+    /// Leaves the marker (persistent, the queue keeps one), confirmed by the broker.
+    pub async fn leave_state_marker(&self) -> Result<()> {
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let marker = self.topology().state_marker();
+        self.publish_bytes("", &marker, b"held", properties).await
+    }
+
     /// The first queue of the topology that the broker does not have, if any (passive declares on a
     /// channel of their own, which a missing queue closes). Nothing consumes the timer levels, so a
     /// level deleted after the topology was declared would otherwise go unnoticed until a publish

@@ -7,6 +7,9 @@
 //! - `ns.fires`: every due timer ends here; the provisioner consumes it
 //! - `ns.terminate`: instances to terminate; the reaper consumes it
 //! - `ns.dead`: messages a consumer refused as malformed, kept for inspection
+//! - `ns.marker`: one message a provisioner leaves, never consumed: a broker found without it has
+//!   lost what it held (its queues deleted, its vhost or node replaced), whoever declared the
+//!   queues again since; the provisioner then hands the timers it had given it back to the pump
 
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -50,12 +53,17 @@ impl Topology {
         format!("{}.dead", self.namespace)
     }
 
+    pub fn state_marker(&self) -> String {
+        format!("{}.marker", self.namespace)
+    }
+
     /// Every queue [`Topology::declare`] makes: what a check of the topology looks for.
     pub fn queue_names(&self) -> Vec<String> {
         let mut names = vec![
             self.dead_letters(),
             self.fires_queue(),
             self.terminate_queue(),
+            self.state_marker(),
         ];
         names.extend((0..self.timers.levels()).map(|level| self.timers.level_name(level)));
         names
@@ -102,6 +110,17 @@ impl Topology {
                 .queue_declare(queue.as_str().into(), durable_queue(), work_args.clone())
                 .await?;
         }
+
+        // The marker: one message at most (a second left by a provisioner starting beside another
+        // pushes the first out), reached through the default exchange.
+        let marker_args = table(&[quorum.clone(), ("x-max-length", AMQPValue::LongLongInt(1))]);
+        channel
+            .queue_declare(
+                topology.state_marker().as_str().into(),
+                durable_queue(),
+                marker_args,
+            )
+            .await?;
 
         // The due exchange delivers every timer to the fires queue.
         let due = timers.due_exchange();

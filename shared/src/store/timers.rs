@@ -13,6 +13,9 @@
 //!   a timer set at or before the instant is armed at once ([`super::scripts::ARM_LUA`]). So a job
 //!   waiting for next month is one sorted-set entry, not two, and no fire falls between the two
 //!   sets: the bound moves and the timers are written in atomic steps that both read it.
+//! - `p:timers:broker_marked`: set once a provisioner has left its marker in RabbitMQ
+//!   ([`crate::broker::Broker::leave_state_marker`]): from then on, a broker found without the marker
+//!   has lost timers handed to it, where one never marked may simply be new.
 
 use std::sync::LazyLock;
 
@@ -24,6 +27,8 @@ use super::scripts::{ARM_LUA, ARM_MANY, JOB_STATE_LUA};
 use super::Store;
 use crate::error::Result;
 use crate::messages::FireMessage;
+
+const BROKER_MARKED: &str = "timers:broker_marked";
 
 /// The member naming a fire in `timers:unarmed` (and, for a delayed one, in `timers:delayed`): a
 /// scheduled fire is `{job}|{generation}` (its instant is the score); a retry or a run-now also carries
@@ -297,6 +302,19 @@ return 1
                 parse_timer_member(member, score)
             })
             .collect())
+    }
+
+    /// Whether a provisioner has left its marker in RabbitMQ before (see the keys above).
+    pub async fn broker_marked(&self) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(conn.exists(self.key(BROKER_MARKED)).await?)
+    }
+
+    /// Notes that a provisioner left its marker in RabbitMQ.
+    pub async fn note_broker_marked(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.set(self.key(BROKER_MARKED), 1).await?;
+        Ok(())
     }
 
     /// How many fires wait for the pump to hand them over (in every shard).

@@ -466,10 +466,13 @@ impl Provisioner {
         &self,
         after_loss: bool,
     ) -> Result<Option<ReconcileReport>> {
+        // The store's note first: it is written after the marker, so a provisioner starting beside
+        // one that is leaving the first marker never reads the note without the marker.
+        let marked_before = self.store.broker_marked().await?;
         let marker_present = self.broker.state_marker_present().await?;
         let why = if after_loss {
             Some("RabbitMQ link made again")
-        } else if !marker_present && self.store.broker_marked().await? {
+        } else if marked_before && !marker_present {
             Some("RabbitMQ has lost the marker left in it: its queues were deleted or replaced")
         } else {
             None

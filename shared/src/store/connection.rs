@@ -1,10 +1,11 @@
 //! The store's one connection: a single Redis (a self-reconnecting [`ConnectionManager`]) or a Redis
-//! Cluster (the `redis` crate's cluster client, which follows the slot map through failovers), and
-//! the `WAIT` that makes an acknowledged write outlive its primary.
+//! Cluster (the `redis` crate's cluster client, which follows the slot map through failovers, made
+//! anew when it stalls: [`HealingCluster`]), and the `WAIT` that makes an acknowledged write outlive
+//! its primary.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -20,11 +21,118 @@ use crate::error::{Error, Result};
 /// otherwise hold the shared connection for the whole timeout.
 const DEGRADED_FOR: Duration = Duration::from_secs(5);
 
+/// How long every request on a cluster connection must have timed out, none answered, before the
+/// connection is given up for a new one.
+const STALLED_FOR: Duration = Duration::from_secs(30);
+
 /// A connection to a single Redis or to a cluster; cheap to clone, commands multiplexed.
 #[derive(Clone)]
 pub(super) enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(HealingCluster),
+}
+
+/// A cluster connection that is replaced by a new one once its requests have only timed out for
+/// [`STALLED_FOR`]. The client's own recovery after a failover (a refresh of the slot map) can hang
+/// for good: seen in the chaos scenario on the clusters, where after a primary was killed one
+/// provisioner's every call timed out for minutes, its client having begun one refresh and never
+/// finished it, while every other process recovered within seconds. A clone takes the current
+/// connection.
+pub(super) struct HealingCluster {
+    conn: ClusterConnection,
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: redis::cluster::ClusterClient,
+    config: redis::cluster::ClusterConfig,
+    state: Mutex<ClusterState>,
+}
+
+struct ClusterState {
+    current: ClusterConnection,
+    stall: Stall,
+}
+
+impl Clone for HealingCluster {
+    fn clone(&self) -> Self {
+        let state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        HealingCluster {
+            conn: state.current.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl HealingCluster {
+    fn new(client: redis::cluster::ClusterClient, config: redis::cluster::ClusterConfig) -> Self {
+        let conn = client.get_pending_async_connection_with_config(config.clone());
+        HealingCluster {
+            conn: conn.clone(),
+            shared: Arc::new(ClusterShared {
+                client,
+                config,
+                state: Mutex::new(ClusterState {
+                    current: conn,
+                    stall: Stall::default(),
+                }),
+            }),
+        }
+    }
+
+    /// Notes how a request ended; a timeout that completes a stall makes the next clones use a
+    /// new connection (requests in flight on the old one end as they would have).
+    fn observe<T>(&self, result: &redis::RedisResult<T>) {
+        let timed_out = match result {
+            Ok(_) => false,
+            Err(err) => err.is_timeout(),
+        };
+        let mut state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !timed_out {
+            state.stall.answered();
+        } else if state.stall.timed_out(Instant::now()) {
+            tracing::warn!(
+                stalled_for = ?STALLED_FOR,
+                "every Redis Cluster request has timed out for a while; connecting anew"
+            );
+            state.current = self
+                .shared
+                .client
+                .get_pending_async_connection_with_config(self.shared.config.clone());
+        }
+    }
+}
+
+/// Whether a connection's requests have done nothing but time out for [`STALLED_FOR`]. An answer
+/// of any kind, an error included, shows the connection alive.
+#[derive(Debug, Default)]
+struct Stall {
+    since: Option<Instant>,
+}
+
+impl Stall {
+    fn answered(&mut self) {
+        self.since = None;
+    }
+
+    /// Notes a timeout at `now`: `true` when the timeouts began [`STALLED_FOR`] ago or more with
+    /// no answer between (and the count starts over, for the new connection).
+    fn timed_out(&mut self, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= STALLED_FOR {
+            self.since = None;
+            return true;
+        }
+        false
+    }
 }
 
 impl Connection {
@@ -51,9 +159,7 @@ impl Connection {
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(Duration::from_secs(2))
                 .set_response_timeout(Duration::from_secs(15));
-            return Ok(Connection::Cluster(
-                client.get_pending_async_connection_with_config(config),
-            ));
+            return Ok(Connection::Cluster(HealingCluster::new(client, config)));
         }
         let client = redis::Client::open(settings.url.expose_secret()).map_err(bad_url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -72,7 +178,11 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(conn) => conn.req_packed_command(cmd),
-            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(cluster) => Box::pin(async move {
+                let result = cluster.conn.req_packed_command(cmd).await;
+                cluster.observe(&result);
+                result
+            }),
         }
     }
 
@@ -84,14 +194,21 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => Box::pin(async move {
+                let result = cluster
+                    .conn
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                cluster.observe(&result);
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(conn) => conn.get_db(),
-            Connection::Cluster(conn) => conn.get_db(),
+            Connection::Cluster(cluster) => cluster.conn.get_db(),
         }
     }
 }
@@ -139,10 +256,12 @@ impl Replication {
         wait.arg(self.replicas).arg(self.timeout_ms);
         let acked: i64 = match conn {
             Connection::Single(conn) => wait.query_async(conn).await?,
-            Connection::Cluster(conn) => {
+            Connection::Cluster(cluster) => {
                 let primary = Route::with_key(slot_key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
-                let answer = conn.route_command(wait, routing).await?;
+                let answer = cluster.conn.route_command(wait, routing).await;
+                cluster.observe(&answer);
+                let answer = answer?;
                 redis::from_redis_value(answer).map_err(redis::RedisError::from)?
             }
         };
@@ -158,5 +277,26 @@ impl Replication {
             DEGRADED_FOR
         );
         Ok(Replicated::Short)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_timeouts_for_the_whole_stretch_give_a_connection_up() {
+        let start = Instant::now();
+        let mut stall = Stall::default();
+        assert!(!stall.timed_out(start));
+        assert!(!stall.timed_out(start + STALLED_FOR / 2));
+        // An answer in between starts the stretch over.
+        stall.answered();
+        assert!(!stall.timed_out(start + STALLED_FOR));
+        assert!(!stall.timed_out(start + STALLED_FOR + STALLED_FOR / 2));
+        assert!(stall.timed_out(start + STALLED_FOR * 2));
+        // Given up once; the new connection gets a stretch of its own.
+        assert!(!stall.timed_out(start + STALLED_FOR * 2));
+        assert!(stall.timed_out(start + STALLED_FOR * 3));
     }
 }

@@ -13,9 +13,11 @@
 //!   a timer set at or before the instant is armed at once ([`super::scripts::ARM_LUA`]). So a job
 //!   waiting for next month is one sorted-set entry, not two, and no fire falls between the two
 //!   sets: the bound moves and the timers are written in atomic steps that both read it.
-//! - `p:timers:broker_marked`: set once a provisioner has left its marker in RabbitMQ
-//!   ([`crate::broker::Broker::leave_state_marker`]): from then on, a broker found without the marker
-//!   has lost timers handed to it, where one never marked may simply be new.
+//!
+//! And one key under the store's own prefix, not a shard's: `p:timers:broker_marked`, set once a
+//! provisioner has left its marker in RabbitMQ ([`crate::broker::Broker::leave_state_marker`]): from
+//! then on, a broker found without the marker has lost timers handed to it, where one never marked
+//! may simply be new.
 
 use std::sync::LazyLock;
 

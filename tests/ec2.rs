@@ -430,8 +430,10 @@ async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
     stack
         .services
         .push(spawn_provisioner(&stack.env, &stack.app.address).await);
-    // A retry's wait is drawn from 0 to its backoff: an hour here, so that attempt 2 is still
-    // waiting in Redis when the test looks (with 10 s it was sometimes launched already).
+    // A retry's wait is drawn from 0 to its backoff: an hour here, and the provisioner is stopped
+    // once attempt 1 runs, so that attempt 2 waits in Redis whatever its draw. (With the
+    // provisioner left running, a draw under the pump's horizon handed attempt 2 to RabbitMQ, or
+    // launched it before the test's end.)
     let job = stack
         .job_with_policies(
             "sleep 300",
@@ -444,6 +446,7 @@ async fn a_spot_reclaim_the_agent_never_reported_ends_interrupted() {
         stack.instance(&instance_id).await.unwrap()["lifecycle"],
         "spot"
     );
+    stack.services.pop().expect("the provisioner").stop().await;
     // The reclaim: the instance goes away, and its agent with it, without a word.
     stack.player.kill_agent(&instance_id);
     stack

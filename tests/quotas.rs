@@ -411,21 +411,6 @@ async fn an_accounts_history_bytes_are_bounded_and_freed_as_runs_go() {
     app.service.stop().await;
 }
 
-/// The store of `env` and a job created through its api (the account's first), to copy.
-async fn stored_template(env: &TestEnv) -> (spot_shared::store::Store, spot_shared::model::Job) {
-    let store = env.store().await;
-    let app = spawn_app(env).await;
-    let id = app
-        .create_job(
-            ACCOUNT_KEY,
-            json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
-        )
-        .await;
-    let template = store.get_job(&id).await.unwrap().unwrap();
-    app.service.stop().await;
-    (store, template)
-}
-
 /// The store's side of creates sent together (the api's create queue hands over up to 128 in one
 /// script): each account is counted on its own, in order, however its jobs are interleaved with
 /// another's.

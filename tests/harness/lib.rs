@@ -280,6 +280,30 @@ impl TestEnv {
         (conn, keys)
     }
 
+    /// The key `parts` under this test's plain prefix, as the store names it (`{prefix}:…` on a
+    /// cluster, where the prefix is a hash tag).
+    pub fn plain_key(&self, parts: &str) -> String {
+        match self.redis_cluster {
+            Some(_) => format!("{{{}}}:{parts}", self.name),
+            None => format!("{}:{parts}", self.name),
+        }
+    }
+
+    /// One command sent past the store, to the single Redis or the cluster this test is on: for
+    /// tests that read or set records the store hides.
+    pub fn raw_query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match &self.redis_cluster {
+            Some(nodes) => {
+                let client = redis::cluster::ClusterClient::new(nodes.to_vec()).unwrap();
+                cmd.query(&mut client.get_connection().unwrap()).unwrap()
+            }
+            None => {
+                let client = redis::Client::open(redis_url()).unwrap();
+                cmd.query(&mut client.get_connection().unwrap()).unwrap()
+            }
+        }
+    }
+
     pub async fn broker(&self) -> Broker {
         let broker = Broker::connect(&self.settings.rabbitmq)
             .await
@@ -832,6 +856,23 @@ pub async fn spotctl_output(env: &TestEnv, app: &TestApp, key: &str, args: &[&st
         .await
         .expect("spotctl runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The store of `env` and a job created through its api (the account's first), to copy.
+pub async fn stored_template(
+    env: &TestEnv,
+) -> (spot_shared::store::Store, spot_shared::model::Job) {
+    let store = env.store().await;
+    let app = spawn_app(env).await;
+    let id = app
+        .create_job(
+            ACCOUNT_KEY,
+            serde_json::json!({"schedule": "@hourly", "runner": {"type": "dummy", "template": "x"}}),
+        )
+        .await;
+    let template = store.get_job(&id).await.unwrap().unwrap();
+    app.service.stop().await;
+    (store, template)
 }
 
 /// Waits until the api at `base` answers `/healthcheck` with 200 (Redis and RabbitMQ reachable).

@@ -119,8 +119,8 @@ impl Store {
                 let (account, group, id) = note.clone().unwrap_or_default();
                 let gone = note.is_some() && !exists;
                 script
-                    .key(self.key(&format!("account:{account}:jobs")))
-                    .key(self.key(&format!("account:{account}:group:{group}:jobs")))
+                    .key(self.index_key(&account, None))
+                    .key(self.index_key(&account, Some(&group)))
                     .arg(member)
                     .arg(score)
                     .arg(&id)

@@ -13,27 +13,32 @@ use std::sync::LazyLock;
 use chrono::Utc;
 use redis::Script;
 
+use super::account_groups::{ACCOUNT_GROUPS_LUA, SPLIT_AT_ONCE_MAX};
 use super::job_record::stored_job_json;
 use super::scripts::{ARM_MANY_LUA, PAIRS_PER_CALL};
 use super::timers::{arm_many, unarmed_member, UNARMED};
 use super::Store;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Job;
 
 /// Creates jobs, each unless its account holds its `max_jobs` already: each job's count and writes
 /// in one step, in order, so a create costs one round trip (shared by the creates sent together)
 /// and creates racing at the limit cannot pass it. Per job, KEYS: account index, group index, job
-/// record, timers, unarmed timers; ARGV: job id, creation (ms), record, next fire (ms, '' for
-/// none), unarmed member, max_jobs. Returns, per job, -1 when created, else the account's job
-/// count.
+/// record, timers, unarmed timers, the account's `one_group`; ARGV: job id, creation (ms), record,
+/// next fire (ms, '' for none), unarmed member, max_jobs, group. Returns, per job, -1 when
+/// created, else the account's job count; or `{-2, i}` with nothing written when the account of
+/// job `i` (from 0) keeps one other group and is too large to split here
+/// ([`super::account_groups`]).
 ///
 /// Each account is counted once (`ZCARD`) and its count kept in the script as jobs are let in;
 /// the writes are gathered and made at the end, one variadic command per key (`ZADD`, `MSET`):
 /// Redis spends more on each command a script calls than on adding one member, so a script of
-/// 128 creates makes a handful of calls where it made six a job.
+/// 128 creates makes a handful of calls where it made six a job. A group's index is written only
+/// if its account ends the script keeping group indexes.
 const CREATE_JOBS: &str = r#"
-local created, held = {}, {}
+local created, held, states = {}, {}, {}
 local adds, add_keys, records, unarmed, unarmed_keys = {}, {}, {}, {}, {}
+local group_owner = {}
 local function push(lists, keys, key, score, member)
   local list = lists[key]
   if not list then
@@ -44,17 +49,30 @@ local function push(lists, keys, key, score, member)
   list[#list + 1] = score
   list[#list + 1] = member
 end
-for i = 0, #KEYS / 5 - 1 do
-  local k, a = i * 5, i * 6
+for i = 0, #KEYS / 6 - 1 do
+  local k, a = i * 6, i * 7
   local account = KEYS[k + 1]
   local count = held[account] or redis.call('ZCARD', account)
   if count >= tonumber(ARGV[a + 6]) then
     created[#created + 1] = count
   else
+    local state, group = states[account], ARGV[a + 7]
+    if not state then
+      local kind, one_group = groups_state(KEYS[k + 6], account)
+      state = {kind = kind, group = one_group, one = KEYS[k + 6]}
+      states[account] = state
+    end
+    if state.kind == 'E' then
+      state.kind, state.group, state.new = 'S', group, true
+    elseif state.kind ~= 'M' and state.group ~= group then
+      if not state.new and count > SPLIT_AT_ONCE_MAX then return {-2, i} end
+      state.kind, state.split = 'M', not state.new
+    end
     held[account] = count + 1
     local id, at = ARGV[a + 1], ARGV[a + 2]
     push(adds, add_keys, account, at, id)
     push(adds, add_keys, KEYS[k + 2], at, id)
+    group_owner[KEYS[k + 2]] = account
     records[#records + 1] = KEYS[k + 3]
     records[#records + 1] = ARGV[a + 3]
     if ARGV[a + 4] ~= '' then
@@ -64,14 +82,38 @@ for i = 0, #KEYS / 5 - 1 do
     created[#created + 1] = -1
   end
 end
+for account, state in pairs(states) do
+  if state.split then
+    split_now(state.one, account, state.group)
+  elseif state.new then
+    if state.kind == 'S' then
+      redis.call('SET', state.one, 'S:' .. state.group)
+    else
+      redis.call('SET', state.one, 'M:')
+    end
+  end
+end
 -- At most PAIRS_PER_CALL jobs a call, so every list unpacks within Lua's stack limit.
 if #records > 0 then redis.call('MSET', unpack(records)) end
-for _, key in ipairs(add_keys) do redis.call('ZADD', key, unpack(adds[key])) end
+for _, key in ipairs(add_keys) do
+  local owner = group_owner[key]
+  if not owner or states[owner].kind ~= 'S' then redis.call('ZADD', key, unpack(adds[key])) end
+end
 for _, key in ipairs(unarmed_keys) do arm_many(key, unarmed[key]) end
 return created
 "#;
-static CREATE_JOBS_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{ARM_MANY_LUA}{CREATE_JOBS}")));
+static CREATE_JOBS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+            "{ARM_MANY_LUA}{ACCOUNT_GROUPS_LUA}local SPLIT_AT_ONCE_MAX = {SPLIT_AT_ONCE_MAX}\n{CREATE_JOBS}"
+        ))
+});
+
+/// What one create script did: created (or refused) every job, or nothing because this account
+/// must be split first.
+enum OneStep<'a> {
+    Done(Vec<Created>),
+    SplitFirst(&'a str),
+}
 
 /// What [`Store::create_job`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,14 +145,19 @@ impl Store {
         }
         let mut created = Vec::with_capacity(jobs.len());
         for part in jobs.chunks(PAIRS_PER_CALL) {
-            created.extend(self.create_jobs_in_one_step(part).await?);
+            loop {
+                match self.create_jobs_in_one_step(part).await? {
+                    OneStep::Done(done) => break created.extend(done),
+                    OneStep::SplitFirst(account) => self.split_account_groups(account).await?,
+                }
+            }
         }
         Ok(created)
     }
 
     /// [`Store::create_jobs`] for at most [`PAIRS_PER_CALL`] jobs whose accounts' indexes
     /// share their node or slot: one script.
-    async fn create_jobs_in_one_step(&self, jobs: &[(&Job, u64)]) -> Result<Vec<Created>> {
+    async fn create_jobs_in_one_step<'a>(&self, jobs: &[(&'a Job, u64)]) -> Result<OneStep<'a>> {
         let mut script = CREATE_JOBS_SCRIPT.prepare_invoke();
         for (job, max_jobs) in jobs {
             let next = job
@@ -118,30 +165,41 @@ impl Store {
                 .map(|next| next.timestamp_millis().to_string())
                 .unwrap_or_default();
             script
-                .key(self.account_index(job, None))
-                .key(self.account_index(job, Some(&job.group)))
+                .key(self.index_key(&job.account, None))
+                .key(self.index_key(&job.account, Some(&job.group)))
                 .key(self.owned_key(&job.id, &format!("job:{}", job.id)))
                 .key(self.owned_key(&job.id, "timers"))
                 .key(self.owned_key(&job.id, UNARMED))
+                .key(self.one_group_key(&job.account))
                 .arg(&job.id)
                 .arg(job.created_at.timestamp_millis())
                 .arg(stored_job_json(job)?)
                 .arg(next)
                 .arg(unarmed_member(&job.id, job.generation))
-                .arg(max_jobs);
+                .arg(max_jobs)
+                .arg(&job.group);
         }
         let mut conn = self.conn.clone();
         let held: Vec<i64> = script.invoke_async(&mut conn).await?;
+        if let [-2, index] = held[..] {
+            let account = usize::try_from(index)
+                .ok()
+                .and_then(|index| jobs.get(index))
+                .map(|(job, _)| job.account.as_str())
+                .ok_or_else(|| Error::internal("the create script named no job to split"))?;
+            return Ok(OneStep::SplitFirst(account));
+        }
         if held.contains(&-1) {
             self.replicated(&jobs[0].0.id).await?;
         }
-        Ok(held
-            .into_iter()
-            .map(|held| match u64::try_from(held) {
-                Ok(held) => Created::OverQuota(held),
-                Err(_) => Created::Saved,
-            })
-            .collect())
+        Ok(OneStep::Done(
+            held.into_iter()
+                .map(|held| match u64::try_from(held) {
+                    Ok(held) => Created::OverQuota(held),
+                    Err(_) => Created::Saved,
+                })
+                .collect(),
+        ))
     }
 
     /// [`Store::create_jobs`] where the accounts' indexes are on another node than the jobs: the
@@ -177,6 +235,16 @@ impl Store {
     pub async fn save_new_jobs(&self, jobs: &[Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
+        }
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for job in jobs {
+            let of_account = groups.entry(&job.account).or_default();
+            if !of_account.contains(&job.group.as_str()) {
+                of_account.push(&job.group);
+            }
+        }
+        for (account, groups) in &groups {
+            self.prepare_groups(account, groups).await?;
         }
         let mut conn = self.conn.clone();
         let mut indexes = redis::pipe();
@@ -220,20 +288,18 @@ impl Store {
         Ok(())
     }
 
-    /// Adds every job to its account's index and its group's, one `ZADD` per index.
+    /// Adds every job to its account's index and its group's (where the account keeps one), one
+    /// script per account and group.
     fn index_new_jobs(&self, pipe: &mut redis::Pipeline, jobs: &[Job]) {
-        let mut entries: BTreeMap<String, Vec<(i64, &str)>> = BTreeMap::new();
+        let mut entries: BTreeMap<(&str, &str), Vec<(i64, &str)>> = BTreeMap::new();
         for job in jobs {
-            let created = job.created_at.timestamp_millis();
-            for index in [
-                self.account_index(job, None),
-                self.account_index(job, Some(&job.group)),
-            ] {
-                entries.entry(index).or_default().push((created, &job.id));
-            }
+            entries
+                .entry((&job.account, &job.group))
+                .or_default()
+                .push((job.created_at.timestamp_millis(), &job.id));
         }
-        for (index, members) in &entries {
-            pipe.zadd_multiple(index, members).ignore();
+        for ((account, group), members) in &entries {
+            self.index_jobs(pipe, account, group, members);
         }
     }
 

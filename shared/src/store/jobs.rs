@@ -3,7 +3,8 @@
 //! Keys, under the prefix `p` (the job's record under its shard's, [`super::shards`]):
 //! - `p:job:{id}`: the job as JSON ([`super::job_record`]: `enabled` and `generation` lead, defaults
 //!   left out)
-//! - `p:account:{a}:jobs`, `p:account:{a}:group:{g}:jobs`: job ids scored by creation time
+//! - `p:account:{a}:jobs`, `p:account:{a}:group:{g}:jobs`: job ids scored by creation time (an
+//!   account that uses one group keeps no group index: [`super::account_groups`])
 //! - `p:alias:{scope}:{alias}`: a compatibility surface's name for a job; `p:set:{name}`: plain sets
 //!   the surfaces keep
 //!
@@ -34,20 +35,24 @@ impl Store {
     /// [`Store::save_job`] for a job that moves out of `old_group`: it leaves that group's index
     /// in the same step as it enters its new one, so no crash leaves it in neither.
     pub async fn save_job_from_group(&self, job: &Job, old_group: Option<&str>) -> Result<()> {
+        let old_group = old_group.filter(|old| *old != job.group);
+        if old_group.is_some() {
+            // The account may hold this job's old group alone; a new job's group is the
+            // create's to check.
+            self.prepare_groups(&job.account, &[&job.group]).await?;
+        }
         let mut conn = self.conn.clone();
         let json = stored_job_json(job)?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         let index = |pipe: &mut redis::Pipeline| {
             let created = job.created_at.timestamp_millis();
-            if let Some(old) = old_group.filter(|old| *old != job.group) {
-                pipe.zrem(self.account_index(job, Some(old)), &job.id)
+            self.index_jobs(pipe, &job.account, &job.group, &[(created, &job.id)]);
+            // After the indexing, which may copy the old group's index from the account's.
+            if let Some(old) = old_group {
+                pipe.zrem(self.index_key(&job.account, Some(old)), &job.id)
                     .ignore();
             }
-            pipe.zadd(self.account_index(job, None), &job.id, created)
-                .ignore()
-                .zadd(self.account_index(job, Some(&job.group)), &job.id, created)
-                .ignore();
         };
         if self.indexes_apart() {
             let mut first = redis::pipe();
@@ -82,14 +87,6 @@ impl Store {
         }
         pipe.query_async::<()>(&mut conn).await?;
         self.replicated_with_account(&job.id).await
-    }
-
-    /// The account's index of its jobs, or of one group's.
-    pub(super) fn account_index(&self, job: &Job, group: Option<&str>) -> String {
-        match group {
-            Some(group) => self.key(&format!("account:{}:group:{group}:jobs", job.account)),
-            None => self.key(&format!("account:{}:jobs", job.account)),
-        }
     }
 
     /// Deletes a job, its timer, its runs and their logs. Timers still in flight find no job and drop.
@@ -190,9 +187,9 @@ impl Store {
             }
         }
         let unindex = |pipe: &mut redis::Pipeline| {
-            pipe.zrem(self.account_index(job, None), &job.id)
+            pipe.zrem(self.index_key(&job.account, None), &job.id)
                 .ignore()
-                .zrem(self.account_index(job, Some(&job.group)), &job.id)
+                .zrem(self.index_key(&job.account, Some(&job.group)), &job.id)
                 .ignore();
         };
         if self.indexes_apart() {
@@ -404,18 +401,21 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
         let start = offset as isize;
         let stop = if limit == 0 {
             -1
         } else {
             start + limit as isize - 1
         };
-        let index = match group {
-            Some(group) => self.key(&format!("account:{account}:group:{group}:jobs")),
-            None => self.key(&format!("account:{account}:jobs")),
-        };
-        Ok(conn.zrevrange(index, start, stop).await?)
+        match group {
+            Some(group) => self.list_group_ids(account, group, start, stop).await,
+            None => {
+                let mut conn = self.conn.clone();
+                Ok(conn
+                    .zrevrange(self.index_key(account, None), start, stop)
+                    .await?)
+            }
+        }
     }
 
     /// Names a job by a surface's own key (seed 004's image and date, say), unless the name is taken.
@@ -480,8 +480,6 @@ impl Store {
     /// How many jobs an account holds.
     pub async fn count_jobs(&self, account: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
-        Ok(conn
-            .zcard(self.key(&format!("account:{account}:jobs")))
-            .await?)
+        Ok(conn.zcard(self.index_key(account, None)).await?)
     }
 }

@@ -33,6 +33,7 @@ use crate::config::RedisSettings;
 use crate::error::{Error, Result};
 use crate::model::{InstanceState, RunState};
 
+mod account_groups;
 mod arrays;
 mod audit;
 mod backfills;

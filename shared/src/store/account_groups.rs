@@ -32,7 +32,7 @@ use crate::error::Result;
 
 /// Lua the scripts that index jobs share: reading an account's state, and splitting it at once.
 /// Group index keys are built from the account's index key (`…:jobs` to `…:group:{g}:jobs`, as
-/// [`Store::account_index`] names them): the one group's name is only known inside.
+/// [`Store::index_key`] names them): the one group's name is only known inside.
 pub(super) const ACCOUNT_GROUPS_LUA: &str = r#"
 -- 'E', 'S', 'B' or 'M', and the one group ('S', 'B').
 local function groups_state(one, all)

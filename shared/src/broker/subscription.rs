@@ -59,7 +59,7 @@ impl Subscription {
                         // Most likely the queue is gone (a wiped or replaced node): declare it again.
                         tracing::warn!(queue = %self.queue, error = %err, "cannot consume; redeclaring");
                         self.broker.reset("a queue could not be consumed");
-                        let pause = self.backoff.next().unwrap_or(Duration::from_secs(5));
+                        let pause = self.backoff.next().unwrap_or(Duration::from_secs(1));
                         tokio::time::sleep(pause).await;
                     }
                 }

@@ -586,6 +586,37 @@ async fn every_service_heals_after_a_redis_restart() {
     assert!(stack.all_running());
 }
 
+/// An api left idle while Redis restarts answers the first request after it: the closed connection
+/// is noticed when Redis closes it, not by a user's request failing on it. Twice: Redis back within
+/// a moment, and Redis down for longer than the reconnect's own tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_api_answers_the_first_request_after_a_redis_restart() {
+    let _broker = BROKER.read().await;
+    let mut redis = RedisServer::start().await;
+    let mut env = TestEnv::new();
+    env.settings.redis.url = secrecy::SecretString::from(redis.url());
+    let app = spawn_app(&env).await;
+    let job = app.create_job(ACCOUNT_KEY, dummy("0 0 1 1 *")).await;
+    for down_for in [Duration::ZERO, Duration::from_secs(4)] {
+        redis.kill();
+        tokio::time::sleep(down_for).await;
+        redis.restart().await;
+        // Redis answers again; give the api a moment to see it, as a user would not be first.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let read = app.get(&format!("/v1/jobs/{job}"), ACCOUNT_KEY).await;
+        assert_eq!(
+            read.status(),
+            200,
+            "down for {down_for:?}: {:?}",
+            read.text().await
+        );
+        let created = app
+            .post_raw("/v1/jobs", ACCOUNT_KEY, &dummy("0 0 1 1 *").to_string())
+            .await;
+        assert_eq!(created.status(), 201, "down for {down_for:?}");
+    }
+}
+
 /// Every service starts while neither Redis nor RabbitMQ answers (both reached through fault proxies
 /// that refuse every connection), stays up answering 503 meanwhile, and works once they answer: a
 /// job created then fires once. Services started by an orchestrator before their dependencies must

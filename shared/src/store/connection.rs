@@ -11,7 +11,7 @@ use chrono::Utc;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisFuture, Value};
 use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
@@ -161,7 +161,20 @@ impl Connection {
                 .set_response_timeout(Duration::from_secs(15));
             return Ok(Connection::Cluster(HealingCluster::new(client, config)));
         }
-        let client = redis::Client::open(settings.url.expose_secret()).map_err(bad_url)?;
+        // RESP3 (Redis 6 and later; the scripts already need 6.2) makes the connection tell the
+        // manager when Redis closes it, so it reconnects then: on RESP2 it learns only from the
+        // next request, which fails, and an idle api answered its first request after a Redis
+        // restart with a 503.
+        let info = settings
+            .url
+            .expose_secret()
+            .into_connection_info()
+            .map_err(bad_url)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(bad_url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(15)))
@@ -174,10 +187,18 @@ impl Connection {
     }
 }
 
+/// On a single Redis, a request refused a connection (the manager's last reconnect failed while Redis
+/// was down) is sent once more, on the connection the refusal set going: a refused connection sent
+/// nothing, so no write can land twice.
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Single(conn) => Box::pin(async move {
+                match conn.req_packed_command(cmd).await {
+                    Err(err) if err.is_connection_refusal() => conn.req_packed_command(cmd).await,
+                    result => result,
+                }
+            }),
             Connection::Cluster(cluster) => Box::pin(async move {
                 let result = cluster.conn.req_packed_command(cmd).await;
                 cluster.observe(&result);
@@ -193,7 +214,14 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Single(conn) => Box::pin(async move {
+                match conn.req_packed_commands(pipeline, offset, count).await {
+                    Err(err) if err.is_connection_refusal() => {
+                        conn.req_packed_commands(pipeline, offset, count).await
+                    }
+                    result => result,
+                }
+            }),
             Connection::Cluster(cluster) => Box::pin(async move {
                 let result = cluster
                     .conn

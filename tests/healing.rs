@@ -586,6 +586,59 @@ async fn every_service_heals_after_a_redis_restart() {
     assert!(stack.all_running());
 }
 
+/// A provisioner stopped in the middle of a timer pump round (the timers taken out of Redis, the
+/// answer not back yet: its link to Redis made slow on purpose) ends the round first, so a
+/// provisioner started after fires every one of them, once, with no reconciler to hand lost timers
+/// back (its period is an hour here). Stopped mid-round, they were left taken and never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provisioner_stopped_mid_pump_round_leaves_no_timer_behind() {
+    use spot_tests::fault_proxy::FaultProxy;
+    let _broker = BROKER.read().await;
+    let env = TestEnv::new();
+    let app = spawn_app(&env).await;
+    let redis_url = secrecy::ExposeSecret::expose_secret(&env.settings.redis.url).to_string();
+    let (slow_link, slow_url) = FaultProxy::in_front_of(&redis_url).await;
+    let mut slow_settings = env.settings.clone();
+    slow_settings.redis.url = secrecy::SecretString::from(slow_url);
+    let provisioner = spawn_provisioner_with(slow_settings, &app.address).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let unarmed = env.plain_key("timers:unarmed");
+    slow_link.slow_down(Duration::from_millis(1500), Duration::ZERO);
+    let jobs: Vec<String> = futures::future::join_all(
+        (0..12).map(|_| app.create_job(ACCOUNT_KEY, dummy(&in_secs(15)))),
+    )
+    .await;
+    let waiting: usize = env.raw_query(redis::cmd("ZCARD").arg(&unarmed));
+    assert_eq!(waiting, jobs.len(), "the timers wait to be taken");
+    // Taken in Redis; the answer is on its way back, 1.5 s slow.
+    eventually(
+        Duration::from_secs(15),
+        "the pump to take the timers",
+        || async {
+            let left: usize = env.raw_query(redis::cmd("ZCARD").arg(&unarmed));
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    provisioner.stop().await;
+    drop(slow_link);
+
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    for job in &jobs {
+        let runs = eventually(Duration::from_secs(30), "the job's one run", || async {
+            let runs = app.runs(job).await;
+            (!runs.is_empty()).then_some(runs)
+        })
+        .await;
+        assert_eq!(runs.len(), 1, "{job}: {runs:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in &jobs {
+        assert_eq!(app.runs(job).await.len(), 1, "{job} ran once");
+    }
+}
+
 /// An api left idle while Redis restarts answers the first request after it: the closed connection
 /// is noticed when Redis closes it, not by a user's request failing on it. Twice: Redis back within
 /// a moment, and Redis down for longer than the reconnect's own tries.

@@ -55,8 +55,20 @@ impl Provisioner {
             async move { this.process_delivery(delivery).await }
         })
         .await;
-        leases.abort();
+        // A pump round takes timers out of Redis, then publishes them: aborted in between, they would
+        // wait for the reconciler (its grace and period late, or for ever with none running). So
+        // the round under way ends first, and the pump is stopped holding the lock, between rounds.
+        let between_rounds =
+            tokio::time::timeout(grace, self.pump_round.clone().lock_owned()).await;
+        if between_rounds.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the timer pump's round did not end within the grace; stopped mid-round"
+            );
+        }
         pump.abort();
+        drop(between_rounds);
+        leases.abort();
         self.release_shards().await;
         reconciler.abort();
         rearmer.abort();

@@ -85,6 +85,9 @@ pub struct Provisioner {
     pub(crate) shard_leases: Arc<ShardLeases>,
     /// Reads containers' `secrets` for agents started on this host (the local provider).
     pub(crate) secrets: Option<spot_shared::secrets::SecretResolver>,
+    /// Held by the timer pump for each round, and by a stopping provisioner so that it never stops
+    /// the pump mid-round (see [`Provisioner::run_until_stopped`]).
+    pub(crate) pump_round: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Provisioner {
@@ -103,6 +106,7 @@ impl Provisioner {
             ec2: Arc::new(ec2),
             settings: Arc::new(settings),
             shard_leases: Arc::new(ShardLeases::new()),
+            pump_round: Arc::default(),
         })
     }
 

@@ -17,9 +17,10 @@
 //! Timers are split over shards; each provisioner pumps the shards it holds the lease of
 //! ([`crate::shard_leases`]), so the pumping is shared out as provisioners are added. Taking timers
 //! is atomic in Redis besides, so a shard pumped by two (a lease changing hands) hands each timer
-//! over once. A timer taken by a pump that dies before publishing, or lost with a wiped broker,
-//! goes back to the unarmed set when the reconciler finds it overdue
-//! ([`Provisioner::reconcile_once`]).
+//! over once. A provisioner that is stopped lets the pump's round under way end first (it holds
+//! `pump_round`), so a restart leaves no timer taken and not published. A timer taken by a pump that
+//! dies before publishing (a crash), or lost with a wiped broker, goes back to the unarmed set when
+//! the reconciler finds it overdue ([`Provisioner::reconcile_once`]).
 
 use std::time::Duration;
 
@@ -52,8 +53,10 @@ impl Provisioner {
     }
 
     /// One round over the shards this provisioner holds; returns the most any one of them handed
-    /// over (a full round means more are waiting there).
+    /// over (a full round means more are waiting there). The round holds `pump_round`: it takes
+    /// timers out of Redis before it publishes them, so it must not be dropped in between.
     async fn pump_held_once(&self) -> Result<usize> {
+        let _round = self.pump_round.lock().await;
         let rounds = join_all(
             self.held_shards()
                 .await

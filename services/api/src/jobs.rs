@@ -1,287 +1,29 @@
 //! The job operations every API surface shares: create, replace, enable, disable, delete, run now.
 //! Each keeps Redis (the truth) and the timers on RabbitMQ in step: a change bumps the job's
 //! generation, so timers armed before it are dropped when they arrive.
+//!
+//! A create's spec and its checks are in `spec` (the spec alone) and `checks` (the deployment and
+//! the other jobs).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod checks;
+mod spec;
+
+pub use checks::check_source_target;
+pub use spec::{fill_placeholders, JobSpec, MAX_KEPT_COPIES};
 
 use chrono::{DateTime, Utc};
 use spot_shared::messages::FireMessage;
-use spot_shared::model::{ContainerSpec, Job, Policies, RunOverrides, Runner, Tag};
-use spot_shared::schedule::{parse_time_zone, Exclusions};
+use spot_shared::model::{Job, RunOverrides};
 use spot_shared::store::Created;
 use spot_shared::{ids, Error, Result};
 
+use self::checks::{
+    check_chains, check_instances_usable, check_notify, check_outbound_targets,
+    check_secrets_readable, enforce_quotas,
+};
 use crate::audit::Actor;
 use crate::auth::Caller;
 use crate::state::AppState;
-
-/// What a user specifies of a job; the rest (id, account, generation, times) is the system's.
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub name: String,
-    pub description: String,
-    pub modified_by: String,
-    pub tags: Vec<Tag>,
-    pub group: String,
-    pub schedule: String,
-    pub timezone: String,
-    pub runner: Runner,
-    pub enabled: bool,
-    pub policies: Policies,
-}
-
-/// An array job keeps `history_limit` fires with all their copies: each is a run in Redis (about
-/// 670 bytes), so the two together are bounded, or one job could hold gigabytes.
-fn check_kept_copies(spec: &ContainerSpec, policies: &Policies, prefix: &str) -> Result<()> {
-    let Some((size, _)) = spec.array() else {
-        return Ok(());
-    };
-    let kept = u64::from(size) * policies.history_limit as u64;
-    if kept > MAX_KEPT_COPIES {
-        return Err(Error::invalid(
-            format!("{prefix}policies.history_limit"),
-            format!(
-                "an array job keeps history_limit ({}) fires of array_size ({size}) copies: \
-                 {kept} copies, more than {MAX_KEPT_COPIES}; lower either",
-                policies.history_limit
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The most copies an array job keeps in its history (`history_limit` × `array_size`).
-pub const MAX_KEPT_COPIES: u64 = 200_000;
-
-impl JobSpec {
-    /// A job in `group` on `schedule` (UTC) running `runner`, enabled, with default policies and no
-    /// name, description or tags: what the compatibility surfaces start from.
-    pub fn new(group: &str, schedule: String, runner: Runner) -> JobSpec {
-        JobSpec {
-            name: String::new(),
-            description: String::new(),
-            modified_by: String::new(),
-            tags: Vec::new(),
-            group: group.to_string(),
-            schedule,
-            timezone: "UTC".into(),
-            runner,
-            enabled: true,
-            policies: Policies::default(),
-        }
-    }
-
-    /// Checks every field; `prefix` is prepended to field names in errors.
-    pub fn validate(&self, prefix: &str) -> Result<()> {
-        let field = |name: &str| format!("{prefix}{name}");
-        check_name(&self.group, &field("group"))?;
-        if self.name.len() > 256 || self.name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                field("name"),
-                "at most 256 bytes, no control characters",
-            ));
-        }
-        if self.description.len() > 4096 || self.modified_by.len() > 256 {
-            return Err(Error::invalid(
-                field("description"),
-                "description at most 4096 bytes, modified_by 256",
-            ));
-        }
-        if self.tags.len() > 64
-            || self
-                .tags
-                .iter()
-                .any(|t| t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256)
-        {
-            return Err(Error::invalid(
-                field("tags"),
-                "at most 64 tags, keys 1..=128 bytes, values up to 256",
-            ));
-        }
-        parse_time_zone(&self.timezone, &field("timezone"))?;
-        match &self.runner {
-            Runner::Container(spec) => spec.validate(prefix)?,
-            Runner::Dummy(spec) => spec.validate(prefix)?,
-            Runner::Instance(spec) => {
-                let id = &spec.instance_id;
-                if !id.starts_with("i-")
-                    || id.len() > 32
-                    || !id[2..].chars().all(|c| c.is_ascii_alphanumeric())
-                {
-                    return Err(Error::invalid(
-                        field("instance_id"),
-                        "must be an EC2 instance id such as i-0123456789abcdef0",
-                    ));
-                }
-            }
-            Runner::Http(spec) => {
-                for (name, url) in spec.urls() {
-                    if url.len() > 2048
-                        || spot_shared::outbound::check_url(&fill_placeholders(url)).is_err()
-                    {
-                        return Err(Error::invalid(field(name), "malformed_url"));
-                    }
-                }
-            }
-        }
-        self.policies.validate(&format!("{prefix}policies."))?;
-        if let Runner::Container(spec) = &self.runner {
-            check_kept_copies(spec, &self.policies, prefix)?;
-        }
-        let tz = parse_time_zone(&self.timezone, &field("timezone"))?;
-        Exclusions::parse(&self.policies.exclude, tz, &field("policies.exclude"))?;
-        Ok(())
-    }
-}
-
-fn check_name(value: &str, field: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            "must be 1 to 64 of A-Z a-z 0-9 - _ .",
-        ))
-    }
-}
-
-/// Refuses, at the door, an HTTP runner whose URLs name an address the outbound policy blocks (an
-/// IP, or a name resolving to one). The provisioner checks again at call time, on the addresses it
-/// connects to: a name may resolve differently then, and one that does not resolve yet is left to it.
-/// URLs naming the task's instance (`{dns_name}`) are checked when the instance is known.
-/// Refuses a runner that needs an existing instance on a deployment with no EC2 configured, naming
-/// the field, rather than failing every run of it later.
-fn check_instances_usable(state: &AppState, runner: &Runner) -> Result<()> {
-    let needs_instance = match runner {
-        Runner::Instance(_) => true,
-        Runner::Http(spec) => spec.instance_id.is_some(),
-        _ => false,
-    };
-    if needs_instance && !state.ec2.is_configured() {
-        return Err(Error::invalid(
-            "runner.instance_id",
-            spot_shared::instance_power::NO_EC2,
-        ));
-    }
-    Ok(())
-}
-
-async fn check_outbound_targets(state: &AppState, runner: &Runner) -> Result<()> {
-    match runner {
-        Runner::Http(spec) => {
-            for (field, url) in spec.urls() {
-                let filled = fill_placeholders(url);
-                let Ok(parsed) = spot_shared::outbound::check_url(&filled) else {
-                    continue;
-                };
-                if parsed.host_str() == Some(PLACEHOLDER_HOST) {
-                    continue;
-                }
-                check_target(state, &parsed, field).await?;
-            }
-        }
-        Runner::Container(spec) => {
-            for (i, file) in spec.files.iter().enumerate() {
-                if let Some(source) = &file.source {
-                    check_source_target(state, source, &format!("runner.files[{i}].source"))
-                        .await?;
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Refuses secrets (`runner.secrets`) where nothing could read them: without AWS configured (the
-/// `ec2` provider, or an `[ec2]` endpoint), as instance runners are refused.
-fn check_secrets_readable(state: &AppState, runner: &Runner) -> Result<()> {
-    let named = matches!(runner, Runner::Container(spec) if !spec.secrets.is_empty());
-    if named && spot_shared::secrets::SecretResolver::for_deployment(&state.settings).is_none() {
-        return Err(Error::invalid(
-            "runner.secrets",
-            "this deployment reads no secrets: AWS is not configured (the ec2 provider, or an [ec2] endpoint_url)",
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses notifications (`policies.notify`) the account cannot sign (it has no `notify_secret`) or
-/// whose hosts the outbound rules block (the notifier checks again at each attempt).
-async fn check_notify(state: &AppState, account: &str, policies: &Policies) -> Result<()> {
-    if policies.notify.is_empty() {
-        return Ok(());
-    }
-    let signs = state
-        .settings
-        .auth
-        .accounts
-        .iter()
-        .any(|a| a.name == account && a.notify_secret().is_some());
-    if !signs {
-        return Err(Error::invalid(
-            "policies.notify",
-            format!(
-                "account {account} has no notify_secret to sign notifications with (auth.accounts)"
-            ),
-        ));
-    }
-    for (i, target) in policies.notify.iter().enumerate() {
-        if let Ok(url) = spot_shared::outbound::check_url(&target.url) {
-            check_target(state, &url, &format!("policies.notify[{i}].url")).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Refuses a file source on an HTTPS host the outbound rules block (the agent checks again when it
-/// fetches). S3 objects go to the deployment's S3 endpoint, never to a host the user names.
-pub async fn check_source_target(
-    state: &AppState,
-    source: &spot_shared::file_source::FileSource,
-    field: &str,
-) -> Result<()> {
-    match spot_shared::file_source::Location::parse(&source.url) {
-        Ok(spot_shared::file_source::Location::Https(url)) => {
-            check_target(state, &url, field).await
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn check_target(state: &AppState, url: &url::Url, field: &str) -> Result<()> {
-    match spot_shared::outbound::checked_addresses(url, &state.settings.outbound).await {
-        Ok(_) => Ok(()),
-        Err(err) if err.code == spot_shared::ErrorCode::Forbidden => {
-            Err(Error::invalid(field, err.message))
-        }
-        // Not resolvable from here now: it is resolved and checked again at call time.
-        Err(_) => Ok(()),
-    }
-}
-
-/// Refuses a job over its account's schedule and container quotas (429 naming the quota), counting
-/// the refusal in `/metrics`. The job count quota is the create's to check: in the same step as its
-/// save ([`spot_shared::store::Store::create_job`]), or once for a batch.
-async fn enforce_quotas(state: &AppState, job: &Job, now: DateTime<Utc>) -> Result<()> {
-    let quotas = state.settings.quotas.for_account(&job.account);
-    let mut checked = quotas.check_schedule(&job.parsed_schedule()?, now);
-    if let (Ok(()), Runner::Container(spec)) = (&checked, &job.runner) {
-        checked = quotas.check_container(spec);
-    }
-    if let Err(err) = &checked {
-        let quota = err.field.as_deref().unwrap_or_default();
-        let quota = quota.strip_prefix("quotas.").unwrap_or(quota);
-        state.store.note_quota_refusal(quota, &job.account).await;
-        tracing::info!(account = %job.account, quota, "over a quota");
-    }
-    checked
-}
 
 /// A job the caller owns, or 404 (also for jobs of other accounts: their existence is not revealed).
 pub async fn load_owned(state: &AppState, caller: &Caller, id: &str) -> Result<Job> {
@@ -368,82 +110,6 @@ async fn prepare(
     };
     enforce_quotas(state, &job, now).await?;
     Ok(Prepared::New(job))
-}
-
-/// Checks the jobs `job` chains to (`policies.on_success`, `on_failure`): each a job of its account,
-/// and none whose own chains lead back to it (the cycle is named).
-async fn check_chains(state: &AppState, job: &Job) -> Result<()> {
-    let policies = &job.policies;
-    for (name, ids) in [
-        ("on_success", &policies.on_success),
-        ("on_failure", &policies.on_failure),
-    ] {
-        for (i, id) in ids.iter().enumerate() {
-            let field = format!("policies.{name}[{i}]");
-            if *id == job.id {
-                return Err(Error::invalid(
-                    field,
-                    format!("the chain loops back: {id} → {id}"),
-                ));
-            }
-            match state.store.get_job(id).await? {
-                Some(child) if child.account == job.account => {}
-                _ => {
-                    return Err(Error::invalid(
-                        field,
-                        format!("no job {id} of this account"),
-                    ))
-                }
-            }
-            if let Some(path) = chain_path(state, id, &job.id).await? {
-                return Err(Error::invalid(
-                    field,
-                    format!("the chain loops back: {} → {}", job.id, path.join(" → ")),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The jobs most this many are followed when a chain is checked for a loop.
-const MAX_CHAIN_WALK: usize = 1000;
-
-/// A chain of stored jobs from `from` that reaches `to` (the ids from `from` to `to`), if any.
-async fn chain_path(state: &AppState, from: &str, to: &str) -> Result<Option<Vec<String>>> {
-    let mut came_from: HashMap<String, String> = HashMap::new();
-    let mut queue = VecDeque::from([from.to_string()]);
-    let mut seen = HashSet::from([from.to_string()]);
-    while let Some(id) = queue.pop_front() {
-        if seen.len() > MAX_CHAIN_WALK {
-            break;
-        }
-        let Some(job) = state.store.get_job(&id).await? else {
-            continue;
-        };
-        for next in job
-            .policies
-            .on_success
-            .iter()
-            .chain(&job.policies.on_failure)
-        {
-            if next == to {
-                let mut path = vec![to.to_string(), id.clone()];
-                let mut at = id.clone();
-                while let Some(before) = came_from.get(&at) {
-                    path.push(before.clone());
-                    at = before.clone();
-                }
-                path.reverse();
-                return Ok(Some(path));
-            }
-            if seen.insert(next.clone()) {
-                came_from.insert(next.clone(), id.clone());
-                queue.push_back(next.clone());
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// The most jobs one `POST /v1/jobs:batch` may create.
@@ -741,17 +407,6 @@ fn first_fire(job: &Job, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
     }
     Ok(next)
 }
-
-/// An HRM URL with its instance placeholders (`{dns_name}`, `{private_dns_name}`) filled with a
-/// stand-in host, so that its form can be checked before the instance is known.
-pub fn fill_placeholders(url: &str) -> String {
-    url.replace("{dns_name}", PLACEHOLDER_HOST)
-        .replace("{private_dns_name}", PLACEHOLDER_HOST)
-        .replace("{ip_address}", PLACEHOLDER_HOST)
-}
-
-/// What an instance placeholder stands for when a URL is checked before its instance is known.
-const PLACEHOLDER_HOST: &str = "instance.invalid";
 
 /// Marks a run's instance terminating and asks the reaper to terminate it, its container given
 /// `stop_grace_secs` after its stop signal (0: at once).

@@ -256,6 +256,11 @@ pub struct ProvisionerSettings {
     /// How often a run that never started (its launch lost, its provisioner dead) is launched again,
     /// as the same attempt, before it ends `provision_failed`. Never counted against its retries.
     pub max_relaunches: u32,
+    /// Timers due further ahead than this are parked in compact buckets (about a hundred bytes a
+    /// job less) and brought into `timers` as they come within it (see `store::far_timers`).
+    pub far_timer_horizon_secs: u64,
+    /// How often each shard's pump brings the parked timers that came within the horizon in.
+    pub far_timer_promote_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,6 +473,18 @@ impl Settings {
         }
         if !(4..=31).contains(&self.auth.max_bcrypt_cost) {
             return refuse("auth.max_bcrypt_cost must be 4 to 31".into());
+        }
+        let provisioner = &self.provisioner;
+        if provisioner.far_timer_promote_secs == 0
+            || provisioner.far_timer_horizon_secs < 2 * provisioner.far_timer_promote_secs
+        {
+            // A parked timer must be brought in well before the pump needs it: a promotion missed
+            // (a provisioner restarting) still leaves one more before the timer is due.
+            return refuse(
+                "provisioner.far_timer_promote_secs must be at least 1 and at most half of \
+                 far_timer_horizon_secs"
+                    .into(),
+            );
         }
         if self.auth.bcrypt_concurrency == 0 || self.auth.bcrypt_failures_per_minute == 0 {
             return refuse(

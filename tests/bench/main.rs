@@ -41,6 +41,8 @@ struct Stack {
     redis_port: u16,
     cluster: bool,
     shards: u16,
+    /// The services' configuration file, removed when the stack stops.
+    config: std::path::PathBuf,
 }
 
 /// The names the provisioner processes of a stack go by, in order.
@@ -221,6 +223,7 @@ level = "warn"
             redis: redis::Client::open(redis_url)?,
             cluster: options.cluster,
             shards: options.shards.unwrap_or(1),
+            config,
         })
     }
 
@@ -340,6 +343,7 @@ level = "warn"
         for (_, child) in &mut self.children {
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(&self.config);
         if self.cluster {
             let _ = cluster_ctl(&["delete_vhost", &self.name]);
         } else {

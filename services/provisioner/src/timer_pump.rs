@@ -21,13 +21,18 @@
 //! `pump_round`), so a restart leaves no timer taken and not published. A timer taken by a pump that
 //! dies before publishing (a crash), or lost with a wiped broker, goes back to the unarmed set when
 //! the reconciler finds it overdue ([`Provisioner::reconcile_once`]).
+//!
+//! Timers due beyond `far_timer_horizon_secs` are parked in compact buckets
+//! ([`spot_shared::store::Promoted`]); every `far_timer_promote_secs` the pump of each shard moves
+//! the horizon on and brings in those it passed ([`Provisioner::promote`]), long before the pump's
+//! own horizon reaches them.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
 use spot_shared::messages::FireBatch;
-use spot_shared::store::UnarmedTimer;
+use spot_shared::store::{Promoted, UnarmedTimer};
 use spot_shared::Result;
 
 use crate::Provisioner;
@@ -115,11 +120,46 @@ impl Provisioner {
         Ok(timers.len() - failed.len())
     }
 
+    /// Brings the parked timers of `shards` that came within the far horizon into `timers`. Each
+    /// step is atomic, so it may be stopped anywhere.
+    pub async fn promote(&self, shards: impl IntoIterator<Item = u16>) -> Result<Promoted> {
+        let horizon = Utc::now()
+            + chrono::Duration::seconds(self.settings.provisioner.far_timer_horizon_secs as i64);
+        let mut all = Promoted::default();
+        for shard in shards {
+            let promoted = self.store.promote_far_timers(shard, horizon).await?;
+            all.moved += promoted.moved;
+            all.dropped += promoted.dropped;
+        }
+        if all.moved + all.dropped > 0 {
+            tracing::info!(
+                moved = all.moved,
+                dropped = all.dropped,
+                "far timers brought in"
+            );
+        }
+        Ok(all)
+    }
+
     /// Pumps the shards it holds until the future is dropped: at once again after a full round,
-    /// else after the interval.
+    /// else after the interval; and brings their far timers in every promote period.
     pub async fn pump_forever(&self) {
         let idle = Duration::from_millis(self.settings.provisioner.pump_interval_ms.max(1));
+        let promote_every = Duration::from_secs(self.settings.provisioner.far_timer_promote_secs);
+        let mut next_promotion = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_promotion {
+                // Not before this provisioner holds a shard: a shard taken over is promoted at once.
+                let held = self.held_shards().await;
+                if !held.is_empty() {
+                    match self.promote(held).await {
+                        Ok(_) => next_promotion = tokio::time::Instant::now() + promote_every,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "far timers not brought in; retrying")
+                        }
+                    }
+                }
+            }
             let pause = match self.pump_held_once().await {
                 Ok(n) if n >= self.settings.provisioner.pump_batch => Duration::ZERO,
                 Ok(_) => idle,

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::far_timers::TIMER_LUA;
 use super::notifications::{outbox_member, NOTE_EVENT_LUA, OUTBOX};
 use super::scripts::{JOB_STATE_LUA, LIVE_RUNS, QUARANTINE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::timers::{is_delayed, millis, parse_timer_member, timer_member};
@@ -138,8 +139,11 @@ end
 return {#rows / 2, requeued, dropped, quarantined}
 "#;
 
-static REQUEUE_OVERDUE_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{QUARANTINE_LUA}{REQUEUE_OVERDUE}")));
+static REQUEUE_OVERDUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{JOB_STATE_LUA}{TIMER_LUA}{QUARANTINE_LUA}{REQUEUE_OVERDUE}"
+    ))
+});
 
 /// What one reconcile pass found overdue and put back in the pump's hands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

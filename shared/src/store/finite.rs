@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use redis::{AsyncCommands, Script};
 
+use super::far_timers::TIMER_LUA;
 use super::job_record::stored_job_json;
 use super::scripts::{unarmed_member, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::Store;
@@ -30,7 +31,7 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local read, enabled, generation = pcall(job_state, raw)
 if not read or not enabled or generation ~= ARGV[2] then return 0 end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if timer_at(KEYS[2], ARGV[1]) then return 0 end
 for _, id in ipairs(redis.call('ZREVRANGE', KEYS[4], 0, 199)) do
   if unfinished(redis.call('HGET', ARGV[3] .. ':run:' .. id, 'state') or '') then return 0 end
 end
@@ -38,8 +39,11 @@ redis.call('SET', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[5])
 return 1
 "#;
-static DISABLE_IF_OVER_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TRIM_ENDED_LUA}{DISABLE_IF_OVER}")));
+static DISABLE_IF_OVER_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{JOB_STATE_LUA}{TIMER_LUA}{TRIM_ENDED_LUA}{DISABLE_IF_OVER}"
+    ))
+});
 
 impl Store {
     /// How many scheduled fires of the job have made a run (what `max_runs` counts).

@@ -14,6 +14,7 @@ use chrono::Utc;
 use redis::Script;
 
 use super::account_groups::{ACCOUNT_GROUPS_LUA, SPLIT_AT_ONCE_MAX};
+use super::far_timers::{put_timers, TIMER_LUA};
 use super::job_record::stored_job_json;
 use super::scripts::{ARM_MANY_LUA, PAIRS_PER_CALL};
 use super::timers::{arm_many, unarmed_member, UNARMED};
@@ -38,6 +39,7 @@ use crate::model::Job;
 const CREATE_JOBS: &str = r#"
 local created, held, states = {}, {}, {}
 local adds, add_keys, records, unarmed, unarmed_keys = {}, {}, {}, {}, {}
+local timers, timer_keys = {}, {}
 local group_owner = {}
 local function push(lists, keys, key, score, member)
   local list = lists[key]
@@ -76,7 +78,10 @@ for i = 0, #KEYS / 6 - 1 do
     records[#records + 1] = KEYS[k + 3]
     records[#records + 1] = ARGV[a + 3]
     if ARGV[a + 4] ~= '' then
-      push(adds, add_keys, KEYS[k + 4], ARGV[a + 4], id)
+      -- ms, id, generation (the unarmed member's last part)
+      push(timers, timer_keys, KEYS[k + 4], ARGV[a + 4], id)
+      local list = timers[KEYS[k + 4]]
+      list[#list + 1] = string.match(ARGV[a + 5], '|(%d+)$')
       push(unarmed, unarmed_keys, KEYS[k + 5], ARGV[a + 4], ARGV[a + 5])
     end
     created[#created + 1] = -1
@@ -99,12 +104,14 @@ for _, key in ipairs(add_keys) do
   local owner = group_owner[key]
   if not owner or states[owner].kind ~= 'S' then redis.call('ZADD', key, unpack(adds[key])) end
 end
+-- Wherever a timer may be: a create retried after a crash may find its job saved already.
+for _, key in ipairs(timer_keys) do put_timers(key, timers[key], nil) end
 for _, key in ipairs(unarmed_keys) do arm_many(key, unarmed[key]) end
 return created
 "#;
 static CREATE_JOBS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-            "{ARM_MANY_LUA}{ACCOUNT_GROUPS_LUA}local SPLIT_AT_ONCE_MAX = {SPLIT_AT_ONCE_MAX}\n{CREATE_JOBS}"
+            "{TIMER_LUA}{ARM_MANY_LUA}{ACCOUNT_GROUPS_LUA}local SPLIT_AT_ONCE_MAX = {SPLIT_AT_ONCE_MAX}\n{CREATE_JOBS}"
         ))
 });
 
@@ -320,13 +327,15 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         pipe.mset(&records).ignore();
-        let timers: Vec<(i64, &str)> = jobs
+        let timers: Vec<(i64, &str, u64)> = jobs
             .iter()
-            .filter_map(|job| Some((job.next_fire_at?.timestamp_millis(), job.id.as_str())))
+            .filter_map(|job| {
+                let next = job.next_fire_at?.timestamp_millis();
+                Some((next, job.id.as_str(), job.generation))
+            })
             .collect();
         if !timers.is_empty() {
-            pipe.zadd_multiple(self.shard_key(shard, "timers"), &timers)
-                .ignore();
+            put_timers(pipe, &self.shard_key(shard, "timers"), "any", &timers);
             let unarmed: Vec<(i64, String)> = jobs
                 .iter()
                 .filter_map(|job| {

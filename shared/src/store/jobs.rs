@@ -17,6 +17,7 @@
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 
+use super::far_timers::{drop_timer, far_bucket_key, parked_ms, put_timers};
 use super::job_record::{decode_stored_job, stored_job_json};
 use super::quarantine::JobRecord;
 use super::timers::{arm_many, unarmed_member, UNARMED};
@@ -67,10 +68,14 @@ impl Store {
             .ignore();
         let timers = self.owned_key(&job.id, "timers");
         match job.next_fire_at {
-            Some(next) => pipe.zadd(&timers, &job.id, next.timestamp_millis()),
-            None => pipe.zrem(&timers, &job.id),
+            Some(next) => put_timers(
+                &mut pipe,
+                &timers,
+                "any",
+                &[(next.timestamp_millis(), &job.id, job.generation)],
+            ),
+            None => drop_timer(&mut pipe, &timers, &job.id),
         }
-        .ignore();
         // The timer for RabbitMQ: the pump arms it when it comes within the horizon. A replaced job's
         // earlier timer is withdrawn; one already armed is dropped as stale when it fires.
         let unarmed = self.owned_key(&job.id, UNARMED);
@@ -121,14 +126,13 @@ impl Store {
         }
         let shard = self.shards.of(&job.id);
         let mut pipe = redis::pipe();
+        drop_timer(&mut pipe, &self.shard_key(shard, "timers"), &job.id);
         if log_bytes > 0 {
             pipe.decr(self.history_bytes_key(shard, &job.account), log_bytes)
                 .ignore();
         }
         pipe.atomic()
             .del(self.shard_key(shard, &format!("job:{}", job.id)))
-            .ignore()
-            .zrem(self.shard_key(shard, "timers"), &job.id)
             .ignore()
             .zrem(
                 self.shard_key(shard, UNARMED),
@@ -229,17 +233,22 @@ impl Store {
             return Ok(JobRecord::Missing);
         }
         let mut conn = self.conn.clone();
-        let (raw, next): (Option<String>, Option<f64>) = redis::pipe()
+        let timers = self.owned_key(id, "timers");
+        let (raw, next, parked): (Option<String>, Option<f64>, Option<String>) = redis::pipe()
             .get(self.owned_key(id, &format!("job:{id}")))
-            .zscore(self.owned_key(id, "timers"), id)
+            .zscore(&timers, id)
+            .hget(far_bucket_key(&timers, id), id)
             .query_async(&mut conn)
             .await?;
+        let next = next
+            .map(|ms| ms as i64)
+            .or(parked.as_deref().and_then(parked_ms));
         let Some(raw) = raw else {
             return Ok(JobRecord::Missing);
         };
         Ok(match decode_stored_job(id, &raw) {
             Ok(mut job) => {
-                job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+                job.next_fire_at = next.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
                 JobRecord::Found(Box::new(job))
             }
             Err(err) => JobRecord::Unreadable(err.to_string()),
@@ -368,18 +377,25 @@ impl Store {
             return Ok(());
         }
         let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-        let scores: Vec<Option<f64>> = self
+        // Near or parked far (see [`super::far_timers`]): both asked, one answers.
+        let scores: Vec<(Option<f64>, Option<String>)> = self
             .ask_by_shard(&ids, |shard, shard_ids| async move {
+                let timers = self.shard_key(shard, "timers");
                 let mut pipe = redis::pipe();
                 for id in &shard_ids {
-                    pipe.zscore(self.shard_key(shard, "timers"), id);
+                    pipe.zscore(&timers, id)
+                        .hget(far_bucket_key(&timers, id), id);
                 }
                 let mut conn = self.conn.clone();
+                // The answers come flat, read two by two.
                 Ok(pipe.query_async(&mut conn).await?)
             })
             .await?;
-        for (job, score) in jobs.iter_mut().zip(scores) {
-            job.next_fire_at = score.and_then(|ms| Utc.timestamp_millis_opt(ms as i64).single());
+        for (job, (near, parked)) in jobs.iter_mut().zip(scores) {
+            let ms = near
+                .map(|ms| ms as i64)
+                .or(parked.as_deref().and_then(parked_ms));
+            job.next_fire_at = ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
         }
         Ok(())
     }

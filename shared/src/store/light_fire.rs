@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::Script;
 
+use super::far_timers::TIMER_LUA;
 pub use super::scripts::TimerMove;
 use super::scripts::{ARM_MANY_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, TRIM_ENDED_LUA, UNARMED};
 use super::{state_time_field, FireRecord, Store};
@@ -95,6 +96,7 @@ for i = 0, fires - 1 do
     elseif move ~= '' then
       moved[#moved + 1] = move
       moved[#moved + 1] = job_id
+      moved[#moved + 1] = generation
       -- the member as `unarmed_member` names it
       near[#near + 1] = move
       near[#near + 1] = job_id .. '|' .. generation
@@ -105,14 +107,14 @@ for i = 0, fires - 1 do
   results[#results + 1] = id
 end
 if #cleared > 0 then redis.call('ZREM', KEYS[1], unpack(cleared)) end
-if #moved > 0 then redis.call('ZADD', KEYS[1], unpack(moved)) end
+if #moved > 0 then put_timers(KEYS[1], moved, 'near') end
 if #near > 0 then arm_many(KEYS[2], near) end
 return results
 "#;
 
 static FIRE_LIGHT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{JOB_STATE_LUA}{ARM_MANY_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}"
+        "{JOB_STATE_LUA}{TIMER_LUA}{ARM_MANY_LUA}{TRIM_ENDED_LUA}{FIRE_LIGHT}"
     ))
 });
 

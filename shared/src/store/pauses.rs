@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use super::far_timers::TIMER_LUA;
 use super::job_record::stored_job_json;
 use super::notifications::{outbox_member, NOTE_EVENT_LUA, OUTBOX};
 use super::scripts::{unarmed_member, JOB_STATE_LUA, UNARMED};
@@ -26,7 +27,7 @@ if not raw then return 0 end
 local read, _, generation = pcall(job_state, raw)
 if not read or generation ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
+drop_timer(KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('DEL', KEYS[4])
 note_event(KEYS[5], KEYS[6], ARGV[5], ARGV[6])
@@ -34,7 +35,7 @@ return 1
 "#;
 static PAUSE_IF_CURRENT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{JOB_STATE_LUA}{NOTE_EVENT_LUA}{PAUSE_IF_CURRENT}"
+        "{JOB_STATE_LUA}{TIMER_LUA}{NOTE_EVENT_LUA}{PAUSE_IF_CURRENT}"
     ))
 });
 

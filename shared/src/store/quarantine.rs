@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
+use super::far_timers::TIMER_LUA;
 use super::scripts::{ARM_LUA, QUARANTINE_LUA, UNARMED};
 use super::Store;
 use crate::error::Result;
@@ -24,7 +25,7 @@ pub(super) const QUARANTINE: &str = "quarantine";
 const QUARANTINE_ONE: &str = "quarantine(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])";
 
 static QUARANTINE_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{QUARANTINE_LUA}{QUARANTINE_ONE}")));
+    LazyLock::new(|| Script::new(&format!("{TIMER_LUA}{QUARANTINE_LUA}{QUARANTINE_ONE}")));
 
 /// KEYS: quarantine, timers, unarmed. ARGV: job id, generation. Puts the kept timer back (in
 /// `timers` and for the pump) and forgets the entry. Returns 1 if it was quarantined.
@@ -33,15 +34,16 @@ local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local record = cjson.decode(raw)
 if record.timer_ms then
-  redis.call('ZADD', KEYS[2], record.timer_ms, ARGV[1])
-  arm(KEYS[3], record.timer_ms, ARGV[1] .. '|' .. ARGV[2])
+  local ms = string.format('%d', record.timer_ms)
+  put_timer(KEYS[2], ARGV[1], ms, ARGV[2])
+  arm(KEYS[3], ms, ARGV[1] .. '|' .. ARGV[2])
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 "#;
 
 static RELEASE_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{ARM_LUA}{RELEASE}")));
+    LazyLock::new(|| Script::new(&format!("{TIMER_LUA}{ARM_LUA}{RELEASE}")));
 
 /// A job set aside because its record cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

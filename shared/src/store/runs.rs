@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::far_timers::TIMER_LUA;
 use super::scripts::{
     TimerMove, ARM_LUA, FIRE_MARKER_TTL_SECS, JOB_STATE_LUA, LIVE_RUNS, TRIM_ENDED_LUA, UNARMED,
 };
@@ -116,7 +117,7 @@ local function move_timer(generation)
   if move == '-' then
     redis.call('ZREM', KEYS[6], ARGV[10])
   else
-    redis.call('ZADD', KEYS[6], move, ARGV[10])
+    put_timer(KEYS[6], ARGV[10], move, generation, 'near')
     -- the member as `unarmed_member` names it
     arm(KEYS[7], move, ARGV[10] .. '|' .. generation)
   end
@@ -229,7 +230,7 @@ return {len, first_cut}
 
 static RECORD_FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{JOB_STATE_LUA}{ARM_LUA}{TRIM_ENDED_LUA}{RECORD_FIRE}"
+        "{JOB_STATE_LUA}{TIMER_LUA}{ARM_LUA}{TRIM_ENDED_LUA}{RECORD_FIRE}"
     ))
 });
 static APPEND_CAPPED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_CAPPED));

@@ -72,11 +72,12 @@ end
 "#;
 
 /// Lua shared by the scripts that find an unreadable job: sets `job_id` aside in the quarantine hash
-/// `key` with `reason`, taking its timer (if any) off `timers` and keeping its instant.
+/// `key` with `reason`, taking its timer (if any, near or far) off and keeping its instant. Needs
+/// `far_timers::TIMER_LUA` before it.
 pub(super) const QUARANTINE_LUA: &str = r#"
 local function quarantine(key, timers, job_id, reason, now)
-  local score = redis.call('ZSCORE', timers, job_id)
-  redis.call('ZREM', timers, job_id)
+  local score = timer_at(timers, job_id)
+  drop_timer(timers, job_id)
   local record = {reason = reason, at = now}
   if score then record.timer_ms = tonumber(score) end
   redis.call('HSET', key, job_id, cjson.encode(record))

@@ -24,6 +24,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{AsyncCommands, Script};
 
+use super::far_timers::TIMER_LUA;
 pub(super) use super::scripts::{unarmed_member, UNARMED};
 use super::scripts::{ARM_LUA, ARM_MANY, JOB_STATE_LUA};
 use super::Store;
@@ -207,13 +208,26 @@ impl Store {
         Ok(due)
     }
 
-    /// Jobs whose next fire time is at or before `before`, oldest first (over every shard).
+    /// Jobs whose next fire time is at or before `before`, oldest first (over every shard), near or
+    /// parked far ([`super::far_timers`]).
     pub async fn due_timers(
         &self,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(String, DateTime<Utc>)>> {
-        self.members_due("timers", before, limit).await
+        let mut due = self.members_due("timers", before, limit).await?;
+        let parked = self
+            .on_every_shard(|shard| self.parked_due(shard, before.timestamp_millis(), limit))
+            .await?;
+        due.extend(
+            parked
+                .into_iter()
+                .flatten()
+                .filter_map(|(id, ms)| Some((id, millis(ms)?))),
+        );
+        due.sort_by_key(|(_, at)| *at);
+        due.truncate(limit);
+        Ok(due)
     }
 
     /// Sets or clears a job's next fire time, but only if it is still `expected` and the job is still
@@ -236,13 +250,13 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  put_timer(KEYS[1], ARGV[1], ARGV[3], ARGV[5], 'near')
   arm(KEYS[2], ARGV[3], ARGV[4])
 end
 return 1
 "#;
         static ADVANCE_TIMER: LazyLock<Script> =
-            LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{ARM_LUA}{SCRIPT}")));
+            LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{TIMER_LUA}{ARM_LUA}{SCRIPT}")));
         let mut conn = self.conn.clone();
         let next = next
             .map(|t| t.timestamp_millis().to_string())

@@ -1,0 +1,276 @@
+//! Far timers: job timers due after the promoter's horizon, parked in small hashes instead of
+//! `timers`.
+//!
+//! A member of the sorted set `timers` costs Redis about 144 bytes (a skiplist node, a hash entry,
+//! the id twice over pointers). Most pending jobs of a large deployment wait days or months, and
+//! nothing reads their timers by time until they come near. So, per shard `p`:
+//! - `p:timers:far:until`: the instant (ms) up to which every timer is in `timers`. Set by the
+//!   promoter only; before any promoter ran there is none and every timer goes in `timers`, as it
+//!   always did (a deployment upgraded job by job keeps working).
+//! - `p:timers:far:{xy}`: a hash of the timers due later, `id` → `{ms}|{generation}`, where `xy` is
+//!   the id's last two characters (ids are random, so about 4,000 buckets share them evenly). Under
+//!   Redis's `hash-max-listpack-entries` (512) a bucket is a listpack, about 45 bytes an entry: up to
+//!   two million far timers a shard before buckets grow into hash tables (still correct, as dear as
+//!   `timers`).
+//! - `p:timers:far`: the buckets scored by their earliest timer (never later than it: an insert
+//!   lowers it, a removal leaves it, the promoter sets it right).
+//!
+//! A job's timer is in `timers` or in its bucket, never both: every script that sets one clears the
+//! other ([`TIMER_LUA`]). The promoter ([`Store::promote_far_timers`], each shard's pump) moves the
+//! horizon on (`until` = now + horizon) and then every timer it passed into `timers`, arming those
+//! the pump has passed already. A parked timer carries its job's generation: one whose job changed
+//! or went since (written beside a service of an older version, which knows only `timers`) is
+//! dropped rather than moved, so no stale timer ever fires.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+
+use super::scripts::{ARM_LUA, JOB_STATE_LUA};
+use super::Store;
+use crate::error::Result;
+
+/// Lua that the scripts setting, clearing or reading a job's timer share. `put_timers(timers,
+/// entries, place)` sets timers from `{ms, id, generation, ...}` (ms as strings): those due by the
+/// horizon in `timers` (one `ZADD`), the rest parked; `place` is `'near'` when the jobs' timers are
+/// in `timers` if anywhere (a fire moving its own), `nil` when they may be parked. `drop_timer`
+/// clears one wherever it is; `timer_at` reads its instant (ms, a string) or `false`.
+pub(super) const TIMER_LUA: &str = r#"
+local far_bounds = {}
+local function far_until(timers)
+  local bound = far_bounds[timers]
+  if bound == nil then
+    bound = tonumber(redis.call('GET', timers .. ':far:until') or '') or false
+    far_bounds[timers] = bound
+  end
+  return bound
+end
+local function far_bucket(timers, id) return timers .. ':far:' .. string.sub(id, -2) end
+local function put_timers(timers, entries, place)
+  local bound = far_until(timers)
+  local near, lowest = {}, {}
+  for i = 1, #entries, 3 do
+    local ms, id = entries[i], entries[i + 1]
+    if bound and tonumber(ms) > bound then
+      redis.call('ZREM', timers, id)
+      redis.call('HSET', far_bucket(timers, id), id, ms .. '|' .. entries[i + 2])
+      local suffix = string.sub(id, -2)
+      if not lowest[suffix] or tonumber(ms) < tonumber(lowest[suffix]) then lowest[suffix] = ms end
+    else
+      near[#near + 1] = ms
+      near[#near + 1] = id
+      if bound and not place then redis.call('HDEL', far_bucket(timers, id), id) end
+    end
+  end
+  if #near > 0 then redis.call('ZADD', timers, unpack(near)) end
+  local scored = {}
+  for suffix, ms in pairs(lowest) do
+    scored[#scored + 1] = ms
+    scored[#scored + 1] = suffix
+  end
+  if #scored > 0 then redis.call('ZADD', timers .. ':far', 'LT', unpack(scored)) end
+end
+local function put_timer(timers, id, ms, generation, place)
+  put_timers(timers, {ms, id, generation}, place)
+end
+local function drop_timer(timers, id)
+  redis.call('ZREM', timers, id)
+  if far_until(timers) then redis.call('HDEL', far_bucket(timers, id), id) end
+end
+local function timer_at(timers, id)
+  local score = redis.call('ZSCORE', timers, id)
+  if score then return score end
+  local parked = redis.call('HGET', far_bucket(timers, id), id)
+  return parked and string.match(parked, '^%d+') or false
+end
+"#;
+
+/// [`TIMER_LUA`]'s `put_timers` as a script of its own, for the transactions that save jobs (`EVAL`
+/// inside `MULTI`, as [`super::timers::arm_many`]). KEYS: `timers`. ARGV: the place (`near` or
+/// `any`), then ms, id, generation triples.
+static PUT_TIMERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{TIMER_LUA}local place = ARGV[1]\nif place == 'any' then place = nil end\n\
+         put_timers(KEYS[1], {{unpack(ARGV, 2)}}, place)"
+    )
+});
+
+/// [`TIMER_LUA`]'s `drop_timer` as a script of its own. KEYS: `timers`. ARGV: the job's id.
+static DROP_TIMER: LazyLock<String> =
+    LazyLock::new(|| format!("{TIMER_LUA}drop_timer(KEYS[1], ARGV[1])"));
+
+/// Moves the horizon of one shard to at least ARGV[1] (ms), then up to ARGV[2] buckets' timers it
+/// passed into `timers` (arming those within the pump's bound), dropping those whose job changed or
+/// went. KEYS: `timers`, the unarmed set. ARGV: the horizon, buckets a call, the shard's prefix.
+/// Returns {moved, dropped, buckets looked at}.
+const PROMOTE: &str = r#"
+local timers, unarmed, limit, prefix = KEYS[1], KEYS[2], tonumber(ARGV[2]), ARGV[3]
+local horizon = tonumber(ARGV[1])
+local stored = tonumber(redis.call('GET', timers .. ':far:until') or '')
+if not stored or horizon > stored then
+  redis.call('SET', timers .. ':far:until', ARGV[1])
+else
+  horizon = stored
+end
+local index = timers .. ':far'
+local due = redis.call('ZRANGEBYSCORE', index, '-inf', horizon, 'LIMIT', 0, limit)
+local moved, dropped = 0, 0
+for _, suffix in ipairs(due) do
+  local bucket = index .. ':' .. suffix
+  local entries = redis.call('HGETALL', bucket)
+  local lowest
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    local ms, generation = string.match(entries[i + 1], '^(%d+)|?(%d*)$')
+    if not ms or tonumber(ms) <= horizon then
+      redis.call('HDEL', bucket, id)
+      local raw = redis.call('GET', prefix .. ':job:' .. id)
+      local read, _, stored_generation = false, nil, nil
+      if raw then read, _, stored_generation = pcall(job_state, raw) end
+      -- A record that cannot be read goes on to the pump, which sets it aside as it does any.
+      if ms and raw and (not read or generation == '' or stored_generation == generation) then
+        redis.call('ZADD', timers, 'NX', ms, id)
+        if read then arm(unarmed, ms, id .. '|' .. stored_generation) end
+        moved = moved + 1
+      else
+        dropped = dropped + 1
+      end
+    elseif not lowest or tonumber(ms) < lowest then
+      lowest = tonumber(ms)
+    end
+  end
+  if lowest then
+    redis.call('ZADD', index, string.format('%d', lowest), suffix)
+  else
+    redis.call('ZREM', index, suffix)
+  end
+end
+return {moved, dropped, #due}
+"#;
+
+static PROMOTE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{JOB_STATE_LUA}{ARM_LUA}{PROMOTE}")));
+
+/// Buckets a call of the promoter looks at: at most ~500 timers each, so a call holds Redis for a
+/// few milliseconds even when a million timers come within the horizon at once.
+const PROMOTE_BUCKETS_PER_CALL: usize = 16;
+
+/// The far bucket of job `id` whose shard's `timers` key is `timers` (as [`TIMER_LUA`] names it).
+pub(super) fn far_bucket_key(timers: &str, id: &str) -> String {
+    let suffix = &id[id.len().saturating_sub(2)..];
+    format!("{timers}:far:{suffix}")
+}
+
+/// The instant (ms) a bucket's value holds (`{ms}|{generation}`).
+pub(super) fn parked_ms(value: &str) -> Option<i64> {
+    value.split('|').next()?.parse().ok()
+}
+
+/// Adds to a transaction the setting of timers of jobs of one shard, (ms, id, generation) each:
+/// see [`TIMER_LUA`]. `place` as `put_timers` takes it (`near`, or `any` for `nil`).
+pub(super) fn put_timers(
+    pipe: &mut redis::Pipeline,
+    timers: &str,
+    place: &str,
+    entries: &[(i64, &str, u64)],
+) {
+    for chunk in entries.chunks(super::scripts::PAIRS_PER_CALL) {
+        let cmd = pipe
+            .cmd("EVAL")
+            .arg(PUT_TIMERS.as_str())
+            .arg(1)
+            .arg(timers)
+            .arg(place);
+        for (ms, id, generation) in chunk {
+            cmd.arg(ms).arg(*id).arg(generation);
+        }
+        cmd.ignore();
+    }
+}
+
+/// Adds to a transaction the clearing of job `id`'s timer, wherever it is.
+pub(super) fn drop_timer(pipe: &mut redis::Pipeline, timers: &str, id: &str) {
+    pipe.cmd("EVAL")
+        .arg(DROP_TIMER.as_str())
+        .arg(1)
+        .arg(timers)
+        .arg(id)
+        .ignore();
+}
+
+/// What a promotion of one shard did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// Timers moved into `timers`.
+    pub moved: u64,
+    /// Timers dropped: their jobs changed or went since they were parked.
+    pub dropped: u64,
+}
+
+impl Store {
+    /// Moves `shard`'s horizon to `horizon` and every parked timer due by then into `timers`, a few
+    /// buckets a call (see the module's notes). Safe beside writers and another promoter: each call
+    /// is atomic, and a timer parked meanwhile is due after the horizon.
+    pub async fn promote_far_timers(&self, shard: u16, horizon: DateTime<Utc>) -> Result<Promoted> {
+        let mut promoted = Promoted::default();
+        loop {
+            let mut conn = self.conn.clone();
+            let (moved, dropped, looked): (u64, u64, usize) = PROMOTE_SCRIPT
+                .key(self.shard_key(shard, "timers"))
+                .key(self.shard_key(shard, super::scripts::UNARMED))
+                .arg(horizon.timestamp_millis())
+                .arg(PROMOTE_BUCKETS_PER_CALL)
+                .arg(self.shards.prefix(shard))
+                .invoke_async(&mut conn)
+                .await?;
+            promoted.moved += moved;
+            promoted.dropped += dropped;
+            if looked < PROMOTE_BUCKETS_PER_CALL {
+                return Ok(promoted);
+            }
+        }
+    }
+
+    /// Parked timers of `shard` due at or before `before`: (job id, ms), at most `limit`, in no order.
+    pub(super) async fn parked_due(
+        &self,
+        shard: u16,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        use redis::AsyncCommands;
+        let timers = self.shard_key(shard, "timers");
+        let mut conn = self.conn.clone();
+        let buckets: Vec<String> = conn
+            .zrangebyscore(format!("{timers}:far"), "-inf", before)
+            .await?;
+        let mut due = Vec::new();
+        for suffix in buckets {
+            let entries: Vec<(String, String)> =
+                conn.hgetall(format!("{timers}:far:{suffix}")).await?;
+            due.extend(entries.into_iter().filter_map(|(id, value)| {
+                let ms = parked_ms(&value)?;
+                (ms <= before).then_some((id, ms))
+            }));
+            if due.len() >= limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_named_by_the_ids_last_two_characters() {
+        assert_eq!(far_bucket_key("p:timers", "abcXY"), "p:timers:far:XY");
+        assert_eq!(far_bucket_key("p:timers", "Z"), "p:timers:far:Z");
+        assert_eq!(parked_ms("1800000000123|4"), Some(1_800_000_000_123));
+        assert_eq!(parked_ms("1800000000123"), Some(1_800_000_000_123));
+        assert_eq!(parked_ms("x|4"), None);
+    }
+}

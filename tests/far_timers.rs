@@ -209,7 +209,7 @@ async fn a_parked_timer_whose_job_changed_or_went_is_dropped_not_brought_in() {
     }
     let (_, stale) = timer_of(&env, &store, &edited);
     let stale = stale.expect("parked at generation 1");
-    assert_eq!(stale, format!("{}|1", due.timestamp_millis()));
+    assert_eq!(stale, format!("{}000001", due.timestamp_millis()));
 
     // An older api edits one (generation 2, its timer in `timers` only) and deletes one (its
     // record gone): both leave their parked timers behind.

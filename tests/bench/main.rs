@@ -738,13 +738,25 @@ async fn cron(
 }
 
 /// `jobs` one-shot jobs due in 30 days: the schedule rate, what holding them costs (each service's RSS,
-/// Redis memory per job) and how long the api takes to list one account's first page.
+/// Redis memory per job), how long the api takes to list one account's first page, and how fast the
+/// parked timers are brought into `timers` once they come within the far horizon.
 async fn pending(
     bin_dir: &Path,
     jobs: usize,
     options: &Options,
 ) -> anyhow::Result<serde_json::Value> {
     let stack = Stack::start(bin_dir, options).await?;
+    // As a deployment holds them: once its provisioner keeps the far horizon (before that, every
+    // timer goes in `timers`).
+    let settings = spot_shared::config::Settings::load(Some(&stack.config))?;
+    let store = spot_shared::store::Store::connect(&settings.redis).await?;
+    let waited = Instant::now();
+    while !store.far_horizon_kept().await? {
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the provisioner kept no far horizon within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = stack.memory_of_data_nodes().await?;
     let due = (Utc::now() + chrono::Duration::days(30)).to_rfc3339();
     let (_, rate) =
@@ -767,8 +779,30 @@ async fn pending(
     let status = page.status();
     let _ = page.bytes().await?;
     let list_ms = began.elapsed().as_secs_f64() * 1000.0;
+    // What the provisioner does when they come within the far horizon: every parked timer brought
+    // into `timers`, a few buckets a script.
+    let horizon = Utc::now() + chrono::Duration::days(31);
+    let began = Instant::now();
+    let mut dropped = 0;
+    for shard in store.shards().all() {
+        dropped += store.promote_far_timers(shard, horizon).await?.dropped;
+    }
+    let promote_secs = began.elapsed().as_secs_f64();
+    // The provisioner's own promotion may take part once the horizon is moved: counted from `timers`.
+    let mut promoted: u64 = 0;
+    for shard in store.shards().all() {
+        let prefix = store.shards().prefix(shard);
+        let mut conn = stack.node_serving(prefix).await?;
+        promoted += redis::cmd("ZCARD")
+            .arg(format!("{prefix}:timers"))
+            .query_async::<u64>(&mut conn)
+            .await?;
+    }
     let mut result = json!({
         "scenario": "pending-1m",
+        "promoted": promoted,
+        "promote_dropped": dropped,
+        "promoted_per_s": (promoted as f64 / promote_secs).round(),
         "jobs": jobs,
         "schedule_per_s": rate,
         "redis_bytes_per_job": by_node.iter().sum::<f64>(),

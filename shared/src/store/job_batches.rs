@@ -98,14 +98,15 @@ for account, state in pairs(states) do
     end
   end
 end
+-- Before the records: a create run again (after a crash) finds its job saved, and its timer
+-- wherever it went; a new job's has none to clear.
+for _, key in ipairs(timer_keys) do put_timers(key, timers[key], 'unsaved') end
 -- At most PAIRS_PER_CALL jobs a call, so every list unpacks within Lua's stack limit.
 if #records > 0 then redis.call('MSET', unpack(records)) end
 for _, key in ipairs(add_keys) do
   local owner = group_owner[key]
   if not owner or states[owner].kind ~= 'S' then redis.call('ZADD', key, unpack(adds[key])) end
 end
--- Wherever a timer may be: a create retried after a crash may find its job saved already.
-for _, key in ipairs(timer_keys) do put_timers(key, timers[key], nil) end
 for _, key in ipairs(unarmed_keys) do arm_many(key, unarmed[key]) end
 return created
 "#;
@@ -326,7 +327,6 @@ impl Store {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        pipe.mset(&records).ignore();
         let timers: Vec<(i64, &str, u64)> = jobs
             .iter()
             .filter_map(|job| {
@@ -334,8 +334,10 @@ impl Store {
                 Some((next, job.id.as_str(), job.generation))
             })
             .collect();
+        // Before the records, which tell a job saved before (a create run again) from a new one.
+        put_timers(pipe, &self.shard_key(shard, "timers"), "unsaved", &timers);
+        pipe.mset(&records).ignore();
         if !timers.is_empty() {
-            put_timers(pipe, &self.shard_key(shard, "timers"), "any", &timers);
             let unarmed: Vec<(i64, String)> = jobs
                 .iter()
                 .filter_map(|job| {

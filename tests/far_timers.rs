@@ -289,3 +289,76 @@ async fn a_parked_timer_whose_job_changed_or_went_is_dropped_not_brought_in() {
         assert_eq!(encoding, "listpack", "{id}");
     }
 }
+
+/// A provisioner stopped in the middle of a promotion (its Redis link slowed to 1.5 s, so the
+/// promotion of 40 parked timers takes several calls, and it is stopped once some are moved and
+/// some still parked) leaves each timer either moved or parked, never lost: a provisioner started
+/// after brings in the rest, and every job fires once, for its instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provisioner_stopped_mid_promotion_leaves_every_timer_for_the_next() {
+    use spot_tests::fault_proxy::FaultProxy;
+    if redis_cluster_nodes().is_some() {
+        // A cluster client finds the other nodes past the proxy: the slow link needs one Redis.
+        return;
+    }
+    let mut env = TestEnv::new();
+    env.settings.provisioner.far_timer_horizon_secs = 6;
+    env.settings.provisioner.far_timer_promote_secs = 1;
+    let app = spawn_app(&env).await;
+    let store = env.store().await;
+    let redis_url = secrecy::ExposeSecret::expose_secret(&env.settings.redis.url).to_string();
+    let (slow_link, slow_url) = FaultProxy::in_front_of(&redis_url).await;
+    let mut slow_settings = env.settings.clone();
+    slow_settings.redis.url = secrecy::SecretString::from(slow_url);
+    let provisioner = spawn_provisioner_with(slow_settings, &app.address).await;
+    eventually(Duration::from_secs(20), "the first promotion", || async {
+        far_until(&env, &store)
+    })
+    .await;
+
+    let due = DateTime::from_timestamp_millis(
+        (Utc::now() + chrono::Duration::seconds(24)).timestamp_millis(),
+    )
+    .unwrap();
+    let jobs: Vec<String> =
+        futures::future::join_all((0..40).map(|_| app.create_job(ACCOUNT_KEY, dummy(due)))).await;
+    assert!(jobs.iter().all(|id| timer_of(&env, &store, id).1.is_some()));
+    slow_link.slow_down(Duration::from_millis(1500), Duration::ZERO);
+    let moved = || {
+        jobs.iter()
+            .filter(|id| timer_of(&env, &store, id).0.is_some())
+            .count()
+    };
+    let moved_when_stopped = eventually(
+        Duration::from_secs(40),
+        "the promotion under way",
+        || async {
+            let moved = moved();
+            (moved > 0).then_some(moved)
+        },
+    )
+    .await;
+    provisioner.stop().await;
+    drop(slow_link);
+    assert!(
+        moved_when_stopped < jobs.len(),
+        "stopped mid-promotion: {moved_when_stopped} of {} moved",
+        jobs.len()
+    );
+    // Each timer is in one place or the other, none lost.
+    for id in &jobs {
+        let (near, parked) = timer_of(&env, &store, id);
+        assert!(
+            near.is_some() != parked.is_some(),
+            "{id}: {near:?} {parked:?}"
+        );
+    }
+
+    let _provisioner = spawn_provisioner(&env, &app.address).await;
+    assert_each_fires_once(&store, &jobs, Duration::from_secs(40)).await;
+    for id in &jobs {
+        let runs = app.runs(id).await;
+        let scheduled: DateTime<Utc> = runs[0]["scheduled_at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(scheduled, due, "{id}");
+    }
+}

@@ -22,10 +22,10 @@
 //! dies before publishing (a crash), or lost with a wiped broker, goes back to the unarmed set when
 //! the reconciler finds it overdue ([`Provisioner::reconcile_once`]).
 //!
-//! Timers due beyond `far_timer_horizon_secs` are parked in compact buckets
-//! ([`spot_shared::store::Promoted`]); every `far_timer_promote_secs` the pump of each shard moves
-//! the horizon on and brings in those it passed ([`Provisioner::promote`]), long before the pump's
-//! own horizon reaches them.
+//! Timers due beyond `far_timer_horizon_secs` are parked in compact buckets (the store's
+//! `far_timers`); every `far_timer_promote_secs` the pump of each shard moves the horizon on and
+//! brings in those it passed ([`Provisioner::promote`]), long before the pump's own horizon
+//! reaches them.
 
 use std::time::Duration;
 
@@ -149,7 +149,7 @@ impl Provisioner {
         let mut next_promotion = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_promotion {
-                // Not before this provisioner holds a shard: a shard taken over is promoted at once.
+                // Once this provisioner holds a shard; one taken over later waits a period at most.
                 let held = self.held_shards().await;
                 if !held.is_empty() {
                     match self.promote(held).await {

@@ -1,19 +1,19 @@
 //! Far timers: job timers due after the promoter's horizon, parked in small hashes instead of
 //! `timers`.
 //!
-//! A member of the sorted set `timers` costs Redis about 144 bytes (a skiplist node, a hash entry,
-//! the id twice over pointers). Most pending jobs of a large deployment wait days or months, and
-//! nothing reads their timers by time until they come near. So, per shard `p`:
+//! A member of the sorted set `timers` costs Redis about 144 bytes (a skiplist node, a dict entry,
+//! the id). Most pending jobs of a large deployment wait days or months, and nothing reads their
+//! timers by time until they come near. So, per shard `p`:
 //! - `p:timers:far:until`: the instant (ms) up to which every timer is in `timers`. Set by the
 //!   promoter only; before any promoter ran there is none and every timer goes in `timers`, as it
-//!   always did (a deployment upgraded job by job keeps working).
-//! - `p:timers:far:{xy}`: a hash of the timers due later, `id` → the instant (ms) followed by six
-//!   digits of the job's generation (its last six: one integer, which a listpack keeps in 8 bytes
-//!   where the text `{ms}|{generation}` took 16), where `xy` is
-//!   the id's last two characters (ids are random, so about 4,000 buckets share them evenly). Under
-//!   Redis's `hash-max-listpack-entries` (512) a bucket is a listpack, about 45 bytes an entry: up to
-//!   two million far timers a shard before buckets grow into hash tables (still correct, as dear as
-//!   `timers`).
+//!   always did (so a deployment mid-upgrade parks nothing until a new provisioner runs).
+//! - `p:timers:far:{xy}`: a hash of the timers due later, where `xy` is the id's last two
+//!   characters (ids are random alphanumerics: 62² = 3,844 buckets, evenly filled). Each maps `id`
+//!   to one integer, the instant (ms) followed by the last six digits of the job's generation,
+//!   which a listpack keeps in 8 bytes where the text `{ms}|{generation}` took 16. Under Redis's
+//!   `hash-max-listpack-entries` (512) a bucket is a listpack, about 45 bytes an entry: up to two
+//!   million parked timers a shard before buckets grow into hash tables (still correct, ~100 bytes
+//!   a timer).
 //! - `p:timers:far`: the buckets scored by their earliest timer (never later than it: an insert
 //!   lowers it, a removal leaves it, the promoter sets it right).
 //!
